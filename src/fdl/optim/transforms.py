@@ -1,0 +1,341 @@
+"""Gradient transforms: building blocks to `chain` before or around an optimizer.
+
+Each factory validates its arguments and returns an `Optimizer(init, update)`.
+Each state is a NamedTuple holding `count` (int32[], calls to `update` so far,
+saturating at 2³¹−1) and `hyperparams` (dict of scalar arrays, the transform's
+settings, readable), plus whatever the transform accumulates. Returned updates
+have the dtype of the incoming grads; arithmetic on 16-bit leaves is done in
+float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdl.optim.base import (
+    Optimizer,
+    Params,
+    ScalarOrSchedule,
+    Updates,
+    acc_dtype,
+    check_finite,
+    check_int,
+    check_learning_rate,
+    check_nonnegative,
+    check_positive,
+    increment,
+    learning_rate_at,
+    scalar,
+    zero_count,
+    zeros_acc,
+)
+
+Mask = Any
+"""A pytree of Python bools with the structure of the params (True = transform
+this leaf), or a function `params -> such a pytree`."""
+
+
+# --------------------------------------------------------------------------
+# Scaling by the learning rate
+# --------------------------------------------------------------------------
+
+
+class ScaleByLearningRateState(NamedTuple):
+    """State of `scale_by_learning_rate`.
+
+    Fields:
+      count:       int32[], calls to `update` so far.
+      hyperparams: {"learning_rate": float[]}, the learning rate the next `update`
+                   applies, η(count) (default float dtype).
+    """
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
+    """u = −η_t · g: turn a descent direction into a step.
+
+    η_t = `learning_rate` (a float, or a schedule evaluated at the step count t).
+    Ends a chain of transforms, e.g. plain SGD with gradient clipping:
+    `chain(clip_by_global_norm(1.0), scale_by_learning_rate(0.1))`.
+    """
+    fn = "scale_by_learning_rate"
+    learning_rate = check_learning_rate(fn, learning_rate)
+
+    def init(params: Params) -> ScaleByLearningRateState:
+        count = zero_count()
+        return ScaleByLearningRateState(
+            count, {"learning_rate": learning_rate_at(learning_rate, count, fn)}
+        )
+
+    def update(grads: Updates, state: ScaleByLearningRateState, params: Params = None):
+        lr = learning_rate_at(learning_rate, state.count, fn)
+        updates = jax.tree.map(
+            lambda g: (-lr.astype(acc_dtype(g)) * g.astype(acc_dtype(g))).astype(g.dtype), grads
+        )
+        count = increment(state.count)
+        hyper = {"learning_rate": learning_rate_at(learning_rate, count, fn)}
+        return updates, ScaleByLearningRateState(count, hyper)
+
+    return Optimizer(init, update)
+
+
+# --------------------------------------------------------------------------
+# Weight decay
+# --------------------------------------------------------------------------
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """State of `add_decayed_weights`.
+
+    Fields:
+      count:       int32[], calls to `update` so far.
+      hyperparams: {"weight_decay": float[]} (default float dtype).
+    """
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
+    """The mask as a flat list of bools aligned with `params`' leaves (None: all True)."""
+    if mask is None:
+        return None
+    tree = mask(params) if callable(mask) else mask
+    p_struct, m_struct = jax.tree.structure(params), jax.tree.structure(tree)
+    if p_struct != m_struct:
+        raise ValueError(
+            f"{fn}: mask must have the structure of the params, got mask {m_struct} "
+            f"for params {p_struct}"
+        )
+    flags = jax.tree.leaves(tree)
+    for f in flags:
+        if not isinstance(f, bool | np.bool_):
+            raise TypeError(
+                f"{fn}: mask leaves must be Python bools (decided when tracing), got {f!r}"
+            )
+    return [bool(f) for f in flags]
+
+
+def decayed(fn: str, grads: Updates, params: Params, weight_decay: float, mask: Mask) -> Updates:
+    """g + λθ on every leaf the mask selects (computed in the state dtype)."""
+    if params is None:
+        raise ValueError(f"{fn}: update needs params for weight decay; call update(grads, state, params)")
+    flags = resolve_mask(fn, mask, params)
+    g_leaves, treedef = jax.tree.flatten(grads)
+    p_leaves = treedef.flatten_up_to(params)
+    out = []
+    for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
+        if flags is None or flags[i]:
+            dt = acc_dtype(g)
+            g = (g.astype(dt) + weight_decay * p.astype(dt)).astype(g.dtype)
+        out.append(g)
+    return treedef.unflatten(out)
+
+
+def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
+    """u = g + λθ: add an L2 penalty's gradient (λ = `weight_decay`, θ = params).
+
+    Placed before an optimizer this is coupled L2 regularisation (the penalty's
+    gradient goes through the optimizer's scaling); placed after the optimizer's
+    direction and before `scale_by_learning_rate` it is decoupled weight decay.
+
+    `mask` selects which leaves decay: a pytree of bools shaped like the params,
+    or a function of the params returning one; e.g. to skip biases and other
+    vectors, `mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`.
+    `update` needs `params`.
+    """
+    fn = "add_decayed_weights"
+    weight_decay = check_nonnegative(fn, "weight_decay", weight_decay)
+
+    def init(params: Params) -> AddDecayedWeightsState:
+        resolve_mask(fn, mask, params)  # fail at init on a mismatched mask
+        return AddDecayedWeightsState(zero_count(), {"weight_decay": scalar(weight_decay)})
+
+    def update(grads: Updates, state: AddDecayedWeightsState, params: Params = None):
+        updates = decayed(fn, grads, params, weight_decay, mask)
+        return updates, AddDecayedWeightsState(increment(state.count), state.hyperparams)
+
+    return Optimizer(init, update)
+
+
+# --------------------------------------------------------------------------
+# Clipping
+# --------------------------------------------------------------------------
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of `clip_by_global_norm`.
+
+    Fields:
+      count:       int32[], calls to `update` so far.
+      hyperparams: {"max_norm": float[]} (default float dtype).
+    """
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def global_norm(tree: Updates) -> jax.Array:
+    """‖g‖ = sqrt(Σ over leaves Σ over elements g²), accumulated in >= float32."""
+    squares = [jnp.sum(jnp.square(g.astype(acc_dtype(g)))) for g in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(squares)) if squares else jnp.zeros([], jnp.float32)
+
+
+def clip_by_global_norm(max_norm: float) -> Optimizer:
+    """u = g · min(1, c/‖g‖): rescale all leaves together so the global norm is <= c.
+
+    ‖g‖ is the 2-norm of all gradient elements of all leaves taken as one vector;
+    c = `max_norm`. The direction is unchanged; gradients already inside the ball
+    pass through untouched.
+
+    References: Pascanu, Mikolov & Bengio, "On the difficulty of training
+    recurrent neural networks", 2013.
+    """
+    fn = "clip_by_global_norm"
+    max_norm = check_positive(fn, "max_norm", max_norm)
+
+    def init(params: Params) -> ClipByGlobalNormState:
+        return ClipByGlobalNormState(zero_count(), {"max_norm": scalar(max_norm)})
+
+    def update(grads: Updates, state: ClipByGlobalNormState, params: Params = None):
+        norm = global_norm(grads)
+        factor = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1), 1)
+        updates = jax.tree.map(
+            lambda g: (g.astype(acc_dtype(g)) * factor.astype(acc_dtype(g))).astype(g.dtype), grads
+        )
+        return updates, ClipByGlobalNormState(increment(state.count), state.hyperparams)
+
+    return Optimizer(init, update)
+
+
+class ClipByValueState(NamedTuple):
+    """State of `clip_by_value`.
+
+    Fields:
+      count:       int32[], calls to `update` so far.
+      hyperparams: {"min_value": float[], "max_value": float[]} (default float dtype).
+    """
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def clip_by_value(min_value: float, max_value: float) -> Optimizer:
+    """u = clip(g, min_value, max_value), element by element.
+
+    For symmetric clipping at c, `clip_by_value(-c, c)`.
+    """
+    fn = "clip_by_value"
+    min_value = check_finite(fn, "min_value", min_value)
+    max_value = check_finite(fn, "max_value", max_value)
+    if min_value > max_value:
+        raise ValueError(
+            f"{fn}: max_value must be >= min_value ({min_value!r}), got {max_value!r}"
+        )
+
+    def init(params: Params) -> ClipByValueState:
+        hyper = {"min_value": scalar(min_value), "max_value": scalar(max_value)}
+        return ClipByValueState(zero_count(), hyper)
+
+    def update(grads: Updates, state: ClipByValueState, params: Params = None):
+        updates = jax.tree.map(lambda g: jnp.clip(g, min_value, max_value).astype(g.dtype), grads)
+        return updates, ClipByValueState(increment(state.count), state.hyperparams)
+
+    return Optimizer(init, update)
+
+
+# --------------------------------------------------------------------------
+# Gradient accumulation
+# --------------------------------------------------------------------------
+
+
+class AccumulateGradientsState(NamedTuple):
+    """State of `accumulate_gradients`.
+
+    Fields:
+      count:       int32[], calls to `update` (micro-steps) so far.
+      micro_step:  int32[] in [0, k), position inside the current group of k.
+      grad_sum:    pytree like params, sum of this group's gradients so far
+                   (float32 for 16-bit params, else the params' dtype).
+      inner_state: the wrapped optimizer's state (its count advances once per k).
+      hyperparams: {"every_k": int32[]}.
+    """
+
+    count: jax.Array
+    micro_step: jax.Array
+    grad_sum: Any
+    inner_state: Any
+    hyperparams: dict
+
+
+def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
+    """Apply `optimizer` once every k calls, to the mean of the k gradients.
+
+    With k = `every_k`, calls i = 1 … k−1 of a group return zero updates and add
+    their gradient to the running sum; call k returns
+    optimizer.update((g_1 + … + g_k)/k, …) and clears the sum. With micro-batches
+    of equal size this equals one step on their union (a k times larger batch),
+    using 1/k of the memory. The wrapped optimizer's count and schedules advance
+    once per group.
+    """
+    fn = "accumulate_gradients"
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    every_k = check_int(fn, "every_k", every_k, 1)
+
+    def init(params: Params) -> AccumulateGradientsState:
+        return AccumulateGradientsState(
+            count=zero_count(),
+            micro_step=zero_count(),
+            grad_sum=zeros_acc(params),
+            inner_state=optimizer.init(params),
+            hyperparams={"every_k": jnp.asarray(every_k, jnp.int32)},
+        )
+
+    def update(grads: Updates, state: AccumulateGradientsState, params: Params = None):
+        grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
+        mean = jax.tree.map(lambda s, g: (s / every_k).astype(g.dtype), grad_sum, grads)
+
+        def step() -> tuple:
+            updates, inner = optimizer.update(mean, state.inner_state, params)
+            return updates, inner, jax.tree.map(jnp.zeros_like, grad_sum)
+
+        def wait() -> tuple:
+            shapes = jax.eval_shape(lambda: optimizer.update(mean, state.inner_state, params)[0])
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            return zeros, state.inner_state, grad_sum
+
+        is_last = state.micro_step == every_k - 1
+        updates, inner, grad_sum = jax.lax.cond(is_last, step, wait)
+        new_state = AccumulateGradientsState(
+            count=increment(state.count),
+            micro_step=jnp.where(is_last, 0, state.micro_step + 1).astype(jnp.int32),
+            grad_sum=grad_sum,
+            inner_state=inner,
+            hyperparams=state.hyperparams,
+        )
+        return updates, new_state
+
+    return Optimizer(init, update)
+
+
+__all__ = [
+    "ScaleByLearningRateState",
+    "scale_by_learning_rate",
+    "AddDecayedWeightsState",
+    "add_decayed_weights",
+    "ClipByGlobalNormState",
+    "clip_by_global_norm",
+    "global_norm",
+    "ClipByValueState",
+    "clip_by_value",
+    "AccumulateGradientsState",
+    "accumulate_gradients",
+]
