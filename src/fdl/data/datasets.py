@@ -46,7 +46,7 @@ MNIST_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays have no single truth value
 class Dataset:
     """A classification data set split into training and test parts.
 
