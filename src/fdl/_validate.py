@@ -1,0 +1,90 @@
+"""Argument validation shared by the public boundary (private).
+
+Every message names the function, the argument, what was expected and what was
+given, and where it helps, the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values known now (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _dtype(x: Any) -> np.dtype:
+    return jnp.result_type(x)
+
+
+def floating(fn: str, name: str, x: Any) -> None:
+    """``x`` must be a floating-point array."""
+    if not hasattr(x, "shape") and not isinstance(x, (int, float)):
+        raise TypeError(f"{fn}: {name} must be an array, got {type(x).__name__}")
+    dt = _dtype(x)
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(
+            f"{fn}: {name} must be a floating-point array, got dtype {dt}; "
+            f"cast it first, e.g. {name}.astype(jnp.float32)"
+        )
+
+
+def integer(fn: str, name: str, x: Any) -> None:
+    """``x`` must be an integer array."""
+    dt = _dtype(x)
+    if not jnp.issubdtype(dt, jnp.integer):
+        raise TypeError(f"{fn}: {name} must be an integer array, got dtype {dt}")
+
+
+def ndim_at_least(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
+    """``x`` must have at least ``n`` dimensions."""
+    if jnp.ndim(x) < n:
+        extra = f" ({what})" if what else ""
+        raise ValueError(
+            f"{fn}: {name} must have at least {n} dimension(s){extra}, "
+            f"got shape {tuple(jnp.shape(x))}"
+        )
+
+
+def ndim_exactly(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
+    """``x`` must have exactly ``n`` dimensions."""
+    if jnp.ndim(x) != n:
+        extra = f" ({what})" if what else ""
+        raise ValueError(
+            f"{fn}: {name} must have {n} dimension(s){extra}, got shape {tuple(jnp.shape(x))}"
+        )
+
+
+def same_shape(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
+    """``a`` and ``b`` must have the same shape."""
+    if jnp.shape(a) != jnp.shape(b):
+        raise ValueError(
+            f"{fn}: {a_name} and {b_name} must have the same shape, got "
+            f"{a_name} {tuple(jnp.shape(a))} and {b_name} {tuple(jnp.shape(b))}"
+        )
+
+
+def axis_in_range(fn: str, axis: Any, ndim: int) -> None:
+    """``axis`` must be an int in ``[-ndim, ndim)``."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{fn}: axis {axis} is out of range for an input of rank {ndim}")
+
+
+def finite_number(fn: str, name: str, v: Any, *, low: float | None = None,
+                  low_inclusive: bool = True) -> None:
+    """``v`` must be a finite real number (optionally ``≥ low`` or ``> low``)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a number, got {v!r}")
+    if not math.isfinite(float(v)):
+        raise ValueError(f"{fn}: {name} must be finite, got {v!r}")
+    if low is not None and (v < low if low_inclusive else v <= low):
+        op = "≥" if low_inclusive else ">"
+        raise ValueError(f"{fn}: {name} must be {op} {low}, got {v!r}")

@@ -1,0 +1,278 @@
+"""Losses as primitives, each with the gradient derived beside it.
+
+Every loss computes a per-example value ``ℓ`` and reduces it with ``reduction``
+(static): ``"mean"`` (default) over all per-example values, ``"sum"``, or
+``"none"`` (the per-example values). With ``n`` values and output cotangent
+``g`` (a scalar for ``mean``/``sum``), the per-example cotangent is
+``g/n`` (mean), ``g`` (sum) or ``g`` itself (none); each backward below writes
+``∂ℓ/∂inputs`` and multiplies by it.
+
+Layout: classes on the last axis, ``Z ∈ ℝ^{N×K}``; leading batch dimensions may be
+any number (``N = n₁×…×n_k``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdl import _validate as v
+from fdl.ops.softmax import log_softmax
+from fdl.primitive import Example, labels, normal, primitive, probabilities, uniform
+
+__all__ = ["huber", "mse", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(values: jax.Array, reduction: str) -> jax.Array:
+    if reduction == "mean":
+        return jnp.mean(values)
+    if reduction == "sum":
+        return jnp.sum(values)
+    return values
+
+
+def _per_example(g: jax.Array, shape: tuple, reduction: str) -> jax.Array:
+    """Cotangent of each per-example value, broadcast to ``shape``."""
+    if reduction == "none":
+        return g
+    n = int(np.prod(shape)) if reduction == "mean" else 1
+    return jnp.broadcast_to(g / n, shape)
+
+
+def _check_reduction(fn: str, reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _keep(x: jax.Array) -> jax.Array:
+    """Append a unit axis so per-example values broadcast over the last axis."""
+    return x[..., None]
+
+
+# --------------------------------------------------------------------------- #
+
+
+def mse(pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Array:
+    r"""Mean squared error, per element ``ℓ = (p − t)²``.
+
+    With ``mean`` over ``n`` elements, ``L = (1/n) Σ (p − t)²`` and
+    ``∂L/∂p = (2/n)(p − t)``, ``∂L/∂t = −∂L/∂p`` (same shape as ``p``). Saves ``p − t``.
+    """
+    return _reduce(jnp.square(pred - target), reduction)
+
+
+def _mse_save(pred, target, reduction, y):
+    return pred - target
+
+
+def _mse_backward(reduction, r, g):
+    dp = 2 * r * _per_example(g, r.shape, reduction)
+    return dp, -dp
+
+
+def _mse_validate(pred, target, reduction):
+    v.floating("mse", "pred", pred)
+    v.floating("mse", "target", target)
+    v.same_shape("mse", "pred", pred, "target", target)
+    _check_reduction("mse", reduction)
+
+
+mse = primitive(
+    mse, _mse_backward, save=_mse_save, static=("reduction",), validate=_mse_validate,
+    examples=[Example((normal(4, 3), normal(4, 3), "mean")),
+              Example((normal(5), normal(5), "sum")),
+              Example((normal(2, 3), normal(2, 3), "none"))],
+)
+
+
+# --------------------------------------------------------------------------- #
+
+
+def softmax_cross_entropy(
+    logits: jax.Array, targets: jax.Array, reduction: str = "mean"
+) -> jax.Array:
+    r"""Cross-entropy of softmax probabilities, from logits.
+
+    ``Z ∈ ℝ^{N×K}`` logits; ``targets`` either integer labels ``∈ {0…K−1}^N`` or
+    probabilities ``Y ∈ ℝ^{N×K}`` with rows summing to 1. With ``p = softmax(z)``
+    per row, ``ℓ = −Σ_k y_k log p_k = logsumexp(z) − ⟨y, z⟩`` (labels: ``y`` is
+    one-hot, ``ℓ = logsumexp(z) − z_label``).
+
+    Derivation: ``∂ logsumexp(z)/∂z = p`` and ``∂⟨y, z⟩/∂z = y``, so
+
+        ``∂ℓ/∂z = p − y``     (uses ``Σ_k y_k = 1``)
+
+    — softmax and cross-entropy fused, never forming the softmax Jacobian. For
+    probability targets ``∂ℓ/∂y = −log p``. Saves ``log p`` (``p = e^{log p}``) and
+    the targets. Finite for float32 logits of any magnitude (``log p`` is computed
+    shifted by the row maximum).
+    """
+    logp = log_softmax.forward(logits, -1)
+    if jnp.issubdtype(targets.dtype, jnp.integer):
+        picked = jnp.take_along_axis(logp, _keep(targets), axis=-1)[..., 0]
+        return _reduce(-picked, reduction)
+    return _reduce(-jnp.sum(targets * logp, axis=-1), reduction)
+
+
+def _ce_save(logits, targets, reduction, y):
+    return log_softmax.forward(logits, -1), targets
+
+
+def _ce_backward(reduction, residuals, g):
+    logp, targets = residuals
+    ge = _keep(_per_example(g, logp.shape[:-1], reduction))
+    p = jnp.exp(logp)
+    if jnp.issubdtype(targets.dtype, jnp.integer):
+        onehot = jax.nn.one_hot(targets, p.shape[-1], dtype=p.dtype)
+        return ge * (p - onehot), None
+    return ge * (p - targets), -ge * logp
+
+
+def _ce_validate(logits, targets, reduction):
+    fn = "softmax_cross_entropy"
+    v.floating(fn, "logits", logits)
+    v.ndim_at_least(fn, "logits", logits, 1, "…×classes")
+    _check_reduction(fn, reduction)
+    k = logits.shape[-1]
+    if jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+        if tuple(targets.shape) != tuple(logits.shape[:-1]):
+            raise ValueError(
+                f"{fn}: integer labels must have shape logits.shape[:-1] = "
+                f"{tuple(logits.shape[:-1])}, got labels of shape {tuple(targets.shape)} "
+                f"for logits of shape {tuple(logits.shape)}"
+            )
+        if v.is_concrete(targets) and targets.size:
+            t = np.asarray(targets)
+            bad = (t < 0) | (t >= k)
+            if bad.any():
+                i = tuple(int(j) for j in np.argwhere(bad)[0])
+                raise ValueError(
+                    f"{fn}: labels must be in [0, {k}) for {k} classes, got {t[i]} at "
+                    f"index {i} (range of labels given: {t.min()}..{t.max()})"
+                )
+        return
+    v.floating(fn, "targets", targets)
+    v.same_shape(fn, "targets", targets, "logits", logits)
+    if v.is_concrete(targets) and targets.size:
+        t = np.asarray(targets, dtype=np.float64)
+        tol = 1e3 * float(jnp.finfo(targets.dtype).eps)
+        sums = t.sum(axis=-1)
+        if (t < -tol).any():
+            i = tuple(int(j) for j in np.argwhere(t < -tol)[0])
+            raise ValueError(f"{fn}: probability targets must be ≥ 0, got {t[i]} at index {i}")
+        off = np.abs(sums - 1) > tol * max(1, k)
+        if off.any():
+            i = tuple(int(j) for j in np.argwhere(off)[0])
+            raise ValueError(
+                f"{fn}: probability targets must sum to 1 along the last axis, but row "
+                f"{i} sums to {sums[i]!r}; pass integer labels, or normalise the targets"
+            )
+
+
+softmax_cross_entropy = primitive(
+    softmax_cross_entropy, _ce_backward, save=_ce_save, static=("reduction",),
+    validate=_ce_validate,
+    examples=[Example((normal(5, 4), labels(5, classes=4), "mean")),
+              Example((normal(5, 4, scale=3.0), probabilities(5, 4), "mean")),
+              Example((normal(2, 3, 6), labels(2, 3, classes=6), "sum")),
+              Example((normal(3, 5), probabilities(3, 5), "none")),
+              Example((normal(1, 1), labels(1, classes=1), "mean"))],
+)
+
+
+# --------------------------------------------------------------------------- #
+
+
+def sigmoid_binary_cross_entropy(
+    logits: jax.Array, targets: jax.Array, reduction: str = "mean"
+) -> jax.Array:
+    r"""Binary cross-entropy of ``σ(z)`` against targets ``y ∈ [0, 1]``, from logits.
+
+    ``ℓ = −y log σ(z) − (1 − y) log(1 − σ(z)) = softplus(z) − y z``, computed as
+    ``max(z, 0) + log(1 + e^{−|z|}) − y z`` (no overflow for any ``z``).
+
+    ``∂ℓ/∂z = σ(z) − y`` and ``∂ℓ/∂y = −z`` (element-wise, any shape). Saves ``z, y``.
+    """
+    return _reduce(jnp.logaddexp(logits, jnp.zeros_like(logits)) - targets * logits, reduction)
+
+
+def _bce_save(logits, targets, reduction, y):
+    return logits, targets
+
+
+def _bce_backward(reduction, residuals, g):
+    z, t = residuals
+    ge = _per_example(g, z.shape, reduction)
+    e = jnp.exp(-jnp.abs(z))
+    sig = jnp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    return ge * (sig - t), -ge * z
+
+
+def _bce_validate(logits, targets, reduction):
+    fn = "sigmoid_binary_cross_entropy"
+    v.floating(fn, "logits", logits)
+    v.floating(fn, "targets", targets)
+    v.same_shape(fn, "logits", logits, "targets", targets)
+    _check_reduction(fn, reduction)
+    if v.is_concrete(targets) and targets.size:
+        t = np.asarray(targets)
+        bad = (t < 0) | (t > 1) | ~np.isfinite(t)
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
+
+
+sigmoid_binary_cross_entropy = primitive(
+    sigmoid_binary_cross_entropy, _bce_backward, save=_bce_save, static=("reduction",),
+    validate=_bce_validate,
+    examples=[Example((normal(4, 3, scale=2.0), uniform(4, 3, low=0.0, high=1.0), "mean")),
+              Example((normal(6), uniform(6, low=0.0, high=1.0), "none"))],
+)
+
+
+# --------------------------------------------------------------------------- #
+
+
+def huber(pred: jax.Array, target: jax.Array, delta: float = 1.0,
+          reduction: str = "mean") -> jax.Array:
+    r"""Huber loss with threshold ``δ`` = ``delta`` (static), per element with ``r = p − t``.
+
+    ``ℓ = ½ r²`` for ``|r| ≤ δ`` and ``δ(|r| − ½δ)`` otherwise: quadratic near zero,
+    linear in the tails, continuous with a continuous derivative at ``|r| = δ``.
+
+    ``∂ℓ/∂r = r`` inside, ``δ·sign(r)`` outside, i.e. ``clip(r, −δ, δ)``; then
+    ``∂ℓ/∂p = clip(r, −δ, δ)`` and ``∂ℓ/∂t = −clip(r, −δ, δ)``. Saves ``r``.
+
+    References: Huber, "Robust Estimation of a Location Parameter", 1964.
+    """
+    r = pred - target
+    a = jnp.abs(r)
+    return _reduce(jnp.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)), reduction)
+
+
+def _huber_save(pred, target, delta, reduction, y):
+    return pred - target
+
+
+def _huber_backward(delta, reduction, r, g):
+    dp = jnp.clip(r, -delta, delta) * _per_example(g, r.shape, reduction)
+    return dp, -dp
+
+
+def _huber_validate(pred, target, delta, reduction):
+    v.floating("huber", "pred", pred)
+    v.floating("huber", "target", target)
+    v.same_shape("huber", "pred", pred, "target", target)
+    v.finite_number("huber", "delta", delta, low=0, low_inclusive=False)
+    _check_reduction("huber", reduction)
+
+
+huber = primitive(
+    huber, _huber_backward, save=_huber_save, static=("delta", "reduction"),
+    validate=_huber_validate,
+    examples=[Example((normal(4, 3, scale=2.0), normal(4, 3), 1.0, "mean")),
+              Example((normal(8, scale=2.0), normal(8), 0.5, "sum"))],
+)

@@ -1,0 +1,20 @@
+"""The primitives: each a forward, its derivation, residuals and hand-written backward.
+
+Layout is batch-first throughout: ``X ∈ ℝ^{N×d}``, images NHWC.
+"""
+
+from fdl.ops.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from fdl.ops.linear import linear
+from fdl.ops.softmax import log_softmax, softmax
+
+__all__ = [
+    "gelu",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "tanh",
+]

@@ -1,0 +1,176 @@
+"""Element-wise activations ``y = f(x)``.
+
+For an element-wise map the Jacobian ``∂y/∂x`` is diagonal, so the vector-Jacobian
+product is a product of arrays of the same shape (any shape, batch-first):
+
+    ``∂L/∂x = ∂L/∂y ⊙ f'(x)``
+
+Each primitive below states ``f'`` and saves whichever of ``x`` or ``y`` gives it
+most cheaply (``tanh`` and ``sigmoid`` are cheapest from ``y``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from fdl import _validate as v
+from fdl.primitive import Example, normal, primitive
+
+_SHAPES = [Example((normal(4, 5),)), Example((normal(2, 3, 2),)), Example((normal(1),))]
+
+
+def _float_x(fn):
+    def check(x, *static):
+        v.floating(fn, "x", x)
+    return check
+
+
+def _save_x(x, *rest):
+    return x
+
+
+def _save_y(*args):
+    return args[-1]
+
+
+def relu(x: jax.Array) -> jax.Array:
+    r"""Rectified linear unit ``y = max(x, 0)``.
+
+    ``f'(x) = 1[x > 0]`` (0 at ``x = 0``, the subgradient JAX also picks), so
+    ``∂L/∂x = ∂L/∂y ⊙ 1[y > 0]``; ``y > 0 ⇔ x > 0``, hence save ``y``.
+    """
+    return jnp.where(x > 0, x, jnp.zeros_like(x))
+
+
+def _relu_backward(y, g):
+    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+
+
+relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"), examples=_SHAPES)
+
+
+def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    r"""Leaky ReLU ``y = x`` for ``x > 0``, ``y = αx`` otherwise (``α`` = ``negative_slope``, static).
+
+    ``f'(x) = 1`` for ``x > 0`` and ``α`` otherwise, so
+    ``∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])``. Saves ``x``.
+    """
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def _leaky_relu_backward(negative_slope, x, g):
+    return (jnp.where(x > 0, g, negative_slope * g),)
+
+
+def _leaky_relu_validate(x, negative_slope):
+    v.floating("leaky_relu", "x", x)
+    v.finite_number("leaky_relu", "negative_slope", negative_slope)
+
+
+leaky_relu = primitive(
+    leaky_relu, _leaky_relu_backward, save=_save_x, static=("negative_slope",),
+    validate=_leaky_relu_validate,
+    examples=[Example((normal(4, 5), 0.01)), Example((normal(3, 2), 0.2))],
+)
+
+
+def tanh(x: jax.Array) -> jax.Array:
+    r"""Hyperbolic tangent ``y = tanh(x)``.
+
+    ``f'(x) = 1 − tanh²(x) = 1 − y²``, so ``∂L/∂x = ∂L/∂y ⊙ (1 − y²)``. Saves ``y``.
+    """
+    return jnp.tanh(x)
+
+
+def _tanh_backward(y, g):
+    return (g * (1 - y * y),)
+
+
+tanh = primitive(tanh, _tanh_backward, save=_save_y, validate=_float_x("tanh"), examples=_SHAPES)
+
+
+def sigmoid(x: jax.Array) -> jax.Array:
+    r"""Logistic sigmoid ``y = σ(x) = 1 / (1 + e^{−x})``.
+
+    ``σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)``, so
+    ``∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)``. Saves ``y``.
+    """
+    # exp of a non-positive number only: never overflows.
+    e = jnp.exp(-jnp.abs(x))
+    return jnp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _sigmoid_backward(y, g):
+    return (g * y * (1 - y),)
+
+
+sigmoid = primitive(
+    sigmoid, _sigmoid_backward, save=_save_y, validate=_float_x("sigmoid"), examples=_SHAPES
+)
+
+
+def softplus(x: jax.Array) -> jax.Array:
+    r"""Softplus ``y = log(1 + eˣ) = log(e⁰ + eˣ)``, computed stably by ``logaddexp``.
+
+    ``f'(x) = eˣ/(1 + eˣ) = σ(x)``, so ``∂L/∂x = ∂L/∂y ⊙ σ(x)``. Saves ``x``.
+    """
+    return jnp.logaddexp(x, jnp.zeros_like(x))
+
+
+def _softplus_backward(x, g):
+    return (g * sigmoid.forward(x),)
+
+
+softplus = primitive(
+    softplus, _softplus_backward, save=_save_x, validate=_float_x("softplus"), examples=_SHAPES
+)
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+
+
+def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
+    r"""Gaussian error linear unit ``y = x Φ(x)`` (``approximate`` static).
+
+    Exact: ``Φ(x) = ½(1 + erf(x/√2))`` and ``f'(x) = Φ(x) + x φ(x)`` with
+    ``φ(x) = e^{−x²/2}/√(2π)``.
+
+    Tanh approximation (``approximate=True``, Hendrycks & Gimpel 2016):
+    ``y = ½x(1 + t)``, ``t = tanh(u)``, ``u = √(2/π)(x + 0.044715x³)``;
+    ``f'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)``.
+
+    ``∂L/∂x = ∂L/∂y ⊙ f'(x)``. Saves ``x``.
+
+    References: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
+    """
+    if approximate:
+        u = _SQRT_2_OVER_PI * (x + _GELU_C * x**3)
+        return 0.5 * x * (1 + jnp.tanh(u))
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def _gelu_backward(approximate, x, g):
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
+        return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du),)
+    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+    pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return (g * (cdf + x * pdf),)
+
+
+def _gelu_validate(x, approximate):
+    v.floating("gelu", "x", x)
+    if not isinstance(approximate, bool):
+        raise TypeError(f"gelu: approximate must be a bool, got {approximate!r}")
+
+
+gelu = primitive(
+    gelu, _gelu_backward, save=_save_x, static=("approximate",), validate=_gelu_validate,
+    examples=[Example((normal(4, 5), False)), Example((normal(4, 5), True)),
+              Example((normal(2, 1, 3), True))],
+)
