@@ -105,7 +105,7 @@ def _is_numpy_native(dtype: np.dtype) -> bool:
     return dtype.kind in "biufc" and dtype.type.__module__ == "numpy"
 
 
-def _is_extension_float(dtype: np.dtype) -> bool:
+def _is_ml_dtype(dtype: np.dtype) -> bool:
     """bfloat16, float8_*, int4, … (ml_dtypes): numpy stores them as opaque voids."""
     return dtype.type.__module__ == "ml_dtypes" and dtype.itemsize in (1, 2, 4, 8)
 
@@ -121,7 +121,7 @@ def _resolve_dtype(name: Any, path: str) -> np.dtype:
         dtype = np.dtype(name)
     except (TypeError, ValueError) as e:
         raise ValueError(f"load: {path!r} names unknown dtype {name!r} ({e})") from e
-    if dtype.name != name or not (_is_numpy_native(dtype) or _is_extension_float(dtype)):
+    if dtype.name != name or not (_is_numpy_native(dtype) or _is_ml_dtype(dtype)):
         raise ValueError(f"load: {path!r} names dtype {name!r}, which is not a numeric "
                          "dtype a checkpoint can hold")
     return dtype
@@ -226,7 +226,7 @@ def _encode_leaf(leaf_path: str, leaf: Any) -> tuple[dict[str, Any], np.ndarray]
                         "checkpoint leaves must be arrays, Python numbers or PRNG keys "
                         "(put other values in metadata=)")
     arr = np.asarray(leaf)
-    if not (_is_numpy_native(arr.dtype) or _is_extension_float(arr.dtype)):
+    if not (_is_numpy_native(arr.dtype) or _is_ml_dtype(arr.dtype)):
         raise TypeError(f"save: leaf {_show(leaf_path)} has dtype {arr.dtype}; "
                         "checkpoints hold bool, integer, floating and complex arrays")
     arr = np.require(arr, dtype=arr.dtype.newbyteorder("="), requirements="C")
