@@ -165,6 +165,8 @@ def _real(fn: str, name: str, value: Any) -> float:
     """`value` as a Python float, or TypeError if it is not a real number."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray | jax.Array):
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"{fn}: {name} must be a concrete number, not a traced value; build the optimizer outside jit")
     if np.ndim(value) != 0:
         raise TypeError(f"{fn}: {name} must be a scalar, got an array of shape {np.shape(value)}")
     try:
@@ -177,7 +179,13 @@ def check_learning_rate(fn: str, learning_rate: Any, name: str = "learning_rate"
     """A finite float >= 0, or a callable schedule; anything else raises."""
     if callable(learning_rate):
         return learning_rate
-    return check_nonnegative(fn, name, learning_rate)
+    v = _real(fn, name, learning_rate)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(
+            f"{fn}: {name} must be a finite number >= 0 or a schedule (step -> learning rate), "
+            f"got {learning_rate!r}"
+        )
+    return v
 
 
 def check_nonnegative(fn: str, name: str, value: Any) -> float:

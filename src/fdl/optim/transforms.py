@@ -299,21 +299,26 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
             hyperparams={"every_k": jnp.asarray(every_k, jnp.int32)},
         )
 
+    # The two branches are built once, here, and take everything as operands, so
+    # that `lax.cond` traces and compiles them once even when called eagerly.
+    def step(operands: tuple) -> tuple:
+        grads, grad_sum, inner_state, params = operands
+        mean = jax.tree.map(lambda s, g: (s / every_k).astype(g.dtype), grad_sum, grads)
+        updates, inner_state = optimizer.update(mean, inner_state, params)
+        return updates, inner_state, jax.tree.map(jnp.zeros_like, grad_sum)
+
+    def wait(operands: tuple) -> tuple:
+        _, grad_sum, inner_state, _ = operands
+        shapes = jax.eval_shape(step, operands)[0]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return zeros, inner_state, grad_sum
+
     def update(grads: Updates, state: AccumulateGradientsState, params: Params = None):
         grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
-        mean = jax.tree.map(lambda s, g: (s / every_k).astype(g.dtype), grad_sum, grads)
-
-        def step() -> tuple:
-            updates, inner = optimizer.update(mean, state.inner_state, params)
-            return updates, inner, jax.tree.map(jnp.zeros_like, grad_sum)
-
-        def wait() -> tuple:
-            shapes = jax.eval_shape(lambda: optimizer.update(mean, state.inner_state, params)[0])
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            return zeros, state.inner_state, grad_sum
-
         is_last = state.micro_step == every_k - 1
-        updates, inner, grad_sum = jax.lax.cond(is_last, step, wait)
+        updates, inner, grad_sum = jax.lax.cond(
+            is_last, step, wait, (grads, grad_sum, state.inner_state, params)
+        )
         new_state = AccumulateGradientsState(
             count=increment(state.count),
             micro_step=jnp.where(is_last, 0, state.micro_step + 1).astype(jnp.int32),
