@@ -81,7 +81,7 @@ def chain(*transforms: Optimizer) -> Optimizer:
     The state is a `ChainState` holding each transform's state in order.
     """
     for i, t in enumerate(transforms):
-        if not (callable(getattr(t, "init", None)) and callable(getattr(t, "update", None))):
+        if not is_optimizer(t):
             raise TypeError(
                 f"chain: argument {i} must be an Optimizer (with init and update), got {t!r}"
             )
@@ -102,6 +102,11 @@ def chain(*transforms: Optimizer) -> Optimizer:
 # --------------------------------------------------------------------------
 # Shared helpers for the implementations (not re-exported)
 # --------------------------------------------------------------------------
+
+
+def is_optimizer(x: Any) -> bool:
+    """Whether `x` has callable `init` and `update` (an fdl Optimizer or a look-alike)."""
+    return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
 
 
 def zero_count() -> jax.Array:
@@ -166,7 +171,10 @@ def _real(fn: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray | jax.Array):
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
     if isinstance(value, jax.core.Tracer):
-        raise TypeError(f"{fn}: {name} must be a concrete number, not a traced value; build the optimizer outside jit")
+        raise TypeError(
+            f"{fn}: {name} must be a concrete number, not a traced value; "
+            "build the optimizer outside jit"
+        )
     if np.ndim(value) != 0:
         raise TypeError(f"{fn}: {name} must be a scalar, got an array of shape {np.shape(value)}")
     try:
@@ -175,7 +183,9 @@ def _real(fn: str, name: str, value: Any) -> float:
         raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from None
 
 
-def check_learning_rate(fn: str, learning_rate: Any, name: str = "learning_rate") -> ScalarOrSchedule:
+def check_learning_rate(
+    fn: str, learning_rate: Any, name: str = "learning_rate"
+) -> ScalarOrSchedule:
     """A finite float >= 0, or a callable schedule; anything else raises."""
     if callable(learning_rate):
         return learning_rate

@@ -79,7 +79,9 @@ def _nones(grads: Updates) -> _PerLeaf:
     return _PerLeaf([None] * len(jax.tree.leaves(grads)))
 
 
-def _hyperparams(learning_rate: ScalarOrSchedule, count: jax.Array, fn: str, **others: float) -> dict:
+def _hyperparams(
+    learning_rate: ScalarOrSchedule, count: jax.Array, fn: str, **others: float
+) -> dict:
     """The readable record: η(count) and the other numeric hyperparameters."""
     return {"learning_rate": learning_rate_at(learning_rate, count, fn)} | {
         k: scalar(v) for k, v in others.items()
@@ -107,13 +109,17 @@ def _decay_flags(fn: str, weight_decay: float, mask: Mask, grads: Updates, param
         return _PerLeaf([None] * n), _PerLeaf([False] * n)
     if params is None:
         raise ValueError(
-            f"{fn}: weight_decay={weight_decay!r} needs the params; call update(grads, state, params)"
+            f"{fn}: weight_decay={weight_decay!r} needs the params; "
+            "call update(grads, state, params)"
         )
     flags = resolve_mask(fn, mask, params)
     return _PerLeaf(treedef.flatten_up_to(params)), _PerLeaf([True] * n if flags is None else flags)
 
 
-def _learning_rate_and_step(state: Any, learning_rate: ScalarOrSchedule, fn: str):
+def _learning_rate_and_step(
+    state: Any, learning_rate: ScalarOrSchedule, fn: str
+) -> tuple[jax.Array, jax.Array]:
+    """(η_t, t) for the update about to be made: η(count) and count + 1."""
     return learning_rate_at(learning_rate, state.count, fn), _step_number(state.count)
 
 
@@ -136,7 +142,9 @@ class SGDState(NamedTuple):
     hyperparams: dict
 
 
-def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool = False) -> Optimizer:
+def sgd(
+    learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: bool = False
+) -> Optimizer:
     """Stochastic gradient descent, with momentum in the accumulation form.
 
     η_t = `learning_rate`, μ = `momentum` ∈ [0, 1), v = velocity (shape of θ):
@@ -168,7 +176,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool =
     def init(params: Params) -> SGDState:
         check_float_params(fn, params)
         velocity = zeros_acc(params) if momentum > 0.0 else None
-        return SGDState(zero_count(), velocity, _hyperparams(learning_rate, zero_count(), fn, momentum=momentum))
+        hyper = _hyperparams(learning_rate, zero_count(), fn, momentum=momentum)
+        return SGDState(zero_count(), velocity, hyper)
 
     def update(grads: Updates, state: SGDState, params: Params = None):
         lr = learning_rate_at(learning_rate, state.count, fn)
@@ -234,7 +243,8 @@ def ema_momentum(learning_rate: ScalarOrSchedule, beta: float = 0.9) -> Optimize
 
     def init(params: Params) -> EMAMomentumState:
         check_float_params(fn, params)
-        return EMAMomentumState(zero_count(), zeros_acc(params), _hyperparams(learning_rate, zero_count(), fn, beta=beta))
+        hyper = _hyperparams(learning_rate, zero_count(), fn, beta=beta)
+        return EMAMomentumState(zero_count(), zeros_acc(params), hyper)
 
     def update(grads: Updates, state: EMAMomentumState, params: Params = None):
         lr = learning_rate_at(learning_rate, state.count, fn)
@@ -294,7 +304,9 @@ def adagrad(
     def init(params: Params) -> AdagradState:
         check_float_params(fn, params)
         acc = jax.tree.map(lambda z: jnp.full_like(z, initial), zeros_acc(params))
-        hyper = _hyperparams(learning_rate, zero_count(), fn, initial_accumulator_value=initial, eps=eps)
+        hyper = _hyperparams(
+            learning_rate, zero_count(), fn, initial_accumulator_value=initial, eps=eps
+        )
         return AdagradState(zero_count(), acc, hyper)
 
     def update(grads: Updates, state: AdagradState, params: Params = None):
@@ -333,7 +345,9 @@ class AdadeltaState(NamedTuple):
     hyperparams: dict
 
 
-def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6) -> Optimizer:
+def adadelta(
+    learning_rate: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float = 1e-6
+) -> Optimizer:
     """Adadelta: moving averages of squared gradients *and* squared steps.
 
     η_t = `learning_rate` (1.0 in the paper), ρ = `rho` ∈ [0, 1), ε = `eps` > 0
@@ -368,7 +382,9 @@ def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: float = 0.9, eps: float
             sq_d = rho * sq_d + (1.0 - rho) * delta * delta
             return (lr.astype(gd.dtype) * delta).astype(g.dtype), sq_g, sq_d
 
-        updates, sq_g, sq_d = _leafwise(step, grads, state.mean_square_grad, state.mean_square_delta, n_out=3)
+        updates, sq_g, sq_d = _leafwise(
+            step, grads, state.mean_square_grad, state.mean_square_delta, n_out=3
+        )
         count, hyper = _next(state, learning_rate, fn)
         return updates, AdadeltaState(count, sq_g, sq_d, hyper)
 
@@ -402,6 +418,7 @@ def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: float = 0.9,
     eps: float = 1e-8,
+    *,
     centered: bool = False,
     momentum: float = 0.0,
 ) -> Optimizer:
@@ -440,7 +457,9 @@ def rmsprop(
             nu=zeros_acc(params),
             mean_grad=zeros_acc(params) if centered else None,
             velocity=zeros_acc(params) if momentum > 0.0 else None,
-            hyperparams=_hyperparams(learning_rate, zero_count(), fn, decay=decay, eps=eps, momentum=momentum),
+            hyperparams=_hyperparams(
+                learning_rate, zero_count(), fn, decay=decay, eps=eps, momentum=momentum
+            ),
         )
 
     def update(grads: Updates, state: RMSPropState, params: Params = None):
@@ -465,8 +484,9 @@ def rmsprop(
 
         updates, nu, mbar, b = _leafwise(step, grads, state.nu, mean_grad, velocity, n_out=4)
         count, hyper = _next(state, learning_rate, fn)
-        new = RMSPropState(count, nu, mbar if centered else None, b if momentum > 0.0 else None, hyper)
-        return updates, new
+        mbar = mbar if centered else None
+        b = b if momentum > 0.0 else None
+        return updates, RMSPropState(count, nu, mbar, b, hyper)
 
     return Optimizer(init, update)
 
@@ -507,7 +527,9 @@ class AdamState(NamedTuple):
     hyperparams: dict
 
 
-def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+def adam(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Optimizer:
     """Adam: momentum (EMA of g) over RMSProp (EMA of g²), both bias-corrected.
 
     η_t = `learning_rate`, β₁ = `b1` ∈ [0, 1), β₂ = `b2` ∈ [0, 1), ε = `eps` > 0
@@ -599,7 +621,9 @@ def adamw(
     def init(params: Params) -> AdamWState:
         check_float_params(fn, params)
         resolve_mask(fn, mask, params)
-        hyper = _hyperparams(learning_rate, zero_count(), fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+        hyper = _hyperparams(
+            learning_rate, zero_count(), fn, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+        )
         return AdamWState(zero_count(), zeros_acc(params), zeros_acc(params), hyper)
 
     def update(grads: Updates, state: AdamWState, params: Params = None):
@@ -640,7 +664,9 @@ class AdamaxState(NamedTuple):
     hyperparams: dict
 
 
-def adamax(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+def adamax(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Optimizer:
     """Adamax: Adam with the EMA of g² replaced by an exponentially weighted ∞-norm.
 
     η_t = `learning_rate` (the paper suggests 0.002), β₁ = `b1`, β₂ = `b2` ∈ [0, 1),
@@ -697,7 +723,9 @@ class NAdamState(NamedTuple):
     hyperparams: dict
 
 
-def nadam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+def nadam(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Optimizer:
     """NAdam: Adam with Nesterov momentum (the look-ahead folded into m̂).
 
     η_t = `learning_rate`, β₁ = `b1`, β₂ = `b2` ∈ [0, 1), ε = `eps` > 0:
@@ -758,7 +786,9 @@ class AMSGradState(NamedTuple):
     hyperparams: dict
 
 
-def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+def amsgrad(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> Optimizer:
     """AMSGrad: Adam whose denominator never shrinks (a running max of the EMA of g²).
 
     η_t = `learning_rate`, β₁ = `b1`, β₂ = `b2` ∈ [0, 1), ε = `eps` > 0:
@@ -778,7 +808,8 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
     def init(params: Params) -> AMSGradState:
         check_float_params(fn, params)
         hyper = _hyperparams(learning_rate, zero_count(), fn, b1=b1, b2=b2, eps=eps)
-        return AMSGradState(zero_count(), zeros_acc(params), zeros_acc(params), zeros_acc(params), hyper)
+        m, v, v_max = zeros_acc(params), zeros_acc(params), zeros_acc(params)
+        return AMSGradState(zero_count(), m, v, v_max, hyper)
 
     def update(grads: Updates, state: AMSGradState, params: Params = None):
         lr, t = _learning_rate_and_step(state, learning_rate, fn)
@@ -790,7 +821,8 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
             # applied after the max so the max is over the raw EMA as in the paper.
             m_hat = m / (1.0 - b1**t).astype(m.dtype)
             v_hat = v_max / (1.0 - b2**t).astype(m.dtype)
-            return (-lr.astype(m.dtype) * m_hat / (jnp.sqrt(v_hat) + eps)).astype(g.dtype), m, v, v_max
+            u = -lr.astype(m.dtype) * m_hat / (jnp.sqrt(v_hat) + eps)
+            return u.astype(g.dtype), m, v, v_max
 
         updates, mu, nu, nu_max = _leafwise(step, grads, state.mu, state.nu, state.nu_max, n_out=4)
         count, hyper = _next(state, learning_rate, fn)
@@ -851,7 +883,9 @@ def lion(
     def init(params: Params) -> LionState:
         check_float_params(fn, params)
         resolve_mask(fn, mask, params)
-        hyper = _hyperparams(learning_rate, zero_count(), fn, b1=b1, b2=b2, weight_decay=weight_decay)
+        hyper = _hyperparams(
+            learning_rate, zero_count(), fn, b1=b1, b2=b2, weight_decay=weight_decay
+        )
         return LionState(zero_count(), zeros_acc(params), hyper)
 
     def update(grads: Updates, state: LionState, params: Params = None):
@@ -902,7 +936,9 @@ def get_optimizer(name: str, **options: Any) -> Optimizer:
     listing what is accepted (rather than a bare TypeError from the call).
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"get_optimizer: unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+        raise ValueError(
+            f"get_optimizer: unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}"
+        )
     factory = OPTIMIZERS[name]
     accepted = list(inspect.signature(factory).parameters)
     unknown = sorted(set(options) - set(accepted))

@@ -182,7 +182,8 @@ def warmup_cosine_decay_schedule(
 
     With W = `warmup_steps`, N = `total_steps` (warm-up included, N > W):
       t <= W:  η(t) = init_value + (peak_value − init_value) · t/W
-      t >  W:  η(t) = end_value + (peak_value − end_value) · ½(1 + cos(π · min(t − W, N − W)/(N − W)))
+      t >  W:  η(t) = end_value + (peak_value − end_value) · ½(1 + cos(π s/(N − W))),
+               s = min(t − W, N − W)
 
     References: Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet
     in 1 Hour", 2017 (warm-up); Loshchilov & Hutter, "SGDR", 2017 (cosine).
@@ -202,7 +203,8 @@ def warmup_cosine_decay_schedule(
 
     def schedule(step: Any) -> jax.Array:
         t = _t(step)
-        cosine = _cosine(peak_value, end_value, jnp.minimum(t - warmup_steps, decay_steps) / decay_steps)
+        fraction = jnp.minimum(t - warmup_steps, decay_steps) / decay_steps
+        cosine = _cosine(peak_value, end_value, fraction)
         if warmup_steps == 0:
             return cosine
         warmup = init_value + (peak_value - init_value) * t / warmup_steps
@@ -231,7 +233,7 @@ def one_cycle_schedule(
     paper's inverse momentum cycle is not part of a schedule.)
 
     References: Smith & Topin, "Super-Convergence: Very Fast Training of Neural
-    Networks Using Large Learning Rates", 2018.
+    Networks Using Large Learning Rates", 2017.
     """
     fn = "one_cycle_schedule"
     peak_value = check_nonnegative(fn, "peak_value", peak_value)
@@ -242,7 +244,9 @@ def one_cycle_schedule(
     div_factor = check_positive(fn, "div_factor", div_factor)
     final_div_factor = check_positive(fn, "final_div_factor", final_div_factor)
     if anneal_strategy not in ("cos", "linear"):
-        raise ValueError(f"{fn}: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        raise ValueError(
+            f"{fn}: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"
+        )
     up_steps = int(pct_start * total_steps)
     if not 1 <= up_steps < total_steps:
         raise ValueError(

@@ -10,7 +10,6 @@ float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -29,6 +28,7 @@ from fdl.optim.base import (
     check_nonnegative,
     check_positive,
     increment,
+    is_optimizer,
     learning_rate_at,
     scalar,
     zero_count,
@@ -126,7 +126,9 @@ def resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
 def decayed(fn: str, grads: Updates, params: Params, weight_decay: float, mask: Mask) -> Updates:
     """g + λθ on every leaf the mask selects (computed in the state dtype)."""
     if params is None:
-        raise ValueError(f"{fn}: update needs params for weight decay; call update(grads, state, params)")
+        raise ValueError(
+            f"{fn}: update needs params for weight decay; call update(grads, state, params)"
+        )
     flags = resolve_mask(fn, mask, params)
     g_leaves, treedef = jax.tree.flatten(grads)
     p_leaves = treedef.flatten_up_to(params)
@@ -286,8 +288,10 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
     once per group.
     """
     fn = "accumulate_gradients"
-    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    if not is_optimizer(optimizer):
+        raise TypeError(
+            f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}"
+        )
     every_k = check_int(fn, "every_k", every_k, 1)
 
     def init(params: Params) -> AccumulateGradientsState:
