@@ -1,0 +1,144 @@
+"""The layer protocol and the combinators ``serial``, ``parallel``, ``residual``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Layer", "parallel", "residual", "serial", "split_key"]
+
+Shape = tuple[int, ...]
+
+
+class Layer(NamedTuple):
+    """A layer as two pure functions (see the contract in :mod:`fdl.layers`).
+
+    Attributes:
+      init: ``init(key, input_shape) -> (output_shape, params, state)``; shapes
+        exclude the batch axis.
+      apply: ``apply(params, state, x, *, key=None, train=False) -> (y, state)``;
+        ``x`` has a leading batch axis.
+      name: a short readable name, used for the parameter keys in ``serial``.
+    """
+
+    init: Callable[..., tuple[Shape, Any, Any]]
+    apply: Callable[..., tuple[Any, Any]]
+    name: str = "layer"
+
+
+def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """``n`` independent keys from ``key`` (or ``n`` Nones when there is no key)."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
+
+
+def _names(layers: tuple[Layer, ...]) -> list[str]:
+    return [f"{layer.name}_{i}" for i, layer in enumerate(layers)]
+
+
+def _check_layers(fn: str, layers: tuple) -> None:
+    if not layers:
+        raise ValueError(f"{fn}: needs at least one layer")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{fn}: argument {i} must be a Layer (init, apply), got {type(layer).__name__}; "
+                "did you pass the factory instead of calling it, e.g. Relu instead of Relu()?")
+
+
+def serial(*layers: Layer, name: str = "serial") -> Layer:
+    """Compose layers: ``y = f_k(…f_2(f_1(x)))``.
+
+    Params and state are dicts keyed ``"{name}_{position}"`` (``"dense_0"``,
+    ``"relu_1"``, …). The key given to ``apply`` is split, one per layer.
+    """
+    _check_layers("serial", layers)
+    names = _names(layers)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        params, state, shape = {}, {}, tuple(input_shape)
+        for n, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
+            shape, params[n], state[n] = layer.init(k, shape)
+        return shape, params, state
+
+    def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, dict]:
+        new_state = {}
+        for n, layer, k in zip(names, layers, split_key(key, len(layers))):
+            x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
+        return x, new_state
+
+    return Layer(init, apply, name)
+
+
+_COMBINE = ("concat", "sum", "tuple")
+
+
+def parallel(*layers: Layer, combine: str = "concat", name: str = "parallel") -> Layer:
+    """Apply every layer to the same input and combine the outputs.
+
+    ``combine``: ``"concat"`` (along the last axis; other axes must agree),
+    ``"sum"`` (outputs must have one shape) or ``"tuple"``.
+    """
+    _check_layers("parallel", layers)
+    if combine not in _COMBINE:
+        raise ValueError(f"parallel: combine must be one of {_COMBINE}, got {combine!r}")
+    names = _names(layers)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Any, dict, dict]:
+        params, state, shapes = {}, {}, []
+        for n, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
+            s, params[n], state[n] = layer.init(k, tuple(input_shape))
+            shapes.append(tuple(s))
+        if combine == "tuple":
+            return tuple(shapes), params, state
+        if combine == "sum":
+            if len(set(shapes)) != 1:
+                raise ValueError(f"parallel(combine='sum'): branch output shapes differ: {shapes}")
+            return shapes[0], params, state
+        if len({s[:-1] for s in shapes}) != 1:
+            raise ValueError(
+                f"parallel(combine='concat'): branch outputs must agree on all but the last "
+                f"axis, got {shapes}")
+        return shapes[0][:-1] + (sum(s[-1] for s in shapes),), params, state
+
+    def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, dict]:
+        outs, new_state = [], {}
+        for n, layer, k in zip(names, layers, split_key(key, len(layers))):
+            y, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
+            outs.append(y)
+        if combine == "tuple":
+            return tuple(outs), new_state
+        if combine == "sum":
+            return sum(outs[1:], outs[0]), new_state
+        return jnp.concatenate(outs, axis=-1), new_state
+
+    return Layer(init, apply, name)
+
+
+def residual(layer: Layer, name: str = "residual") -> Layer:
+    """A skip connection ``y = x + f(x)``; ``f`` must keep the shape.
+
+    The gradient is the sum of both paths, ``∂L/∂x = ∂L/∂y + (∂f/∂x)ᵀ ∂L/∂y``.
+    """
+    _check_layers("residual", (layer,))
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, Any, Any]:
+        shape, params, state = layer.init(key, tuple(input_shape))
+        if tuple(shape) != tuple(input_shape):
+            raise ValueError(
+                f"residual: the inner layer maps shape {tuple(input_shape)} to {tuple(shape)}; "
+                "a residual connection needs the same shape in and out")
+        return shape, params, state
+
+    def apply(params: Any, state: Any, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, Any]:
+        y, state = layer.apply(params, state, x, key=key, train=train)
+        return x + y, state
+
+    return Layer(init, apply, name)

@@ -1,0 +1,221 @@
+"""Dense, activation, Flatten and Dropout layers, and the ``mlp`` builder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fdl import ops
+from fdl.layers.base import Layer, Shape, serial
+from fdl.layers.initializers import Initializer, get_initializer
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "Dense",
+    "Dropout",
+    "Elu",
+    "Flatten",
+    "Gelu",
+    "LeakyRelu",
+    "LogSoftmax",
+    "Relu",
+    "Sigmoid",
+    "Silu",
+    "Softmax",
+    "Softplus",
+    "Tanh",
+    "get_activation",
+    "mlp",
+]
+
+
+def _positive_int(fn: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+
+
+def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
+          b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """Fully connected layer ``Y = XW + b`` (the :func:`fdl.ops.linear` primitive).
+
+    Batch-first: ``X ∈ ℝ^{N×d_in}`` → ``Y ∈ ℝ^{N×features}``; params
+    ``{"w": (d_in, features), "b": (features,)}``. ``w_init``/``b_init`` are
+    initialisers or their names (see :mod:`fdl.layers.initializers`).
+    """
+    _positive_int("Dense", "features", features)
+    w_init, b_init = get_initializer(w_init), get_initializer(b_init)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        if len(input_shape) < 1:
+            raise ValueError(
+                f"Dense: input_shape must be (…, d_in) without the batch axis, got {input_shape}")
+        kw, kb = jax.random.split(key)
+        d_in = input_shape[-1]
+        params = {"w": w_init(kw, (d_in, features), dtype), "b": b_init(kb, (features,), dtype)}
+        return tuple(input_shape[:-1]) + (features,), params, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        d_in = params["w"].shape[0]
+        if jnp.ndim(x) < 2 or x.shape[-1] != d_in:
+            raise ValueError(
+                f"Dense: input has shape {tuple(jnp.shape(x))} ({jnp.shape(x)[-1] if jnp.ndim(x) else 0} "
+                f"features) but the layer was built for {d_in} features; expected (batch, …, "
+                f"{d_in}) — check the input_shape passed to init")
+        return ops.linear(x, params["w"], params["b"]), state
+
+    return Layer(init, apply, "dense")
+
+
+def _elementwise(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        return tuple(input_shape), {}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        return fn(x), state
+
+    return Layer(init, apply, name)
+
+
+def Relu() -> Layer:
+    """Element-wise :func:`fdl.ops.relu`."""
+    return _elementwise("relu", ops.relu)
+
+
+def Tanh() -> Layer:
+    """Element-wise :func:`fdl.ops.tanh`."""
+    return _elementwise("tanh", ops.tanh)
+
+
+def Sigmoid() -> Layer:
+    """Element-wise :func:`fdl.ops.sigmoid`."""
+    return _elementwise("sigmoid", ops.sigmoid)
+
+
+def Softplus() -> Layer:
+    """Element-wise :func:`fdl.ops.softplus`."""
+    return _elementwise("softplus", ops.softplus)
+
+
+def Silu() -> Layer:
+    """Element-wise :func:`fdl.ops.silu` (swish)."""
+    return _elementwise("silu", ops.silu)
+
+
+def Gelu(approximate: bool = False) -> Layer:
+    """Element-wise :func:`fdl.ops.gelu` (exact, or the tanh approximation)."""
+    return _elementwise("gelu", lambda x: ops.gelu(x, approximate))
+
+
+def LeakyRelu(negative_slope: float = 0.01) -> Layer:
+    """Element-wise :func:`fdl.ops.leaky_relu`."""
+    return _elementwise("leaky_relu", lambda x: ops.leaky_relu(x, negative_slope))
+
+
+def Elu(alpha: float = 1.0) -> Layer:
+    """Element-wise :func:`fdl.ops.elu`."""
+    return _elementwise("elu", lambda x: ops.elu(x, alpha))
+
+
+def Softmax(axis: int = -1) -> Layer:
+    """:func:`fdl.ops.softmax` along ``axis``."""
+    return _elementwise("softmax", lambda x: ops.softmax(x, axis))
+
+
+def LogSoftmax(axis: int = -1) -> Layer:
+    """:func:`fdl.ops.log_softmax` along ``axis``."""
+    return _elementwise("log_softmax", lambda x: ops.log_softmax(x, axis))
+
+
+ACTIVATIONS: dict[str, Callable[[], Layer]] = {
+    "relu": Relu, "tanh": Tanh, "sigmoid": Sigmoid, "softplus": Softplus, "silu": Silu,
+    "gelu": Gelu, "leaky_relu": LeakyRelu, "elu": Elu,
+}
+
+
+def get_activation(name: str) -> Layer:
+    """An activation layer by name (``"relu"``, ``"tanh"``, …)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def Activation(name: str) -> Layer:
+    """Alias of :func:`get_activation`: ``Activation("tanh")``."""
+    return get_activation(name)
+
+
+def Flatten() -> Layer:
+    """Flatten everything but the batch axis: ``(N, d₁, …, d_k) → (N, d₁⋯d_k)``.
+
+    A reshape moves no values, so its gradient is the reshape back.
+    """
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        return (math.prod(input_shape),), {}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        return x.reshape(x.shape[0], -1), state
+
+    return Layer(init, apply, "flatten")
+
+
+def Dropout(rate: float) -> Layer:
+    """Inverted dropout: in training, drop each unit with probability ``rate`` and
+    scale the kept ones by ``1/(1 − rate)``; the identity when not training.
+
+    ``rate`` is the probability of *dropping* (``Dropout(0.1)`` keeps 90%). Training
+    needs an explicit key: ``apply(params, state, x, key=key, train=True)``.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"Dropout: rate (the drop probability) must be in [0, 1), got {rate!r}")
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        return tuple(input_shape), {}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        if not train or rate == 0:
+            return x, state
+        if key is None:
+            raise ValueError(
+                "Dropout: train=True needs a PRNG key; call "
+                "apply(params, state, x, key=jax.random.key(0), train=True)")
+        return ops.dropout(x, key, rate), state
+
+    return Layer(init, apply, "dropout")
+
+
+def mlp(hidden: Sequence[int], outputs: int, *, activation: str = "relu",
+        dropout: float = 0.0, w_init: str | Initializer | None = None) -> Layer:
+    """A multi-layer perceptron: Flatten → [Dense → activation (→ Dropout)]* → Dense.
+
+    Args:
+      hidden: sizes of the hidden layers (``[]`` gives logistic regression).
+      outputs: size of the output layer (logits; no activation).
+      activation: name of the hidden activation (see :data:`ACTIVATIONS`).
+      dropout: drop probability after each hidden activation (0 = none).
+      w_init: kernel initialiser; default He-normal for ReLU-like activations,
+        Glorot-uniform otherwise (the variance argument in
+        :mod:`fdl.layers.initializers`).
+    """
+    for i, h in enumerate(hidden):
+        _positive_int("mlp", f"hidden[{i}]", h)
+    _positive_int("mlp", "outputs", outputs)
+    get_activation(activation)  # validate the name now
+    if w_init is None:
+        w_init = "he_normal" if activation in ("relu", "leaky_relu", "elu", "silu", "gelu") \
+            else "glorot_uniform"
+    layers = [Flatten()]
+    for h in hidden:
+        layers += [Dense(h, w_init=w_init), get_activation(activation)]
+        if dropout:
+            layers.append(Dropout(dropout))
+    layers.append(Dense(outputs, w_init="glorot_uniform"))
+    return serial(*layers, name="mlp")
