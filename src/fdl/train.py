@@ -1,0 +1,332 @@
+"""Training: a jitted step, the epoch as one ``lax.scan``, evaluation, history.
+
+The contract
+------------
+::
+
+    trainer = fdl.train.Trainer(model, optimizer, loss=fdl.losses.softmax_cross_entropy)
+    ts = trainer.init(key, input_shape)                 # TrainState
+    ts, metrics = trainer.step(ts, x_batch, y_batch)    # one jitted step
+    ts, metrics = trainer.epoch(ts, x_train, y_train, batch_size=64)
+    scores = trainer.evaluate(ts, x_test, y_test)       # {"loss", "accuracy"}
+
+* :class:`TrainState` ``(params, model_state, opt_state, step, epoch, key)`` is a
+  pytree: it goes through ``jit`` and checkpoints (:mod:`fdl.io`) unchanged.
+* An epoch is ONE compiled program: the shuffle (from ``fold_in(key, epoch)``)
+  and every step run inside ``lax.scan``, on data already on the device, with the
+  incoming state's buffers donated. The host syncs once per epoch.
+* Every step's randomness (dropout) is folded from ``(key, step)``, each epoch's
+  shuffle from ``(key, epoch)``: training is a pure
+  function of the seed, so resuming from a checkpoint at an epoch boundary gives
+  bitwise the same parameters as training straight through.
+* A non-finite loss or gradient stops training: the epoch stops updating at the
+  first bad step and :class:`NonFiniteError` names that step and the first
+  parameter whose gradient was not finite.
+
+:func:`fit` runs the whole loop (optional gradient check, progress, history,
+checkpoints); :func:`per_example_grads` gives one gradient per example by ``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdl import losses
+from fdl.data.batching import shuffled_batches
+from fdl.layers.base import Layer
+from fdl.optim.base import Optimizer, apply_updates
+
+__all__ = [
+    "History",
+    "NonFiniteError",
+    "TrainState",
+    "Trainer",
+    "fit",
+    "per_example_grads",
+]
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    """Everything training changes, as one pytree.
+
+    Attributes:
+      params: the model's parameters (pytree of float arrays).
+      model_state: the model's non-differentiated state (BatchNorm statistics).
+      opt_state: the optimizer's state.
+      step: int32[], optimizer steps taken.
+      epoch: int32[], epochs completed.
+      key: the run's base PRNG key (never advanced: randomness is ``fold_in``).
+    """
+
+    params: PyTree
+    model_state: PyTree
+    opt_state: PyTree
+    step: jax.Array
+    epoch: jax.Array
+    key: jax.Array
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or gradient (the message says where)."""
+
+
+def _leaf_names(tree: PyTree) -> list[str]:
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    if jnp.issubdtype(labels.dtype, jnp.integer) and logits.ndim == labels.ndim + 1:
+        return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+    return jnp.array(jnp.nan, jnp.float32)
+
+
+@dataclass
+class History:
+    """Per-epoch metrics: ``history.records[i]`` is a dict for epoch ``i + 1``."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def append(self, record: dict[str, float]) -> None:
+        self.records.append(record)
+
+    def __getitem__(self, metric: str) -> list[float]:
+        return [r[metric] for r in self.records if metric in r]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class Trainer:
+    """Compiled training and evaluation for one model, loss and optimizer.
+
+    Args:
+      model: a :class:`fdl.layers.Layer`.
+      optimizer: a :class:`fdl.optim.Optimizer`.
+      loss: ``loss(outputs, targets) -> scalar`` (default softmax cross-entropy on
+        logits and integer labels).
+      compute_dtype: dtype for the forward/backward (e.g. ``jnp.bfloat16``); params
+        and optimizer state stay in their own dtype (mixed precision: the master
+        weights are cast down for each step, gradients cast back up).
+    """
+
+    def __init__(self, model: Layer, optimizer: Optimizer, *,
+                 loss: Callable[[jax.Array, jax.Array], jax.Array] = losses.softmax_cross_entropy,
+                 compute_dtype: Any = None) -> None:
+        if not isinstance(model, Layer):
+            raise TypeError(f"Trainer: model must be an fdl.layers.Layer, got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"Trainer: optimizer must be an fdl.optim.Optimizer, got {type(optimizer).__name__}")
+        self.model, self.optimizer, self.loss = model, optimizer, loss
+        self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+        self._epoch = jax.jit(self._epoch_impl, static_argnames=("batch_size",),
+                              donate_argnums=(0,))
+        self._step = jax.jit(self._step_impl, donate_argnums=(0,))
+        self._evaluate = jax.jit(self._evaluate_impl)
+
+    # -- pieces --------------------------------------------------------------
+
+    def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
+        """A fresh :class:`TrainState`: params from ``key``, optimizer state, step 0."""
+        init_key, run_key = jax.random.split(key)
+        _, params, model_state = self.model.init(init_key, tuple(input_shape))
+        return TrainState(params, model_state, self.optimizer.init(params),
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), run_key)
+
+    def _cast(self, tree: PyTree) -> PyTree:
+        if self.compute_dtype is None:
+            return tree
+        return jax.tree_util.tree_map(
+            lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+            tree)
+
+    def loss_fn(self, params: PyTree, model_state: PyTree, x: jax.Array, y: jax.Array,
+                key: jax.Array | None = None, train: bool = True
+                ) -> tuple[jax.Array, tuple[PyTree, jax.Array]]:
+        """``(loss, (new_model_state, outputs))`` for one batch; differentiable in params."""
+        out, new_state = self.model.apply(self._cast(params), model_state, self._cast(x),
+                                          key=key, train=train)
+        return self.loss(out.astype(jnp.float32) if self.compute_dtype is not None else out,
+                         y), (new_state, out)
+
+    def _step_impl(self, ts: TrainState, x: jax.Array, y: jax.Array
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(jax.random.fold_in(ts.key, 2), ts.step)
+        (loss, (model_state, out)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            ts.params, ts.model_state, x, y, key, True)
+        grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
+        updates, opt_state = self.optimizer.update(grads, ts.opt_state, ts.params)
+        params = apply_updates(ts.params, updates)
+        finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
+                           + [jnp.isfinite(loss)])
+        new = TrainState(params, model_state, opt_state, ts.step + 1, ts.epoch, ts.key)
+        return new, {"loss": loss, "accuracy": _accuracy(out, y), "finite": finite}
+
+    def _epoch_impl(self, ts: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        shuffle_key = jax.random.fold_in(jax.random.fold_in(ts.key, 1), ts.epoch)
+        xb, yb = shuffled_batches(shuffle_key, (x, y), batch_size)
+
+        def body(carry, batch):
+            ts, bad_step, bad_flags = carry
+            new, m = self._step_impl(ts, *batch)
+            ok = jnp.all(m["finite"])
+            first_bad = (bad_step < 0) & ~ok
+            bad_flags = jnp.where(first_bad, m["finite"], bad_flags)
+            bad_step = jnp.where(first_bad, ts.step, bad_step)
+            # after the first non-finite step, keep the last good state
+            keep = bad_step >= 0
+            ts = jax.tree_util.tree_map(lambda old, nw: jnp.where(keep, old, nw), ts, new)
+            return (ts, bad_step, bad_flags), {"loss": m["loss"], "accuracy": m["accuracy"]}
+
+        n_flags = len(jax.tree_util.tree_leaves(ts.params)) + 1
+        init = (ts, jnp.array(-1, jnp.int32), jnp.ones((n_flags,), bool))
+        (ts, bad_step, bad_flags), metrics = jax.lax.scan(body, init, (xb, yb))
+        ts = ts._replace(epoch=ts.epoch + 1)
+        return ts, {"loss": jnp.mean(metrics["loss"]), "accuracy": jnp.mean(metrics["accuracy"]),
+                    "bad_step": bad_step, "bad_flags": bad_flags}
+
+    def _evaluate_impl(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        loss, (_, out) = self.loss_fn(ts.params, ts.model_state, x, y, None, False)
+        return {"loss": loss, "accuracy": _accuracy(out, y)}
+
+    # -- public API ----------------------------------------------------------
+
+    def step(self, ts: TrainState, x: jax.Array, y: jax.Array
+             ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One jitted optimizer step on one batch (``ts`` is donated: do not reuse it)."""
+        ts, m = self._step(ts, x, y)
+        if not bool(jnp.all(m["finite"])):
+            raise NonFiniteError(self._describe_bad(int(ts.step) - 1, m["finite"], ts.params))
+        return ts, {"loss": m["loss"], "accuracy": m["accuracy"]}
+
+    def epoch(self, ts: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int
+              ) -> tuple[TrainState, dict[str, float]]:
+        """One epoch: shuffle, then every step, as one compiled ``lax.scan``.
+
+        ``ts`` is donated. Returns the new state and the epoch's mean training
+        loss and accuracy. Raises :class:`NonFiniteError` at the first non-finite
+        step (the state returned in the error's ``state`` attribute is the last
+        good one).
+        """
+        n = int(jnp.shape(x)[0])
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+            raise ValueError(
+                f"batch_size must be an int between 1 and the number of training examples "
+                f"({n}), got {batch_size!r}")
+        ts, m = self._epoch(ts, x, y, batch_size=batch_size)
+        bad_step = int(m["bad_step"])
+        if bad_step >= 0:
+            err = NonFiniteError(self._describe_bad(bad_step, m["bad_flags"], ts.params))
+            err.state = ts
+            raise err
+        return ts, {"loss": float(m["loss"]), "accuracy": float(m["accuracy"])}
+
+    def evaluate(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, float]:
+        """Loss and accuracy of the model in inference mode (``train=False``)."""
+        m = self._evaluate(ts, x, y)
+        return {k: float(v) for k, v in m.items()}
+
+    def _describe_bad(self, step: int, flags: Any, params: PyTree) -> str:
+        flags = np.asarray(flags)
+        names = _leaf_names(params)
+        if not flags[-1]:
+            what = "the loss was not finite"
+        else:
+            bad = [n for n, ok in zip(names, flags[:-1]) if not ok]
+            what = f"the gradient of params{bad[0]} was not finite" if bad else "non-finite values"
+        return (f"training stopped at step {step}: {what}. Lower the learning rate, check the "
+                "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
+
+
+def per_example_grads(loss_fn: Callable[..., jax.Array], params: PyTree, x: jax.Array,
+                      y: jax.Array) -> PyTree:
+    """One gradient per example: ``vmap`` over the batch of ``grad`` of the loss of one
+    example (``loss_fn(params, x[None], y[None])``). Each leaf gains a leading batch axis.
+    """
+    def one(xi, yi):
+        return jax.grad(loss_fn)(params, xi[None], yi[None])
+    return jax.vmap(one)(x, y)
+
+
+class _Progress:
+    """An epoch progress bar on stderr, silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.start = total, time.perf_counter()
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def update(self, done: int, text: str) -> None:
+        if not self.enabled:
+            return
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                         f"{text} eta {eta:.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+            sys.stderr.flush()
+
+
+def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs: int,
+        batch_size: int, x_test: Any = None, y_test: Any = None,
+        on_epoch: Callable[[int, dict[str, float], TrainState], None] | None = None,
+        progress: bool = True) -> tuple[TrainState, History]:
+    """Train for ``epochs`` more epochs (counted from ``ts.epoch``), evaluating on the
+    test split after each.
+
+    Args:
+      trainer, ts: the :class:`Trainer` and the state to continue from (donated).
+      x_train, y_train: training data (moved to the device once).
+      epochs: number of epochs to run now (≥ 0).
+      batch_size: examples per step.
+      x_test, y_test: optional held-out data, evaluated after every epoch.
+      on_epoch: called as ``on_epoch(epoch, record, ts)`` after each epoch (printing,
+        checkpointing); ``epoch`` counts from 1 over the whole run.
+      progress: show a progress bar when stderr is a terminal.
+
+    Returns:
+      The final state and the :class:`History` of this call's epochs.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
+    x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
+    has_test = x_test is not None and y_test is not None
+    if has_test:
+        x_test, y_test = jax.device_put(x_test), jax.device_put(y_test)
+    history, bar = History(), _Progress(epochs, progress)
+    try:
+        for i in range(epochs):
+            t0 = time.perf_counter()
+            ts, m = trainer.epoch(ts, x_train, y_train, batch_size=batch_size)
+            record = {"epoch": int(ts.epoch), "train_loss": m["loss"],
+                      "train_accuracy": m["accuracy"]}
+            if has_test:
+                ev = trainer.evaluate(ts, x_test, y_test)
+                record |= {"test_loss": ev["loss"], "test_accuracy": ev["accuracy"]}
+            record["seconds"] = time.perf_counter() - t0
+            history.append(record)
+            bar.update(i + 1, f"loss {m['loss']:.4f}")
+            if on_epoch is not None:
+                on_epoch(int(ts.epoch), record, ts)
+    finally:
+        bar.close()
+    if any(not math.isfinite(v) for r in history.records for k, v in r.items() if "loss" in k):
+        raise NonFiniteError("training produced a non-finite evaluation loss")
+    return ts, history
