@@ -10,10 +10,16 @@ Modules (data flows down this list; nothing imports anything above it):
 * :mod:`fdl.ops` — the primitives (linear, activations, softmax, …)
 * :mod:`fdl.losses` — losses as primitives
 * :mod:`fdl.check` — verify hand derivations against autodiff and finite differences
+* :mod:`fdl.layers` — the ``Layer(init, apply)`` protocol, layers and combinators
+* :mod:`fdl.optim` — optimizers as hand-written pure state updates
+* :mod:`fdl.data` — the embedded digits, an MNIST-format reader, splits and batches
+* :mod:`fdl.io` — safe, atomic checkpoints
+* :mod:`fdl.train` — the jitted training loop
 """
 
-from fdl import check, losses, ops
-from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, primitive, registry
+from fdl import check, data, io, layers, losses, ops, optim, train
+from fdl import primitive  # the module; build primitives with fdl.primitive.primitive(...)
+from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, registry
 
 __version__ = "0.1.0"
 
@@ -21,6 +27,11 @@ __all__ = [
     "Example",
     "Primitive",
     "check",
+    "data",
+    "io",
+    "layers",
+    "optim",
+    "train",
     "get_gradient_mode",
     "gradient_mode",
     "losses",
