@@ -4,10 +4,12 @@ Layout is batch-first throughout: ``X ∈ ℝ^{N×d}``, images NHWC.
 """
 
 from fdl.ops.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
+from fdl.ops.dropout import dropout
 from fdl.ops.linear import linear
 from fdl.ops.softmax import log_softmax, softmax
 
 __all__ = [
+    "dropout",
     "gelu",
     "leaky_relu",
     "linear",
