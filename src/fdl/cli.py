@@ -128,8 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.check_gradients:
         x0, y0 = dataset.x_train[: min(32, n_train)], dataset.y_train[: min(32, n_train)]
-        loss_fn = lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, None, False)[0]
-        report = check.model(lambda p: loss_fn(p), ts.params, finite_differences=True)
+        report = check.model(lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, train=False)[0],
+                              ts.params)
         print(report)
         if not report.passed:
             print("error: gradient check failed; not training", file=sys.stderr)

@@ -151,7 +151,7 @@ class Trainer:
             lambda a: a.astype(self.compute_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
             tree)
 
-    def loss_fn(self, params: PyTree, model_state: PyTree, x: jax.Array, y: jax.Array,
+    def loss_fn(self, params: PyTree, model_state: PyTree, x: jax.Array, y: jax.Array, *,
                 key: jax.Array | None = None, train: bool = True
                 ) -> tuple[jax.Array, tuple[PyTree, jax.Array]]:
         """``(loss, (new_model_state, outputs))`` for one batch; differentiable in params."""
@@ -164,7 +164,7 @@ class Trainer:
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(jax.random.fold_in(ts.key, 2), ts.step)
         (loss, (model_state, out)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            ts.params, ts.model_state, x, y, key, True)
+            ts.params, ts.model_state, x, y, key=key, train=True)
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
         updates, opt_state = self.optimizer.update(grads, ts.opt_state, ts.params)
         params = apply_updates(ts.params, updates)
@@ -198,7 +198,7 @@ class Trainer:
                     "bad_step": bad_step, "bad_flags": bad_flags}
 
     def _evaluate_impl(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-        loss, (_, out) = self.loss_fn(ts.params, ts.model_state, x, y, None, False)
+        loss, (_, out) = self.loss_fn(ts.params, ts.model_state, x, y, train=False)
         return {"loss": loss, "accuracy": _accuracy(out, y)}
 
     # -- public API ----------------------------------------------------------

@@ -1,0 +1,156 @@
+"""fdl.train: the compiled epoch, evaluation, resume, non-finite stop, per-example grads."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fdl
+from fdl import layers as L
+from fdl import optim
+from fdl.primitive import primitive
+from fdl.train import NonFiniteError, Trainer, fit, per_example_grads
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds, _ = fdl.data.standardize_dataset(fdl.data.load_digits(flatten=True))
+    return ds
+
+
+def _small_trainer(dropout=0.2):
+    return Trainer(L.mlp([32], 10, dropout=dropout), optim.adam(3e-3))
+
+
+def test_mlp_learns_digits(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    ts, hist = fit(trainer, ts, digits.x_train, digits.y_train, epochs=15, batch_size=64,
+                   x_test=digits.x_test, y_test=digits.y_test, progress=False)
+    assert len(hist) == 15 and int(ts.epoch) == 15
+    assert int(ts.step) == 15 * (digits.x_train.shape[0] // 64)
+    assert hist["train_loss"][-1] < hist["train_loss"][0] / 5
+    assert hist["test_accuracy"][-1] > 0.93
+
+
+def test_resume_is_bitwise_identical(digits, tmp_path):
+    """Train 4 epochs straight vs 2 + checkpoint + load + 2: same bits."""
+    x, y = digits.x_train[:512], digits.y_train[:512]
+    trainer = _small_trainer(dropout=0.3)
+    straight, _ = fit(trainer, trainer.init(KEY, digits.input_shape), x, y, epochs=4,
+                      batch_size=32, progress=False)
+    half, _ = fit(trainer, trainer.init(KEY, digits.input_shape), x, y, epochs=2,
+                  batch_size=32, progress=False)
+    path = tmp_path / "ck.npz"
+    fdl.io.save(path, half)
+    template = trainer.init(jax.random.key(123), digits.input_shape)
+    resumed = fdl.io.load(path, like=template)
+    resumed, _ = fit(trainer, resumed, x, y, epochs=2, batch_size=32, progress=False)
+    for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+        a, b = (jax.random.key_data(a), jax.random.key_data(b)) if jnp.issubdtype(
+            a.dtype, jax.dtypes.prng_key) else (a, b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_epoch_compiles_once(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    x, y = jax.device_put(digits.x_train), jax.device_put(digits.y_train)
+    ts, _ = trainer.epoch(ts, x, y, batch_size=64)
+    ts, _ = trainer.epoch(ts, x, y, batch_size=64)
+    assert trainer._epoch._cache_size() == 1
+
+
+def test_step_and_evaluate(digits):
+    trainer = _small_trainer(dropout=0.0)
+    ts = trainer.init(KEY, digits.input_shape)
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    before = trainer.evaluate(ts, x, y)["loss"]
+    for _ in range(20):
+        ts, m = trainer.step(ts, x, y)
+    assert int(ts.step) == 20
+    assert trainer.evaluate(ts, x, y)["loss"] < before / 2
+    assert 0.0 <= m["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("bs", [0, -1, 10_000, 2.0])
+def test_batch_size_is_validated(digits, bs):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=r"batch_size must be an int between 1 and the number "
+                                         r"of training examples \(1438\)"):
+        trainer.epoch(ts, digits.x_train, digits.y_train, batch_size=bs)
+
+
+@pytest.mark.parametrize("activation,expected", [
+    ("tanh", "the loss was not finite"),
+    # ReLU maps NaN to 0 (NaN > 0 is false), so the loss stays finite, but the first
+    # layer's weight gradient Xᵀ G carries the NaN input: that is the leaf named.
+    ("relu", r"the gradient of params\['dense_1'\]\['w'\] was not finite"),
+])
+def test_non_finite_stops_and_names_the_step(digits, activation, expected):
+    x = np.array(digits.x_train[:128])
+    y = digits.y_train[:128]
+    trainer = Trainer(L.mlp([32], 10, activation=activation), optim.adam(3e-3))
+    ts = trainer.init(KEY, digits.input_shape)
+    ts, _ = trainer.epoch(ts, x, y, batch_size=128)   # one good step: step 0
+    x[5, 3] = np.nan
+    with pytest.raises(NonFiniteError, match="training stopped at step 1: " + expected) as err:
+        trainer.epoch(ts, x, y, batch_size=128)
+    good = err.value.state
+    assert int(good.step) == 1  # the bad step's update was not applied
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(good.params))
+
+
+def _inf_grad_layer():
+    """A layer whose weight gradient is +inf while its loss stays finite."""
+    bad = primitive(lambda x, w: x * w[None], lambda res, g: (g, jnp.full_like(res, jnp.inf)),
+                    save=lambda x, w, y: w, register=False, name="bad_scale")
+
+    def init(key, shape):
+        return shape, {"w": jnp.ones(shape, jnp.float32)}, {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return bad(x, params["w"]), state
+
+    return L.Layer(init, apply, "bad")
+
+
+def test_non_finite_gradient_names_the_parameter(digits):
+    model = L.serial(_inf_grad_layer(), L.Dense(10))
+    trainer = Trainer(model, optim.sgd(0.1))
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(NonFiniteError, match=r"step 0: the gradient of params\['bad_0'\]\['w'\]"):
+        trainer.epoch(ts, digits.x_train, digits.y_train, batch_size=64)
+
+
+def test_per_example_grads_equal_a_loop():
+    model = L.serial(L.Dense(5, dtype=jnp.float64), L.Tanh(), L.Dense(3, dtype=jnp.float64))
+    _, params, state = model.init(KEY, (4,))
+    x = jax.random.normal(KEY, (6, 4), jnp.float64)
+    y = jnp.arange(6) % 3
+
+    def loss(p, xb, yb):
+        return fdl.losses.softmax_cross_entropy(model.apply(p, state, xb)[0], yb)
+
+    per = jax.jit(per_example_grads, static_argnums=0)(loss, params, x, y)
+    grad = jax.jit(jax.grad(loss))
+    for i in range(6):
+        gi = grad(params, x[i:i + 1], y[i:i + 1])
+        for a, b in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(gi)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-12)
+    # the batch gradient is the mean of the per-example gradients
+    full = grad(params, x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(full)):
+        np.testing.assert_allclose(a.mean(0), b, rtol=1e-12, atol=1e-15)
+
+
+def test_trainer_rejects_wrong_types():
+    with pytest.raises(TypeError, match="model must be an fdl.layers.Layer"):
+        Trainer(lambda x: x, optim.sgd(0.1))
+    with pytest.raises(TypeError, match="optimizer must be an fdl.optim.Optimizer"):
+        Trainer(L.Dense(3), "adam")
