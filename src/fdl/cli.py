@@ -19,6 +19,13 @@ class UsageError(Exception):
     """Bad input from the command line: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one ``error:`` line (and exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 # --------------------------------------------------------------------------- #
 # fdl check
 # --------------------------------------------------------------------------- #
@@ -193,8 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     from fdl.layers.core import ACTIVATIONS
     from fdl.optim import OPTIMIZERS
 
-    p = argparse.ArgumentParser(prog="fdl", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="fdl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train an MLP (default: on the embedded digits)")
     t.add_argument("--data", default="digits",
