@@ -134,13 +134,20 @@ class Trainer:
                               donate_argnums=(0,))
         self._step = jax.jit(self._step_impl, donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_impl)
+        self._init = jax.jit(self._init_impl, static_argnums=(1,))
 
     # -- pieces --------------------------------------------------------------
 
     def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
-        """A fresh :class:`TrainState`: params from ``key``, optimizer state, step 0."""
+        """A fresh :class:`TrainState`: params from ``key``, optimizer state, step 0.
+
+        Runs as one compiled program (not op by op), which keeps start-up short.
+        """
+        return self._init(key, tuple(int(d) for d in input_shape))
+
+    def _init_impl(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         init_key, run_key = jax.random.split(key)
-        _, params, model_state = self.model.init(init_key, tuple(input_shape))
+        _, params, model_state = self.model.init(init_key, input_shape)
         return TrainState(params, model_state, self.optimizer.init(params),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), run_key)
 
