@@ -174,3 +174,52 @@ gelu = primitive(
     examples=[Example((normal(4, 5), False)), Example((normal(4, 5), True)),
               Example((normal(2, 1, 3), True))],
 )
+
+
+def silu(x: jax.Array) -> jax.Array:
+    r"""Sigmoid-weighted linear unit (swish) ``y = x σ(x)``.
+
+    Product rule: ``f'(x) = σ(x) + x σ(x)(1 − σ(x)) = σ(x)(1 + x(1 − σ(x)))``, so
+    ``∂L/∂x = ∂L/∂y ⊙ σ(x)(1 + x(1 − σ(x)))``. Saves ``x``.
+
+    References: Elfwing, Uchibe & Doya, "Sigmoid-Weighted Linear Units for Neural
+    Network Function Approximation in Reinforcement Learning", 2017.
+    """
+    return x * sigmoid.forward(x)
+
+
+def _silu_backward(x, g):
+    s = sigmoid.forward(x)
+    return (g * s * (1 + x * (1 - s)),)
+
+
+silu = primitive(silu, _silu_backward, save=_save_x, validate=_float_x("silu"), examples=_SHAPES)
+
+
+def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
+    r"""Exponential linear unit: ``y = x`` for ``x > 0``, ``α(eˣ − 1)`` otherwise (``α`` = ``alpha``, static).
+
+    ``f'(x) = 1`` for ``x > 0`` and ``α eˣ = y + α`` otherwise, so
+    ``∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + (y + α)·1[x ≤ 0])``. Saves ``y`` (for ``α > 0``,
+    ``y > 0 ⇔ x > 0``).
+
+    References: Clevert, Unterthiner & Hochreiter, "Fast and Accurate Deep Network
+    Learning by Exponential Linear Units (ELUs)", 2016.
+    """
+    # expm1 of min(x, 0): the unused branch never overflows.
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+
+
+def _elu_backward(alpha, y, g):
+    return (jnp.where(y > 0, g, g * (y + alpha)),)
+
+
+def _elu_validate(x, alpha):
+    v.floating("elu", "x", x)
+    v.finite_number("elu", "alpha", alpha, low=0, low_inclusive=False)
+
+
+elu = primitive(
+    elu, _elu_backward, save=_save_y, static=("alpha",), validate=_elu_validate,
+    examples=[Example((normal(4, 5), 1.0)), Example((normal(2, 3), 0.5))],
+)
