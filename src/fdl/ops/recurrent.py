@@ -1,0 +1,440 @@
+"""Recurrent cells (Elman RNN, LSTM, GRU) and backpropagation through time.
+
+Layout is batch-first: a step's input ``x ∈ ℝ^{…×D}``, hidden state ``h ∈ ℝ^{…×H}``
+(``…`` any leading batch dimensions, the same for both), ``W_x ∈ ℝ^{D×kH}`` and
+``W_h ∈ ℝ^{H×kH}`` (``k`` stacked gates, one projection each), ``b ∈ ℝ^{kH}``,
+``XW + b`` as in :func:`~fdl.ops.linear`. Sequences are batch-first too:
+``xs ∈ ℝ^{…×T×D}``, outputs ``hs ∈ ℝ^{…×T×H}`` (scanned time-major inside).
+
+Each cell is a primitive: one time step with its derivation and a hand-written
+backward. A sequence is a :func:`jax.lax.scan` of the cell (:func:`scan_cell`);
+JAX's transpose of the scan runs the cell's hand-written VJP once per step, in
+reverse time, and threads ``∂L/∂h_{t−1}`` (the state cotangent the cell returns)
+back to the previous step: that *is* backpropagation through time, composed
+from the per-step rule. The gradients of the shared weights are summed over the
+steps by the scan's transpose. In ``gradient_mode("autodiff")`` the same scan
+differentiates each cell's plain forward instead; the tests compare the two.
+
+Notation in the derivations: ``G = ∂L/∂(output)``, ``σ' = σ(1 − σ)``,
+``tanh' = 1 − tanh²``, ``⊙`` element-wise; the batch is folded into ``N`` for the
+weight gradients: ``∂L/∂W_x = Xᵀ ∂L/∂A`` where ``A = X W_x + …`` is a
+pre-activation, ``∂L/∂b = 1ᵀ ∂L/∂A``, ``∂L/∂X = ∂L/∂A W_xᵀ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fdl import _validate as v
+from fdl.ops.activations import sigmoid
+from fdl.ops.linear import linear
+from fdl.primitive import Example, normal, primitive
+
+__all__ = ["LSTMState", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell", "scan_cell"]
+
+
+class LSTMState(NamedTuple):
+    """An LSTM's recurrent state; any 2-sequence ``(h, c)`` is accepted too."""
+
+    h: jax.Array  # hidden state, …×H, the cell's output
+    c: jax.Array  # memory cell, …×H
+
+
+def _shape(x: Any) -> tuple:
+    return tuple(jnp.shape(x))
+
+
+def _fold(x: jax.Array) -> jax.Array:
+    """``…×F → N×F``: the batch folded into one axis, for weight gradients."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _weight_grads(x: jax.Array, da: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``∂L/∂W = Xᵀ ∂L/∂A`` and ``∂L/∂b = 1ᵀ ∂L/∂A`` for ``A = XW + b``."""
+    da2 = _fold(da)
+    return jnp.matmul(_fold(x).T, da2), jnp.sum(da2, axis=0)
+
+
+def _check_cell(fn: str, x, h, wx, wh, biases: dict, gates: int, what: str) -> None:
+    """Shapes of one step: ``x …×D``, ``h …×H``, ``wx D×gH``, ``wh H×gH``, biases ``gH``."""
+    for name, a in (("x", x), ("h", h), ("wx", wx), ("wh", wh), *biases.items()):
+        v.floating(fn, name, a)
+    v.ndim_at_least(fn, "x", x, 1, "…×D")
+    v.ndim_at_least(fn, "h", h, 1, "…×H")
+    v.ndim_exactly(fn, "wx", wx, 2, f"D×{what}")
+    v.ndim_exactly(fn, "wh", wh, 2, f"H×{what}")
+    if _shape(x)[:-1] != _shape(h)[:-1]:
+        raise ValueError(f"{fn}: x {_shape(x)} and h {_shape(h)} must share their leading "
+                         "(batch) dimensions")
+    hidden = h.shape[-1]
+    expect = {"wx": (x.shape[-1], gates * hidden), "wh": (hidden, gates * hidden)}
+    for name, a in (("wx", wx), ("wh", wh)):
+        if _shape(a) != expect[name]:
+            raise ValueError(
+                f"{fn}: {name} must have shape {expect[name]} ({'D' if name == 'wx' else 'H'}"
+                f"×{what}) for x {_shape(x)} and hidden size H={hidden}, got {_shape(a)}"
+            )
+    for name, a in biases.items():
+        if _shape(a) != (gates * hidden,):
+            raise ValueError(f"{fn}: {name} must have shape ({gates * hidden},) ({what}), "
+                             f"got {_shape(a)}")
+
+
+# --------------------------------------------------------------------------- #
+# Elman RNN
+# --------------------------------------------------------------------------- #
+
+
+def rnn_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array,
+             b: jax.Array) -> jax.Array:
+    r"""Elman RNN step ``h' = tanh(x W_x + h W_h + b)``.
+
+    Shapes: ``x ∈ ℝ^{…×D}``, ``h, h' ∈ ℝ^{…×H}``, ``W_x ∈ ℝ^{D×H}`` (``wx``),
+    ``W_h ∈ ℝ^{H×H}`` (``wh``), ``b ∈ ℝ^H``.
+
+    Derivation, with ``G = ∂L/∂h'`` and the pre-activation ``A = x W_x + h W_h + b``:
+    ``∂L/∂A = G ⊙ (1 − h'⊙h')`` (``tanh'``), then, ``A`` being affine in each input,
+
+    * ``∂L/∂x = ∂L/∂A W_xᵀ``,  ``∂L/∂h = ∂L/∂A W_hᵀ`` (the message to step ``t−1``);
+    * ``∂L/∂W_x = xᵀ ∂L/∂A``,  ``∂L/∂W_h = hᵀ ∂L/∂A``,  ``∂L/∂b = 1ᵀ ∂L/∂A``.
+
+    Residuals: ``x, h, W_x, W_h`` and ``h'``.
+
+    References: Elman, "Finding Structure in Time", 1990.
+    """
+    return jnp.tanh(linear.forward(x, wx, b) + jnp.matmul(h, wh))
+
+
+def _rnn_save(x, h, wx, wh, b, y):
+    return x, h, wx, wh, y
+
+
+def _rnn_backward(residuals, g):
+    x, h, wx, wh, y = residuals
+    da = g * (1 - y * y)
+    dwx, db = _weight_grads(x, da)
+    dwh, _ = _weight_grads(h, da)
+    return jnp.matmul(da, wx.T), jnp.matmul(da, wh.T), dwx, dwh, db
+
+
+def _rnn_validate(x, h, wx, wh, b):
+    _check_cell("rnn_cell", x, h, wx, wh, {"b": b}, 1, "H")
+
+
+rnn_cell = primitive(
+    rnn_cell, _rnn_backward, save=_rnn_save, validate=_rnn_validate,
+    examples=[
+        Example((normal(3, 4), normal(3, 5), normal(4, 5, scale=0.5), normal(5, 5, scale=0.5),
+                 normal(5))),
+        Example((normal(2, 2, 3), normal(2, 2, 2), normal(3, 2), normal(2, 2), normal(2))),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# LSTM
+# --------------------------------------------------------------------------- #
+
+
+def _like(state: Any, h: jax.Array, c: jax.Array) -> Any:
+    """``(h, c)`` in the container ``state`` came in (tuple, list or LSTMState)."""
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [h, c])
+
+
+def _lstm_gates(x, h, wx, wh, b):
+    """Activated gates ``[i, f, g, o]`` stacked on the last axis (…×4H)."""
+    z = linear.forward(x, wx, b) + jnp.matmul(h, wh)
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    sig = sigmoid.forward
+    return jnp.concatenate([sig(zi), sig(zf), jnp.tanh(zg), sig(zo)], axis=-1)
+
+
+def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Array) -> Any:
+    r"""LSTM step ``(h, c) → (h', c')`` with input, forget, cell and output gates.
+
+    Shapes: ``x ∈ ℝ^{…×D}``; ``state = (h, c)``, ``h, c ∈ ℝ^{…×H}`` (a tuple or
+    :class:`LSTMState`; the new state comes back in the same container);
+    ``W_x ∈ ℝ^{D×4H}``, ``W_h ∈ ℝ^{H×4H}``, ``b ∈ ℝ^{4H}``: the four gates' projections
+    stacked in the order ``i, f, g, o`` (PyTorch's order), so one product computes all.
+
+        ``Z = x W_x + h W_h + b = [Z_i, Z_f, Z_g, Z_o]``      (…×4H)
+        ``i = σ(Z_i)``, ``f = σ(Z_f)``, ``g = tanh(Z_g)``, ``o = σ(Z_o)``
+        ``c' = f ⊙ c + i ⊙ g``,   ``h' = o ⊙ tanh(c')``
+
+    Derivation, with ``G_h = ∂L/∂h'`` and ``G_c = ∂L/∂c'`` (the memory gets
+    gradient both from the next step's ``c`` and through ``h'``):
+
+    * ``∂L/∂c'`` (total) ``= G_c + G_h ⊙ o ⊙ (1 − tanh²(c'))``;
+    * output gate: ``∂L/∂o = G_h ⊙ tanh(c')``, ``∂L/∂Z_o = ∂L/∂o ⊙ o(1 − o)``;
+    * input gate: ``∂L/∂i = ∂L/∂c' ⊙ g``, ``∂L/∂Z_i = ∂L/∂i ⊙ i(1 − i)``;
+    * forget gate: ``∂L/∂f = ∂L/∂c' ⊙ c``, ``∂L/∂Z_f = ∂L/∂f ⊙ f(1 − f)``;
+    * cell candidate: ``∂L/∂g = ∂L/∂c' ⊙ i``, ``∂L/∂Z_g = ∂L/∂g ⊙ (1 − g²)``;
+    * previous memory: ``∂L/∂c = ∂L/∂c' ⊙ f`` (the "constant error carousel");
+    * ``∂L/∂Z = [∂L/∂Z_i, ∂L/∂Z_f, ∂L/∂Z_g, ∂L/∂Z_o]``, and through the affine ``Z``:
+      ``∂L/∂x = ∂L/∂Z W_xᵀ``, ``∂L/∂h = ∂L/∂Z W_hᵀ``, ``∂L/∂W_x = xᵀ ∂L/∂Z``,
+      ``∂L/∂W_h = hᵀ ∂L/∂Z``, ``∂L/∂b = 1ᵀ ∂L/∂Z``.
+
+    Residuals: ``x, h, c, W_x, W_h``, the activated gates ``[i, f, g, o]``
+    (…×4H) and ``tanh(c')`` (…×H).
+
+    References: Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997; Gers,
+    Schmidhuber & Cummins, "Learning to Forget: Continual Prediction with LSTM",
+    2000 (the forget gate).
+    """
+    h, c = state
+    i, f, g, o = jnp.split(_lstm_gates(x, h, wx, wh, b), 4, axis=-1)
+    c_new = f * c + i * g
+    return _like(state, o * jnp.tanh(c_new), c_new)
+
+
+def _lstm_save(x, state, wx, wh, b, y):
+    _, c_new = y
+    return x, state, wx, wh, _lstm_gates(x, state[0], wx, wh, b), jnp.tanh(c_new)
+
+
+def _lstm_backward(residuals, g):
+    x, state, wx, wh, gates, tc = residuals
+    h, c = state
+    gh, gc = g
+    i, f, gg, o = jnp.split(gates, 4, axis=-1)
+    dc_new = gc + gh * o * (1 - tc * tc)
+    dz = jnp.concatenate([
+        dc_new * gg * i * (1 - i),        # ∂L/∂Z_i
+        dc_new * c * f * (1 - f),         # ∂L/∂Z_f
+        dc_new * i * (1 - gg * gg),       # ∂L/∂Z_g
+        gh * tc * o * (1 - o),            # ∂L/∂Z_o
+    ], axis=-1)
+    dwx, db = _weight_grads(x, dz)
+    dwh, _ = _weight_grads(h, dz)
+    dstate = _like(state, jnp.matmul(dz, wh.T), dc_new * f)
+    return jnp.matmul(dz, wx.T), dstate, dwx, dwh, db
+
+
+def _check_lstm_state(fn: str, state: Any) -> None:
+    if not isinstance(state, (tuple, list)) or len(state) != 2:
+        raise TypeError(
+            f"{fn}: state must be a pair (h, c) (a tuple or LSTMState), got "
+            f"{type(state).__name__}" + (f" of length {len(state)}"
+                                         if isinstance(state, (tuple, list)) else "")
+        )
+    h, c = state
+    v.floating(fn, "state.c", c)
+    if _shape(c) != _shape(h):
+        raise ValueError(f"{fn}: h and c in state must have the same shape, got h "
+                         f"{_shape(h)} and c {_shape(c)}")
+    if jnp.result_type(c) != jnp.result_type(h):
+        raise TypeError(f"{fn}: h and c in state must have the same dtype, got h "
+                        f"{jnp.result_type(h)} and c {jnp.result_type(c)}")
+
+
+def _lstm_validate(x, state, wx, wh, b):
+    _check_lstm_state("lstm_cell", state)
+    _check_cell("lstm_cell", x, state[0], wx, wh, {"b": b}, 4, "4H (gates i, f, g, o)")
+
+
+def _pair(*shape: int, container: Callable = tuple):
+    def sample(key, dtype):
+        k1, k2 = jax.random.split(key)
+        return container((jax.random.normal(k1, shape, dtype), jax.random.normal(k2, shape, dtype)))
+    return sample
+
+
+lstm_cell = primitive(
+    lstm_cell, _lstm_backward, save=_lstm_save, validate=_lstm_validate,
+    examples=[
+        Example((normal(3, 4), _pair(3, 5), normal(4, 20, scale=0.5), normal(5, 20, scale=0.5),
+                 normal(20))),
+        Example((normal(2, 2, 3), _pair(2, 2, 2, container=lambda p: LSTMState(*p)),
+                 normal(3, 8), normal(2, 8), normal(8))),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# GRU
+# --------------------------------------------------------------------------- #
+
+
+def _gru_parts(x, h, wx, wh, bx, bh):
+    """Gates ``[r, z, n]`` (…×3H) and ``U_n = h W_hn + b_hn`` (…×H)."""
+    ar, az, an = jnp.split(linear.forward(x, wx, bx), 3, axis=-1)
+    ur, uz, un = jnp.split(linear.forward(h, wh, bh), 3, axis=-1)
+    r = sigmoid.forward(ar + ur)
+    z = sigmoid.forward(az + uz)
+    n = jnp.tanh(an + r * un)
+    return jnp.concatenate([r, z, n], axis=-1), un
+
+
+def gru_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
+             bh: jax.Array) -> jax.Array:
+    r"""GRU step ``h → h'``, the variant with the reset gate applied *after* ``h W_hn``.
+
+    This is the formulation of PyTorch's ``nn.GRU`` and cuDNN (Keras
+    ``reset_after=True``), not Cho et al.'s original ``tanh(x W + (r ⊙ h) U)``: with
+    the reset after the product, the three hidden-side products are one ``h W_h``.
+    Gates stacked ``r, z, n`` (PyTorch's order):
+
+        ``A = x W_x + b_x = [A_r, A_z, A_n]``,  ``U = h W_h + b_h = [U_r, U_z, U_n]``
+        ``r = σ(A_r + U_r)``,  ``z = σ(A_z + U_z)``,  ``n = tanh(A_n + r ⊙ U_n)``
+        ``h' = (1 − z) ⊙ n + z ⊙ h``
+
+    Shapes: ``x ∈ ℝ^{…×D}``, ``h, h' ∈ ℝ^{…×H}``, ``W_x ∈ ℝ^{D×3H}`` (``wx``),
+    ``W_h ∈ ℝ^{H×3H}`` (``wh``), ``b_x, b_h ∈ ℝ^{3H}`` (``bx``, ``bh``; two biases,
+    because ``b_hn`` sits inside ``r ⊙ U_n`` and is not redundant with ``b_xn``).
+
+    Derivation, with ``G = ∂L/∂h'``:
+
+    * ``∂L/∂n = G ⊙ (1 − z)``, ``∂L/∂z = G ⊙ (h − n)``, and directly ``∂L/∂h ⊕= G ⊙ z``;
+    * candidate: ``∂L/∂(A_n + r⊙U_n) = ∂L/∂n ⊙ (1 − n²) =: δ_n``, so ``∂L/∂A_n = δ_n``,
+      ``∂L/∂U_n = δ_n ⊙ r``, ``∂L/∂r = δ_n ⊙ U_n``;
+    * gates: ``∂L/∂A_r = ∂L/∂U_r = ∂L/∂r ⊙ r(1 − r)``,
+      ``∂L/∂A_z = ∂L/∂U_z = ∂L/∂z ⊙ z(1 − z)``;
+    * through the affine maps: ``∂L/∂x = ∂L/∂A W_xᵀ``, ``∂L/∂W_x = xᵀ ∂L/∂A``,
+      ``∂L/∂b_x = 1ᵀ ∂L/∂A``; ``∂L/∂h ⊕= ∂L/∂U W_hᵀ``, ``∂L/∂W_h = hᵀ ∂L/∂U``,
+      ``∂L/∂b_h = 1ᵀ ∂L/∂U``.
+
+    Residuals: ``x, h, W_x, W_h``, the gates ``[r, z, n]`` (…×3H) and ``U_n`` (…×H).
+
+    References: Cho et al., "Learning Phrase Representations using RNN
+    Encoder–Decoder for Statistical Machine Translation", 2014 (the GRU); the
+    reset-after variant as in cuDNN and PyTorch.
+    """
+    gates, _ = _gru_parts(x, h, wx, wh, bx, bh)
+    _, z, n = jnp.split(gates, 3, axis=-1)
+    return (1 - z) * n + z * h
+
+
+def _gru_save(x, h, wx, wh, bx, bh, y):
+    gates, un = _gru_parts(x, h, wx, wh, bx, bh)
+    return x, h, wx, wh, gates, un
+
+
+def _gru_backward(residuals, g):
+    x, h, wx, wh, gates, un = residuals
+    r, z, n = jnp.split(gates, 3, axis=-1)
+    delta_n = g * (1 - z) * (1 - n * n)
+    dar = delta_n * un * r * (1 - r)
+    daz = g * (h - n) * z * (1 - z)
+    da = jnp.concatenate([dar, daz, delta_n], axis=-1)
+    du = jnp.concatenate([dar, daz, delta_n * r], axis=-1)
+    dwx, dbx = _weight_grads(x, da)
+    dwh, dbh = _weight_grads(h, du)
+    dh = g * z + jnp.matmul(du, wh.T)
+    return jnp.matmul(da, wx.T), dh, dwx, dwh, dbx, dbh
+
+
+def _gru_validate(x, h, wx, wh, bx, bh):
+    _check_cell("gru_cell", x, h, wx, wh, {"bx": bx, "bh": bh}, 3, "3H (gates r, z, n)")
+
+
+gru_cell = primitive(
+    gru_cell, _gru_backward, save=_gru_save, validate=_gru_validate,
+    examples=[
+        Example((normal(3, 4), normal(3, 5), normal(4, 15, scale=0.5), normal(5, 15, scale=0.5),
+                 normal(15), normal(15))),
+        Example((normal(2, 2, 3), normal(2, 2, 2), normal(3, 6), normal(2, 6), normal(6),
+                 normal(6))),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# Sequences: backpropagation through time by lax.scan
+# --------------------------------------------------------------------------- #
+
+
+def _hidden(state: Any) -> Any:
+    """What a step emits: the state, or its first entry ``h`` for a pair ``(h, c)``."""
+    return state[0] if isinstance(state, (tuple, list)) else state
+
+
+def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
+              reverse: bool = False) -> tuple[jax.Array, Any]:
+    r"""Run ``state_t = cell(x_t, state_{t−1}, *params)`` over the time axis.
+
+    Args:
+      cell: one step, ``cell(x_t, state, *params) -> state`` (:func:`rnn_cell`,
+        :func:`lstm_cell`, :func:`gru_cell`, or your own).
+      xs: inputs, batch-first ``…×T×D`` (time is the second-to-last axis).
+      state0: the initial state (``…×H``, or a pair ``(h, c)``).
+      *params: the cell's parameters, shared by every step.
+      reverse: run from ``t = T`` down to ``1`` (for the backward half of a
+        bidirectional RNN); ``hs`` stays in input order.
+
+    Returns:
+      ``(hs, state_T)``: ``hs ∈ ℝ^{…×T×H}`` holds each step's ``h`` (the state, or
+      its first entry for a pair), ``state_T`` the final state.
+
+    Gradient (BPTT): the scan's transpose calls the cell's VJP at ``t = T, …, 1``,
+    feeding ``∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}`` returned by step
+    ``t+1)``, and sums each step's ``∂L/∂params``. Nothing here is differentiated
+    by hand beyond the cell; the transposes between batch-first and time-major
+    layouts are layout changes JAX inverts exactly.
+    """
+    def step(state, x_t):
+        state = cell(x_t, state, *params)
+        return state, _hidden(state)
+
+    final, hs = lax.scan(step, state0, jnp.moveaxis(xs, -2, 0), reverse=reverse)
+    return jnp.moveaxis(hs, 0, -2), final
+
+
+def _check_sequence(fn: str, xs, h0, wx, params: tuple) -> None:
+    v.floating(fn, "xs", xs)
+    v.ndim_at_least(fn, "xs", xs, 2, "…×T×D, batch-first")
+    v.floating(fn, "h0", h0)
+    v.ndim_exactly(fn, "wx", wx, 2, "D×kH")
+    expect = _shape(xs)[:-2] + (h0.shape[-1] if jnp.ndim(h0) else 0,)
+    if _shape(h0) != expect:
+        raise ValueError(f"{fn}: the initial state must have shape xs.shape[:-2] + (H,) = "
+                         f"{_shape(xs)[:-2]} + (H,) for xs of shape {_shape(xs)} "
+                         f"(batch-first …×T×D), got {_shape(h0)}")
+    if xs.shape[-1] != wx.shape[0]:
+        raise ValueError(f"{fn}: xs has {xs.shape[-1]} features (shape {_shape(xs)}, "
+                         f"…×T×D) but wx expects {wx.shape[0]} (shape {_shape(wx)})")
+    computes = jnp.result_type(xs, *params)
+    if jnp.result_type(h0) != computes:
+        raise TypeError(f"{fn}: the initial state has dtype {jnp.result_type(h0)} but the "
+                        f"step computes in {computes} (from xs and the weights); the scan "
+                        f"carry must keep one dtype: cast the state to {computes}")
+
+
+def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
+        reverse: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Elman RNN over a sequence: :func:`scan_cell` of :func:`rnn_cell`.
+
+    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``h0 ∈ ℝ^{…×H}``; returns ``(hs, h_T)`` with
+    ``hs ∈ ℝ^{…×T×H}``. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
+    """
+    _check_sequence("rnn", xs, h0, wx, (wx, wh, b))
+    return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse)
+
+
+def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
+         reverse: bool = False) -> tuple[jax.Array, Any]:
+    """LSTM over a sequence: :func:`scan_cell` of :func:`lstm_cell`.
+
+    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``state0 = (h0, c0)`` with ``h0, c0 ∈ ℝ^{…×H}``;
+    returns ``(hs, (h_T, c_T))`` with ``hs ∈ ℝ^{…×T×H}`` (the ``h`` of every step)
+    and the final state in ``state0``'s container. Gradient: BPTT through the
+    cell's rule ∂L/∂(x, (h, c), W, b).
+    """
+    _check_lstm_state("lstm", state0)
+    _check_sequence("lstm", xs, state0[0], wx, (wx, wh, b))
+    return scan_cell(lstm_cell, xs, state0, wx, wh, b, reverse=reverse)
+
+
+def gru(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
+        bh: jax.Array, *, reverse: bool = False) -> tuple[jax.Array, jax.Array]:
+    """GRU (reset-after variant) over a sequence: :func:`scan_cell` of :func:`gru_cell`.
+
+    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``h0 ∈ ℝ^{…×H}``; returns ``(hs, h_T)`` with
+    ``hs ∈ ℝ^{…×T×H}``. Gradient: BPTT through the cell's rule.
+    """
+    _check_sequence("gru", xs, h0, wx, (wx, wh, bx, bh))
+    return scan_cell(gru_cell, xs, h0, wx, wh, bx, bh, reverse=reverse)
