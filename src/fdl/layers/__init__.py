@@ -26,6 +26,7 @@ of layers, so a whole model is itself a :class:`Layer`.
 """
 
 from fdl.layers import initializers
+from fdl.layers.attention import LuongAttention, MultiHeadAttention
 from fdl.layers.base import Layer, parallel, residual, serial, split_key
 from fdl.layers.core import (
     ACTIVATIONS,
@@ -46,6 +47,7 @@ from fdl.layers.core import (
     get_activation,
     mlp,
 )
+from fdl.layers.recurrent import GRU, LSTM, RNN
 
 __all__ = [
     "ACTIVATIONS",
@@ -55,9 +57,14 @@ __all__ = [
     "Elu",
     "Flatten",
     "Gelu",
+    "GRU",
+    "LSTM",
     "Layer",
     "LeakyRelu",
     "LogSoftmax",
+    "LuongAttention",
+    "MultiHeadAttention",
+    "RNN",
     "Relu",
     "Sigmoid",
     "Silu",
