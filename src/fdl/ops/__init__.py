@@ -18,7 +18,7 @@ from fdl.ops.attention import (
     multi_head_attention,
 )
 from fdl.ops.dropout import dropout
-from fdl.ops.linear import linear
+from fdl.ops.linear import ghost_linear, linear
 from fdl.ops.recurrent import (
     LSTMState,
     gru,
@@ -55,6 +55,7 @@ __all__ = [
     "elu",
     "gelu",
     "leaky_relu",
+    "ghost_linear",
     "linear",
     "log_softmax",
     "relu",

@@ -7,6 +7,8 @@ Layout is batch-first: ``X ∈ ℝ^{N×d_in}``, ``W ∈ ℝ^{d_in×d_out}``,
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -77,3 +79,121 @@ linear = primitive(
         Example((normal(1, 1), normal(1, 1), normal(1))),
     ],
 )
+
+
+# --------------------------------------------------------------------------- #
+# Ghost norms: the affine map whose backward also returns per-example gradient norms
+# --------------------------------------------------------------------------- #
+
+
+def _per_example_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
+    r"""``‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²`` for each example ``i``, from ``X`` and ``G`` alone.
+
+    ``X ∈ ℝ^{N×T×d_in}``, ``G ∈ ℝ^{N×T×d_out}`` (the middle axes of ``x``/``g``
+    folded into ``T``; ``T = 1`` without them). Returns ``ℝ^N``.
+
+    * ``T = 1``: ``‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²`` — ``O(N(d_in + d_out))``.
+    * ``T > 1``, Gram form: ``‖Xᵢᵀ Gᵢ‖²_F = ⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F`` —
+      ``O(N T² (d_in + d_out))`` time, ``N×T×T`` memory;
+    * ``T > 1``, direct: form ``Xᵢᵀ Gᵢ ∈ ℝ^{d_in×d_out}`` and square it —
+      ``O(N T d_in d_out)`` time, ``N×d_in×d_out`` memory.
+
+    The cheaper of the last two is chosen from the (static) shapes: Gram when
+    ``T (d_in + d_out) ≤ d_in d_out``. The bias term is ``‖Gᵢᵀ 1_T‖²``.
+    """
+    n, d_in, d_out = x.shape[0], x.shape[-1], g.shape[-1]
+    t = math.prod(x.shape[1:-1])
+    x3, g3 = x.reshape(n, t, d_in), g.reshape(n, t, d_out)
+    g_sum = jnp.sum(g3, axis=1)  # ∂ℓᵢ/∂b = Gᵢᵀ 1, (N, d_out)
+    bias = jnp.sum(g_sum * g_sum, axis=1)
+    if t == 1:
+        weight = jnp.sum(x3[:, 0] * x3[:, 0], axis=1) * jnp.sum(g_sum * g_sum, axis=1)
+    elif t * (d_in + d_out) <= d_in * d_out:
+        xx = jnp.einsum("nti,nsi->nts", x3, x3)  # Xᵢ Xᵢᵀ, (N, T, T)
+        gg = jnp.einsum("ntj,nsj->nts", g3, g3)  # Gᵢ Gᵢᵀ, (N, T, T)
+        weight = jnp.sum(xx * gg, axis=(1, 2))
+    else:
+        per = jnp.einsum("nti,ntj->nij", x3, g3)  # Xᵢᵀ Gᵢ, (N, d_in, d_out)
+        weight = jnp.sum(per * per, axis=(1, 2))
+    return weight + bias
+
+
+def _ghost_linear_forward(x: jax.Array, w: jax.Array, b: jax.Array,
+                          probe: jax.Array) -> jax.Array:
+    r"""Affine map ``Y = XW + b`` whose backward also returns, as the cotangent of
+    ``probe``, each example's squared gradient norm for this layer's parameters.
+
+    Shapes: ``X ∈ ℝ^{N×…×d_in}`` (axis 0 indexes the examples; the middle axes,
+    e.g. a sequence, are folded into ``T``), ``W ∈ ℝ^{d_in×d_out}``,
+    ``b ∈ ℝ^{d_out}``, ``probe ∈ ℝ^N`` (its value is not read; pass zeros),
+    ``Y ∈ ℝ^{N×…×d_out}``. The forward is exactly :func:`linear`.
+
+    Derivation. Let ``L = Σᵢ ℓᵢ`` where the loss ``ℓᵢ`` of example ``i`` depends
+    on ``Y`` only through its own rows ``Yᵢ ∈ ℝ^{T×d_out}`` (no batch statistics), and
+    ``G = ∂L/∂Y``, so ``Gᵢ = ∂ℓᵢ/∂Yᵢ``. The cotangents of ``X, W, b`` are those of
+    :func:`linear` (``∂L/∂X = G Wᵀ``, ``∂L/∂W = Xᵀ G``, ``∂L/∂b = 1ᵀ G``), and
+    ``∂L/∂W = Σᵢ ∂ℓᵢ/∂W`` with
+
+    * ``∂ℓᵢ/∂W = Xᵢᵀ Gᵢ = Σ_t x_{it} g_{it}ᵀ ∈ ℝ^{d_in×d_out}``,
+      ``∂ℓᵢ/∂b = Gᵢᵀ 1_T ∈ ℝ^{d_out}``;
+    * ``T = 1``: ``‖xᵢ gᵢᵀ‖²_F = Σ_{jk} x_{ij}² g_{ik}² = ‖xᵢ‖² ‖gᵢ‖²``;
+    * ``T > 1``: ``‖Xᵢᵀ Gᵢ‖²_F = tr(Gᵢᵀ Xᵢ Xᵢᵀ Gᵢ) = ⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F``
+      (Gram form, used when ``T (d_in + d_out) ≤ d_in d_out``; otherwise ``Xᵢᵀ Gᵢ``
+      is formed per example and squared, whichever is cheaper).
+
+    The "cotangent" of ``probe`` is ``pᵢ = ‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²`` — the
+    per-example gradient norms without materialising one ``d_in×d_out`` gradient
+    per example (Goodfellow 2015; Li et al. 2022's "ghost norm"). It is quadratic
+    in ``G``, so it is *not* the VJP of any forward: a VJP is linear in the
+    cotangent. There is therefore no autodiff reference for it; this primitive is
+    not registered, always uses its hand-written rule (in either gradient mode),
+    and ``tests/test_privacy.py`` checks the ``X, W, b`` cotangents against
+    autodiff of :func:`linear` and the probe's against ``vmap`` of per-example
+    gradients. With ``L = Σᵢ cᵢ ℓᵢ`` the probe's cotangent is ``cᵢ² pᵢ``.
+
+    Residuals: ``X``, ``W`` and ``probe`` (for its dtype; ``N`` numbers).
+
+    References: Goodfellow, "Efficient Per-Example Gradient Computations", 2015;
+    Li, Tramèr, Liang, Hashimoto, "Large Language Models Can Be Strong
+    Differentially Private Learners", 2022 (ghost clipping).
+    """
+    return linear.forward(x, w, b)
+
+
+def _ghost_linear_save(x, w, b, probe, y):
+    return x, w, probe
+
+
+def _ghost_linear_backward(residuals, g):
+    x, w, probe = residuals
+    dx, dw, db = _linear_backward((x, w), g)
+    return dx, dw, db, _per_example_sq_norms(x, g).astype(probe.dtype)
+
+
+def _ghost_linear_validate(x, w, b, probe):
+    _linear_validate(x, w, b)
+    v.floating("ghost_linear", "probe", probe)
+    v.ndim_at_least("ghost_linear", "x", x, 2, "N×…×d_in, axis 0 indexing the examples")
+    if tuple(probe.shape) != (x.shape[0],):
+        raise ValueError(
+            f"ghost_linear: probe must have one entry per example, shape ({x.shape[0]},) for "
+            f"x of shape {tuple(x.shape)}, got shape {tuple(probe.shape)}; a layer before "
+            "this one may have reshaped the batch axis (per-example norms need axis 0 to "
+            "index the examples)"
+        )
+
+
+_ghost_linear = primitive(
+    _ghost_linear_forward, _ghost_linear_backward, save=_ghost_linear_save,
+    validate=_ghost_linear_validate, name="ghost_linear",
+    register=False,  # no autodiff reference for the probe's cotangent: see the docstring
+)
+
+
+def ghost_linear(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array) -> jax.Array:
+    # The hand-written rule is the point (it computes the norms), so it is used in
+    # either gradient mode: autodiff of the forward would give the probe a zero cotangent.
+    return _ghost_linear.manual(x, w, b, probe)
+
+
+ghost_linear.__doc__ = _ghost_linear_forward.__doc__
