@@ -13,7 +13,7 @@ import pytest
 
 import fdl
 from fdl import check
-from fdl.ops import dropout
+from fdl.ops import dropout, embedding
 
 KEY = jax.random.key(0)
 
@@ -36,7 +36,7 @@ def test_dropout_keeps_one_minus_rate_and_is_unbiased(rate):
 
 
 def test_dropout_rate_zero_is_identity_and_gradient_is_one():
-    x = jax.random.normal(KEY, (3, 4))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
     np.testing.assert_array_equal(dropout(x, KEY, 0.0), x)
     np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(dropout(x, KEY, 0.0)))(x),
                                   jnp.ones_like(x))
@@ -44,7 +44,7 @@ def test_dropout_rate_zero_is_identity_and_gradient_is_one():
 
 def test_dropout_same_key_same_mask_gradient_is_mask_over_keep():
     rate = 0.25
-    x = jax.random.normal(KEY, (6, 7))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((6, 7)))
     k = jax.random.key(3)
     y1, y2 = dropout(x, k, rate), dropout(x, k, rate)
     np.testing.assert_array_equal(y1, y2)
@@ -87,3 +87,57 @@ def test_dropout_validation(args, error, match):
 
 def test_dropout_is_registered():
     assert fdl.registry()["dropout"] is dropout
+
+
+# --------------------------------------------------------------------------- #
+# embedding
+# --------------------------------------------------------------------------- #
+
+TABLE = jnp.asarray(np.random.default_rng(2).standard_normal((5, 3)))
+
+
+def test_embedding_gathers_rows_for_ids_of_any_shape():
+    ids = jnp.array([[4, 0, 4], [2, 2, 1]])
+    y = embedding(ids, TABLE)
+    assert y.shape == (2, 3, 3)
+    np.testing.assert_array_equal(y[1, 2], TABLE[1])
+    np.testing.assert_array_equal(embedding(jnp.array(3), TABLE), TABLE[3])
+
+
+def test_embedding_gradient_accumulates_repeated_ids_and_leaves_unused_rows_zero():
+    ids = jnp.array([[4, 0, 4], [2, 4, 0]])
+    g = jnp.arange(18.0).reshape(2, 3, 3)
+    (dtable,) = jax.jit(lambda t, g: jax.vjp(lambda t: embedding(ids, t), t)[1](g))(TABLE, g)
+    expected = np.zeros((5, 3))
+    expected[4] = g[0, 0] + g[0, 2] + g[1, 1]
+    expected[0] = g[0, 1] + g[1, 2]
+    expected[2] = g[1, 0]
+    np.testing.assert_array_equal(dtable, expected)
+
+
+def test_embedding_under_jit_and_vmap_of_grad():
+    ids = jnp.array([[1, 1, 3], [0, 2, 2]])
+    loss = lambda t, i: jnp.sum(embedding(i, t) ** 2)
+    per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(TABLE, ids)
+    for k in range(2):
+        counts = np.bincount(np.asarray(ids[k]), minlength=5).reshape(5, 1)
+        np.testing.assert_allclose(per_example[k], 2 * counts * TABLE, rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((jnp.array([0, 5]), TABLE), ValueError,
+         r"embedding: ids must be in \[0, 5\) for a table of 5 rows .* got 5 at index \(1,\)"),
+        ((jnp.array([[0, -1]]), TABLE), ValueError, r"embedding: .* got -1 at index \(0, 1\)"),
+        ((jnp.array([0.0, 1.0]), TABLE), TypeError,
+         r"embedding: ids must be an integer array \(token ids\), got dtype float"),
+        ((jnp.array([0, 1]), jnp.ones(5)), ValueError,
+         r"embedding: table must have 2 dimension\(s\) \(V×d: one row per id\), got shape \(5,\)"),
+        ((jnp.array([0, 1]), jnp.ones((5, 3), jnp.int32)), TypeError,
+         r"embedding: table must be a floating-point array"),
+    ],
+)
+def test_embedding_validation(args, error, match):
+    with pytest.raises(error, match=match):
+        embedding(*args)

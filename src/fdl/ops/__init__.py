@@ -17,8 +17,12 @@ from fdl.ops.attention import (
     masked_softmax,
     multi_head_attention,
 )
+from fdl.ops.conv import conv1d, conv2d
 from fdl.ops.dropout import dropout
+from fdl.ops.embedding import embedding
 from fdl.ops.linear import ghost_linear, linear
+from fdl.ops.norm import batch_norm, batch_norm_inference, layer_norm, rms_norm
+from fdl.ops.pool import avg_pool2d, global_avg_pool, max_pool2d
 from fdl.ops.recurrent import (
     LSTMState,
     gru,
@@ -51,7 +55,17 @@ __all__ = [
     "rnn",
     "rnn_cell",
     "scan_cell",
+    "avg_pool2d",
+    "batch_norm",
+    "batch_norm_inference",
+    "conv1d",
+    "conv2d",
     "dropout",
+    "embedding",
+    "global_avg_pool",
+    "layer_norm",
+    "max_pool2d",
+    "rms_norm",
     "elu",
     "gelu",
     "leaky_relu",

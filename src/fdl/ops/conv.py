@@ -1,0 +1,287 @@
+"""Convolutions ``Y = X ⋆ W + b`` (cross-correlation, as in every DL library).
+
+Layout: images are NHWC (``X ∈ ℝ^{N×H×W×C_in}``), kernels HWIO
+(``W ∈ ℝ^{k_h×k_w×C_in×C_out}``), bias ``b ∈ ℝ^{C_out}``; 1-D signals are NWC
+with WIO kernels. ``stride`` ``s`` and ``dilation`` ``d`` are an int or one per
+spatial axis; ``padding`` is ``"SAME"``, ``"VALID"`` or explicit
+``((top, bottom), (left, right))``.
+
+Geometry of one spatial axis (used by the pools too). Input length ``n``, kernel
+length ``k``, dilated kernel extent ``k_d = d(k − 1) + 1``, padding ``(lo, hi)``.
+Output length
+
+    ``o = ⌊(n + lo + hi − k_d)/s⌋ + 1``.
+
+``"VALID"`` is ``lo = hi = 0``. ``"SAME"`` (XLA/TensorFlow convention) asks for
+``o = ⌈n/s⌉`` and pads the minimum total ``t = max((o − 1)s + k_d − n, 0)``,
+split ``lo = ⌊t/2⌋``, ``hi = t − lo`` (the odd element goes at the end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fdl import _validate as v
+from fdl.primitive import Example, normal, primitive
+
+__all__ = ["conv1d", "conv2d"]
+
+Padding = str | Sequence[Sequence[int]]
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# --------------------------------------------------------------------------- #
+# Geometry, shared with fdl.ops.pool
+# --------------------------------------------------------------------------- #
+
+
+def as_tuple(value: Any, n: int) -> tuple[int, ...]:
+    """An int, or a sequence of ``n`` ints, as a tuple of ``n`` ints (already validated)."""
+    if isinstance(value, (int, jnp.integer)):
+        return (int(value),) * n
+    return tuple(int(e) for e in value)
+
+
+def explicit_padding(padding: Padding, sizes: Sequence[int], extents: Sequence[int],
+                     strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """``(lo, hi)`` per spatial axis for input ``sizes``, dilated window ``extents``
+    and ``strides`` (see the module docstring for the ``"SAME"`` rule)."""
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return tuple((0, 0) for _ in sizes)
+        pads = []
+        for n, k, s in zip(sizes, extents, strides):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def output_size(n: int, extent: int, stride: int, lo: int, hi: int) -> int:
+    """``o = ⌊(n + lo + hi − k_d)/s⌋ + 1`` (≤ 0 when the window does not fit)."""
+    return (n + lo + hi - extent) // stride + 1
+
+
+def check_tuple(fn: str, name: str, value: Any, n: int) -> None:
+    """``value`` must be a positive int or a sequence of ``n`` positive ints."""
+    def ok(e: Any) -> bool:
+        return isinstance(e, (int, jnp.integer)) and not isinstance(e, bool) and e >= 1
+
+    if ok(value):
+        return
+    if isinstance(value, (tuple, list)) and len(value) == n and all(ok(e) for e in value):
+        return
+    raise ValueError(
+        f"{fn}: {name} must be a positive int or a sequence of {n} such ints (one per "
+        f"spatial axis), got {value!r}")
+
+
+def check_padding(fn: str, padding: Any, n: int) -> None:
+    """``padding`` must be ``"SAME"``, ``"VALID"`` or ``n`` pairs of ints ≥ 0."""
+    if isinstance(padding, str):
+        if padding not in ("SAME", "VALID"):
+            hint = (f"; did you mean {padding.upper()!r}?"
+                    if padding.upper() in ("SAME", "VALID") else "")
+            raise ValueError(
+                f"{fn}: padding must be 'SAME', 'VALID' or explicit "
+                f"{'((top, bottom), (left, right))' if n == 2 else '((lo, hi),)'}, "
+                f"got {padding!r}{hint}")
+        return
+
+    def pair(p: Any) -> bool:
+        return (isinstance(p, (tuple, list)) and len(p) == 2 and all(
+            isinstance(e, (int, jnp.integer)) and not isinstance(e, bool) and e >= 0
+            for e in p))
+
+    if not (isinstance(padding, (tuple, list)) and len(padding) == n
+            and all(pair(p) for p in padding)):
+        example = "((1, 1), (2, 2))" if n == 2 else "((1, 1),)"
+        raise ValueError(
+            f"{fn}: explicit padding must be {n} pair(s) of non-negative ints, one "
+            f"(lo, hi) per spatial axis, e.g. {example}; got {padding!r}")
+
+
+# --------------------------------------------------------------------------- #
+# conv2d
+# --------------------------------------------------------------------------- #
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation):
+    """Strides, dilations and explicit ``(lo, hi)`` pads of the two spatial axes."""
+    s, d = as_tuple(stride, 2), as_tuple(dilation, 2)
+    extents = [di * (k - 1) + 1 for di, k in zip(d, w_shape[:2])]
+    return s, d, explicit_padding(padding, x_shape[1:3], extents, s)
+
+
+def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
+           padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
+    r"""2-D convolution (cross-correlation) ``Y = X ⋆ W + b``, NHWC/HWIO.
+
+    Shapes: ``X ∈ ℝ^{N×H×W×C_in}``, ``W ∈ ℝ^{k_h×k_w×C_in×C_out}``, ``b ∈ ℝ^{C_out}``,
+    ``Y ∈ ℝ^{N×o_h×o_w×C_out}``; ``stride``, ``padding``, ``dilation`` static (see the
+    module docstring for ``o`` and the ``"SAME"`` rule).
+
+    Forward, one spatial axis written out (the other is identical), with
+    ``X`` zero outside ``[0, n)``:
+
+        ``Y[ν, i, c'] = Σ_{j, c} X[ν, s·i + d·j − lo, c] · W[j, c, c'] + b[c']``.
+
+    Derivation (``G = ∂L/∂Y``, same shape as ``Y``).
+
+    * Bias: ``∂Y[ν,i,c']/∂b[c'] = 1`` ⇒ ``∂L/∂b = Σ_{ν,i} G[ν,i,:]`` (sum over N, H, W).
+    * Kernel: ``∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']`` — the
+      *correlation of the input with the output gradient*. It is itself a
+      convolution in which ``C_in`` plays the batch, ``N`` the contracted channel,
+      ``G`` the kernel: window stride ``d`` (``j`` steps by ``d``), kernel dilation
+      ``s`` (``i`` steps by ``s``), padding ``lo`` below, and above just enough
+      for ``k`` outputs, ``hi' = s(o − 1) + d(k − 1) + 1 − n − lo`` (≤ ``hi``;
+      negative crops input the forward never read).
+    * Input: ``∂L/∂X[ν,p,c] = Σ_{i,j,c' : s·i + d·j − lo = p} G[ν,i,c'] W[j,c,c']``.
+      Dilate ``G`` by the stride (``s − 1`` zeros between elements:
+      ``G_s[s·i] = G[i]``, length ``s(o − 1) + 1``); then the constraint becomes
+      ``∂L/∂X[p] = Σ_j G_s[p + lo − d·j] W[j]``, and with the flipped kernel
+      ``W̃[j] = W[k − 1 − j]``, ``∂L/∂X[p] = Σ_j G_s[p + lo − d(k − 1) + d·j] W̃[j]``:
+      a stride-1 correlation of ``G_s`` with ``W̃`` (dilation ``d``; channels
+      transposed, ``W̃[j, c', c]``) after padding ``G_s`` by
+      ``lo' = d(k − 1) − lo`` below and ``hi' = n + lo − s(o − 1) − 1`` above, so that
+      exactly ``n`` outputs come out (``lo' + s(o − 1) + 1 + hi' − d(k − 1) = n``).
+      This is the *transposed convolution*; ``lhs_dilation = s`` does the dilation.
+
+    Residuals: ``X`` and ``W`` (``b`` and ``Y`` are not needed).
+    """
+    s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
+    y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d, dimension_numbers=_NHWC)
+    return y + b.reshape(1, 1, 1, -1)
+
+
+def _conv2d_save(x, w, b, stride, padding, dilation, y):
+    return x, w
+
+
+def _conv2d_backward(stride, padding, dilation, residuals, g):
+    x, w = residuals
+    s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
+    k, n, o = w.shape[:2], x.shape[1:3], g.shape[1:3]
+    # ∂L/∂X: transposed convolution of G with the flipped, channel-transposed kernel.
+    pads_dx = [(di * (ki - 1) - lo, ni + lo - si * (oi - 1) - 1)
+               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
+    w_flipped = jnp.swapaxes(jnp.flip(w, axis=(0, 1)), 2, 3)  # k_h×k_w×C_out×C_in
+    dx = lax.conv_general_dilated(g, w_flipped, (1, 1), pads_dx, lhs_dilation=s,
+                                  rhs_dilation=d, dimension_numbers=_NHWC)
+    # ∂L/∂W: correlation of X with G (C_in as batch, N contracted, G as the kernel).
+    pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
+               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
+    dw = lax.conv_general_dilated(x, g, d, pads_dw, rhs_dilation=s,
+                                  dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    return dx, dw, jnp.sum(g, axis=(0, 1, 2))
+
+
+def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
+    """Shared validation; ``layout`` is ``("NHWC", "HWIO")`` or ``("NWC", "WIO")``."""
+    nd = len(layout[0]) - 2
+    for name, a in (("x", x), ("w", w), ("b", b)):
+        v.floating(fn, name, a)
+    v.ndim_exactly(fn, "x", x, nd + 2, layout[0])
+    v.ndim_exactly(fn, "w", w, nd + 2, layout[1])
+    v.ndim_exactly(fn, "b", b, 1, "C_out")
+    if x.shape[-1] != w.shape[-2]:
+        raise ValueError(
+            f"{fn}: x has {x.shape[-1]} input channels (shape {tuple(x.shape)}, {layout[0]}) "
+            f"but w expects {w.shape[-2]} (shape {tuple(w.shape)}, {layout[1]}); the last "
+            "axis of x must equal the I axis of w")
+    if b.shape[0] != w.shape[-1]:
+        raise ValueError(
+            f"{fn}: b has shape {tuple(b.shape)} but w has {w.shape[-1]} output channels "
+            f"(shape {tuple(w.shape)}); b must have shape ({w.shape[-1]},)")
+    check_tuple(fn, "stride", stride, nd)
+    check_tuple(fn, "dilation", dilation, nd)
+    check_padding(fn, padding, nd)
+    s, d = as_tuple(stride, nd), as_tuple(dilation, nd)
+    extents = [di * (k - 1) + 1 for di, k in zip(d, w.shape[:nd])]
+    pads = explicit_padding(padding, x.shape[1:-1], extents, s)
+    for axis, n, e, si, (lo, hi) in zip(layout[0][1:-1], x.shape[1:-1], extents, s, pads):
+        if output_size(n, e, si, lo, hi) < 1:
+            raise ValueError(
+                f"{fn}: along {axis} the dilated kernel spans {e} but the padded input has "
+                f"only {n + lo + hi} (input {n}, padding {(lo, hi)}); use padding='SAME', "
+                "a smaller kernel or dilation, or a larger input")
+
+
+def _conv2d_validate(x, w, b, stride, padding, dilation):
+    _check_conv("conv2d", x, w, b, stride, padding, dilation, ("NHWC", "HWIO"))
+
+
+conv2d = primitive(
+    conv2d, _conv2d_backward, save=_conv2d_save,
+    static=("stride", "padding", "dilation"), validate=_conv2d_validate,
+    examples=[
+        Example((normal(2, 5, 5, 3), normal(3, 3, 3, 4), normal(4), 1, "SAME", 1)),
+        Example((normal(2, 6, 5, 2), normal(3, 2, 2, 3), normal(3), 2, "VALID", 1)),
+        Example((normal(1, 7, 6, 2), normal(2, 3, 2, 2), normal(2), (2, 1), ((1, 2), (0, 3)),
+                 (1, 2))),
+        Example((normal(2, 6, 6, 1), normal(3, 3, 1, 1), normal(1), 1, "SAME", 2)),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# conv1d: conv2d with H = 1
+# --------------------------------------------------------------------------- #
+
+
+def _as_2d(stride, padding, dilation):
+    """The conv2d arguments of a conv1d call: a unit H axis in front of W."""
+    pad2 = padding if isinstance(padding, str) else ((0, 0),) + tuple(
+        (int(lo), int(hi)) for lo, hi in padding)
+    return (1, as_tuple(stride, 1)[0]), pad2, (1, as_tuple(dilation, 1)[0])
+
+
+def conv1d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
+           padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
+    r"""1-D convolution (cross-correlation) ``Y = X ⋆ W + b``, NWC/WIO.
+
+    Shapes: ``X ∈ ℝ^{N×L×C_in}``, ``W ∈ ℝ^{k×C_in×C_out}``, ``b ∈ ℝ^{C_out}``,
+    ``Y ∈ ℝ^{N×o×C_out}``; ``padding`` is ``"SAME"``, ``"VALID"`` or ``((lo, hi),)``.
+
+    It is :func:`conv2d` on ``X`` reshaped to ``N×1×L×C_in`` with the kernel
+    ``1×k×C_in×C_out`` (a unit H axis with stride, dilation 1 and no padding), so
+    the derivation is conv2d's along the W axis alone:
+
+    * ``∂L/∂b = Σ_{ν,i} G[ν,i,:]``;
+    * ``∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']``;
+    * ``∂L/∂X`` = the transposed convolution of ``G`` (dilated by ``s``, padded
+      ``d(k − 1) − lo`` below and ``n + lo − s(o − 1) − 1`` above) with the flipped,
+      channel-transposed kernel.
+
+    The backward is conv2d's backward on the reshaped residuals. Residuals: ``X``, ``W``.
+    """
+    s2, pad2, d2 = _as_2d(stride, padding, dilation)
+    return conv2d.forward(x[:, None], w[None], b, s2, pad2, d2)[:, 0]
+
+
+def _conv1d_backward(stride, padding, dilation, residuals, g):
+    x, w = residuals
+    s2, pad2, d2 = _as_2d(stride, padding, dilation)
+    dx, dw, db = _conv2d_backward(s2, pad2, d2, (x[:, None], w[None]), g[:, None])
+    return dx[:, 0], dw[0], db
+
+
+def _conv1d_validate(x, w, b, stride, padding, dilation):
+    _check_conv("conv1d", x, w, b, stride, padding, dilation, ("NWC", "WIO"))
+
+
+conv1d = primitive(
+    conv1d, _conv1d_backward, save=_conv2d_save,
+    static=("stride", "padding", "dilation"), validate=_conv1d_validate,
+    examples=[
+        Example((normal(2, 9, 3), normal(3, 3, 4), normal(4), 1, "SAME", 1)),
+        Example((normal(3, 10, 2), normal(4, 2, 3), normal(3), 2, "VALID", 2)),
+        Example((normal(1, 7, 1), normal(2, 1, 1), normal(1), 3, ((2, 1),), 1)),
+    ],
+)

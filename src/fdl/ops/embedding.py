@@ -1,0 +1,82 @@
+"""Embedding lookup: rows of a table gathered by integer ids.
+
+``T ∈ ℝ^{V×d}`` holds one ``d``-vector per id in ``{0, …, V−1}``; ``ids`` may have
+any shape ``S`` (a batch of tokens ``N``, a batch of sequences ``N×L``, …) and the
+output has shape ``S×d``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdl import _validate as v
+from fdl.primitive import Example, labels, normal, primitive
+
+__all__ = ["embedding"]
+
+
+def embedding(ids: jax.Array, table: jax.Array) -> jax.Array:
+    r"""Gather rows: ``Y[s] = T[ids[s]]`` for every index ``s`` of ``ids``.
+
+    Shapes: ``ids ∈ {0…V−1}^S`` (integers, any shape ``S``), ``T ∈ ℝ^{V×d}``,
+    ``Y ∈ ℝ^{S×d}``.
+
+    Derivation: the lookup is a product with one-hot rows, ``Y = onehot(ids) T``
+    (``onehot(ids) ∈ {0,1}^{S×V}``), so ``∂Y[s,k]/∂T[u,k'] = δ_{ids[s],u} δ_{kk'}`` and
+
+        ``∂L/∂T = onehot(ids)ᵀ G``, i.e. ``∂L/∂T[u] = Σ_{s : ids[s] = u} G[s]``:
+
+    a scatter-add of the cotangent rows ``G ∈ ℝ^{S×d}`` into a zero table, where
+    repeated ids accumulate and ids that do not occur get zero. ``ids`` are
+    integers: no cotangent (``None``). The one-hot matrix is never formed.
+
+    Out-of-range ids raise ``ValueError`` when ``ids`` is concrete; inside ``jit``
+    they cannot be checked (the gather then clamps them, as JAX indexing does).
+
+    Residuals: ``ids`` and ``T``'s number of rows ``V`` (not ``T``).
+    """
+    return table[ids]
+
+
+def _embedding_save(ids, table, y):
+    # a zero-size array carries V into the backward (residuals must be arrays)
+    return ids, jnp.zeros((table.shape[0], 0), jnp.int8)
+
+
+def _embedding_backward(residuals, g):
+    ids, rows = residuals
+    dtable = jnp.zeros((rows.shape[0], g.shape[-1]), g.dtype).at[ids].add(g)
+    return None, dtable
+
+
+def _embedding_validate(ids, table):
+    fn = "embedding"
+    if not hasattr(ids, "dtype") or not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
+        got = f"dtype {jnp.result_type(ids)}" if hasattr(ids, "dtype") else type(ids).__name__
+        raise TypeError(
+            f"{fn}: ids must be an integer array (token ids), got {got}; "
+            "cast with ids.astype(jnp.int32)")
+    v.floating(fn, "table", table)
+    v.ndim_exactly(fn, "table", table, 2, "V×d: one row per id")
+    n_rows = table.shape[0]
+    if v.is_concrete(ids) and ids.size:
+        a = np.asarray(ids)
+        bad = (a < 0) | (a >= n_rows)
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{fn}: ids must be in [0, {n_rows}) for a table of {n_rows} rows (shape "
+                f"{tuple(table.shape)}), got {a[i]} at index {i} (range given: "
+                f"{a.min()}..{a.max()})")
+
+
+embedding = primitive(
+    embedding, _embedding_backward, save=_embedding_save, validate=_embedding_validate,
+    examples=[
+        Example((labels(6, classes=4), normal(4, 3))),        # repeats: 6 ids, 4 rows
+        Example((labels(2, 5, classes=7), normal(7, 2))),
+        Example((labels(classes=3), normal(3, 4))),           # a single id
+    ],
+)

@@ -1,0 +1,290 @@
+"""Pooling over NHWC images: max, average, and global average.
+
+A window of ``k_h×k_w`` pixels slides with ``stride`` (default: the window, i.e.
+non-overlapping) over each channel separately; ``padding`` is ``"VALID"``
+(default), ``"SAME"`` or explicit ``((top, bottom), (left, right))`` with each
+side smaller than the window. The output geometry is conv's (see
+:mod:`fdl.ops.conv`): ``o = ⌊(n + lo + hi − k)/s⌋ + 1`` per spatial axis, and
+``"SAME"`` gives ``o = ⌈n/s⌉``.
+
+Every backward below has the same shape: each output pixel ``(i_h, i_w)`` hands
+its cotangent back to the ``k_h k_w`` input pixels of its window
+``(s_h i_h + a − lo_h, s_w i_w + b − lo_w)``, ``0 ≤ a < k_h``, ``0 ≤ b < k_w``,
+with a weight (1 for the arg-max and 0 elsewhere; ``1/count`` for the average);
+contributions of overlapping windows add up, and those landing in the padding
+are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from fdl import _validate as v
+from fdl.ops.conv import (
+    Padding,
+    as_tuple,
+    check_padding,
+    check_tuple,
+    explicit_padding,
+    output_size,
+)
+from fdl.primitive import Example, normal, primitive
+
+__all__ = ["avg_pool2d", "global_avg_pool", "max_pool2d"]
+
+
+def _geometry(shape, window, stride, padding):
+    """Window, strides and explicit ``(lo, hi)`` pads of the two spatial axes."""
+    k = as_tuple(window, 2)
+    s = k if stride is None else as_tuple(stride, 2)
+    return k, s, explicit_padding(padding, shape[1:3], k, s)
+
+
+def _shape_of(x: jax.Array) -> jax.Array:
+    """A zero-size array that carries ``x``'s shape into the backward for free
+    (residuals must be arrays; the spatial size is not recoverable from the output
+    when the windows leave trailing pixels unread)."""
+    return jnp.zeros(x.shape[:-1] + (0,), jnp.int8)
+
+
+def _windows_back(pieces, shape, k, s, pads, o):
+    """``∂L/∂X`` from per-offset contributions: ``pieces(a, b)`` (``N×o_h×o_w×C``) is
+    what each window sends to its pixel at offset ``(a, b)``. Each is dilated by the
+    stride and shifted by the offset (one ``lax.pad``), summed, and the padding cut off."""
+    padded = [n + lo + hi for n, (lo, hi) in zip(shape[1:3], pads)]
+    total = None
+    for a in range(k[0]):
+        for b in range(k[1]):
+            config = [(0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)]
+            for axis, off in ((1, a), (2, b)):
+                span = s[axis - 1] * (o[axis - 1] - 1) + 1
+                config[axis] = (off, padded[axis - 1] - off - span, s[axis - 1] - 1)
+            piece = pieces(a, b)
+            part = lax.pad(piece, jnp.zeros((), piece.dtype), config)
+            total = part if total is None else total + part
+    (lo_h, _), (lo_w, _) = pads
+    return total[:, lo_h:lo_h + shape[1], lo_w:lo_w + shape[2], :]
+
+
+# --------------------------------------------------------------------------- #
+# max pooling
+# --------------------------------------------------------------------------- #
+
+
+def max_pool2d(x: jax.Array, window: int | Sequence[int],
+               stride: int | Sequence[int] | None = None,
+               padding: Padding = "VALID") -> jax.Array:
+    r"""Max pooling ``Y[ν,i,c] = max_{(a,b) ∈ window} X̄[ν, s·i + (a,b) − lo, c]``, NHWC.
+
+    Shapes: ``X ∈ ℝ^{N×H×W×C}`` → ``Y ∈ ℝ^{N×o_h×o_w×C}``; ``window``, ``stride``
+    (default ``window``), ``padding`` static. ``X̄`` is ``X`` padded with ``−∞``, so
+    padding never wins.
+
+    Derivation. Within one window the max is locally the value of one element,
+    the arg-max ``(a*, b*)``: ``∂Y[ν,i,c]/∂X[ν,p,c] = 1`` if ``p`` is that element
+    and 0 otherwise (where the max is unique the function is differentiable; at ties
+    it is not, and we pick a subgradient). Hence
+
+        ``∂L/∂X[ν,p,c] = Σ_{windows i whose arg-max is p} G[ν,i,c]``:
+
+    each output's cotangent is routed to its window's arg-max, and summed where
+    overlapping windows share an arg-max.
+
+    Ties: the gradient goes to the *first* maximum in row-major order within the
+    window (smallest ``a``, then smallest ``b``). This is what JAX's autodiff of
+    ``lax.reduce_window`` max does on CPU (tested); the registered examples have
+    distinct values, so the checks do not depend on it.
+
+    Residuals: the arg-max offset ``a*·k_w + b*`` of every output (int8 for windows up
+    to 127 pixels), and ``X``'s shape — not ``X`` or ``Y``.
+    """
+    k, s, pads = _geometry(x.shape, window, stride, padding)
+    # a numpy (concrete) init value: lax recognises the max monoid, which JAX differentiates
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, *k, 1), (1, *s, 1),
+                             ((0, 0), *pads, (0, 0)))
+
+
+def _max_pool2d_save(x, window, stride, padding, y):
+    k, s, pads = _geometry(x.shape, window, stride, padding)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    o = y.shape[1:3]
+    argmax = jnp.full(y.shape, k[0] * k[1], jnp.int8 if k[0] * k[1] < 128 else jnp.int32)
+    for a in reversed(range(k[0])):  # reversed: the first maximum is written last
+        for b in reversed(range(k[1])):
+            seen = xp[:, a:a + s[0] * (o[0] - 1) + 1:s[0], b:b + s[1] * (o[1] - 1) + 1:s[1], :]
+            argmax = jnp.where(seen == y, jnp.asarray(a * k[1] + b, argmax.dtype), argmax)
+    return argmax, _shape_of(x)
+
+
+def _max_pool2d_backward(window, stride, padding, residuals, g):
+    argmax, shape_of_x = residuals
+    shape = shape_of_x.shape[:-1] + g.shape[-1:]
+    k, s, pads = _geometry(shape, window, stride, padding)
+    zero = jnp.zeros_like(g)
+    dx = _windows_back(lambda a, b: jnp.where(argmax == a * k[1] + b, g, zero),
+                       shape, k, s, pads, g.shape[1:3])
+    return (dx,)
+
+
+def _check_pool(fn, x, window, stride, padding):
+    v.floating(fn, "x", x)
+    v.ndim_exactly(fn, "x", x, 4, "NHWC")
+    check_tuple(fn, "window", window, 2)
+    if stride is not None:
+        check_tuple(fn, "stride", stride, 2)
+    check_padding(fn, padding, 2)
+    k, s, pads = _geometry(x.shape, window, stride, padding)
+    for axis, n, ki, si, (lo, hi) in zip("HW", x.shape[1:3], k, s, pads):
+        if max(lo, hi) >= ki:
+            raise ValueError(
+                f"{fn}: padding {(lo, hi)} along {axis} must be smaller than the window "
+                f"({ki}) on each side, or some windows would see only padding")
+        if output_size(n, ki, si, lo, hi) < 1:
+            raise ValueError(
+                f"{fn}: the window ({ki}) is larger than the input along {axis} ({n}, "
+                f"padded {n + lo + hi}; input shape {tuple(x.shape)}, NHWC); use a smaller "
+                "window or padding='SAME'")
+
+
+def _max_pool2d_validate(x, window, stride, padding):
+    _check_pool("max_pool2d", x, window, stride, padding)
+
+
+def _distinct(*shape: int, spread: float = 4.0):
+    """Example sampler: a random permutation of evenly spaced values in
+    ``[−spread/2, spread/2)`` — no ties, and neighbours far apart compared with the
+    finite-difference step, so the max is differentiable and stays put."""
+    size = int(np.prod(shape))
+
+    def sample(key, dtype):
+        ranks = jax.random.permutation(key, size).reshape(shape)
+        return ((ranks - size / 2) * (spread / size)).astype(dtype)
+
+    return sample
+
+
+max_pool2d = primitive(
+    max_pool2d, _max_pool2d_backward, save=_max_pool2d_save,
+    static=("window", "stride", "padding"), validate=_max_pool2d_validate,
+    examples=[
+        Example((_distinct(2, 4, 4, 3), 2, None, "VALID")),
+        Example((_distinct(2, 5, 5, 2), 3, 1, "SAME")),  # overlapping windows
+        Example((_distinct(1, 5, 7, 2), (2, 3), (2, 2), ((1, 0), (1, 2)))),
+        Example((_distinct(3, 5, 4, 1), (3, 2), (2, 1), "VALID")),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# average pooling
+# --------------------------------------------------------------------------- #
+
+
+def _counts(shape, k, s, pads, dtype) -> jax.Array:
+    """``1×o_h×o_w×1``: how many real (unpadded) pixels each window covers — the
+    product of the per-axis counts ``min(s·i − lo + k, n) − max(s·i − lo, 0)``.
+    Plain numpy on static shapes: a constant of the program."""
+    per_axis = []
+    for n, ki, si, (lo, hi) in zip(shape[1:3], k, s, pads):
+        start = si * np.arange(output_size(n, ki, si, lo, hi)) - lo
+        per_axis.append(np.minimum(start + ki, n) - np.maximum(start, 0))
+    return jnp.asarray(np.outer(*per_axis)[None, :, :, None], dtype)
+
+
+def avg_pool2d(x: jax.Array, window: int | Sequence[int],
+               stride: int | Sequence[int] | None = None,
+               padding: Padding = "VALID") -> jax.Array:
+    r"""Average pooling ``Y[ν,i,c] = (1/m_i) Σ_{(a,b) ∈ window} X[ν, s·i + (a,b) − lo, c]``, NHWC.
+
+    Shapes: ``X ∈ ℝ^{N×H×W×C}`` → ``Y ∈ ℝ^{N×o_h×o_w×C}``; ``window``, ``stride``
+    (default ``window``), ``padding`` static.
+
+    Padding: ``m_i`` counts only the *real* pixels of window ``i``; padded pixels
+    are left out of both the sum and the count (TensorFlow's ``"SAME"`` average
+    pooling, PyTorch's ``count_include_pad=False``), so a constant image pools to
+    the same constant at the borders. With ``"VALID"``, ``m_i = k_h k_w`` everywhere.
+
+    Derivation: ``Y`` is linear in ``X`` with ``∂Y[ν,i,c]/∂X[ν,p,c] = 1/m_i`` for
+    each real pixel ``p`` in window ``i``, so
+
+        ``∂L/∂X[ν,p,c] = Σ_{windows i ∋ p} G[ν,i,c] / m_i``:
+
+    each cotangent is spread evenly over its window (for non-overlapping
+    ``"VALID"`` windows every pixel covered gets ``G/(k_h k_w)``; pixels no window
+    reads get 0).
+
+    Residuals: ``X``'s shape only (the counts are constants of the shapes).
+    """
+    k, s, pads = _geometry(x.shape, window, stride, padding)
+    sums = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1),
+                             ((0, 0), *pads, (0, 0)))
+    return sums / _counts(x.shape, k, s, pads, x.dtype)
+
+
+def _avg_pool2d_save(x, window, stride, padding, y):
+    return _shape_of(x)
+
+
+def _avg_pool2d_backward(window, stride, padding, shape_of_x, g):
+    shape = shape_of_x.shape[:-1] + g.shape[-1:]
+    k, s, pads = _geometry(shape, window, stride, padding)
+    share = g / _counts(shape, k, s, pads, g.dtype)
+    return (_windows_back(lambda a, b: share, shape, k, s, pads, g.shape[1:3]),)
+
+
+def _avg_pool2d_validate(x, window, stride, padding):
+    _check_pool("avg_pool2d", x, window, stride, padding)
+
+
+avg_pool2d = primitive(
+    avg_pool2d, _avg_pool2d_backward, save=_avg_pool2d_save,
+    static=("window", "stride", "padding"), validate=_avg_pool2d_validate,
+    examples=[
+        Example((normal(2, 4, 4, 3), 2, None, "VALID")),
+        Example((normal(2, 5, 5, 2), 3, 2, "SAME")),  # overlapping, partial border windows
+        Example((normal(1, 5, 7, 2), (2, 3), (1, 2), ((1, 1), (0, 2)))),
+    ],
+)
+
+
+# --------------------------------------------------------------------------- #
+# global average pooling
+# --------------------------------------------------------------------------- #
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    r"""Global average pooling ``Y[ν,c] = (1/HW) Σ_{h,w} X[ν,h,w,c]``: NHWC → NC.
+
+    Derivation: ``∂Y[ν,c]/∂X[ν,h,w,c] = 1/(HW)``, so ``∂L/∂X[ν,h,w,c] = G[ν,c]/(HW)``
+    — ``G ∈ ℝ^{N×C}`` broadcast over the ``H×W`` pixels.
+
+    Residuals: ``X``'s shape only.
+    """
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _global_avg_pool_save(x, y):
+    return _shape_of(x)
+
+
+def _global_avg_pool_backward(shape_of_x, g):
+    n, h, w = shape_of_x.shape[:3]
+    return (jnp.broadcast_to((g / (h * w))[:, None, None, :], (n, h, w, g.shape[-1])),)
+
+
+def _global_avg_pool_validate(x):
+    v.floating("global_avg_pool", "x", x)
+    v.ndim_exactly("global_avg_pool", "x", x, 4, "NHWC")
+
+
+global_avg_pool = primitive(
+    global_avg_pool, _global_avg_pool_backward, save=_global_avg_pool_save,
+    validate=_global_avg_pool_validate,
+    examples=[Example((normal(2, 3, 4, 5),)), Example((normal(1, 1, 1, 2),)),
+              Example((normal(3, 5, 2, 1),))],
+)
