@@ -28,6 +28,7 @@ of layers, so a whole model is itself a :class:`Layer`.
 from fdl.layers import initializers
 from fdl.layers.attention import LuongAttention, MultiHeadAttention
 from fdl.layers.base import Layer, parallel, residual, serial, split_key
+from fdl.layers.conv import AvgPool2D, Conv1D, Conv2D, GlobalAvgPool, MaxPool2D
 from fdl.layers.core import (
     ACTIVATIONS,
     Activation,
@@ -47,23 +48,33 @@ from fdl.layers.core import (
     get_activation,
     mlp,
 )
+from fdl.layers.norm import BatchNorm, Embedding, LayerNorm, RMSNorm
 from fdl.layers.recurrent import GRU, LSTM, RNN
 
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "AvgPool2D",
+    "BatchNorm",
+    "Conv1D",
+    "Conv2D",
     "Dense",
     "Dropout",
     "Elu",
+    "Embedding",
     "Flatten",
     "Gelu",
+    "GlobalAvgPool",
     "GRU",
     "LSTM",
     "Layer",
+    "LayerNorm",
     "LeakyRelu",
     "LogSoftmax",
     "LuongAttention",
+    "MaxPool2D",
     "MultiHeadAttention",
+    "RMSNorm",
     "RNN",
     "Relu",
     "Sigmoid",

@@ -1,0 +1,193 @@
+"""Convolution and pooling layers: Conv2D, Conv1D, MaxPool2D, AvgPool2D, GlobalAvgPool.
+
+Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.conv` and
+:mod:`fdl.ops.pool`, whose primitives carry the derivations. Batch-first, images
+NHWC, kernels HWIO: ``init(key, (H, W, C))`` (no batch axis) and
+``apply(params, state, x)`` with ``x ∈ ℝ^{N×H×W×C}``; 1-D signals are NWC
+(``init(key, (L, C))``). All are stateless (``state == {}``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fdl import ops
+from fdl.layers.base import Layer, Shape
+from fdl.layers.initializers import Initializer, get_initializer
+from fdl.ops.conv import (
+    Padding,
+    as_tuple,
+    check_padding,
+    check_tuple,
+    explicit_padding,
+    output_size,
+)
+
+__all__ = ["AvgPool2D", "Conv1D", "Conv2D", "GlobalAvgPool", "MaxPool2D"]
+
+
+def _positive_int(fn: str, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+
+
+def _check_input_shape(fn: str, input_shape: Any, layout: str) -> tuple[int, ...]:
+    """``input_shape`` must be ``len(layout)`` positive ints (``"HWC"``, ``"LC"``)."""
+    ok = (isinstance(input_shape, (tuple, list)) and len(input_shape) == len(layout)
+          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                  for d in input_shape))
+    if not ok:
+        raise ValueError(
+            f"{fn}: input_shape must be ({', '.join(layout)}) without the batch axis, got "
+            f"{input_shape!r}")
+    return tuple(input_shape)
+
+
+def _output_sizes(fn: str, sizes, extents, strides, padding, axes: str) -> tuple[int, ...]:
+    """Spatial output sizes, or a ``ValueError`` naming the axis where the window
+    does not fit."""
+    pads = explicit_padding(padding, sizes, extents, strides)
+    out = []
+    for axis, n, e, s, (lo, hi) in zip(axes, sizes, extents, strides, pads):
+        o = output_size(n, e, s, lo, hi)
+        if o < 1:
+            raise ValueError(
+                f"{fn}: along {axis} the window spans {e} but the padded input has only "
+                f"{n + lo + hi} (input {n}, padding {(lo, hi)}); use padding='SAME', a "
+                "smaller window, or a larger input")
+        out.append(o)
+    return tuple(out)
+
+
+def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, padding: Padding,
+          dilation: Any, w_init: str | Initializer, b_init: str | Initializer,
+          dtype: Any) -> Layer:
+    layout = "HWC" if nd == 2 else "LC"
+    _positive_int(fn, "features", features)
+    check_tuple(fn, "kernel_size", kernel_size, nd)
+    check_tuple(fn, "stride", stride, nd)
+    check_tuple(fn, "dilation", dilation, nd)
+    check_padding(fn, padding, nd)
+    k, s, d = as_tuple(kernel_size, nd), as_tuple(stride, nd), as_tuple(dilation, nd)
+    w_init, b_init = get_initializer(w_init), get_initializer(b_init)
+    op = ops.conv2d if nd == 2 else ops.conv1d
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        shape = _check_input_shape(fn, input_shape, layout)
+        extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
+        out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
+        kw, kb = jax.random.split(key)
+        params = {"w": w_init(kw, (*k, shape[-1], features), dtype),
+                  "b": b_init(kb, (features,), dtype)}
+        return out + (features,), params, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        c_in = params["w"].shape[-2]
+        if jnp.ndim(x) != nd + 2 or jnp.shape(x)[-1] != c_in:
+            raise ValueError(
+                f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
+                f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
+                "input_shape passed to init")
+        return op(x, params["w"], params["b"], s, padding, d), state
+
+    return Layer(init, apply, fn.lower())
+
+
+def Conv2D(features: int, kernel_size: int | Sequence[int], *,
+           stride: int | Sequence[int] = 1, padding: Padding = "SAME",
+           dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
+           b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """2-D convolution layer (:func:`fdl.ops.conv2d`), NHWC images, HWIO kernel.
+
+    ``init(key, (H, W, C_in))`` → ``(o_h, o_w, features)``; params
+    ``{"w": (k_h, k_w, C_in, features), "b": (features,)}``. ``padding`` is
+    ``"SAME"`` (default: ``o = ⌈n/s⌉``), ``"VALID"`` or ``((top, bottom), (left,
+    right))``; ``stride``, ``dilation`` and ``kernel_size`` an int or a pair. The
+    initialisers see the HWIO fans (``fan_in = k_h k_w C_in``).
+    """
+    return _conv("Conv2D", 2, features, kernel_size, stride, padding, dilation, w_init,
+                 b_init, dtype)
+
+
+def Conv1D(features: int, kernel_size: int | Sequence[int], *,
+           stride: int | Sequence[int] = 1, padding: Padding = "SAME",
+           dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
+           b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """1-D convolution layer (:func:`fdl.ops.conv1d`), NWC signals, WIO kernel.
+
+    ``init(key, (L, C_in))`` → ``(o, features)``; params
+    ``{"w": (k, C_in, features), "b": (features,)}``; ``padding`` is ``"SAME"``,
+    ``"VALID"`` or ``((lo, hi),)``.
+    """
+    return _conv("Conv1D", 1, features, kernel_size, stride, padding, dilation, w_init,
+                 b_init, dtype)
+
+
+def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding) -> Layer:
+    check_tuple(fn, "window", window, 2)
+    if stride is not None:
+        check_tuple(fn, "stride", stride, 2)
+    check_padding(fn, padding, 2)
+    k = as_tuple(window, 2)
+    s = k if stride is None else as_tuple(stride, 2)
+    if not isinstance(padding, str):
+        for axis, ki, (lo, hi) in zip("HW", k, padding):
+            if max(lo, hi) >= ki:
+                raise ValueError(
+                    f"{fn}: padding {(lo, hi)} along {axis} must be smaller than the window "
+                    f"({ki}) on each side")
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        shape = _check_input_shape(fn, input_shape, "HWC")
+        return _output_sizes(fn, shape[:2], k, s, padding, "HW") + shape[2:], {}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        if jnp.ndim(x) != 4:
+            raise ValueError(
+                f"{fn}: input must be a batch of NHWC images (4 dimensions), got shape "
+                f"{tuple(jnp.shape(x))}")
+        return op(x, k, s, padding), state
+
+    return Layer(init, apply, name)
+
+
+def MaxPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
+              padding: Padding = "VALID") -> Layer:
+    """Max pooling over ``window`` (:func:`fdl.ops.max_pool2d`), NHWC.
+
+    ``stride`` defaults to ``window`` (non-overlapping). ``init(key, (H, W, C))`` →
+    ``(o_h, o_w, C)``. The gradient goes to each window's first maximum.
+    """
+    return _pool("MaxPool2D", "max_pool2d", ops.max_pool2d, window, stride, padding)
+
+
+def AvgPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
+              padding: Padding = "VALID") -> Layer:
+    """Average pooling over ``window`` (:func:`fdl.ops.avg_pool2d`), NHWC.
+
+    ``stride`` defaults to ``window``. With ``"SAME"`` or explicit padding, padded
+    pixels are left out of each window's average.
+    """
+    return _pool("AvgPool2D", "avg_pool2d", ops.avg_pool2d, window, stride, padding)
+
+
+def GlobalAvgPool() -> Layer:
+    """Mean over all pixels (:func:`fdl.ops.global_avg_pool`): NHWC → NC.
+
+    ``init(key, (H, W, C))`` → ``(C,)``.
+    """
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        shape = _check_input_shape("GlobalAvgPool", input_shape, "HWC")
+        return shape[2:], {}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        return ops.global_avg_pool(x), state
+
+    return Layer(init, apply, "global_avg_pool")

@@ -1,0 +1,181 @@
+"""Normalisation and embedding layers: BatchNorm, LayerNorm, RMSNorm, Embedding.
+
+Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.norm` and
+:mod:`fdl.ops.embedding`, whose primitives carry the derivations. Features are on
+the last axis (``N×d``, or NHWC images for BatchNorm); shapes given to ``init``
+exclude the batch axis.
+
+BatchNorm is the one layer with state: its running statistics
+``{"mean": (C,), "var": (C,)}`` are returned by ``init`` and threaded through
+``apply`` explicitly — updated in training (``train=True``), read at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fdl import ops
+from fdl.layers.base import Layer, Shape
+from fdl.layers.initializers import Initializer, get_initializer, normal
+
+__all__ = ["BatchNorm", "Embedding", "LayerNorm", "RMSNorm"]
+
+
+def _check_eps(fn: str, eps: Any) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+            math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{fn}: eps must be a finite number > 0, got {eps!r}")
+
+
+def _features(fn: str, input_shape: Any, what: str) -> int:
+    """The size of the last axis of ``input_shape`` (which excludes the batch axis)."""
+    ok = (isinstance(input_shape, (tuple, list)) and len(input_shape) >= 1
+          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                  for d in input_shape))
+    if not ok:
+        raise ValueError(
+            f"{fn}: input_shape must be (…, {what}) without the batch axis, got {input_shape!r}")
+    return input_shape[-1]
+
+
+def _check_last_axis(fn: str, x: Any, expected: int, what: str) -> None:
+    if jnp.ndim(x) < 2 or jnp.shape(x)[-1] != expected:
+        raise ValueError(
+            f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
+            f"{expected} {what}; expected (batch, …, {expected}) — check the input_shape "
+            "passed to init")
+
+
+def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
+    r"""Batch normalisation over every axis but the last (:func:`fdl.ops.batch_norm`).
+
+    ``init(key, (…, C))`` → params ``{"gamma": ones(C), "beta": zeros(C)}``, state
+    ``{"mean": zeros(C), "var": ones(C)}`` (the running statistics).
+
+    ``apply(…, train=True)`` normalises with the batch statistics ``μ_B, v_B`` and
+    returns the state updated as exponential moving averages,
+
+        ``mean ← momentum·mean + (1 − momentum)·μ_B``,
+        ``var ← momentum·var + (1 − momentum)·v_B·m/(m − 1)``,
+
+    with ``m`` values per channel (Bessel's correction: the running variance
+    estimates the population's, as in PyTorch). ``momentum`` is the weight of the
+    *old* value (Keras/flax convention; PyTorch's ``momentum=0.1`` is ``0.9`` here).
+    The statistics feed the state only, never the gradient.
+
+    ``apply(…, train=False)`` (inference) is the per-channel affine map
+    :func:`fdl.ops.batch_norm_inference` with the running statistics; state unchanged.
+
+    References: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
+    Training by Reducing Internal Covariate Shift", 2015.
+    """
+    fn = "BatchNorm"
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (
+            0 <= momentum < 1):
+        raise ValueError(
+            f"{fn}: momentum (the weight of the old running statistics) must be in [0, 1), "
+            f"got {momentum!r}")
+    _check_eps(fn, eps)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        c = _features(fn, input_shape, "C")
+        params = {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
+        state = {"mean": jnp.zeros((c,), dtype), "var": jnp.ones((c,), dtype)}
+        return tuple(input_shape), params, state
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        _check_last_axis(fn, x, params["gamma"].shape[0], "channels")
+        if not train:
+            y = ops.batch_norm_inference(x, params["gamma"], params["beta"], state["mean"],
+                                         state["var"], eps)
+            return y, state
+        y, mean, var = ops.batch_norm(x, params["gamma"], params["beta"], eps)
+        m = x.size // x.shape[-1]
+        mean, var = lax.stop_gradient(mean), lax.stop_gradient(var * (m / (m - 1)))
+        new = {k: (momentum * state[k] + (1 - momentum) * batch).astype(state[k].dtype)
+               for k, batch in (("mean", mean), ("var", var))}
+        return y, new
+
+    return Layer(init, apply, "batch_norm")
+
+
+def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
+    """Layer normalisation over the last axis (:func:`fdl.ops.layer_norm`).
+
+    ``init(key, (…, d))`` → params ``{"gamma": ones(d), "beta": zeros(d)}``; stateless;
+    the same in training and inference.
+
+    References: Ba, Kiros & Hinton, "Layer Normalization", 2016.
+    """
+    _check_eps("LayerNorm", eps)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        d = _features("LayerNorm", input_shape, "d")
+        return tuple(input_shape), {"gamma": jnp.ones((d,), dtype),
+                                    "beta": jnp.zeros((d,), dtype)}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        _check_last_axis("LayerNorm", x, params["gamma"].shape[0], "features")
+        return ops.layer_norm(x, params["gamma"], params["beta"], eps), state
+
+    return Layer(init, apply, "layer_norm")
+
+
+def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
+    """RMS normalisation over the last axis (:func:`fdl.ops.rms_norm`).
+
+    ``init(key, (…, d))`` → params ``{"gamma": ones(d)}``; stateless.
+
+    References: Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019.
+    """
+    _check_eps("RMSNorm", eps)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        d = _features("RMSNorm", input_shape, "d")
+        return tuple(input_shape), {"gamma": jnp.ones((d,), dtype)}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        _check_last_axis("RMSNorm", x, params["gamma"].shape[0], "features")
+        return ops.rms_norm(x, params["gamma"], eps), state
+
+    return Layer(init, apply, "rms_norm")
+
+
+def Embedding(vocab_size: int, features: int, *,
+              init: str | Initializer | None = None, dtype: Any = jnp.float32) -> Layer:
+    """Embedding lookup (:func:`fdl.ops.embedding`): integer ids → ``features``-vectors.
+
+    ``init(key, S)`` for ids of shape ``S`` per example (``()`` for one token,
+    ``(L,)`` for a sequence) → ``S + (features,)``; params
+    ``{"table": (vocab_size, features)}``, initialised ``N(0, 1)`` unless ``init``
+    says otherwise. ``apply`` takes integer ids ``N×S`` in ``[0, vocab_size)``.
+    """
+    fn = "Embedding"
+    for name, value in (("vocab_size", vocab_size), ("features", features)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    table_init = normal(1.0) if init is None else get_initializer(init)
+
+    def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        if not (isinstance(input_shape, (tuple, list)) and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                for d in input_shape)):
+            raise ValueError(
+                f"{fn}: input_shape must be the shape of one example's ids (e.g. () or "
+                f"(L,)) without the batch axis, got {input_shape!r}")
+        table = table_init(key, (vocab_size, features), dtype)
+        return tuple(input_shape) + (features,), {"table": table}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        return ops.embedding(x, params["table"]), state
+
+    return Layer(init_fn, apply, "embedding")
