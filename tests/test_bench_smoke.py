@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark script: it runs and reports, nothing is timed here.
+
+``benchmarks/bench.py`` is not part of the package, so it is imported from its path.
+The smallest configuration (A) runs for one round, one step per variant, peers
+skipped; the test checks the shape of the results, never a timing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fdl_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def results(bench):
+    settings = bench.Settings(rounds=1, min_time=0.0, max_steps=1, peers=(), peak_n=128)
+    return bench.run(["A"], settings, command="pytest smoke")
+
+
+def test_step_section_has_the_fdl_rows_and_their_columns(results):
+    rows = {r["variant"]: r for r in results["sections"]["A"]["rows"]}
+    assert {"fdl", "fdl autodiff", "fdl Trainer.step"} <= set(rows)
+    for name in ("fdl", "fdl autodiff", "fdl Trainer.step"):
+        r = rows[name]
+        for key in ("median_s", "q1_s", "q3_s", "min_s", "first_call_s", "compile_s", "gflops",
+                    "pct_of_peak", "vs_fdl_autodiff", "vs_fastest_jax_peer", "loss0", "rounds"):
+            assert key in r, (name, key)
+        assert r["rounds"] == 1 and r["median_s"] > 0
+    assert rows["fdl autodiff"]["vs_fdl_autodiff"] == pytest.approx(1.0)
+    # same initial parameters and batch: both modes see the same first loss
+    assert rows["fdl"]["loss0"] == pytest.approx(rows["fdl autodiff"]["loss0"], rel=1e-5)
+    assert rows["fdl"]["xla"]["hlo_ops"]["dot"] >= 1
+
+
+def test_peers_skipped_leave_the_peer_target_unmeasured(results):
+    targets = {t["target"]: t for t in results["targets"]}
+    peer = targets["A: fdl step ≤ 1.0× fastest JAX peer"]
+    assert peer["met"] is None and "no JAX peer" in peer["detail"]
+    assert "A: manual rules ≤ 1.02× fdl autodiff" in targets
+
+
+def test_markdown_report(bench, results):
+    md = bench.to_markdown(results)
+    assert "### A: MLP 784-1024-10, batch 128" in md
+    assert "| variant | dtype | median ms |" in md
+    assert "### Targets" in md and "pytest smoke" in md
