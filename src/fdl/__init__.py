@@ -15,9 +15,10 @@ Modules (data flows down this list; nothing imports anything above it):
 * :mod:`fdl.data` — the embedded digits, an MNIST-format reader, splits and batches
 * :mod:`fdl.io` — safe, atomic checkpoints
 * :mod:`fdl.train` — the jitted training loop
+* :mod:`fdl.privacy` — per-example gradient norms from the manual rules, DP-SGD
 """
 
-from fdl import check, data, io, layers, losses, ops, optim, train
+from fdl import check, data, io, layers, losses, ops, optim, privacy, train
 from fdl import primitive  # the module; build primitives with fdl.primitive.primitive(...)
 from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, registry
 
@@ -31,6 +32,7 @@ __all__ = [
     "io",
     "layers",
     "optim",
+    "privacy",
     "train",
     "get_gradient_mode",
     "gradient_mode",

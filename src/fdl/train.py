@@ -178,7 +178,8 @@ class Trainer:
         finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
                            + [jnp.isfinite(loss)])
         new = TrainState(params, model_state, opt_state, ts.step + 1, ts.epoch, ts.key)
-        return new, {"loss": loss, "accuracy": _accuracy(out, y), "finite": finite}
+        return new, {"loss": loss, "accuracy": _accuracy(out, y), "finite": finite,
+                     "all_finite": jnp.all(finite)}
 
     def _epoch_impl(self, ts: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -214,7 +215,7 @@ class Trainer:
              ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One jitted optimizer step on one batch (``ts`` is donated: do not reuse it)."""
         ts, m = self._step(ts, x, y)
-        if not bool(jnp.all(m["finite"])):
+        if not bool(m["all_finite"]):  # one scalar transfer, no eager op
             raise NonFiniteError(self._describe_bad(int(ts.step) - 1, m["finite"], ts.params))
         return ts, {"loss": m["loss"], "accuracy": m["accuracy"]}
 

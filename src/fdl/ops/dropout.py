@@ -40,8 +40,10 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
 
     the key is an integer-like argument with no cotangent (``None``).
 
-    Residuals: the key only. The backward regenerates ``m`` from it (a few bits of
-    work per element) instead of saving a mask the size of ``x``.
+    Residuals: the boolean mask ``m`` (one byte per element). Regenerating it from
+    the key in the backward would save memory, but inside ``lax.scan`` XLA does not
+    merge the two random-number loops, and the manual epoch ran 1.5× slower than
+    autodiff (benchmarks/bench.py, digits scan); the mask costs one byte and no work.
 
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
@@ -53,13 +55,13 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
 
 
 def _dropout_save(x, key, rate, y):
-    return key
+    # the same draw as the forward's: XLA computes it once (common subexpression)
+    return None if rate == 0 else _keep_mask(key, rate, x.shape)
 
 
-def _dropout_backward(rate, key, g):
+def _dropout_backward(rate, keep, g):
     if rate == 0:
         return g, None
-    keep = _keep_mask(key, rate, g.shape)
     return jnp.where(keep, g / (1.0 - rate), jnp.zeros_like(g)), None
 
 
