@@ -168,7 +168,7 @@ def _ce_validate(logits, targets, reduction):
             i = tuple(int(j) for j in np.argwhere(off)[0])
             raise ValueError(
                 f"{fn}: probability targets must sum to 1 along the last axis, but row "
-                f"{i} sums to {sums[i]!r}; pass integer labels, or normalise the targets"
+                f"{i} sums to {float(sums[i])!r}; pass integer labels, or normalise the targets"
             )
 
 
