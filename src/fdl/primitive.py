@@ -40,9 +40,11 @@ Choose with the context manager :func:`gradient_mode`::
 
 The mode is a ``jax.make_user_context`` value, which is part of JAX's tracing and
 compilation cache key: a function jitted in one mode is re-traced, never reused,
-in the other. Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-``jax.hessian``) is not defined by a VJP rule; it works in autodiff mode and, in
-manual mode, raises a ``TypeError`` that says so.
+in the other. Forward-mode differentiation of a primitive (``jax.jvp``,
+``jax.jacfwd``) is not defined by a VJP rule; it works in autodiff mode and, in
+manual mode, raises a ``TypeError`` that says so. ``jax.hessian`` (forward over
+reverse) does run in manual mode: JAX differentiates the hand-written backward,
+which is right when the rule is right; use autodiff mode for an independent Hessian.
 
 Registry
 --------
