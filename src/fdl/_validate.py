@@ -88,3 +88,8 @@ def finite_number(fn: str, name: str, v: Any, *, low: float | None = None,
     if low is not None and (v < low if low_inclusive else v <= low):
         op = "≥" if low_inclusive else ">"
         raise ValueError(f"{fn}: {name} must be {op} {low}, got {v!r}")
+
+
+def first_index(mask: np.ndarray) -> tuple[int, ...]:
+    """Index (as a tuple of ints) of the first ``True`` in ``mask``, which must have one."""
+    return tuple(int(j) for j in np.argwhere(mask)[0])

@@ -148,7 +148,7 @@ def _ce_validate(logits, targets, reduction):
             t = np.asarray(targets)
             bad = (t < 0) | (t >= k)
             if bad.any():
-                i = tuple(int(j) for j in np.argwhere(bad)[0])
+                i = v.first_index(bad)
                 raise ValueError(
                     f"{fn}: labels must be in [0, {k}) for {k} classes, got {t[i]} at "
                     f"index {i} (range of labels given: {t.min()}..{t.max()})"
@@ -161,11 +161,11 @@ def _ce_validate(logits, targets, reduction):
         tol = 1e3 * float(jnp.finfo(targets.dtype).eps)
         sums = t.sum(axis=-1)
         if (t < -tol).any():
-            i = tuple(int(j) for j in np.argwhere(t < -tol)[0])
+            i = v.first_index(t < -tol)
             raise ValueError(f"{fn}: probability targets must be ≥ 0, got {t[i]} at index {i}")
         off = np.abs(sums - 1) > tol * max(1, k)
         if off.any():
-            i = tuple(int(j) for j in np.argwhere(off)[0])
+            i = v.first_index(off)
             raise ValueError(
                 f"{fn}: probability targets must sum to 1 along the last axis, but row "
                 f"{i} sums to {float(sums[i])!r}; pass integer labels, or normalise the targets"
@@ -221,7 +221,7 @@ def _bce_validate(logits, targets, reduction):
         t = np.asarray(targets)
         bad = (t < 0) | (t > 1) | ~np.isfinite(t)
         if bad.any():
-            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            i = v.first_index(bad)
             raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
 
 

@@ -65,7 +65,7 @@ def _embedding_validate(ids, table):
         a = np.asarray(ids)
         bad = (a < 0) | (a >= n_rows)
         if bad.any():
-            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            i = v.first_index(bad)
             raise ValueError(
                 f"{fn}: ids must be in [0, {n_rows}) for a table of {n_rows} rows (shape "
                 f"{tuple(table.shape)}), got {a[i]} at index {i} (range given: "
