@@ -133,7 +133,7 @@ def test_forward_mode_error_says_how_to_fix_it_under_jit():
 
 @pytest.mark.xfail(strict=True, reason=(
     "jax.hessian (jacfwd of jacrev) does not raise in manual mode: JAX differentiates the "
-    "hand-written backward forward-over-reverse. primitive.py's docstring says it raises; "
+    "hand-written backward forward-over-reverse. primitive.py's docstring documents this; "
     "see test_hessian_in_manual_mode_differentiates_the_rules for what it does"))
 def test_hessian_raises_in_manual_mode():
     with pytest.raises(TypeError, match="forward-mode"):
