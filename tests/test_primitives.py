@@ -91,3 +91,74 @@ def test_vmap_of_grad_gives_per_example_gradients(p, i):
     with fdl.gradient_mode("autodiff"):
         reference = jax.jit(jax.vmap(jax.grad(scalar, argnums=argnum)))(*stacked)
     np.testing.assert_allclose(per_example, reference, rtol=1e-10, atol=1e-13)
+
+
+WITH_FWD = [c for c in CASES if c.values[0].fwd is not None]
+
+
+def test_some_primitives_keep_forward_intermediates():
+    assert any(c.values[0].name == "dropout" for c in WITH_FWD)
+
+
+@pytest.mark.parametrize("p,i", WITH_FWD)
+def test_fwd_computes_the_same_output_as_forward(p, i):
+    """A primitive's ``fwd`` (forward + residuals in one pass) must agree with its
+    ``forward`` (the definition and autodiff reference), in both modes and under jit."""
+    args, kwargs = _sample(p, i, jnp.float64, seed=3)
+    full = p.bind(*args, **kwargs)
+    y_fwd, _ = p.forward_with_residuals(*full)
+    y_ref = p.forward(*full)
+    for a, b in zip(jax.tree_util.tree_leaves(y_fwd), jax.tree_util.tree_leaves(y_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+    dynamic = [j for j in range(len(full)) if j not in p.static_argnums]
+
+    def call(*dyn):
+        a = list(full)
+        for j, d in zip(dynamic, dyn):
+            a[j] = d
+        return p(*a)
+
+    y_jit = jax.jit(call)(*[full[j] for j in dynamic])
+    for a, b in zip(jax.tree_util.tree_leaves(y_jit), jax.tree_util.tree_leaves(y_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+
+
+def _square(x):
+    """y = x², ∂L/∂x = 2x·g."""
+    return x * x
+
+
+def test_primitive_rejects_both_save_and_fwd():
+    with pytest.raises(ValueError, match="pass save or fwd, not both"):
+        fdl.primitive.primitive(_square, lambda r, g: (2 * r * g,), save=lambda x, y: x,
+                                fwd=lambda x: (x * x, x), register=False)
+
+
+def test_fwd_residuals_reach_the_backward_and_a_wrong_fwd_is_caught():
+    """The residuals the backward sees are exactly what ``fwd`` returned; fdl.check
+    catches a ``fwd`` whose residuals are wrong."""
+    seen = []
+
+    def backward(r, g):
+        seen.append(r)
+        return (2 * r * g,)
+
+    good = fdl.primitive.primitive(_square, backward, fwd=lambda x: (x * x, x), register=False)
+    x = jnp.array([1.0, -2.0, 3.0], jnp.float64)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(good(x)))(x), 2 * x, rtol=1e-15)
+    np.testing.assert_array_equal(seen[-1], x)
+    assert check.vjp(good, x).passed
+    bad = fdl.primitive.primitive(_square, lambda r, g: (2 * r * g,),
+                                  fwd=lambda x: (x * x, x + 1.0), register=False)
+    report = check.vjp(bad, x)
+    assert not report.passed and report.worst("autodiff") > 0.1
+
+
+def test_forward_with_residuals_defaults():
+    """No save, no fwd: the residuals are the non-static arguments and y."""
+    x = jnp.array([-1.0, 2.0])
+    y, res = fdl.primitive.primitive(_square, lambda r, g: (2 * r[0][0] * g,),
+                                     register=False).forward_with_residuals(x)
+    np.testing.assert_array_equal(y, x * x)
+    np.testing.assert_array_equal(res[0][0], x)
+    np.testing.assert_array_equal(res[1], x * x)

@@ -698,11 +698,7 @@ def _diagnose_rule(p: Primitive, full: tuple, leaves: _Leaves, u: Any,
     """Call a primitive's backward directly, as ``jax.custom_vjp`` would, to find the
     cotangent of the wrong shape that JAX refused; re-raise ``error`` otherwise."""
     try:
-        y = p.forward(*full)
-        if p.save is None:  # the default residuals of fdl.primitive: dynamic args and y
-            residuals = (tuple(a for i, a in enumerate(full) if i not in p.static_argnums), y)
-        else:
-            residuals = p.save(*full, y)
+        _, residuals = p.forward_with_residuals(*full)
         cotangents = p.backward(*(full[i] for i in p.static_argnums), residuals, u)
         dynamic = [i for i in range(len(full)) if i not in p.static_argnums]
         by_arg = dict(zip(dynamic, cotangents))

@@ -15,6 +15,12 @@ A primitive is built from four parts, written in this order in its module::
   which makes it the reference every hand-written rule is checked against.
 * ``save(*args, y)`` returns the residuals: whatever the backward needs, computed
   from the inputs and the output ``y``. Default: all array arguments and ``y``.
+  When the residuals are *intermediates* of the forward (dropout's random mask,
+  attention's weights), pass ``fwd(*args) -> (y, residuals)`` instead of ``save``:
+  the manual mode then computes them once, with ``y``. ``forward`` stays the
+  definition and the autodiff reference; the registry tests check that ``fwd``
+  gives the same ``y``. (XLA merges a recomputation in ``save`` only when it can
+  prove the two equal: it does not merge loops, such as a random-number draw.)
 * ``backward(*static, residuals, g)`` receives the static arguments first (in
   order), then the residuals and the output cotangent ``g = ∂L/∂y`` (same shape as
   ``y``). It returns a tuple with one cotangent ``∂L/∂arg`` per *non-static*
@@ -188,6 +194,7 @@ class Primitive:
         backward: Callable,
         *,
         save: Callable | None,
+        fwd: Callable | None = None,
         static: Sequence[str],
         validate: Callable | None,
         name: str,
@@ -197,6 +204,7 @@ class Primitive:
         self.forward = forward
         self.backward = backward
         self.save = save
+        self.fwd = fwd
         self.validate = validate
         self.examples = tuple(examples)
         self.signature = inspect.signature(forward)
@@ -212,16 +220,23 @@ class Primitive:
         self._custom = self._build_custom_vjp()
         functools.update_wrapper(self, forward)  # docstring, name, module for help()
 
+    def forward_with_residuals(self, *args: Any) -> tuple[Any, Any]:
+        """``(y, residuals)`` for positional arguments ``args`` (defaults applied, as
+        :meth:`bind` returns them): what the manual mode's forward pass keeps for the
+        backward. Not validated, not differentiable: for rules and checkers."""
+        if self.fwd is not None:
+            return self.fwd(*args)
+        y = self.forward(*args)
+        if self.save is None:  # default residuals: the non-static arguments and y
+            return y, (tuple(a for i, a in enumerate(args) if i not in self.static_argnums), y)
+        return y, self.save(*args, y)
+
     def _build_custom_vjp(self) -> Callable:
-        forward, save, backward = self.forward, self.save, self.backward
+        forward, backward = self.forward, self.backward
         static_argnums = self.static_argnums
 
         def fwd(*args):
-            y = forward(*args)
-            if save is None:
-                dynamic = tuple(a for i, a in enumerate(args) if i not in static_argnums)
-                return y, (dynamic, y)
-            return y, save(*args, y)
+            return self.forward_with_residuals(*args)
 
         def bwd(*args):
             *static, residuals, g = args
@@ -290,6 +305,7 @@ def primitive(
     backward: Callable,
     *,
     save: Callable | None = None,
+    fwd: Callable | None = None,
     static: Sequence[str] = (),
     validate: Callable | None = None,
     name: str | None = None,
@@ -304,6 +320,8 @@ def primitive(
       backward: ``backward(*static, residuals, g) -> tuple`` of cotangents, one per
         non-static argument (``None`` for zero).
       save: ``save(*args, y) -> residuals``; default saves the non-static args and ``y``.
+      fwd: ``fwd(*args) -> (y, residuals)``, instead of ``save``, when the residuals
+        are intermediates of the forward; its ``y`` must equal ``forward(*args)``.
       static: names of the forward's static (non-differentiable) parameters.
       validate: optional ``validate(*args)`` raising ``ValueError``/``TypeError``.
       name: registry name; default ``forward.__name__``.
@@ -315,8 +333,11 @@ def primitive(
       A :class:`Primitive`, called like ``forward``.
     """
     name = name or forward.__name__
+    if save is not None and fwd is not None:
+        raise ValueError(
+            f"primitive {name!r}: pass save or fwd, not both (fwd returns the residuals itself)")
     p = Primitive(
-        forward, backward, save=save, static=static, validate=validate, name=name,
+        forward, backward, save=save, fwd=fwd, static=static, validate=validate, name=name,
         examples=examples,
     )
     if register:

@@ -40,10 +40,11 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
 
     the key is an integer-like argument with no cotangent (``None``).
 
-    Residuals: the boolean mask ``m`` (one byte per element). Regenerating it from
-    the key in the backward would save memory, but inside ``lax.scan`` XLA does not
-    merge the two random-number loops, and the manual epoch ran 1.5× slower than
-    autodiff (benchmarks/bench.py, digits scan); the mask costs one byte and no work.
+    Residuals: the boolean mask ``m`` (one byte per element), kept by the forward
+    pass itself (``fwd``). Regenerating it from the key, in the backward or in a
+    ``save``, would be a second random-number loop that XLA does not merge with the
+    first: the manual epoch ran 1.5× slower than autodiff (benchmarks/bench.py,
+    digits scan); the kept mask costs one byte per element and no work.
 
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
@@ -54,9 +55,13 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def _dropout_save(x, key, rate, y):
-    # the same draw as the forward's: XLA computes it once (common subexpression)
-    return None if rate == 0 else _keep_mask(key, rate, x.shape)
+def _dropout_fwd(x, key, rate):
+    # the mask is drawn once and kept: a second draw in a `save` would be a second
+    # random-number loop, which XLA does not merge with the first
+    if rate == 0:
+        return x, None
+    keep = _keep_mask(key, rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), keep
 
 
 def _dropout_backward(rate, keep, g):
@@ -96,7 +101,7 @@ def _key(k, dtype):
 
 
 dropout = primitive(
-    dropout, _dropout_backward, save=_dropout_save, static=("rate",),
+    dropout, _dropout_backward, fwd=_dropout_fwd, static=("rate",),
     validate=_dropout_validate,
     examples=[Example((normal(4, 6), _key, 0.5)),
               Example((normal(2, 3, 3, 2), _key, 0.2)),
