@@ -65,6 +65,87 @@ def test_epoch_compiles_once(digits):
     assert trainer._epoch._cache_size() == 1
 
 
+class _Compiles:
+    """Counts XLA backend compilations (jax.monitoring events) while active."""
+
+    def __init__(self):
+        self.count, self.active = 0, False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, name, duration, **kwargs):
+        if self.active and name == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+_COMPILES = _Compiles()
+
+
+def _count_compiles(fn):
+    """``(fn(), compilations during it)``; nests (an inner count does not reset the outer)."""
+    outer, was_active = _COMPILES.count, _COMPILES.active
+    _COMPILES.count, _COMPILES.active = 0, True
+    try:
+        out = fn()
+    finally:
+        inner = _COMPILES.count
+        _COMPILES.count, _COMPILES.active = outer + inner, was_active
+    return out, inner
+
+
+def test_abstract_state_matches_init(digits):
+    trainer = _small_trainer()
+    abstract = trainer.abstract_state(digits.input_shape)
+    ts = trainer.init(KEY, digits.input_shape)
+    got = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), abstract)
+    want = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), ts)
+    assert got == want
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_compile_ahead_then_epoch_and_evaluate_do_not_compile(digits, wait):
+    """compile() builds the epoch and evaluation programs (concurrently, in the
+    background with wait=False); the calls that follow compile nothing and give the
+    same numbers as a trainer that compiled on first call."""
+    x, y = jax.device_put(digits.x_train), jax.device_put(digits.y_train)
+    xt, yt = jax.device_put(digits.x_test), jax.device_put(digits.y_test)
+    trainer = _small_trainer()
+
+    def run():
+        trainer.compile(trainer.abstract_state(digits.input_shape), x, y, batch_size=64,
+                        x_test=xt, y_test=yt, wait=wait)
+        ts = trainer.init(KEY, digits.input_shape)
+        (ts, m), n_epoch = _count_compiles(lambda: trainer.epoch(ts, x, y, batch_size=64))
+        ev, n_eval = _count_compiles(lambda: trainer.evaluate(ts, xt, yt))
+        return ts, m, ev, n_epoch + n_eval
+
+    (ts, m, ev, n_calls), n = _count_compiles(run)
+    assert n_calls == 0 or not wait  # (with wait=False, the epoch call waits: the count
+    # may include the background compilation finishing while it waits)
+    assert n == 3, n  # epoch, evaluation and init, each once
+    _, again = _count_compiles(lambda: trainer.compile(ts, x, y, batch_size=64, x_test=xt,
+                                                       y_test=yt))
+    assert again == 0  # already compiled: nothing to do
+    plain = _small_trainer()
+    ts2, m2 = plain.epoch(plain.init(KEY, digits.input_shape), x, y, batch_size=64)
+    assert m == m2 and plain.evaluate(ts2, xt, yt) == ev
+
+
+def test_compile_validates_batch_size(digits):
+    trainer = _small_trainer()
+    with pytest.raises(ValueError, match="batch_size must be an int between 1 and"):
+        trainer.compile(trainer.abstract_state(digits.input_shape), digits.x_train,
+                        digits.y_train, batch_size=0)
+
+
+def test_fit_compiles_each_program_once(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    _, n = _count_compiles(lambda: fit(trainer, ts, digits.x_train, digits.y_train, epochs=2,
+                                       batch_size=64, x_test=digits.x_test,
+                                       y_test=digits.y_test, progress=False))
+    assert n == 2  # the epoch and the evaluation, nothing else
+
+
 def test_step_and_evaluate(digits):
     trainer = _small_trainer(dropout=0.0)
     ts = trainer.init(KEY, digits.input_shape)

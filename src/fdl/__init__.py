@@ -6,6 +6,7 @@ differences by :mod:`fdl.check`.
 
 Modules (data flows down this list; nothing imports anything above it):
 
+* :mod:`fdl.random` — ``jax.random``'s bits as one fused kernel (dropout masks, shuffles)
 * :mod:`fdl.primitive` — ``primitive(forward, backward, …)``, the gradient modes, the registry
 * :mod:`fdl.ops` — the primitives (linear, activations, softmax, …)
 * :mod:`fdl.losses` — losses as primitives
@@ -18,7 +19,7 @@ Modules (data flows down this list; nothing imports anything above it):
 * :mod:`fdl.privacy` — per-example gradient norms from the manual rules, DP-SGD
 """
 
-from fdl import check, data, io, layers, losses, ops, optim, privacy, train
+from fdl import check, data, io, layers, losses, ops, optim, privacy, random, train
 from fdl import primitive  # the module; build primitives with fdl.primitive.primitive(...)
 from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, registry
 
@@ -33,6 +34,7 @@ __all__ = [
     "layers",
     "optim",
     "privacy",
+    "random",
     "train",
     "get_gradient_mode",
     "gradient_mode",

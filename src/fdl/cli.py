@@ -99,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import jax
 
     from fdl import check, data, io, layers, losses, optim
+    from fdl import random as fdl_random
     from fdl.train import NonFiniteError, Trainer, fit
 
     if args.epochs < 0:
@@ -114,7 +115,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        dropout=args.dropout)
     optimizer = optim.get_optimizer(args.optimizer, learning_rate=args.lr)
     trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
-    ts = trainer.init(jax.random.key(args.seed), dataset.input_shape)
+    # start-up: the epoch and evaluation programs compile in background threads while
+    # init compiles here (fit waits for them)
+    x_train, y_train, x_test, y_test = jax.device_put(
+        (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
+    trainer.compile(trainer.abstract_state(dataset.input_shape), x_train, y_train,
+                    batch_size=args.batch_size, x_test=x_test, y_test=y_test, wait=False)
+    ts = trainer.init(fdl_random.key(args.seed), dataset.input_shape)
     arch = _architecture(args, dataset.input_shape, dataset.num_classes)
     meta = {"architecture": arch, "optimizer": args.optimizer, "lr": args.lr,
             "data": dataset.name, "seed": args.seed, "batch_size": args.batch_size}
@@ -152,12 +159,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"test acc {rec['test_accuracy']:.4f}")
 
     try:
-        ts, history = fit(trainer, ts, dataset.x_train, dataset.y_train, epochs=remaining,
-                          batch_size=args.batch_size, x_test=dataset.x_test,
-                          y_test=dataset.y_test, on_epoch=on_epoch, progress=not args.quiet)
+        ts, history = fit(trainer, ts, x_train, y_train, epochs=remaining,
+                          batch_size=args.batch_size, x_test=x_test, y_test=y_test,
+                          on_epoch=on_epoch, progress=not args.quiet)
     except NonFiniteError as e:
         raise UsageError(str(e)) from None
-    final = trainer.evaluate(ts, dataset.x_test, dataset.y_test)
+    final = trainer.evaluate(ts, x_test, y_test)
     if checkpoint:
         io.save(checkpoint, ts, metadata=meta | {"epoch": int(ts.epoch),
                                                  "test_accuracy": final["accuracy"]})

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -40,10 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdl import random as fdl_random
 from fdl import losses
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer, apply_updates
+from fdl.primitive import get_gradient_mode
 
 __all__ = [
     "History",
@@ -135,6 +139,9 @@ class Trainer:
         self._step = jax.jit(self._step_impl, donate_argnums=(0,))
         self._evaluate = jax.jit(self._evaluate_impl)
         self._init = jax.jit(self._init_impl, static_argnums=(1,))
+        self._pending: list[Future] = []  # compilations started by compile(wait=False)
+        self._compiled: set = set()  # signatures already compiled by compile()
+        self._lock = threading.Lock()
 
     # -- pieces --------------------------------------------------------------
 
@@ -145,8 +152,62 @@ class Trainer:
         """
         return self._init(key, tuple(int(d) for d in input_shape))
 
+    def abstract_state(self, input_shape: tuple[int, ...]) -> TrainState:
+        """The shapes and dtypes of ``init(key, input_shape)`` (``jax.ShapeDtypeStruct``
+        leaves), computed without running or compiling anything: what :meth:`compile`
+        needs to start before the state exists."""
+        shape = tuple(int(d) for d in input_shape)
+        key = jax.eval_shape(jax.random.key, 0)
+        return jax.eval_shape(lambda k: self._init_impl(k, shape), key)
+
+    def compile(self, ts: TrainState, x: Any, y: Any, *, batch_size: int, x_test: Any = None,
+                y_test: Any = None, wait: bool = True) -> None:
+        """Compile the epoch program (and the evaluation program, given test data) ahead
+        of their first call, concurrently, in background threads.
+
+        XLA compiles each program on one core; compiling the epoch and evaluation
+        programs at once, and (with ``wait=False``) while :meth:`init` compiles its own,
+        is what keeps start-up short on a multi-core machine. Later calls of
+        :meth:`epoch` and :meth:`evaluate` with the same shapes reuse the programs.
+
+        Args:
+          ts: a :class:`TrainState`, or its shapes (:meth:`abstract_state`).
+          x, y: training data (arrays, or ``jax.ShapeDtypeStruct``), as :meth:`epoch` gets it.
+          batch_size: as :meth:`epoch` gets it.
+          x_test, y_test: optional evaluation data, as :meth:`evaluate` gets it.
+          wait: block until compiled (default); ``False`` returns at once, and the
+            next :meth:`epoch`, :meth:`evaluate` or :meth:`compile` waits first
+            (re-raising any compilation error there).
+        """
+        self._check_batch_size(x, batch_size)
+        jobs = [(("epoch", _signature((ts, x, y)), batch_size),
+                 lambda: self._epoch.lower(ts, x, y, batch_size=batch_size))]
+        if x_test is not None and y_test is not None:
+            jobs.append((("evaluate", _signature((ts, x_test, y_test))),
+                         lambda: self._evaluate.lower(ts, x_test, y_test)))
+        self._wait_for_compilation()
+        futures = []
+        pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="fdl-compile")
+        for signature, lower in jobs:
+            if signature in self._compiled:
+                continue
+            lowered = lower()  # tracing holds the GIL: done here, in order
+            futures.append(pool.submit(lowered.compile))  # XLA releases it
+            self._compiled.add(signature)
+        pool.shutdown(wait=False)
+        with self._lock:
+            self._pending.extend(futures)
+        if wait:
+            self._wait_for_compilation()
+
+    def _wait_for_compilation(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
     def _init_impl(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
-        init_key, run_key = jax.random.split(key)
+        init_key, run_key = fdl_random.split(key)
         _, params, model_state = self.model.init(init_key, input_shape)
         return TrainState(params, model_state, self.optimizer.init(params),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), run_key)
@@ -169,7 +230,7 @@ class Trainer:
 
     def _step_impl(self, ts: TrainState, x: jax.Array, y: jax.Array
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = jax.random.fold_in(jax.random.fold_in(ts.key, 2), ts.step)
+        key = fdl_random.fold_in(fdl_random.fold_in(ts.key, 2), ts.step)
         (loss, (model_state, out)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
             ts.params, ts.model_state, x, y, key=key, train=True)
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
@@ -183,7 +244,7 @@ class Trainer:
 
     def _epoch_impl(self, ts: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        shuffle_key = jax.random.fold_in(jax.random.fold_in(ts.key, 1), ts.epoch)
+        shuffle_key = fdl_random.fold_in(fdl_random.fold_in(ts.key, 1), ts.epoch)
         xb, yb = shuffled_batches(shuffle_key, (x, y), batch_size)
 
         def body(carry, batch):
@@ -228,11 +289,8 @@ class Trainer:
         step (the state returned in the error's ``state`` attribute is the last
         good one).
         """
-        n = int(jnp.shape(x)[0])
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
-            raise ValueError(
-                f"batch_size must be an int between 1 and the number of training examples "
-                f"({n}), got {batch_size!r}")
+        self._check_batch_size(x, batch_size)
+        self._wait_for_compilation()
         ts, m = self._epoch(ts, x, y, batch_size=batch_size)
         bad_step = int(m["bad_step"])
         if bad_step >= 0:
@@ -243,8 +301,17 @@ class Trainer:
 
     def evaluate(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, float]:
         """Loss and accuracy of the model in inference mode (``train=False``)."""
+        self._wait_for_compilation()
         m = self._evaluate(ts, x, y)
         return {k: float(v) for k, v in m.items()}
+
+    @staticmethod
+    def _check_batch_size(x: Any, batch_size: Any) -> None:
+        n = int(jnp.shape(x)[0])
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= n:
+            raise ValueError(
+                f"batch_size must be an int between 1 and the number of training examples "
+                f"({n}), got {batch_size!r}")
 
     def _describe_bad(self, step: int, flags: Any, params: PyTree) -> str:
         flags = np.asarray(flags)
@@ -256,6 +323,13 @@ class Trainer:
             what = f"the gradient of params{bad[0]} was not finite" if bad else "non-finite values"
         return (f"training stopped at step {step}: {what}. Lower the learning rate, check the "
                 "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
+
+
+def _signature(tree: PyTree) -> tuple:
+    """Structure, shapes and dtypes: what decides whether a jitted call recompiles."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return get_gradient_mode(), treedef, tuple((tuple(jnp.shape(a)), str(getattr(a, "dtype", type(a))))
+                          for a in leaves)
 
 
 def per_example_grads(loss_fn: Callable[..., jax.Array], params: PyTree, x: jax.Array,
@@ -318,6 +392,9 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
     has_test = x_test is not None and y_test is not None
     if has_test:
         x_test, y_test = jax.device_put(x_test), jax.device_put(y_test)
+    if epochs:  # the epoch and evaluation programs compile side by side
+        trainer.compile(ts, x_train, y_train, batch_size=batch_size,
+                        x_test=x_test if has_test else None, y_test=y_test if has_test else None)
     history, bar = History(), _Progress(epochs, progress)
     try:
         for i in range(epochs):

@@ -6,7 +6,7 @@ Contract
 
 ``data`` is any pytree of arrays sharing the leading (example) axis ``N`` — usually
 ``(x, y)``. One epoch is a random permutation of the ``N`` examples (drawn with
-``jax.random.permutation(key, N)``) cut into ``num_batches = N // batch_size`` batches;
+:func:`fdl.random.permutation`, a sort of random keys) cut into ``num_batches = N // batch_size`` batches;
 each leaf of shape ``(N, ...)`` comes back as ``(num_batches, batch_size, ...)``, so
 ``lax.scan(step, carry, batches)`` runs the epoch as one compiled loop.
 
@@ -27,6 +27,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from fdl import random as fdl_random
 
 PyTree = Any
 
@@ -70,6 +72,10 @@ def shuffled_batches(key: jax.Array, data: PyTree, batch_size: int) -> PyTree:
                          f"number of examples ({n}), got batch_size={batch_size}")
     batch_size = int(batch_size)
     num_batches = n // batch_size
-    order = jax.random.permutation(key, n)[: num_batches * batch_size]
+    order = fdl_random.permutation(key, n)[: num_batches * batch_size]
     order = order.reshape(num_batches, batch_size)
-    return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, order, axis=0), data)
+    # the indices are a permutation: in bounds by construction, so no clamping or
+    # fill code (it was the largest kernel of the compiled epoch)
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.asarray(leaf).at[order].get(mode="promise_in_bounds",
+                                                 unique_indices=True), data)
