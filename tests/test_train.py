@@ -252,3 +252,13 @@ def test_mixed_precision_bfloat16_compute_keeps_float32_master_weights(digits):
                  epochs=12, batch_size=64, x_test=digits.x_test, y_test=digits.y_test,
                  progress=False)
     assert abs(hist["test_accuracy"][-1] - h32["test_accuracy"][-1]) < 0.02
+
+
+def test_all_finite_is_exact_without_overflow():
+    from fdl.train import _all_finite
+    f = jax.jit(_all_finite)
+    assert bool(f(jnp.full((100,), 3e38, jnp.float32)))  # a plain sum would overflow
+    assert bool(f(jnp.zeros((0,), jnp.float32)))
+    for bad in (jnp.inf, -jnp.inf, jnp.nan):
+        assert not bool(f(jnp.ones((3, 4), jnp.float32).at[1, 2].set(bad)))
+        assert not bool(f(jnp.ones((7,), jnp.bfloat16).at[6].set(bad)))

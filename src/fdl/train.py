@@ -85,6 +85,13 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient (the message says where)."""
 
 
+def _all_finite(g: jax.Array) -> jax.Array:
+    """Whether every element of ``g`` is finite, as one fused reduction: ``0·g`` is 0
+    where ``g`` is finite and NaN where it is ±inf or NaN, and a sum is NaN iff a term
+    is (no overflow: the terms are zeros)."""
+    return jnp.isfinite(jnp.sum(g * jnp.zeros((), g.dtype)))
+
+
 def _leaf_names(tree: PyTree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
@@ -236,7 +243,7 @@ class Trainer:
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
         updates, opt_state = self.optimizer.update(grads, ts.opt_state, ts.params)
         params = apply_updates(ts.params, updates)
-        finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]
+        finite = jnp.stack([_all_finite(g) for g in jax.tree_util.tree_leaves(grads)]
                            + [jnp.isfinite(loss)])
         new = TrainState(params, model_state, opt_state, ts.step + 1, ts.epoch, ts.key)
         return new, {"loss": loss, "accuracy": _accuracy(out, y), "finite": finite,
