@@ -1489,8 +1489,7 @@ def to_markdown(results: dict) -> str:
             floor = (f"; the step's matmuls ({s['flops_per_step'] / 1e6:.1f} MFLOP) take "
                      f"{b['matmul_floor_us_per_step']:.0f} µs at the measured float32 peak"
                      if "matmul_floor_us_per_step" in b else "")
-            out.append(f"
-What bounds scan vs loop: a Python loop pays "
+            out.append(f"\nWhat bounds scan vs loop: a Python loop pays "
                        f"{b['dispatch_overhead_us_per_step']:.0f} µs of dispatch per step (the "
                        f"no-op row) on top of the step itself, so loop/scan ≈ 1 + overhead/scan "
                        f"step ({b['scan_us_per_step']:.0f} µs here); 5× would need a scan step "
