@@ -61,3 +61,21 @@ def test_markdown_report(bench, results):
     assert "### A: MLP 784-1024-10, batch 128" in md
     assert "| variant | dtype | median ms |" in md
     assert "### Targets" in md and "pytest smoke" in md
+
+
+def test_digits_section_reports_the_scan_bound(bench):
+    """The digits section (no subprocess runs) measures the loop variants, the no-op
+    dispatch row, and says what bounds scan vs loop, in the JSON and the markdown."""
+    settings = bench.Settings(rounds=1, min_time=0.0, max_steps=1, peers=(), peak_n=128,
+                              cli=False)
+    results = bench.run(["peak", "digits"], settings, command="pytest smoke digits")
+    d = results["sections"]["digits"]
+    names = {r["variant"] for r in d["rows"]}
+    assert "epoch as one lax.scan (Trainer.epoch)" in names and bench._NOOP_LOOP in names
+    b = bench.scan_bound(d, results["sections"]["peak"]["peak_gflops"]["float32"])
+    assert b["dispatch_overhead_us_per_step"] > 0 and b["matmul_floor_us_per_step"] > 0
+    assert b["scan_us_per_step_needed_for_5x"] == pytest.approx(b["loop_extra_us_per_step"] / 4)
+    assert d["fit"]["reached"] in (True, False)
+    target = next(t for t in results["targets"] if t["target"].startswith("digits: epoch-as-scan"))
+    assert "dispatch" in target["detail"]
+    assert "What bounds scan vs loop" in bench.to_markdown(results)
