@@ -44,6 +44,41 @@ CONV2D_CASES = [
 ]
 
 
+# k_h·k_w·C_in above the im2col limit: the kernel gradient takes the per-offset path
+WIDE_CASES = [
+    ((2, 6, 5, 16), (3, 3, 16, 3), 1, "SAME", 1),
+    ((1, 9, 8, 15), (3, 4, 15, 2), 2, ((1, 2), (0, 3)), 1),
+    ((2, 9, 9, 40), (2, 2, 40, 2), (2, 1), "VALID", 2),
+]
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", WIDE_CASES)
+def test_conv2d_rule_on_the_per_offset_kernel_gradient_path(xs, ws, stride, padding, dilation):
+    from fdl.ops.conv import _IM2COL_MAX_K
+    assert ws[0] * ws[1] * ws[2] > _IM2COL_MAX_K
+    x, w, b = _normal(6, *xs), _normal(7, *ws), _normal(8, ws[-1])
+    report = check.vjp(conv2d, x, w, b, stride, padding, dilation, jit=True)
+    report.raise_if_failed()
+    assert report.worst("autodiff") <= 1e-10
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV2D_CASES + WIDE_CASES)
+def test_kernel_gradient_equals_the_correlation_form(xs, ws, stride, padding, dilation):
+    """∂L/∂W as matmuls (im2col or per offset) equals the convolution it replaces:
+    X correlated with G, C_in as the batch, N contracted."""
+    from fdl.ops.conv import _conv2d_kernel_grad, _geometry
+    x, w = _normal(9, *xs), _normal(10, *ws)
+    s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
+    g = _normal(11, *conv2d(x, w, jnp.zeros(ws[-1]), stride, padding, dilation).shape)
+    k, n, o = ws[:2], xs[1:3], g.shape[1:3]
+    pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
+               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
+    reference = lax.conv_general_dilated(x, g, d, pads_dw, rhs_dilation=s,
+                                         dimension_numbers=("CHWN", "IHWO", "HWNC"))
+    np.testing.assert_allclose(_conv2d_kernel_grad(x, g, s, d, pads, k), reference,
+                               rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV2D_CASES)
 def test_conv2d_forward_matches_lax(xs, ws, stride, padding, dilation):
     x, w, b = _normal(0, *xs), _normal(1, *ws), _normal(2, ws[-1])

@@ -136,12 +136,11 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
 
     * Bias: ``∂Y[ν,i,c']/∂b[c'] = 1`` ⇒ ``∂L/∂b = Σ_{ν,i} G[ν,i,:]`` (sum over N, H, W).
     * Kernel: ``∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']`` — the
-      *correlation of the input with the output gradient*. It is itself a
-      convolution in which ``C_in`` plays the batch, ``N`` the contracted channel,
-      ``G`` the kernel: window stride ``d`` (``j`` steps by ``d``), kernel dilation
-      ``s`` (``i`` steps by ``s``), padding ``lo`` below, and above just enough
-      for ``k`` outputs, ``hi' = s(o − 1) + d(k − 1) + 1 − n − lo`` (≤ ``hi``;
-      negative crops input the forward never read).
+      *correlation of the input with the output gradient*. For a fixed offset ``j``
+      it is a matrix product: the slice ``S_j[(ν,i), c] = X[ν, s·i + d·j − lo, c]``
+      (``N·o × C_in``) against ``G`` (``N·o × C_out``), ``∂L/∂W[j] = S_jᵀ G``; computed
+      that way (or, for small ``k·C_in``, as one product of the stacked slices, the
+      "im2col" matrix) — see ``_conv2d_kernel_grad``.
     * Input: ``∂L/∂X[ν,p,c] = Σ_{i,j,c' : s·i + d·j − lo = p} G[ν,i,c'] W[j,c,c']``.
       Dilate ``G`` by the stride (``s − 1`` zeros between elements:
       ``G_s[s·i] = G[i]``, length ``s(o − 1) + 1``); then the constraint becomes
@@ -174,12 +173,47 @@ def _conv2d_backward(stride, padding, dilation, residuals, g):
     w_flipped = jnp.swapaxes(jnp.flip(w, axis=(0, 1)), 2, 3)  # k_h×k_w×C_out×C_in
     dx = lax.conv_general_dilated(g, w_flipped, (1, 1), pads_dx, lhs_dilation=s,
                                   rhs_dilation=d, dimension_numbers=_NHWC)
-    # ∂L/∂W: correlation of X with G (C_in as batch, N contracted, G as the kernel).
-    pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
-               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
-    dw = lax.conv_general_dilated(x, g, d, pads_dw, rhs_dilation=s,
-                                  dimension_numbers=("CHWN", "IHWO", "HWNC"))
-    return dx, dw, jnp.sum(g, axis=(0, 1, 2))
+    return dx, _conv2d_kernel_grad(x, g, s, d, pads, k), jnp.sum(g, axis=(0, 1, 2))
+
+
+# ∂L/∂W with K = k_h·k_w·C_in at most this: one matmul over all patches (im2col);
+# above it, one matmul per kernel offset (the patch matrix would be K/C_in times X).
+_IM2COL_MAX_K = 128
+
+
+def _conv2d_kernel_grad(x, g, s, d, pads, k):
+    """``∂L/∂W[j,c,c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν,i,c']`` (``X_p``: ``X`` padded by
+    the forward's ``lo``) as matrix products instead of a convolution.
+
+    For each kernel offset ``j = (j_h, j_w)`` the strided slice ``S_j = X_p[:, d·j + s·i, :]``
+    (``i`` over the ``o_h×o_w`` outputs) is an ``M×C_in`` matrix, ``M = N·o_h·o_w``, and
+    ``∂L/∂W[j] = S_jᵀ G`` with ``G`` as ``M×C_out``: the same FLOPs as the correlation, but
+    a plain matmul. XLA:CPU runs the correlation form (``C_in`` as batch, ``N`` contracted,
+    a kernel as large as the image) 3–4× slower (benchmarks/bench.py, CNN row). Small
+    ``K = k_h·k_w·C_in`` (first layers): stack the slices into the ``M×K`` patch
+    matrix ("im2col") and do one product; otherwise one ``C_in×M · M×C_out`` product per
+    offset, so no patch matrix is ever materialised.
+    """
+    n_batch, c_in, c_out = x.shape[0], x.shape[3], g.shape[3]
+    o = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (pads[0][0], max(pads[0][1], 0)), (pads[1][0], max(pads[1][1], 0)),
+                     (0, 0)))
+    slices = []
+    for jh in range(k[0]):
+        for jw in range(k[1]):
+            start = (0, d[0] * jh, d[1] * jw, 0)
+            stop = (n_batch, start[1] + s[0] * (o[0] - 1) + 1, start[2] + s[1] * (o[1] - 1) + 1,
+                    c_in)
+            slices.append(lax.slice(xp, start, stop, (1, s[0], s[1], 1)))
+    g2 = g.reshape(-1, c_out)
+    contract_rows = (((0,), (0,)), ((), ()))  # Aᵀ·B without materialising Aᵀ
+    if k[0] * k[1] * c_in <= _IM2COL_MAX_K:
+        patches = jnp.stack(slices, axis=3).reshape(-1, k[0] * k[1] * c_in)
+        dw = lax.dot_general(patches, g2, contract_rows)
+    else:
+        dw = jnp.stack([lax.dot_general(sl.reshape(-1, c_in), g2, contract_rows)
+                        for sl in slices])
+    return dw.reshape(k[0], k[1], c_in, c_out)
 
 
 def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
