@@ -63,20 +63,20 @@ def test_conv2d_rule_on_the_per_offset_kernel_gradient_path(xs, ws, stride, padd
 
 
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV2D_CASES + WIDE_CASES)
-def test_kernel_gradient_equals_the_correlation_form(xs, ws, stride, padding, dilation):
-    """∂L/∂W as matmuls (im2col or per offset) equals the convolution it replaces:
-    X correlated with G, C_in as the batch, N contracted."""
-    from fdl.ops.conv import _conv2d_kernel_grad, _geometry
+def test_both_kernel_gradient_forms_equal_jax_transpose(xs, ws, stride, padding, dilation):
+    """∂L/∂W as matmuls (im2col or per offset; CPU) and as the correlation of X with G
+    (other backends) both equal JAX's own transpose of the convolution."""
+    from fdl.ops.conv import _conv2d_kernel_grad, _conv2d_kernel_grad_correlation, _geometry
     x, w = _normal(9, *xs), _normal(10, *ws)
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
-    g = _normal(11, *conv2d(x, w, jnp.zeros(ws[-1]), stride, padding, dilation).shape)
-    k, n, o = ws[:2], xs[1:3], g.shape[1:3]
-    pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
-               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
-    reference = lax.conv_general_dilated(x, g, d, pads_dw, rhs_dilation=s,
-                                         dimension_numbers=("CHWN", "IHWO", "HWNC"))
-    np.testing.assert_allclose(_conv2d_kernel_grad(x, g, s, d, pads, k), reference,
+    y, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
+        x, w, s, pads, rhs_dilation=d, dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
+    g = _normal(11, *y.shape)
+    (reference,) = vjp(g)  # JAX's own transpose of the convolution
+    np.testing.assert_allclose(_conv2d_kernel_grad(x, g, s, d, pads, ws[:2]), reference,
                                rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_conv2d_kernel_grad_correlation(x, g, s, d, pads, ws[:2]),
+                               reference, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV2D_CASES)

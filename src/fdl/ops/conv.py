@@ -189,11 +189,14 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
     (``i`` over the ``o_h×o_w`` outputs) is an ``M×C_in`` matrix, ``M = N·o_h·o_w``, and
     ``∂L/∂W[j] = S_jᵀ G`` with ``G`` as ``M×C_out``: the same FLOPs as the correlation, but
     a plain matmul. XLA:CPU runs the correlation form (``C_in`` as batch, ``N`` contracted,
-    a kernel as large as the image) 3–4× slower (benchmarks/bench.py, CNN row). Small
+    a kernel as large as the image; :func:`_conv2d_kernel_grad_correlation`) 3–4× slower
+    (benchmarks/bench.py, CNN row); other backends keep that form. Small
     ``K = k_h·k_w·C_in`` (first layers): stack the slices into the ``M×K`` patch
     matrix ("im2col") and do one product; otherwise one ``C_in×M · M×C_out`` product per
     offset, so no patch matrix is ever materialised.
     """
+    if jax.default_backend() != "cpu":  # GPU/TPU: the vendor's kernel-gradient convolution
+        return _conv2d_kernel_grad_correlation(x, g, s, d, pads, k)
     n_batch, c_in, c_out = x.shape[0], x.shape[3], g.shape[3]
     o = g.shape[1:3]
     xp = jnp.pad(x, ((0, 0), (pads[0][0], max(pads[0][1], 0)), (pads[1][0], max(pads[1][1], 0)),
@@ -214,6 +217,19 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
         dw = jnp.stack([lax.dot_general(sl.reshape(-1, c_in), g2, contract_rows)
                         for sl in slices])
     return dw.reshape(k[0], k[1], c_in, c_out)
+
+
+def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
+    """The same ``∂L/∂W`` as one convolution: ``X`` correlated with ``G``, ``C_in`` as the
+    batch, ``N`` contracted, ``G`` as the kernel (window stride ``d``, kernel dilation
+    ``s``, padding ``lo`` below and above just enough for ``k`` outputs,
+    ``hi' = s(o − 1) + d(k − 1) + 1 − n − lo``; negative crops input the forward never
+    read). What cuDNN and TPUs are built for; used off the CPU."""
+    n, o = x.shape[1:3], g.shape[1:3]
+    pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
+               for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
+    return lax.conv_general_dilated(x, g, d, pads_dw, rhs_dilation=s,
+                                    dimension_numbers=("CHWN", "IHWO", "HWNC"))
 
 
 def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
