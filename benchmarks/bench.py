@@ -428,7 +428,8 @@ def _bf16(tree: Any) -> Any:
 
 
 def fdl_step(trainer: fdl.train.Trainer, model_state: Any) -> Callable:
-    """A jitted step built from ``Trainer.loss_fn`` and the optimizer (no host sync)."""
+    """A jitted step built from ``Trainer.loss_fn`` and the optimizer (no host sync),
+    compiled with the XLA options fdl's Trainer uses (``fdl.train.compiler_options``)."""
     opt = trainer.optimizer
 
     def step(state, x, y):
@@ -438,7 +439,7 @@ def fdl_step(trainer: fdl.train.Trainer, model_state: Any) -> Callable:
         updates, opt_state = opt.update(grads, opt_state, params)
         return (fdl.optim.apply_updates(params, updates), opt_state), loss
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0, compiler_options=fdl.train.compiler_options())
 
 
 def fdl_runners(model: L.Layer, params: Any, model_state: Any, x: Any, y: Any, *,

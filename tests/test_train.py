@@ -262,3 +262,21 @@ def test_all_finite_is_exact_without_overflow():
     for bad in (jnp.inf, -jnp.inf, jnp.nan):
         assert not bool(f(jnp.ones((3, 4), jnp.float32).at[1, 2].set(bad)))
         assert not bool(f(jnp.ones((7,), jnp.bfloat16).at[6].set(bad)))
+
+
+def test_compiler_options_are_accepted_and_used(digits):
+    """On CPU the Trainer compiles with region-analysis copy insertion; whatever the
+    options are, XLA accepts them and the trained numbers equal XLA's defaults'."""
+    from fdl.train import compiler_options
+    opts = compiler_options()
+    if jax.default_backend() == "cpu":
+        assert opts == {"xla_cpu_copy_insertion_use_region_analysis": True}
+    x, y = jax.device_put(digits.x_train[:256]), jax.device_put(digits.y_train[:256])
+    trainer = _small_trainer()
+    ts, m = trainer.epoch(trainer.init(KEY, digits.input_shape), x, y, batch_size=32)
+    plain = _small_trainer()
+    plain._epoch = jax.jit(plain._epoch_impl, static_argnames=("batch_size",),
+                           donate_argnums=(0,))  # XLA's defaults
+    ts2, m2 = plain.epoch(plain.init(KEY, digits.input_shape), x, y, batch_size=32)
+    for a, b in zip(jax.tree_util.tree_leaves(ts.params), jax.tree_util.tree_leaves(ts2.params)):
+        np.testing.assert_array_equal(a, b)

@@ -29,6 +29,7 @@ checkpoints); :func:`per_example_grads` gives one gradient per example by ``vmap
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import threading
@@ -51,6 +52,7 @@ from fdl.primitive import get_gradient_mode
 
 __all__ = [
     "History",
+    "compiler_options",
     "NonFiniteError",
     "TrainState",
     "Trainer",
@@ -83,6 +85,30 @@ class TrainState(NamedTuple):
 
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient (the message says where)."""
+
+
+@functools.cache
+def compiler_options() -> dict[str, Any] | None:
+    """The XLA options :class:`Trainer` compiles its programs with (``None``: XLA's defaults).
+
+    On CPU: copy insertion with region analysis
+    (``xla_cpu_copy_insertion_use_region_analysis``). A training step reads each weight
+    (for the backward) and writes its update into the same donated buffer; XLA's default
+    analysis cannot prove the read happens first and copies the weight every step (the
+    4096×4096 weight of benchmark C: 64 MB per step, in every JAX peer too). With region
+    analysis the copy goes: steps 3.8% faster on B, 1.4% on C (interleaved, one process).
+    Off the CPU, or where this XLA does not know the option (checked once, by compiling
+    an identity), ``None``. Use it for your own jitted steps:
+    ``jax.jit(step, donate_argnums=0, compiler_options=fdl.train.compiler_options())``.
+    """
+    if jax.default_backend() != "cpu":
+        return None
+    options = {"xla_cpu_copy_insertion_use_region_analysis": True}
+    try:
+        jax.jit(lambda a: a, compiler_options=options).lower(np.float32(0)).compile()
+    except Exception:  # an XLA without the option: its defaults
+        return None
+    return options
 
 
 def _all_finite(g: jax.Array) -> jax.Array:
@@ -141,11 +167,12 @@ class Trainer:
                 f"Trainer: optimizer must be an fdl.optim.Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+        opts = compiler_options()
         self._epoch = jax.jit(self._epoch_impl, static_argnames=("batch_size",),
-                              donate_argnums=(0,))
-        self._step = jax.jit(self._step_impl, donate_argnums=(0,))
-        self._evaluate = jax.jit(self._evaluate_impl)
-        self._init = jax.jit(self._init_impl, static_argnums=(1,))
+                              donate_argnums=(0,), compiler_options=opts)
+        self._step = jax.jit(self._step_impl, donate_argnums=(0,), compiler_options=opts)
+        self._evaluate = jax.jit(self._evaluate_impl, compiler_options=opts)
+        self._init = jax.jit(self._init_impl, static_argnums=(1,), compiler_options=opts)
         self._pending: list[Future] = []  # compilations started by compile(wait=False)
         self._compiled: set = set()  # signatures already compiled by compile()
         self._lock = threading.Lock()
