@@ -93,3 +93,17 @@ def finite_number(fn: str, name: str, v: Any, *, low: float | None = None,
 def first_index(mask: np.ndarray) -> tuple[int, ...]:
     """Index (as a tuple of ints) of the first ``True`` in ``mask``, which must have one."""
     return tuple(int(j) for j in np.argwhere(mask)[0])
+
+
+def first_out_of_range(ids: Any, n: int) -> tuple[Any, tuple[int, ...], Any, Any] | None:
+    """For integer ``ids`` that index ``n`` things (labels, table rows): ``(value, index,
+    min, max)`` of the first id outside ``[0, n)``, or ``None`` when all are in range or
+    the values are not known (traced) or empty."""
+    if not is_concrete(ids) or not ids.size:
+        return None
+    a = np.asarray(ids)
+    bad = (a < 0) | (a >= n)
+    if not bad.any():
+        return None
+    i = first_index(bad)
+    return a[i], i, a.min(), a.max()

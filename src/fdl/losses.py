@@ -144,15 +144,13 @@ def _ce_validate(logits, targets, reduction):
                 f"{tuple(logits.shape[:-1])}, got labels of shape {tuple(targets.shape)} "
                 f"for logits of shape {tuple(logits.shape)}"
             )
-        if v.is_concrete(targets) and targets.size:
-            t = np.asarray(targets)
-            bad = (t < 0) | (t >= k)
-            if bad.any():
-                i = v.first_index(bad)
-                raise ValueError(
-                    f"{fn}: labels must be in [0, {k}) for {k} classes, got {t[i]} at "
-                    f"index {i} (range of labels given: {t.min()}..{t.max()})"
-                )
+        bad = v.first_out_of_range(targets, k)
+        if bad is not None:
+            value, i, lo, hi = bad
+            raise ValueError(
+                f"{fn}: labels must be in [0, {k}) for {k} classes, got {value} at "
+                f"index {i} (range of labels given: {lo}..{hi})"
+            )
         return
     v.floating(fn, "targets", targets)
     v.same_shape(fn, "targets", targets, "logits", logits)

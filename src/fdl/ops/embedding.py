@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fdl import _validate as v
 from fdl.primitive import Example, labels, normal, primitive
@@ -61,15 +60,12 @@ def _embedding_validate(ids, table):
     v.floating(fn, "table", table)
     v.ndim_exactly(fn, "table", table, 2, "V×d: one row per id")
     n_rows = table.shape[0]
-    if v.is_concrete(ids) and ids.size:
-        a = np.asarray(ids)
-        bad = (a < 0) | (a >= n_rows)
-        if bad.any():
-            i = v.first_index(bad)
-            raise ValueError(
-                f"{fn}: ids must be in [0, {n_rows}) for a table of {n_rows} rows (shape "
-                f"{tuple(table.shape)}), got {a[i]} at index {i} (range given: "
-                f"{a.min()}..{a.max()})")
+    bad = v.first_out_of_range(ids, n_rows)
+    if bad is not None:
+        value, i, lo, hi = bad
+        raise ValueError(
+            f"{fn}: ids must be in [0, {n_rows}) for a table of {n_rows} rows (shape "
+            f"{tuple(table.shape)}), got {value} at index {i} (range given: {lo}..{hi})")
 
 
 embedding = primitive(
