@@ -66,9 +66,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fdl import random as fdl_random
 from fdl import _validate as v
 from fdl import losses
+from fdl import random as fdl_random
 from fdl.layers.base import Layer
 
 __all__ = ["DPGrads", "clip_factors", "dp_sgd_grads", "per_example_grad_norms"]

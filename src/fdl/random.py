@@ -65,6 +65,7 @@ def _typed(key: jax.Array) -> jax.Array:
 
 def _fast_path(key: jax.Array) -> bool:
     """Threefry keys under JAX's default partitionable scheme: the hash below is JAX's."""
+    key = _typed(key)
     return (str(jax.random.key_impl(key)) == "threefry2x32"
             and bool(jax.config.jax_threefry_partitionable) and key.shape == ())
 
@@ -90,7 +91,7 @@ def _hash_keys(key: jax.Array, counter: jax.Array) -> jax.Array:
 def fold_in(key: jax.Array, data: int | jax.Array) -> jax.Array:
     """``jax.random.fold_in(key, data)``, bitwise: a new key from ``key`` and an
     integer ``data`` (e.g. the step number; may be traced)."""
-    if not _fast_path(_typed(key)):
+    if not _fast_path(key):
         return jax.random.fold_in(key, data)
     if np.ndim(data):
         raise ValueError(f"fold_in: data must be a scalar, got shape {np.shape(data)}")
@@ -102,7 +103,7 @@ def fold_in(key: jax.Array, data: int | jax.Array) -> jax.Array:
 def split(key: jax.Array, num: int = 2) -> jax.Array:
     """``jax.random.split(key, num)``, bitwise: ``num`` new keys (leading axis)."""
     num = int(num)
-    if not _fast_path(_typed(key)) or num < 0:
+    if not _fast_path(key) or num < 0:
         return jax.random.split(key, num)
     return _wrap(_hash_keys(key, jax.lax.iota(jnp.uint32, num)), key)
 
@@ -157,7 +158,7 @@ def uniform(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32,
     then scaled to the interval (and clipped below at ``minval``).
     """
     shape = tuple(int(d) for d in shape)
-    if jnp.dtype(dtype) != jnp.float32 or not _fast_path(_typed(key)):
+    if jnp.dtype(dtype) != jnp.float32 or not _fast_path(key):
         return jax.random.uniform(key, shape, dtype, minval, maxval)
     one = np.array(1.0, np.float32).view(np.uint32)
     mantissa = (bits(key, shape) >> np.uint32(32 - 23)) | one
@@ -171,7 +172,7 @@ def normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> 
     JAX): ``z = √2 · erf⁻¹(u)`` with ``u`` uniform on ``(−1, 1)`` (inverse-CDF sampling:
     ``P(z ≤ t) = P(u ≤ erf(t/√2)) = Φ(t)``)."""
     shape = tuple(int(d) for d in shape)
-    if jnp.dtype(dtype) != jnp.float32 or not _fast_path(_typed(key)):
+    if jnp.dtype(dtype) != jnp.float32 or not _fast_path(key):
         return jax.random.normal(key, shape, dtype)
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))  # keeps erf⁻¹ finite
     u = uniform(key, shape, jnp.float32, lo, 1.0)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fdl import random as fdl_random
 from fdl import losses
+from fdl import random as fdl_random
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer, apply_updates
@@ -175,7 +174,6 @@ class Trainer:
         self._init = jax.jit(self._init_impl, static_argnums=(1,), compiler_options=opts)
         self._pending: list[Future] = []  # compilations started by compile(wait=False)
         self._compiled: set = set()  # signatures already compiled by compile()
-        self._lock = threading.Lock()
 
     # -- pieces --------------------------------------------------------------
 
@@ -199,9 +197,10 @@ class Trainer:
         """Compile the epoch program (and the evaluation program, given test data) ahead
         of their first call, concurrently, in background threads.
 
-        XLA compiles each program on one core; compiling the epoch and evaluation
-        programs at once, and (with ``wait=False``) while :meth:`init` compiles its own,
-        is what keeps start-up short on a multi-core machine. Later calls of
+        XLA leaves cores idle during parts of each compilation; compiling the epoch and
+        evaluation programs side by side, and (with ``wait=False``) while :meth:`init`
+        compiles its own, overlaps them, which is what keeps ``fdl train``'s start-up
+        short. Later calls of
         :meth:`epoch` and :meth:`evaluate` with the same shapes reuse the programs.
 
         Args:
@@ -229,14 +228,12 @@ class Trainer:
             futures.append(pool.submit(lowered.compile))  # XLA releases it
             self._compiled.add(signature)
         pool.shutdown(wait=False)
-        with self._lock:
-            self._pending.extend(futures)
+        self._pending.extend(futures)
         if wait:
             self._wait_for_compilation()
 
     def _wait_for_compilation(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, []
         for f in pending:
             f.result()
 

@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fdl import random as fdl_random
 from fdl import ops
+from fdl import random as fdl_random
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import (

@@ -199,8 +199,7 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
         return _conv2d_kernel_grad_correlation(x, g, s, d, pads, k)
     n_batch, c_in, c_out = x.shape[0], x.shape[3], g.shape[3]
     o = g.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (pads[0][0], max(pads[0][1], 0)), (pads[1][0], max(pads[1][1], 0)),
-                     (0, 0)))
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))  # pads are ≥ 0
     slices = []
     for jh in range(k[0]):
         for jw in range(k[1]):

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fdl import random as fdl_random
 from fdl import _validate as v
+from fdl import random as fdl_random
 from fdl.ops.activations import sigmoid
 from fdl.ops.linear import linear
 from fdl.primitive import Example, normal, primitive
