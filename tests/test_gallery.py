@@ -1,0 +1,65 @@
+"""The gallery (examples/NN_*.py): each example run in quick mode, asserting its claim.
+
+Each example is ``main(argv) -> dict``; the tests call it with ``--quick`` and check
+the numbers it returns against what the example says it shows, not only that it ran.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str):
+    """Import ``examples/<name>.py`` as a module (its sibling ``_gallery`` importable)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"gallery_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(name: str, tmp_path: Path, *extra: str) -> dict:
+    return load(name).main(["--quick", "--out", str(tmp_path), *extra])
+
+
+def _figure_written(results: dict) -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        assert results["figure"] is None
+    else:
+        assert results["figure"] is not None and os.path.getsize(results["figure"]) > 1000
+
+
+# 1. A single neuron -------------------------------------------------------- #
+
+@pytest.mark.float32
+def test_single_neuron_gradient_checks_and_training_separates_0_from_1(tmp_path):
+    r = run("01_single_neuron", tmp_path)
+    assert r["check_passed"]
+    assert r["train_loss"][-1] < 0.2 * r["train_loss"][0]
+    assert np.all(np.diff(r["train_loss"]) <= 0)  # gradient descent with a small step
+    assert r["test_accuracy"] >= 0.98
+    _figure_written(r)
+
+
+@pytest.mark.float32
+def test_single_neuron_hand_gradient_equals_autodiff():
+    m = load("01_single_neuron")
+    x_train, y_train, _, _ = m.zeros_and_ones()
+    x, y = jnp.asarray(x_train[:50]), jnp.asarray(y_train[:50])
+    w = 0.1 * jax.random.normal(jax.random.key(1), (64,), jnp.float32)
+    b = jnp.asarray(0.3, jnp.float32)
+    mine = m.my_grad(w, b, x, y)
+    ref = jax.grad(m.loss, argnums=(0, 1))(w, b, x, y)
+    np.testing.assert_allclose(mine[0], ref[0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mine[1], ref[1], rtol=1e-5, atol=1e-7)
