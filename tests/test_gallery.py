@@ -63,3 +63,28 @@ def test_single_neuron_hand_gradient_equals_autodiff():
     ref = jax.grad(m.loss, argnums=(0, 1))(w, b, x, y)
     np.testing.assert_allclose(mine[0], ref[0], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(mine[1], ref[1], rtol=1e-5, atol=1e-7)
+
+
+# 7. The matrix calculus reference ------------------------------------------ #
+
+@pytest.mark.x64
+def test_matrix_calculus_every_identity_holds_to_1e_10(tmp_path):
+    r = run("07_matrix_calculus", tmp_path)
+    assert len(r["identities"]) >= 15
+    for row in r["identities"]:
+        assert row["passed"], row
+        assert row["autodiff"] <= 1e-10, row
+        assert row["finite_differences"] <= 1e-8, row
+    _figure_written(r)
+
+
+@pytest.mark.x64
+def test_matrix_calculus_a_wrong_formula_is_caught():
+    import fdl
+
+    m = load("07_matrix_calculus")
+    row = next(i for i in m.identities(jax.random.key(0)) if i.name == "w * x")
+    wrong = lambda w, x: (jnp.diag(w), jnp.diag(x))  # the two diagonals swapped
+    report = fdl.check.jacobian(row.f, wrong, *row.args)
+    assert not report.passed
+    assert report.worst("autodiff") > 0.1
