@@ -49,9 +49,10 @@ def make_mnist_dir(root, *, n_train=6, n_test=4, side=4, gz=(False, True, False,
     rng = np.random.default_rng(seed)
     arrays = {
         "train-images": rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
-        "train-labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+        # every class up to the largest training label occurs in training
+        "train-labels": rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
         "t10k-images": rng.integers(0, 256, (n_test, side, side), dtype=np.uint8),
-        "t10k-labels": rng.integers(0, 10, n_test, dtype=np.uint8),
+        "t10k-labels": rng.integers(0, min(n_train, 10), n_test, dtype=np.uint8),
     }
     root.mkdir(exist_ok=True)
     for (stem, arr), zipped in zip(arrays.items(), gz):
@@ -112,6 +113,54 @@ def test_dataset_rejects_mismatched_splits():
         data.Dataset(np.zeros((3, 2)), np.zeros(2), np.zeros((1, 2)), np.zeros(1), 2)
     with pytest.raises(ValueError, match="x_train examples have shape"):
         data.Dataset(np.zeros((3, 2)), np.zeros(3), np.zeros((1, 5)), np.zeros(1), 2)
+
+
+@pytest.mark.float32
+def test_dataset_rejects_labels_outside_num_classes():
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"Dataset: y_test\[0\] is 4, outside \[0, 3\)"):
+        data.Dataset(x, np.array([0, 1, 2]), x[:1], np.array([4]), 3)
+    with pytest.raises(ValueError, match=r"Dataset: y_train\[1\] is -1; class labels must be"):
+        data.Dataset(x, np.array([0, -1, 2]), x[:1], np.array([0]), 3)
+
+
+# ---------------------------------------------------------------------------- labels
+
+@pytest.mark.float32
+@pytest.mark.parametrize("y_train, y_test, num_classes, error, message", [
+    ([0, 1, -1], None, None, ValueError, r"y_train\[2\] is -1; class labels must be ≥ 0"),
+    ([0, 1, 2], [0, -3], 3, ValueError, r"y_test\[1\] is -3"),
+    ([0, 1, 2], [0, 3], 3, ValueError,
+     r"y_test\[1\] is 3, outside \[0, 3\) \(num_classes is 3; the largest test label is 3\)"),
+    ([0, 1, 5], None, 3, ValueError, r"y_train\[2\] is 5, outside \[0, 3\).*num_classes=6"),
+    ([0, 1, 2], [3], None, ValueError,
+     r"y_test\[0\] is 3, outside \[0, 3\) \(the training labels go up to 2"),
+    # the issue's case: digits 0..9 and one stray 12 is not a 13-class set
+    (list(range(10)) + [12], None, None, ValueError,
+     r"largest training label is 12, which implies 13 classes, but 2 of them never occur "
+     r"in the training labels \(classes 10, 11\).*--num-classes 13"),
+    ([0.0, 1.0], None, None, TypeError, r"y_train must hold integer class labels, got dtype "
+                                        r"float64"),
+    ([[0, 1]], None, None, ValueError, r"y_train must be a vector of labels \(N,\), got "
+                                       r"shape \(1, 2\)"),
+    ([], None, None, ValueError, r"y_train is empty"),
+    ([0, 1], None, 0, ValueError, r"num_classes must be an int ≥ 1, got 0"),
+    ([0, 1], None, True, ValueError, r"num_classes must be an int ≥ 1, got True"),
+])
+def test_check_labels_rejects(y_train, y_test, num_classes, error, message):
+    y_test = None if y_test is None else np.array(y_test, np.int64)
+    y_train = np.array(y_train, np.float64 if error is TypeError else np.int64)
+    with pytest.raises(error, match=message):
+        data.check_labels(y_train, y_test, num_classes=num_classes)
+
+
+@pytest.mark.float32
+def test_check_labels_accepts_and_counts():
+    assert data.check_labels(np.array([2, 0, 1, 1], np.uint8)) == 3
+    assert data.check_labels(np.array([0, 1]), np.array([1, 0])) == 2
+    # an explicit count may exceed the classes present (the fix the errors name)
+    assert data.check_labels(np.array(list(range(10)) + [12]), num_classes=13) == 13
+    assert data.check_labels(jnp.array([0, 1, 3]), num_classes=4) == 4
 
 
 # ----------------------------------------------------------------------------- read_idx
@@ -194,6 +243,29 @@ def test_load_mnist_reads_mixed_raw_and_gzipped_files(tmp_path):
     raw = data.load_mnist(directory, raw=True, flatten=True, name="mine")
     assert raw.name == "mine" and raw.x_test.shape == (4, 16) and raw.x_test.dtype == np.uint8
     np.testing.assert_array_equal(raw.x_test.reshape(4, 4, 4), arrays["t10k-images"])
+
+
+@pytest.mark.float32
+def test_load_mnist_rejects_a_stray_label_and_takes_num_classes(tmp_path):
+    """An IDX label of 12 in a 10-class set is an error, not a 13-class model."""
+    directory, arrays = make_mnist_dir(tmp_path / "m", n_train=12, gz=(False,) * 4)
+    labels = arrays["train-labels"].copy()
+    labels[labels == 0] = [0, 12][: (labels == 0).sum()]  # one 0 becomes 12
+    write(os.path.join(directory, "train-labels-idx1-ubyte"), idx_bytes(labels))
+    with pytest.raises(ValueError, match=r"load_mnist: '.*m': the largest training label is "
+                                         r"12, which implies 13 classes, but 2 of them never "
+                                         r"occur.*\(classes 10, 11\)"):
+        data.load_mnist(directory)
+    with pytest.raises(ValueError, match=r"y_train\[\d+\] is 12, outside \[0, 10\)"):
+        data.load(directory, num_classes=10)
+    assert data.load_mnist(directory, num_classes=13).num_classes == 13
+
+
+@pytest.mark.float32
+def test_load_digits_num_classes():
+    assert data.load("digits", num_classes=12).num_classes == 12
+    with pytest.raises(ValueError, match=r"load_digits: y_train\[\d+\] is \d, outside \[0, 5\)"):
+        data.load_digits(num_classes=5)
 
 
 def test_load_mnist_accepts_dotted_file_names(tmp_path):
@@ -415,7 +487,7 @@ def test_batches_validate_data():
 
 def test_public_api():
     assert set(data.__all__) == {
-        "Dataset", "Standardizer", "fit_standardizer", "load", "load_digits",
+        "Dataset", "Standardizer", "check_labels", "fit_standardizer", "load", "load_digits",
         "load_mnist", "read_idx", "shuffled_batches", "standardize",
         "standardize_dataset", "train_test_split"}
     for name in data.__all__:

@@ -8,16 +8,19 @@ num_classes, name)`` of numpy arrays, so training code treats all data sets alik
 * images are NHWC, ``(N, H, W, 1)`` — or ``(N, H·W)`` with ``flatten=True``;
 * images are float32 in [0, 1] (digits divided by 16, MNIST by 255), or the stored
   uint8 values with ``raw=True`` (digits 0..16, MNIST 0..255);
-* labels are int32 class indices in ``[0, num_classes)``.
+* labels are int32 class indices in ``[0, num_classes)``, checked on the host when
+  the ``Dataset`` is built (:func:`fdl.data.check_labels`).
 
 ``load_digits(*, test_fraction=0.2, seed=0, raw=False, flatten=False)``
     The 1,797 8×8 UCI digits embedded in the package (``digits.npz``; attribution in
     ``DIGITS_LICENSE.txt``). The source has no train/test split, so one is made with
     :func:`fdl.data.train_test_split` (stratified, deterministic in ``seed``).
-``load_mnist(directory, *, raw=False, flatten=False, name=None)``
+``load_mnist(directory, *, raw=False, flatten=False, name=None, num_classes=None)``
     MNIST or Fashion-MNIST: the four standard IDX files (optionally gzipped) in
-    ``directory``, with their official train/test split.
-``load(name_or_path, *, raw=False, flatten=False)``
+    ``directory``, with their official train/test split. Without ``num_classes`` the
+    count is inferred from the training labels, every class of which must occur
+    (a stray label 12 among the digits 0..9 is an error, not a 13-class set).
+``load(name_or_path, *, raw=False, flatten=False, num_classes=None)``
     ``"digits"`` → :func:`load_digits`; a directory → :func:`load_mnist`.
 ``standardize_dataset(dataset, *, axis=0) -> (Dataset, Standardizer)``
     Both splits standardised with statistics fitted on the training split only.
@@ -34,6 +37,7 @@ import os
 import numpy as np
 
 from fdl.data.idx import read_idx
+from fdl.data.labels import check_labels
 from fdl.data.split import Standardizer, fit_standardizer, standardize, train_test_split
 
 # Standard MNIST file stems; each may also end in ".gz". The second spelling (a dot
@@ -76,6 +80,12 @@ class Dataset:
             raise ValueError(f"Dataset: x_train examples have shape "
                              f"{np.shape(self.x_train)[1:]} but x_test examples "
                              f"{np.shape(self.x_test)[1:]}; they must match")
+        labels = (np.asarray(self.y_train), np.asarray(self.y_test))
+        if all(np.issubdtype(y.dtype, np.integer) and y.ndim == 1 for y in labels):
+            try:
+                check_labels(*labels, num_classes=self.num_classes)
+            except ValueError as e:
+                raise ValueError("Dataset: " + str(e).removeprefix("check_labels: ")) from None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -97,7 +107,7 @@ def _labels(labels: np.ndarray) -> np.ndarray:
 
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0, raw: bool = False,
-                flatten: bool = False) -> Dataset:
+                flatten: bool = False, num_classes: int | None = None) -> Dataset:
     """The embedded UCI digits: 1,797 8×8 images of 0..9, split deterministically.
 
     Args:
@@ -105,9 +115,10 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, raw: bool = False,
       seed: seed of the split; the same seed always gives the same split.
       raw: return the stored uint8 pixel counts 0..16 instead of float32 in [0, 1].
       flatten: images as ``(N, 64)`` instead of NHWC ``(N, 8, 8, 1)``.
+      num_classes: build the labels for this many classes (≥ 10; default 10).
 
     Returns:
-      ``Dataset`` named ``"digits"`` with ``num_classes=10``.
+      ``Dataset`` named ``"digits"`` with ``num_classes=10`` (or as given).
     """
     resource = importlib.resources.files("fdl.data").joinpath("digits.npz")
     with resource.open("rb") as f, np.load(f, allow_pickle=False) as npz:
@@ -115,7 +126,11 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, raw: bool = False,
     x = _images(images, 16, raw=raw, flatten=flatten)
     x_train, y_train, x_test, y_test = train_test_split(
         x, _labels(labels), test_fraction=test_fraction, seed=seed, stratify=True)
-    return Dataset(x_train, y_train, x_test, y_test, num_classes=10, name="digits")
+    try:
+        n = check_labels(y_train, y_test, num_classes=num_classes)
+    except ValueError as e:
+        raise ValueError("load_digits: " + str(e).removeprefix("check_labels: ")) from None
+    return Dataset(x_train, y_train, x_test, y_test, num_classes=n, name="digits")
 
 
 def _find_mnist_file(directory: str, role: str) -> str:
@@ -145,7 +160,8 @@ def _read_split(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndar
 
 
 def load_mnist(directory: str | os.PathLike[str], *, raw: bool = False,
-               flatten: bool = False, name: str | None = None) -> Dataset:
+               flatten: bool = False, name: str | None = None,
+               num_classes: int | None = None) -> Dataset:
     """MNIST (or Fashion-MNIST, same format) from a directory of IDX files.
 
     The directory must hold ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
@@ -157,10 +173,16 @@ def load_mnist(directory: str | os.PathLike[str], *, raw: bool = False,
       raw: keep uint8 pixels 0..255 instead of float32 in [0, 1].
       flatten: images as ``(N, 784)`` instead of NHWC ``(N, 28, 28, 1)``.
       name: the ``Dataset.name``; defaults to the directory's base name.
+      num_classes: the number of classes; by default one more than the largest
+        training label, and then every class must occur among the training labels
+        (see :func:`fdl.data.check_labels`).
 
     Returns:
-      ``Dataset`` with the official split (60,000 / 10,000 for MNIST);
-      ``num_classes`` is one more than the largest label.
+      ``Dataset`` with the official split (60,000 / 10,000 for MNIST).
+
+    Raises:
+      ValueError: a missing or malformed file (naming it), or labels that do not fit
+        ``num_classes`` (naming the split, index and value, or the missing classes).
     """
     directory = os.path.expanduser(os.fspath(directory))
     if not os.path.isdir(directory):
@@ -172,7 +194,11 @@ def load_mnist(directory: str | os.PathLike[str], *, raw: bool = False,
     if train_images.shape[1:] != test_images.shape[1:]:
         raise ValueError(f"load_mnist: training images are {train_images.shape[1:]} but "
                          f"test images are {test_images.shape[1:]} in {directory!r}")
-    num_classes = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
+    try:
+        num_classes = check_labels(train_labels, test_labels, num_classes=num_classes)
+    except ValueError as e:
+        raise ValueError(f"load_mnist: {directory!r}: "
+                         + str(e).removeprefix("check_labels: ")) from None
     if name is None:
         name = os.path.basename(os.path.normpath(directory)) or "mnist"
     return Dataset(
@@ -182,7 +208,7 @@ def load_mnist(directory: str | os.PathLike[str], *, raw: bool = False,
 
 
 def load(name_or_path: str | os.PathLike[str], *, raw: bool = False,
-         flatten: bool = False) -> Dataset:
+         flatten: bool = False, num_classes: int | None = None) -> Dataset:
     """A data set by name or location, for the trainer and the CLI.
 
     Args:
@@ -190,6 +216,8 @@ def load(name_or_path: str | os.PathLike[str], *, raw: bool = False,
         directory holding MNIST-format IDX files (MNIST, Fashion-MNIST).
       raw: keep the stored uint8 pixel values (see :func:`load_digits`).
       flatten: flatten each image to a vector.
+      num_classes: the number of classes (default: 10 for the digits; inferred from
+        the training labels of a directory, see :func:`load_mnist`).
 
     Raises:
       ValueError: saying what is accepted and what was given.
@@ -200,10 +228,10 @@ def load(name_or_path: str | os.PathLike[str], *, raw: bool = False,
         raise ValueError(f"load: expected {accepted}, got {name_or_path!r} of type "
                          f"{type(name_or_path).__name__}")
     if isinstance(name_or_path, str) and name_or_path == "digits":
-        return load_digits(raw=raw, flatten=flatten)
+        return load_digits(raw=raw, flatten=flatten, num_classes=num_classes)
     path = os.path.expanduser(os.fspath(name_or_path))
     if os.path.isdir(path):
-        return load_mnist(path, raw=raw, flatten=flatten)
+        return load_mnist(path, raw=raw, flatten=flatten, num_classes=num_classes)
     if os.path.exists(path):
         raise ValueError(f"load: expected {accepted}, got {path!r}, which is a file, "
                          "not a directory")
