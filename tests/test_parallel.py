@@ -76,7 +76,7 @@ def test_param_spec_splits_the_largest_divisible_axis():
 @pytest.mark.float32
 def test_one_device_mesh_and_bad_arguments():
     mesh = make_mesh(1)
-    trainer = DataParallel(L.serial(L.Dense(4)), optim.sgd(0.1), mesh)
+    trainer = DataParallel(L.serial(L.Dense(10)), optim.sgd(0.1), mesh)
     ds, _ = fdl.data.standardize_dataset(fdl.data.load_digits(flatten=True))
     ts = trainer.init(jax.random.key(0), ds.input_shape)
     ts, m = trainer.step(ts, ds.x_train[:8], ds.y_train[:8])
