@@ -89,3 +89,17 @@ def test_one_device_mesh_and_bad_arguments():
         DataParallel(L.serial(L.Dense(4)), optim.sgd(0.1), "mesh")
     with pytest.raises(TypeError, match="shard_params must be a bool"):
         DataParallel(L.serial(L.Dense(4)), optim.sgd(0.1), mesh, shard_params=1)
+
+
+def test_scaling_benchmark_reports_efficiency():
+    script = Path(__file__).parents[1] / "benchmarks" / "scaling.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "XLA_FLAGS")}
+    proc = subprocess.run([sys.executable, str(script), "--devices", "1,2", "--steps", "2",
+                           "--rounds", "1", "--width", "32", "--batch", "8"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[1].split() == ["devices", "examples/s", "efficiency"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert rows[0][2] == "1.00" and float(rows[1][2]) > 0
