@@ -107,3 +107,74 @@ def first_out_of_range(ids: Any, n: int) -> tuple[Any, tuple[int, ...], Any, Any
         return None
     i = first_index(bad)
     return a[i], i, a.min(), a.max()
+
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: Python numbers, or JAX scalars that may be traced
+# ---------------------------------------------------------------------------
+
+
+def real_scalar(fn: str, name: str, value: Any) -> Any:
+    """A real scalar: a Python or NumPy number comes back as a `float`, a 0-d JAX array as
+    itself. A traced value comes back unchecked: its value is not known until it runs
+    (this is how `fdl.optim.inject_hyperparams` passes values that change between steps)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number, np.ndarray,
+                                                         jax.Array)):
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    if np.ndim(value) != 0:
+        raise TypeError(f"{fn}: {name} must be a scalar, got an array of shape "
+                        f"{tuple(np.shape(value))}")
+    if not jnp.issubdtype(jnp.result_type(value), jnp.number) or jnp.iscomplexobj(value):
+        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
+    if isinstance(value, jax.Array):
+        return value
+    return float(value)
+
+
+def _known(value: Any) -> float | None:
+    """The value of a real scalar as a float, or None while it is traced."""
+    return float(value) if is_concrete(value) else None
+
+
+def finite_real(fn: str, name: str, value: Any, *, minimum: float | None = None,
+                strict: bool = False) -> Any:
+    """A finite real scalar, optionally `>= minimum` (or `> minimum` with `strict`)."""
+    value = real_scalar(fn, name, value)
+    v = _known(value)
+    if v is None:
+        return value
+    ok = math.isfinite(v) and (minimum is None or (v > minimum if strict else v >= minimum))
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{fn}: {name} must be a finite number{bound}, got {_shown(value)}")
+    return value
+
+
+def decay_rate(fn: str, name: str, value: Any) -> Any:
+    """A real scalar in [0, 1): the decay rate of an exponential moving average."""
+    value = real_scalar(fn, name, value)
+    v = _known(value)
+    if v is not None and not 0.0 <= v < 1.0:
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {_shown(value)}")
+    return value
+
+
+def flag(fn: str, name: str, value: Any) -> bool:
+    """A Python bool (not a truthy stand-in such as 0, 1 or "yes")."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def int_at_least(fn: str, name: str, value: Any, minimum: int) -> int:
+    """A Python int (not bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _shown(value: Any) -> str:
+    """A scalar as users wrote it: `0.1` for a Python float, the float value for an array."""
+    return repr(value) if isinstance(value, float) else repr(float(value))
