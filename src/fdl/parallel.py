@@ -29,8 +29,8 @@ everything not pinned above. Results equal the single-device run up to the order
 of floating-point sums (≈1e-7 relative in float32, ≈1e-16 in float64).
 
 Several hosts: call `jax.distributed.initialize()` first on every host (see the
-README); `make_mesh()` then spans every device of every process, and each process
-passes its share of the data with `jax.make_array_from_process_local_data`.
+README); `make_mesh()` then spans every device of every process. Each process
+holds the whole data set, and `place_data` puts on its devices the part they own.
 Checkpoints: `save_state` gathers a (possibly sharded) state to the host and writes
 it from process 0; `abstract_state(input_shape)` gives `fdl.io.load` a template
 that restores a checkpoint straight onto this trainer's mesh, whatever mesh (or
@@ -173,6 +173,9 @@ class DataParallel(Trainer):
         target = self._split if n_rows and n_rows % self.n == 0 else self._replicated
         if isinstance(x, jax.Array) and x.sharding == target:
             return x
+        if jax.process_count() > 1:  # every process holds all of x; each places its part
+            host = np.asarray(x)
+            return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
         return jax.device_put(x, target)
 
     # -- the compiled pieces, with the batch pinned to the data axis ---------
