@@ -88,3 +88,21 @@ def test_matrix_calculus_a_wrong_formula_is_caught():
     report = fdl.check.jacobian(row.f, wrong, *row.args)
     assert not report.passed
     assert report.worst("autodiff") > 0.1
+
+
+# 3. Optimizers are moving averages ----------------------------------------- #
+
+@pytest.mark.float32
+def test_optimizers_are_the_moving_averages_written_by_hand(tmp_path):
+    r = run("03_optimizers", tmp_path)
+    assert len(r["hand_vs_fdl"]) == 10
+    for (problem, name), diff in r["hand_vs_fdl"].items():
+        assert diff < 1e-5, (problem, name, diff)
+    # the two momentum forms are one method once η' = η / (1 − β)
+    assert r["momentum_forms_diff"] < 1e-5
+    # across the narrow valley, momentum gets further than plain gradient descent
+    assert r["final"][("quadratic", "momentum (sum)")] < 0.5 * r["final"][("quadratic", "SGD")]
+    assert r["final"][("Rosenbrock", "Adam")] < r["final"][("Rosenbrock", "SGD")]
+    for name, curve in r["digits"].items():
+        assert curve[-1] < 0.8 * curve[0], name
+    _figure_written(r)
