@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,7 @@ def _small_trainer(dropout=0.2):
     return Trainer(L.mlp([32], 10, dropout=dropout), optim.adam(3e-3))
 
 
+@pytest.mark.float32
 def test_mlp_learns_digits(digits):
     trainer = _small_trainer()
     ts = trainer.init(KEY, digits.input_shape)
@@ -35,8 +38,10 @@ def test_mlp_learns_digits(digits):
     assert int(ts.step) == 15 * (digits.x_train.shape[0] // 64)
     assert hist["train_loss"][-1] < hist["train_loss"][0] / 5
     assert hist["test_accuracy"][-1] > 0.93
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(ts.params))
 
 
+@pytest.mark.float32
 def test_resume_is_bitwise_identical(digits, tmp_path):
     """Train 4 epochs straight vs 2 + checkpoint + load + 2: same bits."""
     x, y = digits.x_train[:512], digits.y_train[:512]
@@ -280,3 +285,127 @@ def test_compiler_options_are_accepted_and_used(digits):
     ts2, m2 = plain.epoch(plain.init(KEY, digits.input_shape), x, y, batch_size=32)
     for a, b in zip(jax.tree_util.tree_leaves(ts.params), jax.tree_util.tree_leaves(ts2.params)):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ fit at its seams
+
+@pytest.mark.float32
+@pytest.mark.parametrize("split, bad, message", [
+    ("train", -1, r"fit: y_train\[7\] is -1, outside \[0, 10\) for a model with 10 outputs"),
+    ("train", 10, r"fit: y_train\[7\] is 10, outside \[0, 10\)"),
+    ("test", 12, r"fit: y_test\[7\] is 12, outside \[0, 10\) .*ranges over \[0, 12\]"),
+])
+def test_fit_rejects_out_of_range_labels_up_front(digits, split, bad, message):
+    """Under jit a label of -1 or 12 is an all-zero one-hot: fit refuses it before
+    compiling anything (no epoch runs: on_epoch is never called)."""
+    y_train, y_test = digits.y_train[:256].copy(), digits.y_test[:64].copy()
+    (y_train if split == "train" else y_test)[7] = bad
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    calls = []
+    with pytest.raises(ValueError, match=message):
+        fit(trainer, ts, digits.x_train[:256], y_train, epochs=2, batch_size=64,
+            x_test=digits.x_test[:64], y_test=y_test, progress=False,
+            on_epoch=lambda *a: calls.append(a))
+    assert calls == [] and trainer._epoch._cache_size() == 0
+
+
+@pytest.mark.float32
+def test_fit_stops_at_the_first_non_finite_evaluation_and_keeps_the_state(digits):
+    x_test = np.array(digits.x_test[:64])
+    x_test[3, 5] = np.nan  # (tanh: ReLU would map the NaN to 0)
+    trainer = Trainer(L.mlp([32], 10, activation="tanh"), optim.adam(3e-3))
+    ts = trainer.init(KEY, digits.input_shape)
+    seen = []
+    with pytest.raises(NonFiniteError, match=r"evaluation after epoch 1 gave a non-finite "
+                                             r"test loss \(nan\)") as err:
+        fit(trainer, ts, digits.x_train[:256], digits.y_train[:256], epochs=5, batch_size=64,
+            x_test=x_test, y_test=digits.y_test[:64], progress=False,
+            on_epoch=lambda e, r, s: seen.append(e))
+    assert seen == []  # stopped at epoch 1, not after all five
+    state = err.value.state
+    assert int(state.epoch) == 1 and len(err.value.history) == 1
+    assert all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree_util.tree_leaves(state.params))
+    # the kept state goes on training with clean test data
+    state, hist = fit(trainer, state, digits.x_train[:256], digits.y_train[:256], epochs=1,
+                      batch_size=64, x_test=digits.x_test[:64], y_test=digits.y_test[:64],
+                      progress=False)
+    assert int(state.epoch) == 2 and np.isfinite(hist["test_loss"][0])
+
+
+@pytest.mark.float32
+def test_fit_non_finite_training_error_carries_state_and_history(digits):
+    x = np.array(digits.x_train[:128])
+    trainer = Trainer(L.mlp([16], 10, activation="tanh"), optim.adam(3e-3))
+    ts = trainer.init(KEY, digits.input_shape)
+    ts, _ = fit(trainer, ts, x, digits.y_train[:128], epochs=1, batch_size=128, progress=False)
+    x[0, 0] = np.inf
+    with pytest.raises(NonFiniteError, match="training stopped at step 1") as err:
+        fit(trainer, ts, x, digits.y_train[:128], epochs=3, batch_size=128, progress=False)
+    assert int(err.value.state.step) == 1 and len(err.value.history) == 0
+
+
+@pytest.mark.float32
+def test_fit_should_stop_ends_at_an_epoch_boundary(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    done = []
+    ts, hist = fit(trainer, ts, digits.x_train[:256], digits.y_train[:256], epochs=10,
+                   batch_size=64, progress=False, on_epoch=lambda e, r, s: done.append(e),
+                   should_stop=lambda: len(done) >= 2)
+    assert done == [1, 2] and int(ts.epoch) == 2 and len(hist) == 2
+    assert int(ts.step) == 2 * (256 // 64)
+
+
+class _FakeTerminal:
+    """A stdout that says it is a terminal and records what is written to it."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def _screen(text):
+    """What a terminal shows: each \\r returns to column 0 and overwrites."""
+    lines = []
+    for raw in text.split("\n"):
+        row = []
+        for part in raw.split("\r"):
+            row[: len(part)] = list(part)
+        lines.append("".join(row))
+    return lines
+
+
+@pytest.mark.float32
+def test_progress_fits_80_columns_and_never_mixes_with_epoch_lines(digits, monkeypatch):
+    term = _FakeTerminal()
+    monkeypatch.setattr("sys.stdout", term)
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+
+    def on_epoch(epoch, record, state):
+        print(f"epoch {epoch}/3 loss {record['train_loss']:.4f}")
+
+    fit(trainer, ts, digits.x_train[:256], digits.y_train[:256], epochs=3, batch_size=64,
+        on_epoch=on_epoch)
+    assert "[" in term.text and "eta" in term.text  # the bar was drawn
+    assert all(len(part) <= 80 for line in term.text.split("\n") for part in line.split("\r"))
+    screen = [line.rstrip() for line in _screen(term.text)]
+    epoch_lines = [line for line in screen if "epoch" in line and "[" not in line]
+    assert len(epoch_lines) == 3
+    assert all(line.startswith("epoch ") for line in epoch_lines), screen
+    assert screen[-1] == ""  # the bar is cleared at the end
+    # not a terminal: no bar at all
+    plain = io.StringIO()
+    monkeypatch.setattr("sys.stdout", plain)
+    fit(trainer, trainer.init(KEY, digits.input_shape), digits.x_train[:256],
+        digits.y_train[:256], epochs=2, batch_size=64, on_epoch=on_epoch)
+    assert "\r" not in plain.getvalue() and plain.getvalue().count("epoch") == 2

@@ -21,7 +21,8 @@ The contract
   bitwise the same parameters as training straight through.
 * A non-finite loss or gradient stops training: the epoch stops updating at the
   first bad step and :class:`NonFiniteError` names that step and the first
-  parameter whose gradient was not finite.
+  parameter whose gradient was not finite; the error carries the last good state
+  (``err.state``). :func:`fit` also stops at the first non-finite evaluation.
 
 :func:`fit` runs the whole loop (optional gradient check, progress, history,
 checkpoints); :func:`per_example_grads` gives one gradient per example by ``vmap``.
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl import losses
-from fdl import random as fdl_random
+from fdl._validate import first_out_of_range
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer, apply_updates
@@ -238,7 +239,7 @@ class Trainer:
             f.result()
 
     def _init_impl(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
-        init_key, run_key = fdl_random.split(key)
+        init_key, run_key = jax.random.split(key)
         _, params, model_state = self.model.init(init_key, input_shape)
         return TrainState(params, model_state, self.optimizer.init(params),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), run_key)
@@ -261,7 +262,7 @@ class Trainer:
 
     def _step_impl(self, ts: TrainState, x: jax.Array, y: jax.Array
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = fdl_random.fold_in(fdl_random.fold_in(ts.key, 2), ts.step)
+        key = jax.random.fold_in(jax.random.fold_in(ts.key, 2), ts.step)
         (loss, (model_state, out)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
             ts.params, ts.model_state, x, y, key=key, train=True)
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
@@ -275,7 +276,7 @@ class Trainer:
 
     def _epoch_impl(self, ts: TrainState, x: jax.Array, y: jax.Array, *, batch_size: int
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        shuffle_key = fdl_random.fold_in(fdl_random.fold_in(ts.key, 1), ts.epoch)
+        shuffle_key = jax.random.fold_in(jax.random.fold_in(ts.key, 1), ts.epoch)
         xb, yb = shuffled_batches(shuffle_key, (x, y), batch_size)
 
         def body(carry, batch):
@@ -374,35 +375,74 @@ def per_example_grads(loss_fn: Callable[..., jax.Array], params: PyTree, x: jax.
 
 
 class _Progress:
-    """An epoch progress bar on stderr, silent when stderr is not a terminal."""
+    """A one-line epoch progress bar on stdout, shown only when stdout is a terminal.
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.start = total, time.perf_counter()
-        self.enabled = enabled and sys.stderr.isatty()
+    The bar is redrawn in place (``\\r``) and never exceeds 79 columns; :meth:`clear`
+    blanks it, so a line printed right after (an epoch's results) starts on a clean
+    line instead of being glued to the bar.
+    """
+
+    COLUMNS = 79
+
+    def __init__(self, total: int, enabled: bool, stream: Any = None) -> None:
+        self.stream = sys.stdout if stream is None else stream
+        self.total, self.start, self.shown = total, time.perf_counter(), 0
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(enabled and isatty is not None and isatty())
 
     def update(self, done: int, text: str) -> None:
         if not self.enabled:
             return
-        width = 24
+        width = 20
         filled = int(width * done / max(self.total, 1))
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * (self.total - done)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                         f"{text} eta {eta:.0f}s ")
-        sys.stderr.flush()
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] epoch {done}/{self.total}  "
+                f"{text}  eta {eta:.0f} s")[: self.COLUMNS]
+        self.stream.write("\r" + line.ljust(self.shown))
+        self.stream.flush()
+        self.shown = len(line)
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 79 + "\r")
-            sys.stderr.flush()
+    def clear(self) -> None:
+        if self.enabled and self.shown:
+            self.stream.write("\r" + " " * self.shown + "\r")
+            self.stream.flush()
+            self.shown = 0
+
+
+def _check_fit_labels(trainer: Trainer, ts: TrainState, x: Any, y: Any, name: str) -> None:
+    """Integer labels for a classifier must index its outputs: checked on the host,
+    because under ``jit`` a label of -1 or 12 is an all-zero one-hot that trains on
+    nothing (or makes every evaluation NaN) instead of failing."""
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer) or jnp.ndim(x) < 1:
+        return
+    one = jax.ShapeDtypeStruct((1, *jnp.shape(x)[1:]), jnp.result_type(x))
+    out = jax.eval_shape(lambda p, s, xb: trainer.model.apply(p, s, xb)[0],
+                         ts.params, ts.model_state, one)
+    if len(out.shape) != jnp.ndim(y) + 1:  # not one label per row of logits
+        return
+    n = out.shape[-1]
+    bad = first_out_of_range(y, n)
+    if bad is not None:
+        value, index, low, high = bad
+        where = ", ".join(map(str, index))
+        raise ValueError(f"fit: {name}[{where}] is {value}, outside [0, {n}) for a model "
+                         f"with {n} outputs ({name} ranges over [{low}, {high}]); fix the "
+                         "labels or build the model's last layer with as many outputs as "
+                         "there are classes")
 
 
 def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs: int,
         batch_size: int, x_test: Any = None, y_test: Any = None,
         on_epoch: Callable[[int, dict[str, float], TrainState], None] | None = None,
-        progress: bool = True) -> tuple[TrainState, History]:
+        progress: bool = True, should_stop: Callable[[], bool] | None = None,
+        ) -> tuple[TrainState, History]:
     """Train for ``epochs`` more epochs (counted from ``ts.epoch``), evaluating on the
     test split after each.
+
+    Integer labels of a classifier (one label per row of the model's outputs) are
+    checked first, on the host: a label outside ``[0, outputs)`` raises ``ValueError``
+    before anything compiles.
 
     Args:
       trainer, ts: the :class:`Trainer` and the state to continue from (donated).
@@ -412,15 +452,28 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
       x_test, y_test: optional held-out data, evaluated after every epoch.
       on_epoch: called as ``on_epoch(epoch, record, ts)`` after each epoch (printing,
         checkpointing); ``epoch`` counts from 1 over the whole run.
-      progress: show a progress bar when stderr is a terminal.
+      progress: show a progress bar when stdout is a terminal (cleared before each
+        ``on_epoch`` call, so lines printed there start clean).
+      should_stop: called before each epoch; when it returns true, ``fit`` returns
+        at once with the epochs done so far (a caller's Ctrl-C handler sets it; the
+        epoch is one compiled program, so epoch boundaries are where it can stop).
 
     Returns:
       The final state and the :class:`History` of this call's epochs.
+
+    Raises:
+      NonFiniteError: at the first non-finite training step (``err.state`` is the
+        last good state) or the first non-finite evaluation (``err.state`` is the
+        state after that epoch, whose training steps were all finite); either way
+        ``err.history`` holds the epochs completed.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
-    x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
+    _check_fit_labels(trainer, ts, x_train, y_train, "y_train")
     has_test = x_test is not None and y_test is not None
+    if has_test:
+        _check_fit_labels(trainer, ts, x_test, y_test, "y_test")
+    x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
     if has_test:
         x_test, y_test = jax.device_put(x_test), jax.device_put(y_test)
     if epochs:  # the epoch and evaluation programs compile side by side
@@ -429,8 +482,14 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
     history, bar = History(), _Progress(epochs, progress)
     try:
         for i in range(epochs):
+            if should_stop is not None and should_stop():
+                break
             t0 = time.perf_counter()
-            ts, m = trainer.epoch(ts, x_train, y_train, batch_size=batch_size)
+            try:
+                ts, m = trainer.epoch(ts, x_train, y_train, batch_size=batch_size)
+            except NonFiniteError as err:
+                err.history = history
+                raise
             record = {"epoch": int(ts.epoch), "train_loss": m["loss"],
                       "train_accuracy": m["accuracy"]}
             if has_test:
@@ -438,11 +497,18 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
                 record |= {"test_loss": ev["loss"], "test_accuracy": ev["accuracy"]}
             record["seconds"] = time.perf_counter() - t0
             history.append(record)
-            bar.update(i + 1, f"loss {m['loss']:.4f}")
+            if has_test and not math.isfinite(record["test_loss"]):
+                err = NonFiniteError(
+                    f"fit: the evaluation after epoch {int(ts.epoch)} gave a non-finite "
+                    f"test loss ({record['test_loss']}) although every training step was "
+                    "finite; check x_test and y_test (NaN/inf inputs). err.state is the "
+                    "state after that epoch, err.history the epochs done")
+                err.state, err.history = ts, history
+                raise err
+            bar.clear()
             if on_epoch is not None:
                 on_epoch(int(ts.epoch), record, ts)
+            bar.update(i + 1, f"loss {m['loss']:.4f}")
     finally:
-        bar.close()
-    if any(not math.isfinite(v) for r in history.records for k, v in r.items() if "loss" in k):
-        raise NonFiniteError("training produced a non-finite evaluation loss")
+        bar.clear()
     return ts, history
