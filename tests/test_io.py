@@ -253,6 +253,39 @@ def test_interrupted_save_cleans_up(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.float32
+def test_killed_writer_temp_file_is_removed_by_the_next_save(tmp_path):
+    """A writer killed outright leaves its temporary file; the next save to the same
+    path removes it (its process is gone) but not a live writer's, nor other files."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    path = tmp_path / "ck.npz"
+    orphan = tmp_path / f".ck.npz.{dead}.abc123.tmp"
+    live = tmp_path / f".ck.npz.{os.getpid()}.def456.tmp"
+    other = tmp_path / f".other.npz.{dead}.xyz.tmp"
+    for f in (orphan, live, other):
+        f.write_bytes(b"partial")
+    fio.save(path, params())
+    assert sorted(os.listdir(tmp_path)) == sorted(["ck.npz", live.name, other.name])
+
+
+@pytest.mark.float32
+def test_temp_file_names_carry_the_writer_pid(tmp_path, monkeypatch):
+    seen = []
+    real = fio.os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        real(src, dst)
+
+    monkeypatch.setattr(fio.os, "replace", spy)
+    fio.save(tmp_path / "ck.npz", params())
+    assert len(seen) == 1 and seen[0].startswith(f".ck.npz.{os.getpid()}.")
+    assert os.listdir(tmp_path) == ["ck.npz"]
+
+
 def test_overwrite_keeps_file_mode(tmp_path):
     path = tmp_path / "ck.npz"
     fio.save(path, params())

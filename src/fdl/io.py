@@ -12,7 +12,10 @@ Contract
 
     The write is atomic: a temporary file in the same directory is written, flushed,
     ``fsync``-ed and renamed over ``path`` with ``os.replace``. If anything fails the
-    temporary file is removed and a previous checkpoint at ``path`` is untouched.
+    temporary file is removed and a previous checkpoint at ``path`` is untouched. A
+    process killed outright (``SIGKILL``, power loss) cannot remove its temporary
+    file; its name carries the writer's process id, and the next successful save to
+    ``path`` removes those whose process no longer exists.
 
 ``load(path, like=None) -> tree``
     Without ``like`` the saved structure is rebuilt: dicts, lists, tuples and ``None``
@@ -298,7 +301,7 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, metadata: Any = None,
         raise ValueError(f"save: path {path!r} is a directory; give a file name such "
                          "as 'checkpoint.npz'")
     mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp",
                                dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -316,6 +319,40 @@ def save(path: str | os.PathLike[str], tree: PyTree, *, metadata: Any = None,
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+    _remove_orphaned_temps(path)
+
+
+def _temp_prefix(path: str) -> str:
+    """Temporary files for ``path`` are ``.<name>.<pid>.<random>.tmp`` beside it."""
+    return f".{os.path.basename(path)}."
+
+
+def _remove_orphaned_temps(path: str) -> None:
+    """Delete temporary files of saves to ``path`` whose writing process is gone (it
+    was killed before it could clean up); files of live processes are left alone."""
+    directory, prefix = os.path.dirname(os.path.abspath(path)), _temp_prefix(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else, or cannot be asked
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------- load
