@@ -317,7 +317,7 @@ def test_momentum_on_constant_gradient_is_a_geometric_series(nesterov):
         updates, state = opt.update(g, state, theta)
         theta = optim.apply_updates(theta, updates)
         v_t = (1 - mu**t) / (1 - mu)  # Σ_{k<t} μ^k
-        np.testing.assert_allclose(np.asarray(state.velocity["x"]), v_t * np.asarray(g["x"]), rtol=1e-13)
+        np.testing.assert_allclose(np.asarray(state.states[0].velocity["x"]), v_t * np.asarray(g["x"]), rtol=1e-13)
         step = v_t if not nesterov else 1 + mu * v_t
         displacement += step
         np.testing.assert_allclose(np.asarray(updates["x"]), -eta * step * np.asarray(g["x"]), rtol=1e-13)

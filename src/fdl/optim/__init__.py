@@ -1,4 +1,4 @@
-"""Optimizers as pure state updates, written by hand.
+"""Optimizers as chains of hand-written transforms, each a pure state update.
 
 The contract
 ------------
@@ -16,47 +16,71 @@ An optimizer (and every gradient transform) is a NamedTuple of two pure function
   `updates` already point downhill: they are *added* to the params.
 * `params` is only needed by transforms that read the parameters (weight decay);
   passing it always is harmless.
-* `state` is a named NamedTuple per optimizer (`AdamState(count, mu, nu,
-  hyperparams)`, …): a pytree, so it passes through `jit`, `vmap`, `lax.scan`
-  and checkpoints unchanged in structure and dtypes. Every state holds
-  `count` (int32[], number of updates so far) and, except `ChainState`,
-  `hyperparams`: a dict of scalar arrays with the hyperparameters by argument
-  name, including `hyperparams["learning_rate"]`, the learning rate the next
-  update will apply (`schedule(count)` for a schedule).
+* Composition: each method is one transform that turns gradients into a
+  direction (`scale_by_adam`, `scale_by_rms`, `trace`, `scale_by_lion`, …, in
+  `fdl.optim.methods`, with its equations), and `chain` feeds each transform's
+  output to the next. The named optimizers are short chains:
+  `adamw(η, …) = chain(scale_by_adam(b1, b2, eps), add_decayed_weights(λ), scale_by_learning_rate(η))`.
+  Clipping, weight decay and gradient accumulation compose the same way:
+  `chain(clip_by_global_norm(1.0), adamw(1e-3, weight_decay=1e-4))`,
+  `accumulate_gradients(adam(1e-3), 4)`.
+* `state` is a NamedTuple, one class per transform (`ScaleByAdamState(count, mu,
+  nu, nu_max)`, …); a chain's, and so every named optimizer's, is
+  `ChainState(count, states)`. States are pytrees: they pass through `jit`,
+  `vmap`, `lax.scan` and checkpoints unchanged in structure and dtypes.
+  `count` (int32[], updates so far, saturating at 2³¹−1) is kept by the
+  transforms that need it and by `ChainState`.
 * Accumulators (moments, velocities) are float32 for 16-bit params and the
   params' dtype otherwise; `updates` have the dtype of the grads;
   `apply_updates` keeps each param's dtype.
+* Learning rates are floats or schedules (`step -> learning rate`, see
+  `fdl.optim.schedules`), evaluated once per update at the count in the state.
+* Hyperparameters are fixed when an optimizer is built. To read and change them
+  between steps without recompiling, wrap the factory:
+  `opt = inject_hyperparams(adam)(learning_rate=1e-3)`; then
+  `state.hyperparams` is a dict of scalar arrays (`learning_rate`, `b1`, …) and
+  `state = set_hyperparams(state, learning_rate=3e-4)` changes one.
 * `update` has no side effects; the second call of a jitted step reuses the
   first one's compilation.
-* Learning rates are floats or schedules (`step -> learning rate`, see
-  `fdl.optim.schedules`), evaluated at the `count` in the state.
-* Factories check their arguments at construction and raise `ValueError`
-  (or `TypeError` for a wrong type) naming the function, the argument, the
-  expectation and the value given.
+* Errors: factories check their arguments at construction and raise
+  `ValueError` (or `TypeError` for a wrong type) naming the function, the
+  argument, the expectation and the value given. `update` checks its inputs at
+  trace time (no cost per step under `jit`): non-float gradients are a
+  `TypeError` naming the leaf path and dtype; a structure or shape mismatch
+  between grads, state and params is a `ValueError` naming the leaf path (and
+  both shapes); a state from another optimizer is a `TypeError` naming the
+  optimizer expected and the one the state came from.
 
 This is the shape of the JAX ecosystem's gradient transformations (an
 `init`/`update` pair with `update(grads, state, params)`), so an fdl optimizer
 can be passed to code written for them, and theirs composed with `chain`.
-
-Composition: `chain(clip_by_global_norm(1.0), adamw(1e-3, weight_decay=1e-4))`
-feeds each transform's output to the next; `accumulate_gradients(adam(1e-3), 4)`
-steps once per 4 micro-batches on their mean gradient.
 """
 
+import warnings
+from typing import Any
+
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
+from fdl.optim.hyperparams import InjectHyperparamsState, inject_hyperparams, set_hyperparams
+from fdl.optim.methods import (
+    ScaleByAdadeltaState,
+    ScaleByAdagradState,
+    ScaleByAdamaxState,
+    ScaleByAdamState,
+    ScaleByEmaMomentumState,
+    ScaleByLionState,
+    ScaleByRmsState,
+    TraceState,
+    scale_by_adadelta,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_adamax,
+    scale_by_ema_momentum,
+    scale_by_lion,
+    scale_by_rms,
+    trace,
+)
 from fdl.optim.optimizers import (
     OPTIMIZERS,
-    AdadeltaState,
-    AdagradState,
-    AdamaxState,
-    AdamState,
-    AdamWState,
-    AMSGradState,
-    EMAMomentumState,
-    LionState,
-    NAdamState,
-    RMSPropState,
-    SGDState,
     adadelta,
     adagrad,
     adam,
@@ -94,6 +118,39 @@ from fdl.optim.transforms import (
     scale_by_learning_rate,
 )
 
+# The per-optimizer state classes that the named optimizers' states replaced:
+# name -> the transforms whose states a ChainState of that optimizer holds.
+_REMOVED_STATES = {
+    "SGDState": ("sgd", "TraceState, ScaleByLearningRateState"),
+    "EMAMomentumState": ("ema_momentum", "ScaleByEmaMomentumState, ScaleByLearningRateState"),
+    "AdagradState": ("adagrad", "ScaleByAdagradState, ScaleByLearningRateState"),
+    "AdadeltaState": ("adadelta", "ScaleByAdadeltaState, ScaleByLearningRateState"),
+    "RMSPropState": ("rmsprop", "ScaleByRmsState, TraceState, ScaleByLearningRateState"),
+    "AdamState": ("adam", "ScaleByAdamState, ScaleByLearningRateState"),
+    "AdamWState": ("adamw", "ScaleByAdamState, AddDecayedWeightsState, ScaleByLearningRateState"),
+    "AdamaxState": ("adamax", "ScaleByAdamaxState, ScaleByLearningRateState"),
+    "NAdamState": ("nadam", "ScaleByAdamState, ScaleByLearningRateState"),
+    "AMSGradState": ("amsgrad", "ScaleByAdamState, ScaleByLearningRateState"),
+    "LionState": ("lion", "ScaleByLionState, AddDecayedWeightsState, ScaleByLearningRateState"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Removed state class names: a DeprecationWarning, then `ChainState` in their place."""
+    if name in _REMOVED_STATES:
+        optimizer, parts = _REMOVED_STATES[name]
+        warnings.warn(
+            f"fdl.optim.{name} is deprecated: {optimizer}(...).init(params) returns a "
+            f"ChainState whose .states are ({parts}); {name} is now an alias of ChainState. "
+            "To read hyperparameters from the state, build the optimizer with "
+            f"fdl.optim.inject_hyperparams({optimizer})(...).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ChainState
+    raise AttributeError(f"module 'fdl.optim' has no attribute {name!r}")
+
+
 __all__ = [
     # protocol
     "Optimizer",
@@ -101,7 +158,7 @@ __all__ = [
     "apply_updates",
     "chain",
     "ChainState",
-    # optimizers
+    # named optimizers
     "sgd",
     "ema_momentum",
     "adagrad",
@@ -115,17 +172,23 @@ __all__ = [
     "lion",
     "get_optimizer",
     "OPTIMIZERS",
-    "SGDState",
-    "EMAMomentumState",
-    "AdagradState",
-    "AdadeltaState",
-    "RMSPropState",
-    "AdamState",
-    "AdamWState",
-    "AdamaxState",
-    "NAdamState",
-    "AMSGradState",
-    "LionState",
+    # methods
+    "trace",
+    "scale_by_ema_momentum",
+    "scale_by_adagrad",
+    "scale_by_adadelta",
+    "scale_by_rms",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_lion",
+    "TraceState",
+    "ScaleByEmaMomentumState",
+    "ScaleByAdagradState",
+    "ScaleByAdadeltaState",
+    "ScaleByRmsState",
+    "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "ScaleByLionState",
     # transforms
     "scale_by_learning_rate",
     "add_decayed_weights",
@@ -138,6 +201,10 @@ __all__ = [
     "ClipByGlobalNormState",
     "ClipByValueState",
     "AccumulateGradientsState",
+    # hyperparameters
+    "inject_hyperparams",
+    "set_hyperparams",
+    "InjectHyperparamsState",
     # schedules
     "constant_schedule",
     "piecewise_constant_schedule",

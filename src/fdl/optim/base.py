@@ -1,21 +1,24 @@
-"""The optimizer protocol: `Optimizer(init, update)`, `apply_updates`, `chain`.
+"""The optimizer protocol and the machinery every transform shares.
 
-Also the small helpers every optimizer shares: the saturating step counter, the
-accumulator dtype rule, learning-rate evaluation, and construction-time validation
-of hyperparameters (errors name the function, the argument, what was expected
-and the value given).
+* `Optimizer(init, update)`, `apply_updates`, `chain` and its `ChainState`.
+* `lift`: the one helper that runs a transform's per-array update on every leaf
+  of a pytree, handling dtypes and checking the grads against the state and the
+  params at trace time (leaf paths and shapes in every message).
+* The hyperparameter vocabulary (`check_hyperparams`): each argument name
+  (`b1`, `eps`, `momentum`, …) has one rule, so every factory that takes it
+  checks it the same way, naming itself.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fdl import _validate as V
 
 Params = Any
 """A pytree of float arrays (nested dicts/lists/tuples; `None` leaves are skipped)."""
@@ -25,7 +28,7 @@ OptState = Any
 """An optimizer's state: a NamedTuple, itself a pytree."""
 Schedule = Callable[[Any], jax.Array]
 """`step -> learning rate`: an int32 step count in, a float scalar out."""
-ScalarOrSchedule = float | Schedule
+ScalarOrSchedule = float | jax.Array | Schedule
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -41,16 +44,8 @@ class Optimizer(NamedTuple):
     update: Callable[..., tuple[Updates, OptState]]
 
 
-class ChainState(NamedTuple):
-    """State of `chain(t_1, …, t_n)`.
-
-    Fields:
-      count:  int32[], number of `update` calls so far (saturates at 2³¹−1).
-      states: tuple of the n inner states, in the order of the transforms.
-    """
-
-    count: jax.Array
-    states: tuple
+class ForeignStateError(TypeError):
+    """`update` was given a state that this transform's `init` did not make."""
 
 
 # --------------------------------------------------------------------------
@@ -63,7 +58,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     The sum is formed in the wider of the two dtypes and rounded once, so a
     bfloat16 parameter receiving a float32 update is rounded only at the end.
+    A structure or shape mismatch raises ValueError naming the leaf path.
     """
+    check_like("apply_updates", updates, params, "the params", "updates", "update")
 
     def add(p: jax.Array, u: jax.Array) -> jax.Array:
         p, u = jnp.asarray(p), jnp.asarray(u)
@@ -71,6 +68,27 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         return (p.astype(wide) + u.astype(wide)).astype(p.dtype)
 
     return jax.tree.map(add, params, updates)
+
+
+class ChainState(NamedTuple):
+    """State of `chain(t_1, …, t_n)`, and so of every named optimizer.
+
+    Fields:
+      count:  int32[], number of `update` calls so far (saturates at 2³¹−1).
+      states: tuple of the n inner states, in the order of the transforms.
+    """
+
+    count: jax.Array
+    states: tuple
+
+    @property
+    def hyperparams(self) -> dict:
+        raise AttributeError(
+            "this optimizer state records no hyperparameters; to read and change them "
+            "between steps, build the optimizer with fdl.optim.inject_hyperparams, e.g. "
+            "inject_hyperparams(fdl.optim.adam)(learning_rate=1e-3), and read "
+            "state.hyperparams"
+        )
 
 
 def chain(*transforms: Optimizer) -> Optimizer:
@@ -87,20 +105,166 @@ def chain(*transforms: Optimizer) -> Optimizer:
             )
 
     def init(params: Params) -> ChainState:
-        return ChainState(count=zero_count(), states=tuple(t.init(params) for t in transforms))
+        return ChainState(zero_count(), tuple(t.init(params) for t in transforms))
 
     def update(grads: Updates, state: ChainState, params: Params = None):
+        check_state("chain", state, ChainState)
+        if len(state.states) != len(transforms):
+            raise ForeignStateError(
+                f"chain: state holds {len(state.states)} inner states but the chain has "
+                f"{len(transforms)} transforms; was it made by another optimizer's init?"
+            )
         new_states = []
         for t, s in zip(transforms, state.states):
             grads, s = t.update(grads, s, params)
             new_states.append(s)
-        return grads, ChainState(count=increment(state.count), states=tuple(new_states))
+        return grads, ChainState(increment(state.count), tuple(new_states))
 
     return Optimizer(init, update)
 
 
 # --------------------------------------------------------------------------
-# Shared helpers for the implementations (not re-exported)
+# Lifting per-array updates to pytrees
+# --------------------------------------------------------------------------
+
+
+class PerLeaf:
+    """Per-leaf Python values (e.g. weight-decay mask flags) aligned with the grads' leaves."""
+
+    def __init__(self, items: list) -> None:
+        self.items = list(items)
+
+
+def lift(
+    fn: str,
+    step: Callable,
+    grads: Updates,
+    state: dict[str, Any] | None = None,
+    *,
+    read: dict[str, Any] | None = None,
+    scalars: tuple = (),
+) -> tuple[Updates, dict[str, Any]]:
+    """Run the per-array `step` on every leaf of `grads`; return `(updates, new_state)`.
+
+    `step(g, *s, *r, *c)` gets one gradient leaf `g`, the matching leaf of each tree
+    in `state` (accumulators), then of each tree in `read` (e.g. the params, or a
+    `PerLeaf` of flags), then the `scalars` (hyperparameters: floats or scalar
+    arrays). It returns `(u, *new_s)`, or just `u` when `state` is empty.
+
+    Arithmetic happens in one dtype per leaf: float32 for 16-bit grads, else the
+    grads' dtype, widened to the dtype of any state or params leaf. `g`, the
+    array leaves and the array scalars are cast to it (Python floats stay weakly
+    typed); `u` comes back in the grads' dtype and each state leaf in its own.
+
+    Checks (at trace time, in Python): every gradient is a float array, and every
+    tree in `state` and `read` has the structure of the grads and, leaf by leaf,
+    the same shape. Errors name `fn`, the leaf path and both shapes or dtypes.
+    """
+    state, read = state or {}, read or {}
+    check_float(fn, grads, "gradient")
+    g_leaves, treedef = jax.tree.flatten(grads)
+    columns = []
+    for what, tree in list(state.items()) + list(read.items()):
+        if isinstance(tree, PerLeaf):
+            columns.append(tree.items)
+        else:
+            check_like(fn, grads, tree, _describe(what))
+            columns.append(treedef.flatten_up_to(tree))
+
+    n_state = len(state)
+    rows = []
+    for g, *others in zip(g_leaves, *columns):
+        arrays = [x for x in others if _is_array(x)]
+        dt = jnp.result_type(acc_dtype(g), *[x.dtype for x in arrays])
+        args = [x.astype(dt) if _is_array(x) else x for x in others]
+        cs = [c.astype(dt) if _is_array(c) else c for c in scalars]
+        out = step(g.astype(dt), *args, *cs)
+        u, new = (out[0], out[1:]) if n_state else (out, ())
+        new = [n.astype(old.dtype) for n, old in zip(new, others[:n_state])]
+        rows.append((u.astype(g.dtype), *new))
+    outputs = [treedef.unflatten([row[i] for row in rows]) for i in range(1 + n_state)]
+    return outputs[0], dict(zip(state, outputs[1:]))
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, jax.Array | np.ndarray)
+
+
+def _describe(what: str) -> str:
+    return "the params" if what == "params" else f"the state's {what}"
+
+
+# --------------------------------------------------------------------------
+# Boundary checks (trace time, Python; nothing is added to the compiled step)
+# --------------------------------------------------------------------------
+
+
+def _path(path: tuple) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_optional(fn: str, state: Any, field: str, wanted: bool, setting: str) -> None:
+    """Raise `ForeignStateError` unless the optional state `field` is present exactly when `wanted`."""
+    present = getattr(state, field) is not None
+    if present != wanted:
+        raise ForeignStateError(
+            f"{fn}: the state {'has' if present else 'lacks'} {field}, but this transform was "
+            f"built with {setting}={wanted}; was the state made with other settings?"
+        )
+
+
+def check_float(fn: str, tree: Any, noun: str) -> None:
+    """Raise TypeError naming the leaf path unless every leaf of `tree` is a float array."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{fn}: every {noun} must be a float array, but the leaf at "
+                f"{_path(path)} has dtype {dtype}"
+            )
+
+
+def check_like(
+    fn: str, tree: Any, other: Any, what: str, subject: str = "grads", noun: str = "gradient"
+) -> None:
+    """Raise ValueError unless `other` has the structure of `tree` and the same leaf shapes.
+
+    The message names the first leaf path present in one and not the other, or the
+    first leaf whose shapes differ, with both shapes.
+    """
+    t_leaves, t_def = jax.tree.flatten(tree)
+    o_leaves, o_def = jax.tree.flatten(other)
+    if t_def != o_def:
+        t_paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        o_paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(other)[0]]
+        missing = [p for p in t_paths if p not in set(o_paths)]
+        extra = [p for p in o_paths if p not in set(t_paths)]
+        if missing:
+            detail = f"there is a leaf at {missing[0]} in the {subject} but not in {what}"
+        elif extra:
+            detail = f"there is a leaf at {extra[0]} in {what} but not in the {subject}"
+        else:
+            detail = f"the {subject} are {t_def} but {what} are {o_def}"
+        raise ValueError(f"{fn}: the {subject} and {what} differ in structure: {detail}")
+    for (path, t), o in zip(jax.tree_util.tree_flatten_with_path(tree)[0], o_leaves):
+        if jnp.shape(t) != jnp.shape(o):
+            raise ValueError(
+                f"{fn}: the {noun} at {_path(path)} has shape {tuple(jnp.shape(t))}, "
+                f"but in {what} it is {tuple(jnp.shape(o))}"
+            )
+
+
+def check_state(fn: str, state: Any, cls: type) -> None:
+    """Raise `ForeignStateError` unless `state` is a `cls` (made by this transform's init)."""
+    if not isinstance(state, cls):
+        raise ForeignStateError(
+            f"{fn}: state must be the {cls.__name__} made by {fn}(...).init(params), "
+            f"got {type(state).__name__}"
+        )
+
+
+# --------------------------------------------------------------------------
+# Counts, dtypes, learning rates
 # --------------------------------------------------------------------------
 
 
@@ -129,118 +293,104 @@ def scalar(value: Any, dtype: Any = None) -> jax.Array:
     return jnp.asarray(value, dtype=default_float() if dtype is None else dtype)
 
 
-def acc_dtype(x: jax.Array) -> np.dtype:
+def step_number(count: jax.Array) -> jax.Array:
+    """t = count + 1 as a default-float scalar, for bias corrections β^t."""
+    return (count + 1).astype(default_float())
+
+
+def acc_dtype(x: Any) -> np.dtype:
     """Dtype of the state kept for a leaf `x`: float32 for 16-bit floats, else x's dtype."""
-    return jnp.promote_types(jnp.asarray(x).dtype, jnp.float32)
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def zeros_acc(params: Params) -> Params:
-    """Zeros shaped like `params`, in each leaf's accumulator dtype."""
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), acc_dtype(p)), params)
+def zeros_acc(params: Params, value: Any = 0.0) -> Params:
+    """Arrays shaped like `params`, filled with `value`, in each leaf's accumulator dtype."""
+    return jax.tree.map(lambda p: jnp.full(jnp.shape(p), value, acc_dtype(p)), params)
 
 
-def check_float_params(fn: str, params: Params) -> None:
-    """Raise TypeError unless every leaf of `params` is a floating-point array."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    for path, leaf in leaves:
-        dtype = jnp.asarray(leaf).dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"{fn}: every parameter must be a float array, but the leaf at "
-                f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}"
-            )
+def is_static_zero(value: Any) -> bool:
+    """Whether `value` is a Python number equal to 0: a switch that removes state.
+
+    Arrays (even zero ones) are not: they may change between steps
+    (`inject_hyperparams`), so the state they act on is always kept.
+    """
+    return isinstance(value, float | int) and value == 0
 
 
-def learning_rate_at(learning_rate: ScalarOrSchedule, count: jax.Array, fn: str) -> jax.Array:
-    """Evaluate a float or a schedule at step `count`: a default-float scalar array."""
-    value = learning_rate(count) if callable(learning_rate) else learning_rate
-    if jnp.ndim(value) != 0:
-        raise ValueError(
-            f"{fn}: the learning-rate schedule must return a scalar, got shape {jnp.shape(value)}"
-        )
+def learning_rate_at(learning_rate: ScalarOrSchedule, count: jax.Array, fn: str) -> Any:
+    """η at step `count`: the float or array given, or `schedule(count)` checked to be a scalar."""
+    if not callable(learning_rate):
+        return learning_rate
+    value = learning_rate(count)
+    _scalar_schedule(fn, jnp.shape(value))
     return scalar(value)
 
 
-# --------------------------------------------------------------------------
-# Construction-time validation
-# --------------------------------------------------------------------------
-
-
-def _real(fn: str, name: str, value: Any) -> float:
-    """`value` as a Python float, or TypeError if it is not a real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray | jax.Array):
-        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}")
-    if isinstance(value, jax.core.Tracer):
-        raise TypeError(
-            f"{fn}: {name} must be a concrete number, not a traced value; "
-            "build the optimizer outside jit"
-        )
-    if np.ndim(value) != 0:
-        raise TypeError(f"{fn}: {name} must be a scalar, got an array of shape {np.shape(value)}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: {name} must be a real number, got {value!r}") from None
-
-
-def check_learning_rate(
-    fn: str, learning_rate: Any, name: str = "learning_rate"
-) -> ScalarOrSchedule:
-    """A finite float >= 0, or a callable schedule; anything else raises."""
+def check_schedule(fn: str, learning_rate: ScalarOrSchedule) -> None:
+    """For a schedule, check that it returns a scalar (traced for its shape only)."""
     if callable(learning_rate):
-        return learning_rate
-    v = _real(fn, name, learning_rate)
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(
-            f"{fn}: {name} must be a finite number >= 0 or a schedule (step -> learning rate), "
-            f"got {learning_rate!r}"
-        )
-    return v
+        _scalar_schedule(fn, jax.eval_shape(learning_rate, zero_count()).shape)
 
 
-def check_nonnegative(fn: str, name: str, value: Any) -> float:
-    """A finite float >= 0."""
-    v = _real(fn, name, value)
-    if not (math.isfinite(v) and v >= 0.0):
-        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {value!r}")
-    return v
+def _scalar_schedule(fn: str, shape: tuple) -> None:
+    if shape != ():
+        raise ValueError(f"{fn}: the learning-rate schedule must return a scalar, got shape {shape}")
 
 
-def check_positive(fn: str, name: str, value: Any) -> float:
-    """A finite float > 0."""
-    v = _real(fn, name, value)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{fn}: {name} must be a finite number > 0, got {value!r}")
-    return v
+# --------------------------------------------------------------------------
+# The hyperparameter vocabulary: one rule per argument name
+# --------------------------------------------------------------------------
 
 
-def check_finite(fn: str, name: str, value: Any) -> float:
-    """Any finite float."""
-    v = _real(fn, name, value)
-    if not math.isfinite(v):
-        raise ValueError(f"{fn}: {name} must be a finite number, got {value!r}")
-    return v
-
-
-def check_unit_interval(fn: str, name: str, value: Any) -> float:
-    """A float in [0, 1): a decay rate of an exponential moving average."""
-    v = _real(fn, name, value)
-    if not (0.0 <= v < 1.0):
-        raise ValueError(f"{fn}: {name} must be in [0, 1), got {value!r}")
-    return v
-
-
-def check_bool(fn: str, name: str, value: Any) -> bool:
-    """A Python bool (not a truthy stand-in such as 0, 1 or "yes")."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+def _learning_rate(fn: str, name: str, value: Any) -> ScalarOrSchedule:
+    """A finite number >= 0, or a callable schedule."""
+    if callable(value):
+        check_schedule(fn, value)
+        return value
+    value = V.real_scalar(fn, name, value)
+    if V.is_concrete(value):
+        v = float(value)
+        if not (np.isfinite(v) and v >= 0.0):
+            raise ValueError(
+                f"{fn}: {name} must be a finite number >= 0 or a schedule "
+                f"(step -> learning rate), got {V.as_written(value)}"
+            )
     return value
 
 
-def check_int(fn: str, name: str, value: Any, minimum: int) -> int:
-    """A Python int (not bool) >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+def _nonnegative(fn: str, name: str, value: Any) -> Any:
+    return V.finite_real(fn, name, value, minimum=0.0)
+
+
+def _positive(fn: str, name: str, value: Any) -> Any:
+    return V.finite_real(fn, name, value, minimum=0.0, strict=True)
+
+
+_RULES: dict[str, Callable[[str, str, Any], Any]] = {
+    "learning_rate": _learning_rate,
+    "momentum": V.decay_rate,
+    "beta": V.decay_rate,
+    "decay": V.decay_rate,
+    "rho": V.decay_rate,
+    "b1": V.decay_rate,
+    "b2": V.decay_rate,
+    "eps": _positive,
+    "max_norm": _positive,
+    "weight_decay": _nonnegative,
+    "initial_accumulator_value": _nonnegative,
+    "nesterov": V.flag,
+    "centered": V.flag,
+    "amsgrad": V.flag,
+}
+
+
+def check_hyperparams(fn: str, **values: Any) -> tuple:
+    """Check each value by the rule for its name; return them in order (floats as floats).
+
+    Names without a rule must be finite real scalars.
+    """
+    def check(name: str, value: Any) -> Any:
+        rule = _RULES.get(name)
+        return rule(fn, name, value) if rule else V.finite_real(fn, name, value)
+
+    return tuple(check(name, value) for name, value in values.items())

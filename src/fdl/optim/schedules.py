@@ -20,14 +20,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fdl.optim.base import (
-    Schedule,
-    check_finite,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    default_float,
-)
+from fdl import _validate as V
+from fdl.optim.base import Schedule, default_float
+
+
+def _nonnegative(fn: str, name: str, value: Any) -> float:
+    return float(V.finite_real(fn, name, value, minimum=0.0))
+
+
+def _positive(fn: str, name: str, value: Any) -> float:
+    return float(V.finite_real(fn, name, value, minimum=0.0, strict=True))
+
+
+def _finite(fn: str, name: str, value: Any) -> float:
+    return float(V.finite_real(fn, name, value))
+
+
+_int_at_least = V.int_at_least
 
 
 def _t(step: Any) -> jax.Array:
@@ -37,7 +46,7 @@ def _t(step: Any) -> jax.Array:
 
 def constant_schedule(value: float) -> Schedule:
     """η(t) = `value` for every t."""
-    value = check_nonnegative("constant_schedule", "value", value)
+    value = _nonnegative("constant_schedule", "value", value)
 
     def schedule(step: Any) -> jax.Array:
         return jnp.full(jnp.shape(step), value, default_float())
@@ -54,8 +63,8 @@ def piecewise_constant_schedule(boundaries: Sequence[int], values: Sequence[floa
     Example: `piecewise_constant_schedule([1000, 2000], [0.1, 0.01, 0.001])`.
     """
     fn = "piecewise_constant_schedule"
-    boundaries = [check_int(fn, f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
-    values = [check_nonnegative(fn, f"values[{i}]", v) for i, v in enumerate(values)]
+    boundaries = [_int_at_least(fn, f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
+    values = [_nonnegative(fn, f"values[{i}]", v) for i, v in enumerate(values)]
     if len(values) != len(boundaries) + 1:
         raise ValueError(
             f"{fn}: values must have one more entry than boundaries, got "
@@ -81,9 +90,9 @@ def exponential_decay_schedule(
     every T steps. `decay_rate` < 1 decays, > 1 grows.
     """
     fn = "exponential_decay_schedule"
-    init_value = check_nonnegative(fn, "init_value", init_value)
-    decay_rate = check_positive(fn, "decay_rate", decay_rate)
-    transition_steps = check_int(fn, "transition_steps", transition_steps, 1)
+    init_value = _nonnegative(fn, "init_value", init_value)
+    decay_rate = _positive(fn, "decay_rate", decay_rate)
+    transition_steps = _int_at_least(fn, "transition_steps", transition_steps, 1)
     if not isinstance(staircase, bool):
         raise TypeError(f"{fn}: staircase must be True or False, got {staircase!r}")
 
@@ -111,11 +120,11 @@ def polynomial_schedule(
     η is `init_value` for t <= t₀ and `end_value` for t >= t₀ + T.
     """
     fn = "polynomial_schedule"
-    init_value = check_nonnegative(fn, "init_value", init_value)
-    end_value = check_nonnegative(fn, "end_value", end_value)
-    transition_steps = check_int(fn, "transition_steps", transition_steps, 1)
-    power = check_positive(fn, "power", power)
-    transition_begin = check_int(fn, "transition_begin", transition_begin, 0)
+    init_value = _nonnegative(fn, "init_value", init_value)
+    end_value = _nonnegative(fn, "end_value", end_value)
+    transition_steps = _int_at_least(fn, "transition_steps", transition_steps, 1)
+    power = _positive(fn, "power", power)
+    transition_begin = _int_at_least(fn, "transition_begin", transition_begin, 0)
 
     def schedule(step: Any) -> jax.Array:
         s = jnp.clip(_t(step) - transition_begin, 0.0, transition_steps)
@@ -133,9 +142,9 @@ def linear_schedule(
     With init_value < end_value this is a linear warm-up.
     """
     for name, v in (("init_value", init_value), ("end_value", end_value)):
-        check_nonnegative("linear_schedule", name, v)
-    check_int("linear_schedule", "transition_steps", transition_steps, 1)
-    check_int("linear_schedule", "transition_begin", transition_begin, 0)
+        _nonnegative("linear_schedule", name, v)
+    _int_at_least("linear_schedule", "transition_steps", transition_steps, 1)
+    _int_at_least("linear_schedule", "transition_begin", transition_begin, 0)
     return polynomial_schedule(
         init_value, end_value, transition_steps, 1.0, transition_begin=transition_begin
     )
@@ -157,9 +166,9 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
     Warm Restarts", 2017.
     """
     fn = "cosine_decay_schedule"
-    init_value = check_nonnegative(fn, "init_value", init_value)
-    decay_steps = check_int(fn, "decay_steps", decay_steps, 1)
-    alpha = check_finite(fn, "alpha", alpha)
+    init_value = _nonnegative(fn, "init_value", init_value)
+    decay_steps = _int_at_least(fn, "decay_steps", decay_steps, 1)
+    alpha = _finite(fn, "alpha", alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"{fn}: alpha must be in [0, 1], got {alpha!r}")
 
@@ -189,11 +198,11 @@ def warmup_cosine_decay_schedule(
     in 1 Hour", 2017 (warm-up); Loshchilov & Hutter, "SGDR", 2017 (cosine).
     """
     fn = "warmup_cosine_decay_schedule"
-    peak_value = check_nonnegative(fn, "peak_value", peak_value)
-    warmup_steps = check_int(fn, "warmup_steps", warmup_steps, 0)
-    total_steps = check_int(fn, "total_steps", total_steps, 1)
-    init_value = check_nonnegative(fn, "init_value", init_value)
-    end_value = check_nonnegative(fn, "end_value", end_value)
+    peak_value = _nonnegative(fn, "peak_value", peak_value)
+    warmup_steps = _int_at_least(fn, "warmup_steps", warmup_steps, 0)
+    total_steps = _int_at_least(fn, "total_steps", total_steps, 1)
+    init_value = _nonnegative(fn, "init_value", init_value)
+    end_value = _nonnegative(fn, "end_value", end_value)
     if total_steps <= warmup_steps:
         raise ValueError(
             f"{fn}: total_steps must be greater than warmup_steps ({warmup_steps}), "
@@ -236,13 +245,13 @@ def one_cycle_schedule(
     Networks Using Large Learning Rates", 2017.
     """
     fn = "one_cycle_schedule"
-    peak_value = check_nonnegative(fn, "peak_value", peak_value)
-    total_steps = check_int(fn, "total_steps", total_steps, 2)
-    pct_start = check_finite(fn, "pct_start", pct_start)
+    peak_value = _nonnegative(fn, "peak_value", peak_value)
+    total_steps = _int_at_least(fn, "total_steps", total_steps, 2)
+    pct_start = _finite(fn, "pct_start", pct_start)
     if not 0.0 < pct_start < 1.0:
         raise ValueError(f"{fn}: pct_start must be in (0, 1), got {pct_start!r}")
-    div_factor = check_positive(fn, "div_factor", div_factor)
-    final_div_factor = check_positive(fn, "final_div_factor", final_div_factor)
+    div_factor = _positive(fn, "div_factor", div_factor)
+    final_div_factor = _positive(fn, "final_div_factor", final_div_factor)
     if anneal_strategy not in ("cos", "linear"):
         raise ValueError(
             f"{fn}: anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"

@@ -1,9 +1,8 @@
-"""Gradient transforms: building blocks to `chain` before or around an optimizer.
+"""Gradient transforms that are not a method of their own: the learning-rate step,
+weight decay, clipping and gradient accumulation, to `chain` around a method.
 
-Each factory validates its arguments and returns an `Optimizer(init, update)`.
-Each state is a NamedTuple holding `count` (int32[], calls to `update` so far,
-saturating at 2³¹−1) and `hyperparams` (dict of scalar arrays, the transform's
-settings, readable), plus whatever the transform accumulates. Returned updates
+Each factory validates its arguments and returns an `Optimizer(init, update)`
+with one state class of its own (`ScaleByLearningRateState`, …). Returned updates
 have the dtype of the incoming grads; arithmetic on 16-bit leaves is done in
 float32.
 """
@@ -16,21 +15,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdl import _validate as V
 from fdl.optim.base import (
     Optimizer,
     Params,
+    PerLeaf,
     ScalarOrSchedule,
     Updates,
     acc_dtype,
-    check_finite,
-    check_int,
-    check_learning_rate,
-    check_nonnegative,
-    check_positive,
+    check_float,
+    check_hyperparams,
+    check_like,
+    check_schedule,
+    check_state,
     increment,
     is_optimizer,
+    is_static_zero,
     learning_rate_at,
-    scalar,
+    lift,
     zero_count,
     zeros_acc,
 )
@@ -49,39 +51,33 @@ class ScaleByLearningRateState(NamedTuple):
     """State of `scale_by_learning_rate`.
 
     Fields:
-      count:       int32[], calls to `update` so far.
-      hyperparams: {"learning_rate": float[]}, the learning rate the next `update`
-                   applies, η(count) (default float dtype).
+      count: int32[], calls to `update` so far (the step a schedule is evaluated at).
     """
 
     count: jax.Array
-    hyperparams: dict
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
-    """u = −η_t · g: turn a descent direction into a step.
+    """u_t = −η_t d_t: turn a descent direction into a step.
 
-    η_t = `learning_rate` (a float, or a schedule evaluated at the step count t).
-    Ends a chain of transforms, e.g. plain SGD with gradient clipping:
+    η_t = `learning_rate`: a float, or a schedule (see `fdl.optim.schedules`)
+    evaluated once per update at the step count t − 1 held in the state (so a
+    schedule's step 0 is the first update). Ends every named optimizer's chain,
+    e.g. plain SGD with gradient clipping is
     `chain(clip_by_global_norm(1.0), scale_by_learning_rate(0.1))`.
     """
     fn = "scale_by_learning_rate"
-    learning_rate = check_learning_rate(fn, learning_rate)
+    (learning_rate,) = check_hyperparams(fn, learning_rate=learning_rate)
 
     def init(params: Params) -> ScaleByLearningRateState:
-        count = zero_count()
-        return ScaleByLearningRateState(
-            count, {"learning_rate": learning_rate_at(learning_rate, count, fn)}
-        )
+        check_schedule(fn, learning_rate)
+        return ScaleByLearningRateState(zero_count())
 
     def update(grads: Updates, state: ScaleByLearningRateState, params: Params = None):
+        check_state(fn, state, ScaleByLearningRateState)
         lr = learning_rate_at(learning_rate, state.count, fn)
-        updates = jax.tree.map(
-            lambda g: (-lr.astype(acc_dtype(g)) * g.astype(acc_dtype(g))).astype(g.dtype), grads
-        )
-        count = increment(state.count)
-        hyper = {"learning_rate": learning_rate_at(learning_rate, count, fn)}
-        return updates, ScaleByLearningRateState(count, hyper)
+        updates, _ = lift(fn, lambda g, lr: -lr * g, grads, scalars=(lr,))
+        return updates, ScaleByLearningRateState(increment(state.count))
 
     return Optimizer(init, update)
 
@@ -92,15 +88,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
 
 
 class AddDecayedWeightsState(NamedTuple):
-    """State of `add_decayed_weights`.
-
-    Fields:
-      count:       int32[], calls to `update` so far.
-      hyperparams: {"weight_decay": float[]} (default float dtype).
-    """
-
-    count: jax.Array
-    hyperparams: dict
+    """State of `add_decayed_weights` (it keeps nothing)."""
 
 
 def resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
@@ -123,46 +111,47 @@ def resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
     return [bool(f) for f in flags]
 
 
-def decayed(fn: str, grads: Updates, params: Params, weight_decay: float, mask: Mask) -> Updates:
-    """g + λθ on every leaf the mask selects (computed in the state dtype)."""
-    if params is None:
-        raise ValueError(
-            f"{fn}: update needs params for weight decay; call update(grads, state, params)"
-        )
-    flags = resolve_mask(fn, mask, params)
-    g_leaves, treedef = jax.tree.flatten(grads)
-    p_leaves = treedef.flatten_up_to(params)
-    out = []
-    for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
-        if flags is None or flags[i]:
-            dt = acc_dtype(g)
-            g = (g.astype(dt) + weight_decay * p.astype(dt)).astype(g.dtype)
-        out.append(g)
-    return treedef.unflatten(out)
-
-
 def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
     """u = g + λθ: add an L2 penalty's gradient (λ = `weight_decay`, θ = params).
 
     Placed before an optimizer this is coupled L2 regularisation (the penalty's
-    gradient goes through the optimizer's scaling); placed after the optimizer's
-    direction and before `scale_by_learning_rate` it is decoupled weight decay.
+    gradient goes through the optimizer's scaling); placed after a method's
+    direction and before `scale_by_learning_rate` it is decoupled weight decay
+    (`adamw`, `lion`): then u_t = −η_t (d_t + λ θ_{t−1}), so λ is relative to
+    the whole η_t (as in PyTorch; the paper multiplies λθ by the schedule
+    multiplier only).
 
     `mask` selects which leaves decay: a pytree of bools shaped like the params,
     or a function of the params returning one; e.g. to skip biases and other
     vectors, `mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`.
-    `update` needs `params`.
+    `update` needs `params` unless λ is a Python 0 (then it passes g through).
     """
     fn = "add_decayed_weights"
-    weight_decay = check_nonnegative(fn, "weight_decay", weight_decay)
+    (weight_decay,) = check_hyperparams(fn, weight_decay=weight_decay)
 
     def init(params: Params) -> AddDecayedWeightsState:
         resolve_mask(fn, mask, params)  # fail at init on a mismatched mask
-        return AddDecayedWeightsState(zero_count(), {"weight_decay": scalar(weight_decay)})
+        return AddDecayedWeightsState()
 
     def update(grads: Updates, state: AddDecayedWeightsState, params: Params = None):
-        updates = decayed(fn, grads, params, weight_decay, mask)
-        return updates, AddDecayedWeightsState(increment(state.count), state.hyperparams)
+        check_state(fn, state, AddDecayedWeightsState)
+        if is_static_zero(weight_decay):
+            check_float(fn, grads, "gradient")
+            return grads, state
+        if params is None:
+            raise ValueError(
+                f"{fn}: weight_decay={weight_decay!r} needs the params; "
+                "call update(grads, state, params)"
+            )
+        flags = resolve_mask(fn, mask, params)
+        flags = PerLeaf([True] * len(jax.tree.leaves(grads)) if flags is None else flags)
+
+        def step(g, p, decays, wd):
+            return g + wd * p if decays else g
+
+        read = {"params": params, "flags": flags}
+        updates, _ = lift(fn, step, grads, read=read, scalars=(weight_decay,))
+        return updates, state
 
     return Optimizer(init, update)
 
@@ -173,15 +162,7 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
 
 
 class ClipByGlobalNormState(NamedTuple):
-    """State of `clip_by_global_norm`.
-
-    Fields:
-      count:       int32[], calls to `update` so far.
-      hyperparams: {"max_norm": float[]} (default float dtype).
-    """
-
-    count: jax.Array
-    hyperparams: dict
+    """State of `clip_by_global_norm` (it keeps nothing)."""
 
 
 def global_norm(tree: Updates) -> jax.Array:
@@ -201,32 +182,24 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
     recurrent neural networks", 2013.
     """
     fn = "clip_by_global_norm"
-    max_norm = check_positive(fn, "max_norm", max_norm)
+    (max_norm,) = check_hyperparams(fn, max_norm=max_norm)
 
     def init(params: Params) -> ClipByGlobalNormState:
-        return ClipByGlobalNormState(zero_count(), {"max_norm": scalar(max_norm)})
+        return ClipByGlobalNormState()
 
     def update(grads: Updates, state: ClipByGlobalNormState, params: Params = None):
+        check_state(fn, state, ClipByGlobalNormState)
+        check_float(fn, grads, "gradient")
         norm = global_norm(grads)
         factor = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1), 1)
-        updates = jax.tree.map(
-            lambda g: (g.astype(acc_dtype(g)) * factor.astype(acc_dtype(g))).astype(g.dtype), grads
-        )
-        return updates, ClipByGlobalNormState(increment(state.count), state.hyperparams)
+        updates, _ = lift(fn, lambda g, f: g * f, grads, scalars=(factor,))
+        return updates, state
 
     return Optimizer(init, update)
 
 
 class ClipByValueState(NamedTuple):
-    """State of `clip_by_value`.
-
-    Fields:
-      count:       int32[], calls to `update` so far.
-      hyperparams: {"min_value": float[], "max_value": float[]} (default float dtype).
-    """
-
-    count: jax.Array
-    hyperparams: dict
+    """State of `clip_by_value` (it keeps nothing)."""
 
 
 def clip_by_value(min_value: float, max_value: float) -> Optimizer:
@@ -235,20 +208,21 @@ def clip_by_value(min_value: float, max_value: float) -> Optimizer:
     For symmetric clipping at c, `clip_by_value(-c, c)`.
     """
     fn = "clip_by_value"
-    min_value = check_finite(fn, "min_value", min_value)
-    max_value = check_finite(fn, "max_value", max_value)
-    if min_value > max_value:
+    min_value = V.finite_real(fn, "min_value", min_value)
+    max_value = V.finite_real(fn, "max_value", max_value)
+    if V.is_concrete(min_value) and V.is_concrete(max_value) and min_value > max_value:
         raise ValueError(
             f"{fn}: max_value must be >= min_value ({min_value!r}), got {max_value!r}"
         )
 
     def init(params: Params) -> ClipByValueState:
-        hyper = {"min_value": scalar(min_value), "max_value": scalar(max_value)}
-        return ClipByValueState(zero_count(), hyper)
+        return ClipByValueState()
 
     def update(grads: Updates, state: ClipByValueState, params: Params = None):
-        updates = jax.tree.map(lambda g: jnp.clip(g, min_value, max_value).astype(g.dtype), grads)
-        return updates, ClipByValueState(increment(state.count), state.hyperparams)
+        check_state(fn, state, ClipByValueState)
+        updates, _ = lift(fn, lambda g, lo, hi: jnp.clip(g, lo, hi), grads,
+                          scalars=(min_value, max_value))
+        return updates, state
 
     return Optimizer(init, update)
 
@@ -267,14 +241,12 @@ class AccumulateGradientsState(NamedTuple):
       grad_sum:    pytree like params, sum of this group's gradients so far
                    (float32 for 16-bit params, else the params' dtype).
       inner_state: the wrapped optimizer's state (its count advances once per k).
-      hyperparams: {"every_k": int32[]}.
     """
 
     count: jax.Array
     micro_step: jax.Array
     grad_sum: Any
     inner_state: Any
-    hyperparams: dict
 
 
 def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
@@ -292,7 +264,7 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
         raise TypeError(
             f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}"
         )
-    every_k = check_int(fn, "every_k", every_k, 1)
+    every_k = V.int_at_least(fn, "every_k", every_k, 1)
 
     def init(params: Params) -> AccumulateGradientsState:
         return AccumulateGradientsState(
@@ -300,7 +272,6 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
             micro_step=zero_count(),
             grad_sum=zeros_acc(params),
             inner_state=optimizer.init(params),
-            hyperparams={"every_k": jnp.asarray(every_k, jnp.int32)},
         )
 
     # The two branches are built once, here, and take everything as operands, so
@@ -318,6 +289,9 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
         return zeros, inner_state, grad_sum
 
     def update(grads: Updates, state: AccumulateGradientsState, params: Params = None):
+        check_state(fn, state, AccumulateGradientsState)
+        check_float(fn, grads, "gradient")
+        check_like(fn, grads, state.grad_sum, "the state's grad_sum")
         grad_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.grad_sum, grads)
         is_last = state.micro_step == every_k - 1
         updates, inner, grad_sum = jax.lax.cond(
@@ -328,7 +302,6 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
             micro_step=jnp.where(is_last, 0, state.micro_step + 1).astype(jnp.int32),
             grad_sum=grad_sum,
             inner_state=inner,
-            hyperparams=state.hyperparams,
         )
         return updates, new_state
 
