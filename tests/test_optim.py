@@ -17,6 +17,8 @@ import pytest
 
 import fdl.optim as optim
 
+pytestmark = pytest.mark.x64  # trajectories and closed forms compared in float64
+
 # ---------------------------------------------------------------------------
 # NumPy references, written from the docstrings (one leaf, element-wise).
 # Each is (init(θ) -> state dict, step(g, θ, state, t, η) -> (u, state)).

@@ -1,9 +1,9 @@
 """The optimizer protocol: state structure and dtypes, jit without recompilation,
-vmap, readable hyperparameters, validation at construction, interoperability."""
+vmap, hyperparameters in the state (inject_hyperparams), validation at
+construction, interoperability."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import jax
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import fdl.optim as optim
+
+pytestmark = pytest.mark.x64  # trajectories and closed forms compared in float64
 
 NAMES = sorted(optim.OPTIMIZERS)
 
@@ -44,17 +46,35 @@ def grads_of(dtype, seed):
 # ---------------------------------------------------------------------------
 
 
+def inner_states(state):
+    """The per-transform states of a named optimizer's ChainState."""
+    assert isinstance(state, optim.ChainState)
+    return state.states
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_state_is_a_named_tuple_with_count_and_hyperparams(name):
+def test_state_is_a_chain_of_one_named_state_per_transform(name):
     opt = build(name)
     params = params_of(jnp.float64)
     state = opt.init(params)
-    assert type(state).__name__.endswith("State") and type(state) is not tuple
-    assert state._fields[0] == "count" and state._fields[-1] == "hyperparams"
+    assert isinstance(state, optim.ChainState) and state._fields == ("count", "states")
     assert state.count.dtype == jnp.int32 and state.count.shape == ()
-    assert "learning_rate" in state.hyperparams
+    for inner in inner_states(state):
+        assert type(inner).__name__.endswith("State") and hasattr(inner, "_fields")
+    assert isinstance(state.states[-1], optim.ScaleByLearningRateState)
     for leaf in jax.tree.leaves(state):
         assert isinstance(leaf, jax.Array)
+
+
+def test_named_optimizers_are_short_chains_of_the_methods():
+    params = params_of(jnp.float64)
+    kinds = {name: [type(s) for s in build(name).init(params).states] for name in NAMES}
+    lr = optim.ScaleByLearningRateState
+    assert kinds["sgd"] == [optim.TraceState, lr]
+    assert kinds["rmsprop"] == [optim.ScaleByRmsState, optim.TraceState, lr]
+    assert kinds["adam"] == kinds["nadam"] == kinds["amsgrad"] == [optim.ScaleByAdamState, lr]
+    assert kinds["adamw"] == [optim.ScaleByAdamState, optim.AddDecayedWeightsState, lr]
+    assert kinds["lion"] == [optim.ScaleByLionState, optim.AddDecayedWeightsState, lr]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -74,11 +94,13 @@ def test_state_structure_is_preserved_by_update(name):
 
 def test_optional_state_is_none_when_switched_off():
     params = params_of(jnp.float64)
-    assert optim.sgd(0.1).init(params).velocity is None
+    assert optim.sgd(0.1).init(params).states[0].velocity is None
     s = optim.rmsprop(0.1).init(params)
-    assert s.mean_grad is None and s.velocity is None
+    assert s.states[0].mean_grad is None and s.states[1].velocity is None
     _, s = optim.rmsprop(0.1).update(params, s)
-    assert s.mean_grad is None and s.velocity is None
+    assert s.states[0].mean_grad is None and s.states[1].velocity is None
+    assert optim.adam(0.1).init(params).states[0].nu_max is None
+    assert optim.amsgrad(0.1).init(params).states[0].nu_max is not None
 
 
 # ---------------------------------------------------------------------------
@@ -107,11 +129,9 @@ def test_dtypes(name, dtype):
     params, state = run(dtype)
     for p in jax.tree.leaves(params):
         assert p.dtype == dtype and bool(jnp.all(jnp.isfinite(p)))
-    moments = [getattr(state, f) for f in state._fields if f not in ("count", "hyperparams")]
+    moments = [getattr(s, f) for s in state.states for f in s._fields if f != "count"]
     for leaf in jax.tree.leaves(moments):
         assert leaf.dtype == ACCUMULATOR[dtype]
-    for v in state.hyperparams.values():
-        assert v.dtype == jnp.float64  # the default float dtype (x64 is on in tests)
     reference, _ = run(jnp.float64)
     for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         np.testing.assert_allclose(np.asarray(p, np.float64), np.asarray(r), atol=0.1 * TOLERANCE[dtype], rtol=0)
@@ -180,16 +200,28 @@ def test_vmap_over_independent_problems_matches_separate_runs():
 
 
 # ---------------------------------------------------------------------------
-# Hyperparameters and the current learning rate are readable from the state
+# Hyperparameters in the state: inject_hyperparams and set_hyperparams
 # ---------------------------------------------------------------------------
+
+
+def injected(name, learning_rate=0.01, **options):
+    """`build`, with the hyperparameters injected into the state."""
+    extra = {
+        "sgd": {"momentum": 0.9, "nesterov": True},
+        "rmsprop": {"centered": True, "momentum": 0.5},
+        "adamw": {"weight_decay": 0.1},
+        "lion": {"weight_decay": 0.1},
+    }.get(name, {})
+    return optim.inject_hyperparams(optim.OPTIMIZERS[name])(learning_rate=learning_rate, **(extra | options))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_current_learning_rate_is_readable_from_state(name):
     schedule = optim.linear_schedule(0.1, 0.0, 4)
-    opt = build(name, learning_rate=schedule)
+    opt = injected(name, learning_rate=schedule)
     params = params_of(jnp.float64)
     state = opt.init(params)
+    assert isinstance(state, optim.InjectHyperparamsState)
     for i in range(6):
         np.testing.assert_allclose(float(state.hyperparams["learning_rate"]), float(schedule(i)), rtol=1e-15)
         assert int(state.count) == i
@@ -197,13 +229,151 @@ def test_current_learning_rate_is_readable_from_state(name):
 
 
 def test_hyperparameters_are_readable_from_state():
-    s = optim.adamw(3e-4, b1=0.8, b2=0.99, eps=1e-7, weight_decay=0.05).init(params_of(jnp.float64))
+    s = optim.inject_hyperparams(optim.adamw)(3e-4, b1=0.8, b2=0.99, eps=1e-7, weight_decay=0.05).init(
+        params_of(jnp.float64)
+    )
     got = {k: float(v) for k, v in s.hyperparams.items()}
     assert got == {"learning_rate": 3e-4, "b1": 0.8, "b2": 0.99, "eps": 1e-7, "weight_decay": 0.05}
-    s = optim.rmsprop(0.1, decay=0.95, momentum=0.3).init(params_of(jnp.float64))
+    s = optim.inject_hyperparams(optim.rmsprop)(0.1, decay=0.95, momentum=0.3).init(params_of(jnp.float64))
     assert {k: float(v) for k, v in s.hyperparams.items()} == {
         "learning_rate": 0.1, "decay": 0.95, "eps": 1e-8, "momentum": 0.3
     }
+    for v in s.hyperparams.values():
+        assert v.dtype == jnp.float64 and v.shape == ()  # the default float dtype (x64 on)
+
+
+def test_named_optimizer_state_says_how_to_get_hyperparams():
+    state = optim.adam(0.1).init(params_of(jnp.float64))
+    with pytest.raises(AttributeError, match=re.escape("build the optimizer with fdl.optim.inject_hyperparams")):
+        state.hyperparams
+
+
+@pytest.mark.parametrize("lr_kind", ["constant", "schedule"])
+@pytest.mark.parametrize("name", NAMES)
+def test_injected_optimizer_takes_the_same_steps(name, lr_kind):
+    lr = 0.05 if lr_kind == "constant" else optim.warmup_cosine_decay_schedule(0.05, 2, 8)
+    plain, inj = build(name, learning_rate=lr), injected(name, learning_rate=lr)
+    params = params_of(jnp.float64)
+    s1, s2 = plain.init(params), inj.init(params)
+    for i in range(5):
+        u1, s1 = plain.update(grads_of(jnp.float64, i), s1, params)
+        u2, s2 = inj.update(grads_of(jnp.float64, i), s2, params)
+        for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14, atol=1e-300)
+    assert jax.tree.structure(s2.inner_state) == jax.tree.structure(s1)
+
+
+def counting_step(opt):
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)  # Python side effect: runs only while tracing
+        updates, state = opt.update(grads, state, params)
+        return optim.apply_updates(params, updates), state, updates
+
+    return step, traces
+
+
+@pytest.mark.float32
+def test_set_hyperparams_takes_effect_without_recompiling():
+    opt = optim.inject_hyperparams(optim.sgd)(learning_rate=0.1, momentum=0.0)
+    step, traces = counting_step(opt)
+    params = params_of(jnp.float32)
+    state = opt.init(params)
+    g = grads_of(jnp.float32, 0)
+    params, state, u = step(params, state, g)
+    np.testing.assert_allclose(np.asarray(u["dense"]["w"]), -0.1 * np.asarray(g["dense"]["w"]), rtol=1e-6)
+    state = optim.set_hyperparams(state, learning_rate=0.02)
+    assert state.hyperparams["learning_rate"].dtype == jnp.float32
+    params, state, u = step(params, state, g)
+    np.testing.assert_allclose(np.asarray(u["dense"]["w"]), -0.02 * np.asarray(g["dense"]["w"]), rtol=1e-6)
+    # momentum was injected as an array, so the velocity is kept and switching it on works
+    state = optim.set_hyperparams(state, momentum=0.5)
+    params, state, u = step(params, state, g)
+    velocity = state.inner_state.states[0].velocity["dense"]["w"]
+    # v_1 = v_2 = g with momentum 0, then v_3 = 0.5 v_2 + g
+    np.testing.assert_allclose(np.asarray(velocity), 1.5 * np.asarray(g["dense"]["w"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(u["dense"]["w"]), -0.02 * np.asarray(velocity), rtol=1e-6)
+    assert len(traces) == 1 and step._cache_size() == 1
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.02)
+
+
+@pytest.mark.float32
+def test_scheduled_hyperparameter_is_evaluated_from_the_count_in_a_jitted_step():
+    schedule = optim.exponential_decay_schedule(0.1, 0.5, 1)
+    opt = optim.inject_hyperparams(optim.adam)(learning_rate=schedule, b1=0.9)
+    step, traces = counting_step(opt)
+    params = params_of(jnp.float32)
+    state = opt.init(params)
+    for t in range(4):
+        assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1 * 0.5**t)
+        params, state, u = step(params, state, grads_of(jnp.float32, 0))
+        # the same gradient every step: Adam's direction is sign(g) up to eps
+        np.testing.assert_allclose(np.abs(np.asarray(u["scale"][0])), 0.1 * 0.5**t, rtol=1e-5)
+    state = optim.set_hyperparams(state, learning_rate=1.0)  # overrides one step only
+    params, state, u = step(params, state, grads_of(jnp.float32, 0))
+    np.testing.assert_allclose(np.abs(np.asarray(u["scale"][0])), 1.0, rtol=1e-5)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1 * 0.5**5)
+    assert len(traces) == 1 and step._cache_size() == 1
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda s: optim.set_hyperparams(s, lr=0.1), ValueError,
+         "set_hyperparams: this optimizer has no hyperparameter 'lr'; its hyperparameters are "
+         "['learning_rate', 'b1', 'b2', 'eps']"),
+        (lambda s: optim.set_hyperparams(s, b1=1.5), ValueError, "set_hyperparams: b1 must be in [0, 1), got 1.5"),
+        (lambda s: optim.set_hyperparams(s, learning_rate=-1.0), ValueError,
+         "set_hyperparams: learning_rate must be a finite number >= 0"),
+        (lambda s: optim.set_hyperparams(s, learning_rate="fast"), TypeError,
+         "set_hyperparams: learning_rate must be a real number, got 'fast'"),
+        (lambda s: optim.set_hyperparams(s, learning_rate=lambda t: 0.1), TypeError,
+         "set_hyperparams: learning_rate must be a number, got the callable"),
+        (lambda s: optim.set_hyperparams(s.inner_state, learning_rate=0.1), TypeError,
+         "set_hyperparams: state must be an InjectHyperparamsState, from an optimizer built with "
+         "fdl.optim.inject_hyperparams"),
+    ],
+)
+def test_set_hyperparams_errors(call, error, message):
+    state = optim.inject_hyperparams(optim.adam)(1e-3).init(params_of(jnp.float32))
+    with pytest.raises(error, match=re.escape(message)):
+        call(state)
+
+
+@pytest.mark.float32
+def test_inject_hyperparams_validates_with_the_factorys_words():
+    with pytest.raises(ValueError, match=re.escape("adam: b2 must be in [0, 1), got 1.0")):
+        optim.inject_hyperparams(optim.adam)(1e-3, b2=1.0)
+    with pytest.raises(TypeError, match=re.escape("inject_hyperparams(adam): got an unexpected keyword argument 'beta1'")):
+        optim.inject_hyperparams(optim.adam)(1e-3, beta1=0.9)
+    with pytest.raises(TypeError, match=re.escape("inject_hyperparams: factory must be a function returning an Optimizer")):
+        optim.inject_hyperparams("adam")
+    opt = optim.inject_hyperparams(optim.adam)(1e-3)
+    params = params_of(jnp.float32)
+    with pytest.raises(TypeError, match=re.escape(
+        "inject_hyperparams(adam): state must be the InjectHyperparamsState made by this optimizer's init, got ChainState"
+    )):
+        opt.update(params, optim.adam(1e-3).init(params), params)
+
+
+@pytest.mark.float32
+def test_inject_hyperparams_keeps_mask_static_and_wraps_transforms():
+    params = params_of(jnp.float32)
+    opt = optim.inject_hyperparams(optim.adamw)(0.1, weight_decay=0.5, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+    state = opt.init(params)
+    assert set(state.hyperparams) == {"learning_rate", "b1", "b2", "eps", "weight_decay"}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    u, _ = opt.update(zeros, state, params)
+    np.testing.assert_allclose(np.asarray(u["dense"]["w"]), -0.1 * 0.5 * 0.5, rtol=1e-6)
+    assert np.all(np.asarray(u["dense"]["b"]) == 0) and np.all(np.asarray(u["scale"][0]) == 0)
+    clip = optim.inject_hyperparams(optim.clip_by_global_norm)(max_norm=1.0)
+    s = clip.init(params)
+    s = optim.set_hyperparams(s, max_norm=0.5)
+    out, _ = clip.update(grads_of(jnp.float32, 1), s)
+    np.testing.assert_allclose(float(optim.global_norm(out)), 0.5, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -311,8 +481,17 @@ def test_bad_options(call, error, message):
 
 def test_get_optimizer_builds_the_named_optimizer():
     opt = optim.get_optimizer("adam", learning_rate=0.1, b2=0.9)
-    state = opt.init(params_of(jnp.float64))
-    assert isinstance(state, optim.AdamState) and math.isclose(float(state.hyperparams["b2"]), 0.9)
+    params = params_of(jnp.float64)
+    state = opt.init(params)
+    assert isinstance(state.states[0], optim.ScaleByAdamState)
+    g = [grads_of(jnp.float64, i) for i in range(2)]
+    def run(o):
+        s = o.init(params)
+        for gi in g:
+            u, s = o.update(gi, s, params)
+        return u["dense"]["w"]
+    np.testing.assert_array_equal(np.asarray(run(opt)), np.asarray(run(optim.adam(0.1, b2=0.9))))
+    assert not np.allclose(np.asarray(run(opt)), np.asarray(run(optim.adam(0.1))))
 
 
 def test_weight_decay_needs_params_in_update():
@@ -323,7 +502,5 @@ def test_weight_decay_needs_params_in_update():
 
 
 def test_schedule_must_return_a_scalar():
-    opt = optim.sgd(lambda step: jnp.ones(2))
-    params = params_of(jnp.float64)
     with pytest.raises(ValueError, match=re.escape("sgd: the learning-rate schedule must return a scalar, got shape (2,)")):
-        opt.init(params)
+        optim.sgd(lambda step: jnp.ones(2))

@@ -13,6 +13,8 @@ import pytest
 
 import fdl.optim as optim
 
+pytestmark = pytest.mark.x64  # trajectories and closed forms compared in float64
+
 
 def np_cosine(a, b, f):
     return b + (a - b) * 0.5 * (1 + math.cos(math.pi * f))

@@ -12,6 +12,8 @@ import pytest
 
 import fdl.optim as optim
 
+pytestmark = pytest.mark.x64  # trajectories and closed forms compared in float64
+
 
 def tree(seed, scale=1.0, dtype=jnp.float64):
     rng = np.random.default_rng(seed)
@@ -43,7 +45,7 @@ def test_clip_by_global_norm_rescales_to_max_norm():
     out, state = clip.update(g, clip.init(g))
     np.testing.assert_allclose(np.asarray(out["a"]), [0.6], rtol=1e-15)
     np.testing.assert_allclose(np.asarray(out["b"]), [[0.8]], rtol=1e-15)
-    assert int(state.count) == 1 and float(state.hyperparams["max_norm"]) == 1.0
+    assert state == optim.ClipByGlobalNormState()
 
 
 def test_clip_by_global_norm_passes_small_and_zero_gradients_through():
@@ -73,7 +75,7 @@ def test_clip_by_value():
     clip = optim.clip_by_value(-0.5, 1.0)
     out, state = clip.update(g, clip.init(g))
     np.testing.assert_array_equal(np.asarray(out["x"]), [-0.5, -0.1, 0.3, 1.0])
-    assert {k: float(v) for k, v in state.hyperparams.items()} == {"min_value": -0.5, "max_value": 1.0}
+    assert state == optim.ClipByValueState()
 
 
 # ---------------------------------------------------------------------------
@@ -110,7 +112,9 @@ def test_weight_decay_mask_errors():
     with pytest.raises(ValueError, match=re.escape("adamw: mask must have the structure of the params")):
         optim.adamw(0.1, mask=[True]).init(p)
     wd = optim.add_decayed_weights(0.1)
-    with pytest.raises(ValueError, match=re.escape("add_decayed_weights: update needs params")):
+    with pytest.raises(ValueError, match=re.escape(
+        "add_decayed_weights: weight_decay=0.1 needs the params; call update(grads, state, params)"
+    )):
         wd.update(p, wd.init(p))
 
 
@@ -125,7 +129,7 @@ def test_chain_of_weight_decay_and_sgd_is_l2_regularised_sgd():
     state = opt.init(p)
     assert isinstance(state, optim.ChainState)
     assert isinstance(state.states[0], optim.AddDecayedWeightsState)
-    assert isinstance(state.states[1], optim.SGDState)
+    assert isinstance(state.states[1], optim.ChainState)  # sgd is itself a chain
     out, state = opt.update(g, state, p)
     assert_trees_close(out, jax.tree.map(lambda a, b: -0.1 * (a + 0.01 * b), g, p), rtol=1e-15)
     assert int(state.count) == 1 and int(state.states[1].count) == 1
@@ -158,7 +162,7 @@ def test_scale_by_learning_rate_with_schedule():
     g = tree(0)
     state = opt.init(g)
     for t in range(3):
-        assert float(state.hyperparams["learning_rate"]) == 0.1 * 0.5**t
+        assert int(state.count) == t
         out, state = opt.update(g, state)
         assert_trees_close(out, jax.tree.map(lambda x: -0.1 * 0.5**t * x, g), rtol=1e-15)
 
@@ -188,7 +192,6 @@ def test_accumulate_gradients_steps_once_per_k_on_the_mean():
                 assert np.all(np.asarray(s) == 0.0)
     assert int(state.count) == 6 and int(state.micro_step) == 0
     assert int(state.inner_state.count) == 2
-    assert int(state.hyperparams["every_k"]) == 3
 
 
 def test_accumulate_every_step_is_the_inner_optimizer():
