@@ -445,26 +445,43 @@ def get_optimizer(name: str, **options: Any) -> Optimizer:
 # --------------------------------------------------------------------------
 
 
-def _parts(state: Any) -> str:
-    """A state's shape in words: `ChainState(ScaleByAdamState, …)` or its type name."""
+def _kinds(state: Any) -> tuple:
+    """The state's types: `(ChainState, ScaleByAdamState, …)`, or `(type,)` for another state."""
     if isinstance(state, ChainState):
-        return f"ChainState({', '.join(type(s).__name__ for s in state.states)})"
-    return type(state).__name__
+        return (ChainState, *(type(s) for s in state.states))
+    return (type(state),)
+
+
+def _parts(state: Any) -> str:
+    """A state's shape in words: `ChainState(ScaleByAdamState(count, mu, nu), …)`."""
+    def one(s: Any) -> str:
+        fields = getattr(s, "_fields", None)
+        if fields is None:
+            return type(s).__name__
+        return f"{type(s).__name__}({', '.join(f for f in fields if getattr(s, f) is not None)})"
+
+    if isinstance(state, ChainState):
+        return f"ChainState({', '.join(one(s) for s in state.states)})"
+    return one(state)
 
 
 @functools.cache
-def _parts_of_named() -> dict[str, str]:
-    """`_parts` of each named optimizer's state at its default settings (types only)."""
+def _named_states() -> dict[str, Any]:
+    """Each named optimizer's state at its default settings, as shapes only."""
     probe = {"x": jax.ShapeDtypeStruct((1,), jnp.float32)}
-    return {name: _parts(jax.eval_shape(f(0.1).init, probe)) for name, f in OPTIMIZERS.items()}
+    return {name: jax.eval_shape(f(0.1).init, probe) for name, f in OPTIMIZERS.items()}
 
 
 def _foreign_state_message(name: str, inner: Optimizer, state: Any) -> str:
-    named = _parts_of_named()
-    expected = named[name] if name in named else _parts(jax.eval_shape(inner.init, {}))
+    """Which optimizer `state` came from (by its parts, else by its types) and what `name` expects."""
+    named = _named_states()
+    expected = _parts(named[name] if name in named else jax.eval_shape(inner.init, {}))
     given = _parts(state)
-    owners = [n for n, parts in named.items() if parts == given and n != name]
-    source = f"the state of {' or '.join(owners)}" if owners else f"a {given}"
+    others = {n: s for n, s in named.items() if n != name}
+    owners = [n for n, s in others.items() if _parts(s) == given] or [
+        n for n, s in others.items() if _kinds(s) == _kinds(state)
+    ]
+    source = f"the state of {' or '.join(owners)}" if owners else f"a state of type {type(state).__name__}"
     return (
         f"{name}: update was given {source}, not a state made by {name}(...).init: "
         f"expected {expected}, got {given}; initialise the state with the optimizer "
