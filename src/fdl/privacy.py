@@ -68,7 +68,6 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import losses
-from fdl import random as fdl_random
 from fdl.layers.base import Layer
 
 __all__ = ["DPGrads", "clip_factors", "dp_sgd_grads", "per_example_grad_norms"]
@@ -313,14 +312,14 @@ def dp_sgd_grads(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
     v.finite_number(fn, "noise_multiplier", noise_multiplier, low=0)
     if not hasattr(key, "dtype"):
         raise TypeError(f"{fn}: key must be a PRNG key (jax.random.key(seed)), got {key!r}")
-    noise_key, model_key = fdl_random.split(key)
+    noise_key, model_key = jax.random.split(key)
     ell, norms, vjp, new_state = _ghost_pass(fn, model, params, state, x, y, loss,
                                              model_key, train)
     c = jax.lax.stop_gradient(clip_factors(norms, clip_norm)).astype(ell.dtype)
     (clipped_sum,) = vjp(c)  # ∇_θ Σᵢ cᵢ ℓᵢ = Σᵢ cᵢ gᵢ
     leaves, treedef = jax.tree_util.tree_flatten(_without_probes(clipped_sum))
     n = ell.shape[0]
-    keys = fdl_random.split(noise_key, max(len(leaves), 1))
+    keys = jax.random.split(noise_key, max(len(leaves), 1))
     std = noise_multiplier * clip_norm
 
     def privatise(g: jax.Array, k: jax.Array) -> jax.Array:

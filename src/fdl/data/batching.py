@@ -6,7 +6,7 @@ Contract
 
 ``data`` is any pytree of arrays sharing the leading (example) axis ``N`` — usually
 ``(x, y)``. One epoch is a random permutation of the ``N`` examples (drawn with
-:func:`fdl.random.permutation`, a sort of random keys) cut into ``num_batches = N // batch_size`` batches;
+``jax.random.permutation``) cut into ``num_batches = N // batch_size`` batches;
 each leaf of shape ``(N, ...)`` comes back as ``(num_batches, batch_size, ...)``, so
 ``lax.scan(step, carry, batches)`` runs the epoch as one compiled loop.
 
@@ -27,8 +27,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from fdl import random as fdl_random
 
 PyTree = Any
 
@@ -72,7 +70,7 @@ def shuffled_batches(key: jax.Array, data: PyTree, batch_size: int) -> PyTree:
                          f"number of examples ({n}), got batch_size={batch_size}")
     batch_size = int(batch_size)
     num_batches = n // batch_size
-    order = fdl_random.permutation(key, n)[: num_batches * batch_size]
+    order = jax.random.permutation(key, n)[: num_batches * batch_size]
     order = order.reshape(num_batches, batch_size)
     # the indices are a permutation: in bounds by construction, so no clamping or
     # fill code (it was the largest kernel of the compiled epoch)

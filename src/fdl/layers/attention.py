@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from fdl import ops
-from fdl import random as fdl_random
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
 
@@ -88,7 +87,7 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
         if d % num_heads:
             raise ValueError(f"{fn}: num_heads={num_heads} must divide features={d}"
                              + ("" if features else " (the default, d_q)"))
-        keys = fdl_random.split(key, 8)
+        keys = jax.random.split(key, 8)
         shapes = {"wq": (d_q, d), "wk": (d_kv, d), "wv": (d_kv, d), "wo": (d, out)}
         params = {n: w_init(k, s, dtype) for (n, s), k in zip(shapes.items(), keys)}
         if use_bias:
@@ -153,7 +152,7 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
             raise ValueError(f"{fn}: kind='dot' needs d = d̄, got h_t size {d} and h_bar size "
                              f"{d_bar}; use kind='general' or 'concat'")
         out = out_features or d
-        k_a, k_v, k_c = fdl_random.split(key, 3)
+        k_a, k_v, k_c = jax.random.split(key, 3)
         params = {}
         if kind == "general":
             params["w_a"] = w_init(k_a, (d, d_bar), dtype)

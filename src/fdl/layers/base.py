@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fdl import random as fdl_random
 
 __all__ = ["Layer", "parallel", "residual", "serial", "split_key"]
 
@@ -35,7 +34,7 @@ def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
     """``n`` independent keys from ``key`` (or ``n`` Nones when there is no key)."""
     if key is None:
         return [None] * n
-    return list(fdl_random.split(key, n))
+    return list(jax.random.split(key, n))
 
 
 def _names(layers: tuple[Layer, ...]) -> list[str]:
@@ -63,7 +62,7 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
         params, state, shape = {}, {}, tuple(input_shape)
-        for n, layer, k in zip(names, layers, fdl_random.split(key, len(layers))):
+        for n, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
             shape, params[n], state[n] = layer.init(k, shape)
         return shape, params, state
 
@@ -93,7 +92,7 @@ def parallel(*layers: Layer, combine: str = "concat", name: str = "parallel") ->
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Any, dict, dict]:
         params, state, shapes = {}, {}, []
-        for n, layer, k in zip(names, layers, fdl_random.split(key, len(layers))):
+        for n, layer, k in zip(names, layers, jax.random.split(key, len(layers))):
             s, params[n], state[n] = layer.init(k, tuple(input_shape))
             shapes.append(tuple(s))
         if combine == "tuple":

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from fdl import ops
-from fdl import random as fdl_random
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import (
@@ -81,7 +80,7 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
         shape = _check_input_shape(fn, input_shape, layout)
         extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
         out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
-        kw, kb = fdl_random.split(key)
+        kw, kb = jax.random.split(key)
         params = {"w": w_init(kw, (*k, shape[-1], features), dtype),
                   "b": b_init(kb, (features,), dtype)}
         return out + (features,), params, {}

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from fdl import ops
-from fdl import random as fdl_random
 from fdl.layers.base import Layer, Shape, serial
 from fdl.layers.initializers import Initializer, get_initializer
 
@@ -60,7 +59,7 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
         if len(input_shape) < 1:
             raise ValueError(
                 f"Dense: input_shape must be (…, d_in) without the batch axis, got {input_shape}")
-        kw, kb = fdl_random.split(key)
+        kw, kb = jax.random.split(key)
         d_in = input_shape[-1]
         params = {"w": w_init(kw, (d_in, features), dtype), "b": b_init(kb, (features,), dtype)}
         return tuple(input_shape[:-1]) + (features,), params, {}

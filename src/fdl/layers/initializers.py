@@ -30,7 +30,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fdl import random as fdl_random
 
 __all__ = [
     "Initializer",
@@ -88,8 +87,8 @@ def variance_scaling(scale: float, mode: str, distribution: str) -> Initializer:
         var = scale / max(n, 1)
         if distribution == "uniform":
             a = math.sqrt(3 * var)
-            return _flat(fdl_random.uniform, key, shape, dtype, -a, a)
-        return math.sqrt(var) * _flat(fdl_random.normal, key, shape, dtype)
+            return _flat(jax.random.uniform, key, shape, dtype, -a, a)
+        return math.sqrt(var) * _flat(jax.random.normal, key, shape, dtype)
 
     return init
 
@@ -127,7 +126,7 @@ def lecun_normal() -> Initializer:
 def normal(stddev: float = 0.01) -> Initializer:
     """``N(0, stddev²)`` regardless of the fans."""
     def init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
-        return stddev * _flat(fdl_random.normal, key, shape, dtype)
+        return stddev * _flat(jax.random.normal, key, shape, dtype)
     return init
 
 
@@ -143,7 +142,7 @@ def orthogonal(gain: float = 1.0) -> Initializer:
         if len(shape) < 2:
             raise ValueError(f"orthogonal: needs a kernel with ≥ 2 dimensions, got shape {shape}")
         rows, cols = math.prod(shape[:-1]), shape[-1]
-        a = fdl_random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+        a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
         q, r = jnp.linalg.qr(a)
         q = q * jnp.sign(jnp.diagonal(r))[None, :]
         if rows < cols:

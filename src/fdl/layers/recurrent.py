@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from fdl import ops
-from fdl import random as fdl_random
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
 
@@ -50,7 +49,7 @@ def _sequence_layer(name: str, hidden: int, gates: int, bias_names: tuple[str, .
             raise ValueError(f"{fn}: input_shape must be (T, D) (steps, features) without "
                              f"the batch axis, got {input_shape!r}")
         t, d = input_shape
-        kx, kh = fdl_random.split(key)
+        kx, kh = jax.random.split(key)
         params = {"wx": w_init(kx, (d, gates * hidden), dtype),
                   "wh": h_init(kh, (hidden, gates * hidden), dtype)}
         params.update({n: bias(n, dtype) for n in bias_names})

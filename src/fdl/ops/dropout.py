@@ -14,14 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as v
-from fdl import random as fdl_random
 from fdl.primitive import Example, normal, primitive
 
 
 def _keep_mask(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
-    """Boolean mask ``m``, ``m_i ~ Bernoulli(1 − rate)`` i.i.d., drawn from ``key``
-    (:func:`fdl.random.bernoulli`: JAX's Threefry bits as one fused kernel)."""
-    return fdl_random.bernoulli(key, 1.0 - rate, shape)
+    """Boolean mask `m`, `m_i ~ Bernoulli(1 − rate)` i.i.d., drawn from `key` with
+    `jax.random.bernoulli` (the key's implementation is the generator)."""
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:

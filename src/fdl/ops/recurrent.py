@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from fdl import _validate as v
-from fdl import random as fdl_random
 from fdl.ops.activations import sigmoid
 from fdl.ops.linear import linear
 from fdl.primitive import Example, normal, primitive
@@ -240,7 +239,7 @@ def _lstm_validate(x, state, wx, wh, b):
 
 def _pair(*shape: int, container: Callable = tuple):
     def sample(key, dtype):
-        k1, k2 = fdl_random.split(key)
+        k1, k2 = jax.random.split(key)
         return container((jax.random.normal(k1, shape, dtype), jax.random.normal(k2, shape, dtype)))
     return sample
 
