@@ -106,3 +106,18 @@ def test_optimizers_are_the_moving_averages_written_by_hand(tmp_path):
     for name, curve in r["digits"].items():
         assert curve[-1] < 0.8 * curve[0], name
     _figure_written(r)
+
+
+# 6. Boltzmann machines and an RBM ------------------------------------------ #
+
+@pytest.mark.float32
+def test_rbm_rule_verified_and_training_lowers_reconstruction_error(tmp_path):
+    r = run("06_rbm", tmp_path)
+    assert r["check_passed"]  # (a) data term = autodiff of the free energy
+    e = r["cd_error"]  # (b) CD-k approaches the exact gradient
+    assert e[1] > e[3] > e[10], e
+    assert e[50] < 0.25 * e[1], e
+    rec = r["history"]["reconstruction"]
+    assert rec[-1] < 0.8 * rec[0], rec
+    assert r["filters"].shape == (64, 32)
+    _figure_written(r)
