@@ -20,7 +20,8 @@ An optimizer (and every gradient transform) is a NamedTuple of two pure function
   direction (`scale_by_adam`, `scale_by_rms`, `trace`, `scale_by_lion`, …, in
   `fdl.optim.methods`, with its equations), and `chain` feeds each transform's
   output to the next. The named optimizers are short chains:
-  `adamw(η, …) = chain(scale_by_adam(b1, b2, eps), add_decayed_weights(λ), scale_by_learning_rate(η))`.
+  `adamw(η, …)` is `chain(scale_by_adam(b1, b2, eps), add_decayed_weights(λ),
+  scale_by_learning_rate(η))`.
   Clipping, weight decay and gradient accumulation compose the same way:
   `chain(clip_by_global_norm(1.0), adamw(1e-3, weight_decay=1e-4))`,
   `accumulate_gradients(adam(1e-3), 4)`.

@@ -204,7 +204,7 @@ def _path(path: tuple) -> str:
 
 
 def check_optional(fn: str, state: Any, field: str, wanted: bool, setting: str) -> None:
-    """Raise `ForeignStateError` unless the optional state `field` is present exactly when `wanted`."""
+    """Raise `ForeignStateError` unless the optional `field` is present exactly when `wanted`."""
     present = getattr(state, field) is not None
     if present != wanted:
         raise ForeignStateError(
@@ -334,7 +334,9 @@ def check_schedule(fn: str, learning_rate: ScalarOrSchedule) -> None:
 
 def _scalar_schedule(fn: str, shape: tuple) -> None:
     if shape != ():
-        raise ValueError(f"{fn}: the learning-rate schedule must return a scalar, got shape {shape}")
+        raise ValueError(
+            f"{fn}: the learning-rate schedule must return a scalar, got shape {shape}"
+        )
 
 
 # --------------------------------------------------------------------------

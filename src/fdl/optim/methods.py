@@ -401,7 +401,9 @@ def scale_by_adam(
         check_state(fn, state, ScaleByAdamState)
         check_optional(fn, state, "nu_max", amsgrad, "amsgrad")
         t = step_number(state.count)
-        corrections = (bias_correction(b1, t), bias_correction(b2, t), bias_correction(b1, t + 1))
+        corrections = (
+            bias_correction(b1, t), bias_correction(b2, t), bias_correction(b1, t + 1)
+        )
 
         def step(g, m, v, *rest):
             *v_max, b1, b2, eps, c1, c2, c1_next = rest

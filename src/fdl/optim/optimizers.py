@@ -473,7 +473,7 @@ def _named_states() -> dict[str, Any]:
 
 
 def _foreign_state_message(name: str, inner: Optimizer, state: Any) -> str:
-    """Which optimizer `state` came from (by its parts, else by its types) and what `name` expects."""
+    """Which optimizer `state` came from (by its parts, else its types); what `name` expects."""
     named = _named_states()
     expected = _parts(named[name] if name in named else jax.eval_shape(inner.init, {}))
     given = _parts(state)
@@ -481,7 +481,10 @@ def _foreign_state_message(name: str, inner: Optimizer, state: Any) -> str:
     owners = [n for n, s in others.items() if _parts(s) == given] or [
         n for n, s in others.items() if _kinds(s) == _kinds(state)
     ]
-    source = f"the state of {' or '.join(owners)}" if owners else f"a state of type {type(state).__name__}"
+    if owners:
+        source = f"the state of {' or '.join(owners)}"
+    else:
+        source = f"a state of type {type(state).__name__}"
     return (
         f"{name}: update was given {source}, not a state made by {name}(...).init: "
         f"expected {expected}, got {given}; initialise the state with the optimizer "
