@@ -121,3 +121,20 @@ def test_rbm_rule_verified_and_training_lowers_reconstruction_error(tmp_path):
     assert rec[-1] < 0.8 * rec[0], rec
     assert r["filters"].shape == (64, 32)
     _figure_written(r)
+
+
+# 2. Depth and activation --------------------------------------------------- #
+
+@pytest.mark.float32
+def test_depth_and_activation_a_hidden_layer_beats_the_single_layer(tmp_path):
+    r = run("02_depth_and_activation", tmp_path)
+    final = r["final"]
+    single = final.pop("single layer tanh(Ax+b)")
+    assert len(final) == 3
+    for name, err in final.items():
+        assert err < 0.1, (name, err)
+        assert err < 0.5 * single, (name, err, single)
+    for name, c in r["curves"].items():
+        assert c.shape == (3, len(r["steps"]))
+        assert c[:, -1].mean() < c[:, 0].mean(), name  # E(T) falls
+    _figure_written(r)
