@@ -63,8 +63,12 @@ def test_train_prints_per_epoch_and_resume_is_bitwise(capsys, tmp_path):
     assert fdl.io.load_metadata(b)["epoch"] == 4
 
 
-@pytest.mark.x64
-def test_check_gradients_option(capsys):
+@pytest.mark.parametrize("precision", [
+    pytest.param("x64", marks=pytest.mark.x64),
+    pytest.param("float32", marks=[pytest.mark.float32, pytest.mark.xfail(
+        strict=False, reason="checker float32 fix in progress (#10)")]),
+])
+def test_check_gradients_option(capsys, precision):
     code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "1", "--checkpoint", "",
                         "--check-gradients", "--quiet")
     assert code == 0
@@ -214,11 +218,17 @@ def test_plot_without_matplotlib_is_found_before_training(capsys, tmp_path, monk
 
 
 @pytest.mark.float32
-def test_plot_without_suffix_says_the_file_it_wrote(capsys, tmp_path):
+def test_plot_without_suffix_says_the_file_it_wrote_and_the_banner_is_readable(capsys,
+                                                                              tmp_path):
     pytest.importorskip("matplotlib")
-    code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "2", "--checkpoint", "",
+    code, out, _ = _run(capsys, "train", "--hidden", "32,16", "--epochs", "2",
+                        "--checkpoint", "", "--lr", "0.002", "--optimizer", "sgd",
                         "--plot", str(tmp_path / "curves"))
     assert code == 0
+    assert "fdl train: digits, 1438 training / 359 test examples, 10 classes" in out
+    assert "MLP 64 → 32 → 16 → 10, relu, dropout 0.3; sgd lr 0.002; 2 epochs, batch 64" in out
+    assert "compiling the training and evaluation programs ... done (" in out
+    assert "(64,)" not in out and "[32, 16]" not in out
     assert f"plot saved to {tmp_path / 'curves.png'}" in out
     assert os.listdir(tmp_path) == ["curves.png"]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -342,7 +352,8 @@ def test_signal_stops_at_an_epoch_boundary_and_the_checkpoint_resumes_bitwise(
         capsys, tmp_path, signum):
     """The real command in a subprocess (JAX's default float32): a signal after the
     first epoch line saves a checkpoint, prints one line and exits 128 + signum; the
-    checkpoint, resumed, gives bitwise the run that was never interrupted."""
+    checkpoint, resumed, gives bitwise the run that was never interrupted (checked for
+    SIGINT; SIGTERM takes the same path)."""
     ck = tmp_path / "ck.npz"
     args = ["train", *SMALL, "--epochs", "10000"]
     proc = subprocess.Popen([*_fdl_command(), *args, "--checkpoint", str(ck)], cwd=tmp_path,
@@ -362,6 +373,8 @@ def test_signal_stops_at_an_epoch_boundary_and_the_checkpoint_resumes_bitwise(
     assert (f"stopped by {signal.Signals(signum).name} after epoch {epoch}/10000; checkpoint "
             f"saved to {ck} (continue with: fdl train --resume {ck} --epochs 10000)") in err
     assert sorted(os.listdir(tmp_path)) == ["ck.npz"]  # and nothing else
+    if signum != signal.SIGINT:
+        return
     straight = tmp_path / "straight.npz"
     assert _run(capsys, "train", *SMALL, "--epochs", str(epoch + 1), "--checkpoint",
                 str(straight), "--quiet")[0] == 0
@@ -428,13 +441,3 @@ def test_version_and_plain_text_help(capsys):
         text = capsys.readouterr().out
         assert "usage: fdl" in text and "`" not in text and ":func:" not in text
 
-
-@pytest.mark.float32
-def test_banner_is_readable(capsys):
-    code, out, _ = _run(capsys, "train", "--hidden", "32,16", "--epochs", "1",
-                        "--checkpoint", "", "--lr", "0.002", "--optimizer", "sgd")
-    assert code == 0
-    assert "fdl train: digits, 1438 training / 359 test examples, 10 classes" in out
-    assert "MLP 64 → 32 → 16 → 10, relu, dropout 0.3; sgd lr 0.002; 1 epoch, batch 64" in out
-    assert "compiling the training and evaluation programs ... done (" in out
-    assert "(64,)" not in out and "[32, 16]" not in out

@@ -106,6 +106,18 @@ def test_abstract_state_matches_init(digits):
     assert got == want
 
 
+@pytest.mark.float32
+def test_abstract_state_follows_the_key_implementation(digits):
+    trainer = _small_trainer()
+    key = jax.random.key(0, impl="philox2x32")
+    ts = trainer.init(key, digits.input_shape)
+    for template in (key, jax.ShapeDtypeStruct(key.shape, key.dtype)):
+        abstract = trainer.abstract_state(digits.input_shape, key=template)
+        assert abstract.key.dtype == ts.key.dtype != KEY.dtype
+        got = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), abstract)
+        assert got == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), ts)
+
+
 @pytest.mark.parametrize("wait", [True, False])
 def test_compile_ahead_then_epoch_and_evaluate_do_not_compile(digits, wait):
     """compile() builds the epoch and evaluation programs (concurrently, in the

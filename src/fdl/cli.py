@@ -361,6 +361,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     import jax
 
     from fdl import check, data, io, layers, losses, optim
+    from fdl import random as fdl_random
     from fdl.train import NonFiniteError, Trainer, fit
 
     meta: Any = io.load_metadata(args.resume) if args.resume else None
@@ -392,7 +393,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
                        activation=settings["activation"], dropout=settings["dropout"])
     optimizer = optim.get_optimizer(settings["optimizer"], learning_rate=settings["lr"])
     trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
-    abstract = trainer.abstract_state(dataset.input_shape)
+    key = fdl_random.key(settings["seed"])  # fdl's seed → key (its fast generator)
+    abstract = trainer.abstract_state(dataset.input_shape, key=key)
     ts = io.load(args.resume, like=abstract) if args.resume else None
     if ts is not None and int(ts.epoch) >= target:
         raise UsageError(f"the checkpoint {args.resume} has already trained {int(ts.epoch)} "
@@ -418,7 +420,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
                     batch_size=settings["batch_size"], x_test=x_test, y_test=y_test,
                     wait=False)
     if ts is None:
-        ts = trainer.init(jax.random.key(settings["seed"]), dataset.input_shape)
+        ts = trainer.init(key, dataset.input_shape)
     trainer.compile(ts, x_train, y_train, batch_size=settings["batch_size"], x_test=x_test,
                     y_test=y_test)  # waits for the background compilation
     out.line(f" done ({time.perf_counter() - t_compile:.1f} s)")

@@ -185,12 +185,19 @@ class Trainer:
         """
         return self._init(key, tuple(int(d) for d in input_shape))
 
-    def abstract_state(self, input_shape: tuple[int, ...]) -> TrainState:
+    def abstract_state(self, input_shape: tuple[int, ...], *, key: Any = None) -> TrainState:
         """The shapes and dtypes of ``init(key, input_shape)`` (``jax.ShapeDtypeStruct``
         leaves), computed without running or compiling anything: what :meth:`compile`
-        needs to start before the state exists."""
+        needs to start before the state exists, and the template a checkpoint is loaded
+        into.
+
+        ``key`` (a key or its ``jax.ShapeDtypeStruct``) is the kind of key ``init`` will
+        get: its implementation decides the state's key leaf. Default: a
+        ``jax.random.key`` of JAX's default implementation.
+        """
         shape = tuple(int(d) for d in input_shape)
-        key = jax.eval_shape(jax.random.key, 0)
+        key = jax.eval_shape(jax.random.key, 0) if key is None else \
+            jax.ShapeDtypeStruct(jnp.shape(key), key.dtype)
         return jax.eval_shape(lambda k: self._init_impl(k, shape), key)
 
     def compile(self, ts: TrainState, x: Any, y: Any, *, batch_size: int, x_test: Any = None,
