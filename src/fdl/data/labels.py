@@ -92,8 +92,9 @@ def check_labels(y_train: Any, y_test: Any = None, *, num_classes: int | None = 
                    else f"num_classes is {n}")
             raise ValueError(f"check_labels: y_{split}[{i}] is {int(value)}, outside [0, {n}) "
                              f"({why}; the largest {split} label is {int(top)}); fix the "
-                             f"label, or pass num_classes={int(top) + 1} if the data set "
-                             "really has that many classes")
+                             f"label, or pass num_classes={int(top) + 1} (fdl train: "
+                             f"--num-classes {int(top) + 1}) if the data set really has "
+                             "that many classes")
     if inferred:
         missing = np.setdiff1d(np.arange(n), train)
         if missing.size:
