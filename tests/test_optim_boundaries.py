@@ -174,3 +174,19 @@ def test_removed_state_names_warn_and_alias_chain_state(old, optimizer):
             exec(f"from fdl.optim import {old}")
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchState'"):
         optim.NoSuchState
+
+
+def test_named_chain_gives_a_users_optimizer_the_same_checks():
+    mine = optim.named_chain("rms_nesterov", optim.scale_by_rms(), optim.trace(0.9, nesterov=True),
+                             optim.scale_by_learning_rate(0.01))
+    p = params()
+    state = mine.init(p)
+    with pytest.raises(ValueError, match=re.escape("rms_nesterov: the gradient at ['w'] has shape (2, 3), but in the params it is (3, 2)")):
+        mine.update({"w": jnp.ones((2, 3)), "b": jnp.zeros(2)}, state, p)
+    with pytest.raises(TypeError, match=re.escape(
+        "rms_nesterov: update was given the state of adam or nadam, not a state made by rms_nesterov(...).init: "
+        "expected ChainState(ScaleByRmsState(nu), TraceState(velocity), ScaleByLearningRateState(count))"
+    )):
+        mine.update(p, optim.adam(0.1).init(p), p)
+    with pytest.raises(TypeError, match=re.escape("rms_nesterov: every parameter must be a float array, but the leaf at ['n'] has dtype int32")):
+        mine.init({"n": jnp.zeros(2, jnp.int32)})

@@ -19,7 +19,8 @@ An optimizer (and every gradient transform) is a NamedTuple of two pure function
 * Composition: each method is one transform that turns gradients into a
   direction (`scale_by_adam`, `scale_by_rms`, `trace`, `scale_by_lion`, …, in
   `fdl.optim.methods`, with its equations), and `chain` feeds each transform's
-  output to the next. The named optimizers are short chains:
+  output to the next. The named optimizers are short chains (`named_chain`
+  adds the input checks under the optimizer's name):
   `adamw(η, …)` is `chain(scale_by_adam(b1, b2, eps), add_decayed_weights(λ),
   scale_by_learning_rate(η))`.
   Clipping, weight decay and gradient accumulation compose the same way:
@@ -92,6 +93,7 @@ from fdl.optim.optimizers import (
     get_optimizer,
     lion,
     nadam,
+    named_chain,
     rmsprop,
     sgd,
 )
@@ -158,6 +160,7 @@ __all__ = [
     "Schedule",
     "apply_updates",
     "chain",
+    "named_chain",
     "ChainState",
     # named optimizers
     "sgd",
