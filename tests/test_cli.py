@@ -441,3 +441,39 @@ def test_version_and_plain_text_help(capsys):
         text = capsys.readouterr().out
         assert "usage: fdl" in text and "`" not in text and ":func:" not in text
 
+
+
+class _Terminal:
+    """A stdout that says it is a terminal and records what is written to it."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.float32
+def test_progress_on_a_terminal_fits_80_columns_and_epoch_lines_stay_clean(monkeypatch):
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    assert main(["train", "--hidden", "8", "--epochs", "3", "--checkpoint", ""]) == 0
+    assert "\r[" in term.text  # the bar was drawn, in place
+    screen = []
+    for raw in term.text.split("\n"):  # what the terminal shows: \r overwrites
+        row = []
+        for part in raw.split("\r"):
+            assert len(part) <= 80, part
+            row[: len(part)] = list(part)
+        screen.append("".join(row).rstrip())
+    epochs = [line for line in screen if line.startswith("epoch ")]
+    assert len(epochs) == 3
+    assert all(re.fullmatch(r"epoch \d/3  loss \S+  train acc \S+  test loss \S+  "
+                            r"test acc \S+", line) for line in epochs), screen
+    assert all(len(line) <= 80 for line in screen) and not any("[#" in line for line in screen)

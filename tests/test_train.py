@@ -163,6 +163,7 @@ def test_fit_compiles_each_program_once(digits):
     assert n == 2  # the epoch and the evaluation, nothing else
 
 
+@pytest.mark.float32
 def test_step_and_evaluate(digits):
     trainer = _small_trainer(dropout=0.0)
     ts = trainer.init(KEY, digits.input_shape)
