@@ -146,7 +146,7 @@ def finite_real(fn: str, name: str, value: Any, *, minimum: float | None = None,
     ok = math.isfinite(v) and (minimum is None or (v > minimum if strict else v >= minimum))
     if not ok:
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{fn}: {name} must be a finite number{bound}, got {_shown(value)}")
+        raise ValueError(f"{fn}: {name} must be a finite number{bound}, got {as_written(value)}")
     return value
 
 
@@ -155,7 +155,7 @@ def decay_rate(fn: str, name: str, value: Any) -> Any:
     value = real_scalar(fn, name, value)
     v = _known(value)
     if v is not None and not 0.0 <= v < 1.0:
-        raise ValueError(f"{fn}: {name} must be in [0, 1), got {_shown(value)}")
+        raise ValueError(f"{fn}: {name} must be in [0, 1), got {as_written(value)}")
     return value
 
 
@@ -175,6 +175,6 @@ def int_at_least(fn: str, name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _shown(value: Any) -> str:
+def as_written(value: Any) -> str:
     """A scalar as users wrote it: `0.1` for a Python float, the float value for an array."""
     return repr(value) if isinstance(value, float) else repr(float(value))
