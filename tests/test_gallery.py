@@ -138,3 +138,18 @@ def test_depth_and_activation_a_hidden_layer_beats_the_single_layer(tmp_path):
         assert c.shape == (3, len(r["steps"]))
         assert c[:, -1].mean() < c[:, 0].mean(), name  # E(T) falls
     _figure_written(r)
+
+
+# 4. Batch normalisation across learning rates ------------------------------ #
+
+@pytest.mark.float32
+def test_batch_norm_trains_at_learning_rates_where_the_plain_network_diverges(tmp_path):
+    r = run("04_batch_norm", tmp_path)
+    lrs = r["lrs"]
+    trained = {n: np.isfinite(l) & (l < 0.5) for n, l in r["losses"].items()}
+    top = {n: lrs[t].max() for n, t in trained.items()}
+    assert top["with batch norm"] >= 5 * top["without"], top
+    both = r["diverged"]["without"] & trained["with batch norm"]
+    assert both.any()  # a rate that breaks the plain network trains the normalised one
+    assert r["diverged"]["without"][-1] and not r["diverged"]["without"][0]
+    _figure_written(r)
