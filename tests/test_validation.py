@@ -9,6 +9,8 @@ value checks (label range, probabilities summing to 1) are skipped, silently.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -248,3 +250,101 @@ def test_valid_inputs_pass_validation():
                                       jnp.full((2, 3), 1 / 3, jnp.float32))
     losses.sigmoid_binary_cross_entropy.bind(F(3), jnp.array([0.0, 1.0, 0.5]))
     losses.huber.bind(F(3), F(3), 1)
+
+
+# --------------------------------------------------------------------------- #
+# One vocabulary (fdl._validate) for the layers and the primitives
+# --------------------------------------------------------------------------- #
+
+from fdl import _validate as v  # noqa: E402
+from fdl import layers  # noqa: E402
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("bad", [True, False, np.bool_(True)])
+@pytest.mark.parametrize("make, input_shape", [
+    (lambda: layers.RNN(4), lambda b: (b, 3)),  # the recurrent check used to accept True
+    (lambda: layers.LSTM(4), lambda b: (5, b)),
+    (lambda: layers.Conv2D(2, 1), lambda b: (4, b, 1)),
+    (lambda: layers.LayerNorm(), lambda b: (b,)),
+    (lambda: layers.Dense(3), lambda b: (b,)),
+    (lambda: layers.Embedding(5, 2), lambda b: (b,)),
+])
+def test_input_shape_rejects_bools_in_every_layer(make, input_shape, bad):
+    with pytest.raises(ValueError, match=r"input_shape must be .* without the batch axis"):
+        make().init(jax.random.key(0), input_shape(bad))
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("bad", [True, 0, -1, 2.0, "3", np.bool_(True)])
+@pytest.mark.parametrize("make, name", [
+    (lambda n: layers.Dense(n), "features"),
+    (lambda n: layers.Conv2D(n, 3), "features"),
+    (lambda n: layers.Embedding(n, 2), "vocab_size"),
+    (lambda n: layers.GRU(n), "hidden"),
+    (lambda n: layers.MultiHeadAttention(n), "num_heads"),
+    (lambda n: layers.LuongAttention(attention_size=n), "attention_size"),
+    (lambda n: layers.mlp([4, n], 2), r"hidden\[1\]"),
+])
+def test_sizes_are_positive_ints_not_bools(make, name, bad):
+    with pytest.raises(ValueError, match=rf"{name} must be a positive int, got {re.escape(repr(bad))}"):
+        make(bad)
+
+
+@pytest.mark.float32
+def test_numpy_ints_are_sizes():
+    assert v.positive_int("f", "n", np.int64(3)) == 3
+    assert v.positive_ints("f", "k", np.int32(2), 2) == (2, 2)
+    assert v.positive_ints("f", "k", [1, np.int64(3)], 2) == (1, 3)
+    assert v.input_shape("f", (np.int64(4), 2), "(a, b)", rank=2) == (4, 2)
+    assert v.positive_int("f", "n", None, optional=True) is None
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("make", [lambda e: layers.LayerNorm(eps=e), lambda e: layers.BatchNorm(eps=e),
+                                  lambda e: layers.RMSNorm(eps=e)])
+def test_layers_and_ops_share_the_eps_rule(make):
+    """One rule: a non-number is a TypeError, a non-finite or non-positive number a
+    ValueError (the layers used to raise ValueError for a string)."""
+    with pytest.raises(TypeError, match=r"eps must be a number, got '1e-5'"):
+        make("1e-5")
+    with pytest.raises(ValueError, match=r"eps must be > 0, got 0"):
+        make(0)
+    with pytest.raises(ValueError, match=r"eps must be finite, got inf"):
+        make(float("inf"))
+    with pytest.raises(TypeError, match=r"layer_norm: eps must be a number, got '1e-5'"):
+        ops.layer_norm(jnp.ones((2, 3)), jnp.ones(3), jnp.zeros(3), "1e-5")
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("call, fn, what", [
+    (lambda: layers.Conv2D(2, 5, padding="VALID").init(jax.random.key(0), (4, 6, 1)),
+     "Conv2D", "window"),
+    (lambda: layers.MaxPool2D((5, 1)).init(jax.random.key(0), (4, 6, 1)), "MaxPool2D", "window"),
+    (lambda: ops.conv2d(jnp.ones((1, 4, 6, 1)), jnp.ones((5, 1, 1, 2)), jnp.ones(2),
+                        1, "VALID", 1), "conv2d", "dilated kernel"),
+    (lambda: ops.max_pool2d(jnp.ones((1, 4, 6, 1)), (5, 1)), "max_pool2d", "window"),
+])
+def test_one_message_when_the_window_does_not_fit(call, fn, what):
+    with pytest.raises(ValueError, match=rf"{fn}: along H the {what} spans 5 but the padded "
+                                         r"input has only 4 \(input 4, padding \(0, 0\)\); "
+                                         r"use padding='SAME'"):
+        call()
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("call, fn", [
+    (lambda: layers.AvgPool2D(2, padding=((0, 0), (2, 1))), "AvgPool2D"),
+    (lambda: ops.avg_pool2d(jnp.ones((1, 4, 4, 1)), 2, None, ((0, 0), (2, 1))), "avg_pool2d"),
+])
+def test_one_message_when_pool_padding_covers_a_window(call, fn):
+    with pytest.raises(ValueError, match=rf"{fn}: padding \(2, 1\) along W must be smaller "
+                                         r"than the window \(2\) on each side"):
+        call()
+
+
+@pytest.mark.float32
+def test_window_output_size_is_the_convolution_formula():
+    # o = ⌊(n + lo + hi − e)/s⌋ + 1
+    assert v.window_output_size("f", "H", 7, 3, 2, (1, 1)) == 4
+    assert v.window_output_size("f", "H", 5, 5, 1, (0, 0)) == 1

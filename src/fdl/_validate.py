@@ -72,7 +72,7 @@ def same_shape(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
 
 def axis_in_range(fn: str, axis: Any, ndim: int) -> None:
     """``axis`` must be an int in ``[-ndim, ndim)``."""
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    if not is_int(axis):
         raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{fn}: axis {axis} is out of range for an input of rank {ndim}")
@@ -107,6 +107,105 @@ def first_out_of_range(ids: Any, n: int) -> tuple[Any, tuple[int, ...], Any, Any
         return None
     i = first_index(bad)
     return a[i], i, a.min(), a.max()
+
+
+# ---------------------------------------------------------------------------
+# Sizes, shapes and windows: layer factories, `init` and the conv/pool primitives
+# ---------------------------------------------------------------------------
+
+
+def is_int(value: Any) -> bool:
+    """A Python or NumPy integer that is not a bool (`True` is an `int` to Python, but
+    never a size or a count)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(fn: str, name: str, value: Any, *, optional: bool = False) -> int | None:
+    """A size or count: an int ≥ 1 (not bool), returned as `int`; `None` passes when
+    `optional` (the caller picks a default)."""
+    if optional and value is None:
+        return None
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def positive_ints(fn: str, name: str, value: Any, n: int) -> tuple[int, ...]:
+    """A positive int or a sequence of `n` of them (one per spatial axis: kernel size,
+    stride, dilation, window), returned as an `n`-tuple."""
+    if is_int(value) and value >= 1:
+        return (int(value),) * n
+    if (isinstance(value, (tuple, list)) and len(value) == n
+            and all(is_int(e) and e >= 1 for e in value)):
+        return tuple(int(e) for e in value)
+    raise ValueError(
+        f"{fn}: {name} must be a positive int or a sequence of {n} such ints (one per "
+        f"spatial axis), got {value!r}")
+
+
+def padding(fn: str, value: Any, n: int) -> None:
+    """`"SAME"`, `"VALID"` or `n` pairs `(lo, hi)` of ints ≥ 0, one per spatial axis."""
+    if isinstance(value, str):
+        if value not in ("SAME", "VALID"):
+            hint = (f"; did you mean {value.upper()!r}?"
+                    if value.upper() in ("SAME", "VALID") else "")
+            raise ValueError(
+                f"{fn}: padding must be 'SAME', 'VALID' or explicit "
+                f"{'((top, bottom), (left, right))' if n == 2 else '((lo, hi),)'}, "
+                f"got {value!r}{hint}")
+        return
+
+    def pair(p: Any) -> bool:
+        return (isinstance(p, (tuple, list)) and len(p) == 2
+                and all(is_int(e) and e >= 0 for e in p))
+
+    if not (isinstance(value, (tuple, list)) and len(value) == n and all(map(pair, value))):
+        example = "((1, 1), (2, 2))" if n == 2 else "((1, 1),)"
+        raise ValueError(
+            f"{fn}: explicit padding must be {n} pair(s) of non-negative ints, one "
+            f"(lo, hi) per spatial axis, e.g. {example}; got {value!r}")
+
+
+def is_shape(value: Any, rank: int | None = None) -> bool:
+    """A shape without the batch axis: a tuple or list of positive ints (not bools),
+    of length `rank` when given."""
+    return (isinstance(value, (tuple, list)) and (rank is None or len(value) == rank)
+            and all(is_int(d) and d >= 1 for d in value))
+
+
+def input_shape(fn: str, value: Any, expected: str, *, rank: int | None = None,
+                min_rank: int = 0) -> tuple[int, ...]:
+    """The `input_shape` given to a layer's `init`, as a tuple; the message shows the
+    `expected` layout (e.g. `"(H, W, C)"`) and reminds that it excludes the batch axis."""
+    if not is_shape(value, rank) or len(value) < min_rank:
+        raise ValueError(
+            f"{fn}: input_shape must be {expected} without the batch axis, got {value!r}")
+    return tuple(int(d) for d in value)
+
+
+def window_output_size(fn: str, axis: str, n: int, extent: int, stride: int,
+                       pad: tuple[int, int], what: str = "window") -> int:
+    """Outputs along one spatial axis, `o = ⌊(n + lo + hi − e)/s⌋ + 1`, for an input of
+    `n`, padding `(lo, hi)`, a window (or dilated kernel) spanning `e` and stride `s`;
+    a `ValueError` naming the axis when the window does not fit (`o < 1`)."""
+    lo, hi = pad
+    o = (n + lo + hi - extent) // stride + 1
+    if o < 1:
+        raise ValueError(
+            f"{fn}: along {axis} the {what} spans {extent} but the padded input has only "
+            f"{n + lo + hi} (input {n}, padding {(lo, hi)}); use padding='SAME', a smaller "
+            f"{what}, or a larger input")
+    return o
+
+
+def padding_within_window(fn: str, axis: str, pad: tuple[int, int], window: int) -> None:
+    """Pooling padding must be smaller than the window on each side, or some windows
+    would see only padding."""
+    lo, hi = pad
+    if max(lo, hi) >= window:
+        raise ValueError(
+            f"{fn}: padding {(lo, hi)} along {axis} must be smaller than the window "
+            f"({window}) on each side, or some windows would see only padding")
 
 
 # ---------------------------------------------------------------------------

@@ -15,23 +15,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = ["LuongAttention", "MultiHeadAttention"]
-
-
-def _positive_int(fn: str, name: str, value: Any, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-
-
-def _is_shape(s: Any, rank: int) -> bool:
-    return (isinstance(s, (tuple, list)) and len(s) == rank
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in s))
 
 
 def _check_features(fn: str, name: str, x: Any, expected: int, shape_hint: str) -> None:
@@ -65,18 +54,18 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
     takes ``mask=`` (boolean, broadcast to ``N×T×S``; a padding mask is ``N×1×S``).
     """
     fn = "MultiHeadAttention"
-    _positive_int(fn, "num_heads", num_heads)
-    _positive_int(fn, "features", features, optional=True)
-    _positive_int(fn, "out_features", out_features, optional=True)
+    v.positive_int(fn, "num_heads", num_heads)
+    v.positive_int(fn, "features", features, optional=True)
+    v.positive_int(fn, "out_features", out_features, optional=True)
     if not isinstance(causal, bool):
         raise TypeError(f"{fn}: causal must be a bool, got {causal!r}")
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
 
     def init(key: jax.Array, input_shape: Any) -> tuple[Shape, dict, dict]:
-        if _is_shape(input_shape, 2):
+        if v.is_shape(input_shape, 2):
             (t, d_q), d_kv = input_shape, input_shape[1]
         elif (isinstance(input_shape, (tuple, list)) and len(input_shape) == 2
-              and _is_shape(input_shape[0], 2) and _is_shape(input_shape[1], 2)):
+              and v.is_shape(input_shape[0], 2) and v.is_shape(input_shape[1], 2)):
             (t, d_q), (_, d_kv) = input_shape
         else:
             raise ValueError(
@@ -137,13 +126,13 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
     fn = "LuongAttention"
     if kind not in ops.LUONG_SCORES:
         raise ValueError(f"{fn}: kind must be one of {tuple(ops.LUONG_SCORES)}, got {kind!r}")
-    _positive_int(fn, "out_features", out_features, optional=True)
-    _positive_int(fn, "attention_size", attention_size, optional=True)
+    v.positive_int(fn, "out_features", out_features, optional=True)
+    v.positive_int(fn, "attention_size", attention_size, optional=True)
     w_init = get_initializer(w_init)
 
     def init(key: jax.Array, input_shape: Any) -> tuple[Any, dict, dict]:
         ok = (isinstance(input_shape, (tuple, list)) and len(input_shape) == 2
-              and _is_shape(input_shape[0], 1) and _is_shape(input_shape[1], 2))
+              and v.is_shape(input_shape[0], 1) and v.is_shape(input_shape[1], 2))
         if not ok:
             raise ValueError(f"{fn}: input_shape must be ((d,), (S, d̄)) for x = (h_t, h_bar), "
                              f"without the batch axis; got {input_shape!r}")

@@ -15,69 +15,37 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
-from fdl.ops.conv import (
-    Padding,
-    as_tuple,
-    check_padding,
-    check_tuple,
-    explicit_padding,
-    output_size,
-)
+from fdl.ops.conv import Padding, explicit_padding
 
 __all__ = ["AvgPool2D", "Conv1D", "Conv2D", "GlobalAvgPool", "MaxPool2D"]
 
 
-def _positive_int(fn: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-
-
-def _check_input_shape(fn: str, input_shape: Any, layout: str) -> tuple[int, ...]:
-    """``input_shape`` must be ``len(layout)`` positive ints (``"HWC"``, ``"LC"``)."""
-    ok = (isinstance(input_shape, (tuple, list)) and len(input_shape) == len(layout)
-          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                  for d in input_shape))
-    if not ok:
-        raise ValueError(
-            f"{fn}: input_shape must be ({', '.join(layout)}) without the batch axis, got "
-            f"{input_shape!r}")
-    return tuple(input_shape)
-
-
 def _output_sizes(fn: str, sizes, extents, strides, padding, axes: str) -> tuple[int, ...]:
-    """Spatial output sizes, or a ``ValueError`` naming the axis where the window
-    does not fit."""
+    """Spatial output sizes, or a `ValueError` naming the axis where the window does
+    not fit."""
     pads = explicit_padding(padding, sizes, extents, strides)
-    out = []
-    for axis, n, e, s, (lo, hi) in zip(axes, sizes, extents, strides, pads):
-        o = output_size(n, e, s, lo, hi)
-        if o < 1:
-            raise ValueError(
-                f"{fn}: along {axis} the window spans {e} but the padded input has only "
-                f"{n + lo + hi} (input {n}, padding {(lo, hi)}); use padding='SAME', a "
-                "smaller window, or a larger input")
-        out.append(o)
-    return tuple(out)
+    return tuple(v.window_output_size(fn, axis, n, e, s, pad)
+                 for axis, n, e, s, pad in zip(axes, sizes, extents, strides, pads))
 
 
 def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, padding: Padding,
           dilation: Any, w_init: str | Initializer, b_init: str | Initializer,
           dtype: Any) -> Layer:
     layout = "HWC" if nd == 2 else "LC"
-    _positive_int(fn, "features", features)
-    check_tuple(fn, "kernel_size", kernel_size, nd)
-    check_tuple(fn, "stride", stride, nd)
-    check_tuple(fn, "dilation", dilation, nd)
-    check_padding(fn, padding, nd)
-    k, s, d = as_tuple(kernel_size, nd), as_tuple(stride, nd), as_tuple(dilation, nd)
+    v.positive_int(fn, "features", features)
+    k = v.positive_ints(fn, "kernel_size", kernel_size, nd)
+    s = v.positive_ints(fn, "stride", stride, nd)
+    d = v.positive_ints(fn, "dilation", dilation, nd)
+    v.padding(fn, padding, nd)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
     op = ops.conv2d if nd == 2 else ops.conv1d
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        shape = _check_input_shape(fn, input_shape, layout)
+        shape = v.input_shape(fn, input_shape, f"({', '.join(layout)})", rank=len(layout))
         extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
         out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
         kw, kb = jax.random.split(key)
@@ -129,21 +97,15 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *,
 
 
 def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding) -> Layer:
-    check_tuple(fn, "window", window, 2)
-    if stride is not None:
-        check_tuple(fn, "stride", stride, 2)
-    check_padding(fn, padding, 2)
-    k = as_tuple(window, 2)
-    s = k if stride is None else as_tuple(stride, 2)
+    k = v.positive_ints(fn, "window", window, 2)
+    s = k if stride is None else v.positive_ints(fn, "stride", stride, 2)
+    v.padding(fn, padding, 2)
     if not isinstance(padding, str):
-        for axis, ki, (lo, hi) in zip("HW", k, padding):
-            if max(lo, hi) >= ki:
-                raise ValueError(
-                    f"{fn}: padding {(lo, hi)} along {axis} must be smaller than the window "
-                    f"({ki}) on each side")
+        for axis, ki, pad in zip("HW", k, padding):
+            v.padding_within_window(fn, axis, pad, ki)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        shape = _check_input_shape(fn, input_shape, "HWC")
+        shape = v.input_shape(fn, input_shape, "(H, W, C)", rank=3)
         return _output_sizes(fn, shape[:2], k, s, padding, "HW") + shape[2:], {}, {}
 
     def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
@@ -183,7 +145,7 @@ def GlobalAvgPool() -> Layer:
     ``init(key, (H, W, C))`` → ``(C,)``.
     """
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        shape = _check_input_shape("GlobalAvgPool", input_shape, "HWC")
+        shape = v.input_shape("GlobalAvgPool", input_shape, "(H, W, C)", rank=3)
         return shape[2:], {}, {}
 
     def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape, serial
 from fdl.layers.initializers import Initializer, get_initializer
@@ -34,11 +35,6 @@ __all__ = [
 ]
 
 
-def _positive_int(fn: str, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-
-
 def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
           b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
     """Fully connected layer ``Y = XW + b`` (the :func:`fdl.ops.linear` primitive).
@@ -52,13 +48,11 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
     backward returns each example's squared gradient norm for ``w`` and ``b`` as the
     probe's cotangent. :mod:`fdl.privacy` injects the probes; you need not.
     """
-    _positive_int("Dense", "features", features)
+    v.positive_int("Dense", "features", features)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        if len(input_shape) < 1:
-            raise ValueError(
-                f"Dense: input_shape must be (…, d_in) without the batch axis, got {input_shape}")
+        input_shape = v.input_shape("Dense", input_shape, "(…, d_in)", min_rank=1)
         kw, kb = jax.random.split(key)
         d_in = input_shape[-1]
         params = {"w": w_init(kw, (d_in, features), dtype), "b": b_init(kb, (features,), dtype)}
@@ -213,8 +207,8 @@ def mlp(hidden: Sequence[int], outputs: int, *, activation: str = "relu",
         :mod:`fdl.layers.initializers`).
     """
     for i, h in enumerate(hidden):
-        _positive_int("mlp", f"hidden[{i}]", h)
-    _positive_int("mlp", "outputs", outputs)
+        v.positive_int("mlp", f"hidden[{i}]", h)
+    v.positive_int("mlp", "outputs", outputs)
     get_activation(activation)  # validate the name now
     if w_init is None:
         w_init = "he_normal" if activation in ("relu", "leaky_relu", "elu", "silu", "gelu") \

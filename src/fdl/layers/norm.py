@@ -12,13 +12,13 @@ BatchNorm is the one layer with state: its running statistics
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer, normal
@@ -26,21 +26,9 @@ from fdl.layers.initializers import Initializer, get_initializer, normal
 __all__ = ["BatchNorm", "Embedding", "LayerNorm", "RMSNorm"]
 
 
-def _check_eps(fn: str, eps: Any) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
-            math.isfinite(eps) and eps > 0):
-        raise ValueError(f"{fn}: eps must be a finite number > 0, got {eps!r}")
-
-
 def _features(fn: str, input_shape: Any, what: str) -> int:
-    """The size of the last axis of ``input_shape`` (which excludes the batch axis)."""
-    ok = (isinstance(input_shape, (tuple, list)) and len(input_shape) >= 1
-          and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                  for d in input_shape))
-    if not ok:
-        raise ValueError(
-            f"{fn}: input_shape must be (…, {what}) without the batch axis, got {input_shape!r}")
-    return input_shape[-1]
+    """The size of the last axis of `input_shape` (which excludes the batch axis)."""
+    return v.input_shape(fn, input_shape, f"(…, {what})", min_rank=1)[-1]
 
 
 def _check_last_axis(fn: str, x: Any, expected: int, what: str) -> None:
@@ -80,7 +68,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, dtype: Any = jnp.floa
         raise ValueError(
             f"{fn}: momentum (the weight of the old running statistics) must be in [0, 1), "
             f"got {momentum!r}")
-    _check_eps(fn, eps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
         c = _features(fn, input_shape, "C")
@@ -113,7 +101,7 @@ def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
 
     References: Ba, Kiros & Hinton, "Layer Normalization", 2016.
     """
-    _check_eps("LayerNorm", eps)
+    v.finite_number("LayerNorm", "eps", eps, low=0, low_inclusive=False)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
         d = _features("LayerNorm", input_shape, "d")
@@ -135,7 +123,7 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
 
     References: Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019.
     """
-    _check_eps("RMSNorm", eps)
+    v.finite_number("RMSNorm", "eps", eps, low=0, low_inclusive=False)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
         d = _features("RMSNorm", input_shape, "d")
@@ -159,18 +147,13 @@ def Embedding(vocab_size: int, features: int, *,
     says otherwise. ``apply`` takes integer ids ``N×S`` in ``[0, vocab_size)``.
     """
     fn = "Embedding"
-    for name, value in (("vocab_size", vocab_size), ("features", features)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    v.positive_int(fn, "vocab_size", vocab_size)
+    v.positive_int(fn, "features", features)
     table_init = normal(1.0) if init is None else get_initializer(init)
 
     def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        if not (isinstance(input_shape, (tuple, list)) and all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                for d in input_shape)):
-            raise ValueError(
-                f"{fn}: input_shape must be the shape of one example's ids (e.g. () or "
-                f"(L,)) without the batch axis, got {input_shape!r}")
+        input_shape = v.input_shape(
+            fn, input_shape, "the shape of one example's ids (e.g. () or (L,))")
         table = table_init(key, (vocab_size, features), dtype)
         return tuple(input_shape) + (features,), {"table": table}, {}
 

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape
 from fdl.layers.initializers import Initializer, get_initializer
@@ -36,19 +37,14 @@ def _sequence_layer(name: str, hidden: int, gates: int, bias_names: tuple[str, .
                     reverse: bool, w_init: Any, h_init: Any, bias: Callable,
                     dtype: Any) -> Layer:
     fn = name
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"{fn}: hidden must be a positive int, got {hidden!r}")
+    v.positive_int(fn, "hidden", hidden)
     for flag, value in (("return_sequences", return_sequences), ("reverse", reverse)):
         if not isinstance(value, bool):
             raise TypeError(f"{fn}: {flag} must be a bool, got {value!r}")
     w_init, h_init = get_initializer(w_init), get_initializer(h_init)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 2
-                or not all(isinstance(d, int) and d >= 1 for d in input_shape)):
-            raise ValueError(f"{fn}: input_shape must be (T, D) (steps, features) without "
-                             f"the batch axis, got {input_shape!r}")
-        t, d = input_shape
+        t, d = v.input_shape(fn, input_shape, "(T, D) (steps, features)", rank=2)
         kx, kh = jax.random.split(key)
         params = {"wx": w_init(kx, (d, gates * hidden), dtype),
                   "wh": h_init(kh, (hidden, gates * hidden), dtype)}

@@ -366,7 +366,7 @@ def _mha_validate(x_q, x_kv, wq, wk, wv, wo, num_heads, mask, causal, bq, bk, bv
     for name, w, what in (("wq", wq, "d_q×D"), ("wk", wk, "d_kv×D"), ("wv", wv, "d_kv×D_v"),
                           ("wo", wo, "D_v×d_out")):
         v.ndim_exactly(fn, name, w, 2, what)
-    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)):
+    if not v.is_int(num_heads):
         raise TypeError(f"{fn}: num_heads must be an int, got {num_heads!r}")
     if num_heads < 1:
         raise ValueError(f"{fn}: num_heads must be ≥ 1, got {num_heads}")

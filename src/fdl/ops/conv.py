@@ -68,45 +68,6 @@ def output_size(n: int, extent: int, stride: int, lo: int, hi: int) -> int:
     return (n + lo + hi - extent) // stride + 1
 
 
-def check_tuple(fn: str, name: str, value: Any, n: int) -> None:
-    """``value`` must be a positive int or a sequence of ``n`` positive ints."""
-    def ok(e: Any) -> bool:
-        return isinstance(e, (int, jnp.integer)) and not isinstance(e, bool) and e >= 1
-
-    if ok(value):
-        return
-    if isinstance(value, (tuple, list)) and len(value) == n and all(ok(e) for e in value):
-        return
-    raise ValueError(
-        f"{fn}: {name} must be a positive int or a sequence of {n} such ints (one per "
-        f"spatial axis), got {value!r}")
-
-
-def check_padding(fn: str, padding: Any, n: int) -> None:
-    """``padding`` must be ``"SAME"``, ``"VALID"`` or ``n`` pairs of ints ≥ 0."""
-    if isinstance(padding, str):
-        if padding not in ("SAME", "VALID"):
-            hint = (f"; did you mean {padding.upper()!r}?"
-                    if padding.upper() in ("SAME", "VALID") else "")
-            raise ValueError(
-                f"{fn}: padding must be 'SAME', 'VALID' or explicit "
-                f"{'((top, bottom), (left, right))' if n == 2 else '((lo, hi),)'}, "
-                f"got {padding!r}{hint}")
-        return
-
-    def pair(p: Any) -> bool:
-        return (isinstance(p, (tuple, list)) and len(p) == 2 and all(
-            isinstance(e, (int, jnp.integer)) and not isinstance(e, bool) and e >= 0
-            for e in p))
-
-    if not (isinstance(padding, (tuple, list)) and len(padding) == n
-            and all(pair(p) for p in padding)):
-        example = "((1, 1), (2, 2))" if n == 2 else "((1, 1),)"
-        raise ValueError(
-            f"{fn}: explicit padding must be {n} pair(s) of non-negative ints, one "
-            f"(lo, hi) per spatial axis, e.g. {example}; got {padding!r}")
-
-
 # --------------------------------------------------------------------------- #
 # conv2d
 # --------------------------------------------------------------------------- #
@@ -248,18 +209,13 @@ def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
         raise ValueError(
             f"{fn}: b has shape {tuple(b.shape)} but w has {w.shape[-1]} output channels "
             f"(shape {tuple(w.shape)}); b must have shape ({w.shape[-1]},)")
-    check_tuple(fn, "stride", stride, nd)
-    check_tuple(fn, "dilation", dilation, nd)
-    check_padding(fn, padding, nd)
-    s, d = as_tuple(stride, nd), as_tuple(dilation, nd)
+    s = v.positive_ints(fn, "stride", stride, nd)
+    d = v.positive_ints(fn, "dilation", dilation, nd)
+    v.padding(fn, padding, nd)
     extents = [di * (k - 1) + 1 for di, k in zip(d, w.shape[:nd])]
     pads = explicit_padding(padding, x.shape[1:-1], extents, s)
-    for axis, n, e, si, (lo, hi) in zip(layout[0][1:-1], x.shape[1:-1], extents, s, pads):
-        if output_size(n, e, si, lo, hi) < 1:
-            raise ValueError(
-                f"{fn}: along {axis} the dilated kernel spans {e} but the padded input has "
-                f"only {n + lo + hi} (input {n}, padding {(lo, hi)}); use padding='SAME', "
-                "a smaller kernel or dilation, or a larger input")
+    for axis, n, e, si, pad in zip(layout[0][1:-1], x.shape[1:-1], extents, s, pads):
+        v.window_output_size(fn, axis, n, e, si, pad, "dilated kernel")
 
 
 def _conv2d_validate(x, w, b, stride, padding, dilation):

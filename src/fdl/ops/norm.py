@@ -43,10 +43,6 @@ def _per_channel(a: jax.Array, ndim: int) -> jax.Array:
     return a.reshape((1,) * (ndim - 1) + a.shape)
 
 
-def _check_eps(fn: str, eps: float) -> None:
-    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
-
-
 def _check_feature_vector(fn: str, name: str, a, x, what: str) -> None:
     v.floating(fn, name, a)
     if jnp.shape(a) != (x.shape[-1],):
@@ -121,7 +117,7 @@ def _batch_norm_validate(x, gamma, beta, eps):
     v.ndim_at_least(fn, "x", x, 2, "N×…×C, channels last")
     _check_feature_vector(fn, "gamma", gamma, x, "channel")
     _check_feature_vector(fn, "beta", beta, x, "channel")
-    _check_eps(fn, eps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
     if x.size // max(x.shape[-1], 1) < 2:
         raise ValueError(
             f"{fn}: batch statistics need more than one value per channel, got x of shape "
@@ -188,7 +184,7 @@ def _bn_inference_validate(x, gamma, beta, mean, var, eps):
     v.ndim_at_least(fn, "x", x, 1, "…×C, channels last")
     for name, a in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
         _check_feature_vector(fn, name, a, x, "channel")
-    _check_eps(fn, eps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
     if v.is_concrete(var) and var.size and np.min(np.asarray(var)) < 0:
         raise ValueError(
             f"{fn}: var must be ≥ 0 (a variance), got minimum {np.min(np.asarray(var))!r}")
@@ -254,7 +250,7 @@ def _layer_norm_validate(x, gamma, beta, eps):
     v.ndim_at_least(fn, "x", x, 1, "…×features")
     _check_feature_vector(fn, "gamma", gamma, x, "feature")
     _check_feature_vector(fn, "beta", beta, x, "feature")
-    _check_eps(fn, eps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
 
 layer_norm = primitive(
@@ -310,7 +306,7 @@ def _rms_norm_validate(x, gamma, eps):
     v.floating(fn, "x", x)
     v.ndim_at_least(fn, "x", x, 1, "…×features")
     _check_feature_vector(fn, "gamma", gamma, x, "feature")
-    _check_eps(fn, eps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
 
 rms_norm = primitive(

@@ -25,14 +25,7 @@ import numpy as np
 from jax import lax
 
 from fdl import _validate as v
-from fdl.ops.conv import (
-    Padding,
-    as_tuple,
-    check_padding,
-    check_tuple,
-    explicit_padding,
-    output_size,
-)
+from fdl.ops.conv import Padding, as_tuple, explicit_padding, output_size
 from fdl.primitive import Example, normal, primitive
 
 __all__ = ["avg_pool2d", "global_avg_pool", "max_pool2d"]
@@ -134,21 +127,14 @@ def _max_pool2d_backward(window, stride, padding, residuals, g):
 def _check_pool(fn, x, window, stride, padding):
     v.floating(fn, "x", x)
     v.ndim_exactly(fn, "x", x, 4, "NHWC")
-    check_tuple(fn, "window", window, 2)
+    v.positive_ints(fn, "window", window, 2)
     if stride is not None:
-        check_tuple(fn, "stride", stride, 2)
-    check_padding(fn, padding, 2)
+        v.positive_ints(fn, "stride", stride, 2)
+    v.padding(fn, padding, 2)
     k, s, pads = _geometry(x.shape, window, stride, padding)
-    for axis, n, ki, si, (lo, hi) in zip("HW", x.shape[1:3], k, s, pads):
-        if max(lo, hi) >= ki:
-            raise ValueError(
-                f"{fn}: padding {(lo, hi)} along {axis} must be smaller than the window "
-                f"({ki}) on each side, or some windows would see only padding")
-        if output_size(n, ki, si, lo, hi) < 1:
-            raise ValueError(
-                f"{fn}: the window ({ki}) is larger than the input along {axis} ({n}, "
-                f"padded {n + lo + hi}; input shape {tuple(x.shape)}, NHWC); use a smaller "
-                "window or padding='SAME'")
+    for axis, n, ki, si, pad in zip("HW", x.shape[1:3], k, s, pads):
+        v.padding_within_window(fn, axis, pad, ki)
+        v.window_output_size(fn, axis, n, ki, si, pad)
 
 
 def _max_pool2d_validate(x, window, stride, padding):
