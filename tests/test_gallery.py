@@ -153,3 +153,16 @@ def test_batch_norm_trains_at_learning_rates_where_the_plain_network_diverges(tm
     assert both.any()  # a rate that breaks the plain network trains the normalised one
     assert r["diverged"]["without"][-1] and not r["diverged"]["without"][0]
     _figure_written(r)
+
+
+# 5. Luong attention --------------------------------------------------------- #
+
+@pytest.mark.float32
+def test_luong_attention_reverses_sequences_and_aligns_anti_diagonally(tmp_path):
+    r = run("05_luong_attention", tmp_path)
+    g = r["runs"]["general"]
+    assert g["token_accuracy"] > 0.95, g["token_accuracy"]  # greedy decoding, unseen data
+    assert g["anti_diagonal_weight"] > 0.7, g["anti_diagonal_weight"]
+    assert g["attention"].shape == (r["length"], r["length"])
+    np.testing.assert_allclose(g["attention"].sum(-1), 1.0, rtol=1e-5)
+    _figure_written(r)
