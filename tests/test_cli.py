@@ -90,6 +90,7 @@ def _idx(path, magic_type, dims, data, gz=False):
     (["train", "--dropout", "1"], "--dropout: expected a probability in [0, 1), got '1'"),
     (["train", "--epochs", "-2"], "--epochs: expected an int ≥ 0, got '-2'"),
     (["train", "--save-every", "0"], "--save-every: expected an int ≥ 1, got '0'"),
+    (["train", "--save-every", "2", "--checkpoint", ""], "--save-every needs a checkpoint"),
     (["train", "--num-classes", "x"], "--num-classes: expected an int ≥ 1, got 'x'"),
     (["train", "--resume", "/no/such.npz"], "no checkpoint at '/no/such.npz'"),
     (["train", "--batch-size", "100000"], "larger than the training set"),

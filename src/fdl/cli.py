@@ -373,6 +373,9 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
             f"--epochs is the total ({target}); pass --epochs N with N > {done_before} to "
             "train further")
     checkpoint = _checkpoint_path(args)
+    if args.save_every and not checkpoint:
+        raise UsageError("--save-every needs a checkpoint file; drop --checkpoint '' or "
+                         "--save-every")
     plot = _plot_path(args, checkpoint)
     dataset, _ = data.standardize_dataset(
         data.load(settings["data"], flatten=True, num_classes=settings["num_classes"]))
