@@ -166,3 +166,19 @@ def test_luong_attention_reverses_sequences_and_aligns_anti_diagonally(tmp_path)
     assert g["attention"].shape == (r["length"], r["length"])
     np.testing.assert_allclose(g["attention"].sum(-1), 1.0, rtol=1e-5)
     _figure_written(r)
+
+
+# 8. Per-example gradients --------------------------------------------------- #
+
+@pytest.mark.float32
+def test_per_example_gradients_agree_and_clipping_bounds_each_norm(tmp_path):
+    r = run("08_per_example_gradients", tmp_path)
+    assert r["vmap_vs_loop"] < 1e-5
+    assert r["ghost_vs_vmap"] < 1e-4
+    assert r["dp_vs_clipped_mean"] < 1e-5
+    c = r["clip_norm"]
+    assert np.all(r["clipped_norms"] <= c * (1 + 1e-5))
+    unclipped = r["norms"] <= c
+    np.testing.assert_allclose(r["clipped_norms"][unclipped], r["norms"][unclipped], rtol=1e-5)
+    assert len(r["times"]["vmap of grad"]) == len(r["sizes"])
+    _figure_written(r)
