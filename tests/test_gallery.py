@@ -182,3 +182,16 @@ def test_per_example_gradients_agree_and_clipping_bounds_each_norm(tmp_path):
     np.testing.assert_allclose(r["clipped_norms"][unclipped], r["norms"][unclipped], rtol=1e-5)
     assert len(r["times"]["vmap of grad"]) == len(r["sizes"])
     _figure_written(r)
+
+
+# 9. A CNN and its first-layer filters -------------------------------------- #
+
+@pytest.mark.float32
+def test_cnn_learns_digits_and_its_filters_move_from_their_initial_values(tmp_path):
+    r = run("09_cnn_filters", tmp_path)
+    assert r["test_accuracy"] >= 0.9, r["history"]
+    losses = [h["train_loss"] for h in r["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert r["filters"].shape == (5, 5, 16)
+    assert r["filter_change"] > 0.3
+    _figure_written(r)
