@@ -19,6 +19,8 @@ import fdl
 from fdl import check
 from fdl.primitive import primitive
 
+pytestmark = pytest.mark.x64  # float64 checks; the float32 ones are in test_check_float32.py
+
 
 def _normal(seed: int, *shape: int, dtype=jnp.float64) -> jax.Array:
     """Test data from numpy: no XLA compilation per shape."""
@@ -181,7 +183,8 @@ def test_float32_check_uses_float32_tolerances_and_catches_1e3_errors():
     x, w = X.astype(jnp.float32), W_SQUARE.astype(jnp.float32)
     report = check.vjp(RIGHT, x, w).raise_if_failed()
     assert all(r.dtype == "float32" for r in report.rows)
-    assert {r.rtol for r in report.rows} == {1e-5, 1e-4}
+    assert {r.rtol for r in report.rows} == {1e-5}
+    assert "[float32; finite differences in float64]" in report.title  # x64 is on here
     bad = _matmul("matmul_rel_1e-3", perturb_dw=lambda dw: dw.at[0, 1].multiply(1 + 1e-3))
     failed = check.vjp(bad, x, w).failures
     assert [(r.name, r.index) for r in failed] == [("w", (0, 1)), ("w", (0, 1))]
@@ -208,10 +211,10 @@ def test_large_leaves_are_checked_along_random_directions():
     x, w = _normal(6, 20, 16), _normal(7, 16, 17)  # 320 and 272 elements > 256
     report = check.vjp(RIGHT, x, w, directions=3, jit=True).raise_if_failed()
     assert [r.name for r in report.rows if r.against == "finite differences"] == [
-        "x (3 random directions)", "w (3 random directions)"]
+        "x (gradient and 2 random directions)", "w (gradient and 2 random directions)"]
     assert report.rows[1].shape == (3,)
     bad = check.vjp(SIGN_FLIP, x, w, directions=3, jit=True)
-    assert {r.name for r in bad.failures} == {"w", "w (3 random directions)"}
+    assert {r.name for r in bad.failures} == {"w", "w (gradient and 2 random directions)"}
 
 
 # --------------------------------------------------------------------------- #
@@ -412,12 +415,12 @@ def test_model_passes_for_correct_rules_and_fails_at_the_wrong_leaf():
     good = check.model(_mlp_loss(fdl.ops.linear), _mlp_params(), x, y).raise_if_failed()
     names = [r.name for r in good.rows]
     assert names[0] == "params['hidden']['b']" and "params['out']['w']" in names
-    assert "params['out']['w'] (2 random directions)" in names
+    assert "params['out']['w'] (gradient and 1 random direction)" in names
 
     bad = check.model(_mlp_loss(BAD_LINEAR), _mlp_params(), x, y)
     assert not bad.passed
     assert {r.name for r in bad.failures} == {"params['out']['w']",
-                                              "params['out']['w'] (2 random directions)"}
+                                              "params['out']['w'] (gradient and 1 random direction)"}
     assert bad.failures[0].index == (0, 1)
     assert "params['out']['w'] vs autodiff FAILED: worst element (0, 1)" in str(bad)
 
@@ -470,8 +473,11 @@ def test_compare_tolerance_semantics():
     assert ok.passed and ok.atol == pytest.approx(2e-10)
     bad = check.compare("v", "autodiff", r + np.array([0, 1e-9, 0]), r)
     assert not bad.passed and bad.index == (1,)
-    loose = check.compare("v", "finite differences", r + np.array([0, 1e-9, 0]), r)
+    loose = check.compare("v", "finite differences", r + np.array([0, 1e-9, 0]), r, rtol=1e-8)
     assert loose.passed and loose.rtol == 1e-8
+    per_element = check.compare("v", "finite differences", r + np.array([0, 1e-9, 0]), r,
+                                atol=np.array([0.0, 2e-9, 0.0]), step=np.array([1.0, 0.5, 2.0]))
+    assert per_element.passed and per_element.atol == 2e-9 and per_element.step == 0.5
     assert check.compare("v", "x", r, r, rtol=0.5, atol=0.0).atol == 0.0
 
 
@@ -498,7 +504,9 @@ def test_raise_if_failed_message_is_the_table():
 
 def test_tolerance_defaults():
     assert check.tolerance(jnp.float64) == 1e-10
-    assert check.tolerance(jnp.float64, "finite differences") == 1e-8
+    # against finite differences the dtype's part only: each element's estimated
+    # finite-difference error is added to it
+    assert check.tolerance(jnp.float64, "finite differences") == 1e-10
     assert check.tolerance(jnp.float32) == 1e-5
     assert check.tolerance(jnp.bfloat16) == 2e-2
     with pytest.raises(ValueError, match="no default for dtype int32"):

@@ -1,0 +1,82 @@
+"""Verify hand-derived gradients against autodiff and finite differences.
+
+The checks
+----------
+* `vjp(f, *args)` — a primitive's hand-written VJP rule vs `jax.vjp` of its plain
+  forward vs central finite differences, with a random cotangent. `f` may also
+  be any function built from fdl primitives (manual mode vs autodiff mode).
+* `grad(f, my_grad, *args)` — *your* gradient of a scalar function vs `jax.grad`
+  vs finite differences.
+* `jacobian(f, my_jacobian, *args)` — your full Jacobian vs `jax.jacrev` vs
+  finite differences.
+* `model(loss_fn, params, *batch)` — a whole model's gradient with the manual
+  rules vs pure autodiff, plus directional finite differences.
+* `examples(p, dtype=...)` — every registered example of a primitive, in one
+  compiled program (what `fdl check` runs).
+
+Each returns a `Report`: one row per (argument or pytree leaf, reference) with
+the largest absolute and relative error, the worst element's index with both
+values, the tolerance (and for finite differences the step) used there, the
+dtype, and whether it passed. `str(report)` is a readable table; its title names
+the arguments' dtypes and the dtype the finite differences were taken in.
+`report.passed` (also `bool(report)`) says whether every row passed — a report
+with no rows (nothing differentiable was given) does not pass;
+`report.raise_if_failed()` is the raising form for tests, raising `CheckFailed`
+with the table as its message.
+
+A row fails, with the reason in `problem`, when the value under test has the
+wrong shape (a primitive's backward returning `∂L/∂W` transposed is reported as
+such, not as an XLA error), a dtype other than its argument's (a float64 check is
+never passed at float32 accuracy), or a non-finite value where the reference is
+finite. A failing row also gets a hint for two recognisable mistakes: a square
+matrix that is the reference transposed, and a value that is a constant multiple
+of the reference (a missing `1/N`, a sign error).
+
+Tolerances
+----------
+An element passes when `|m − r| ≤ atol + rtol·|r|`, `m` the value under test and
+`r` the reference. Against autodiff, `rtol` depends on the argument's dtype
+(`tolerance`: 1e-10 for float64, 1e-5 for float32, 2e-2 for bfloat16/float16)
+and `atol = rtol·max|r| + 100·ε·S` over the leaf, so values near zero are judged
+against the leaf's scale, and a leaf whose true gradient is zero (a bias before
+a normalisation) is not failed for roundoff; `S` is the larger of the largest
+reference value over all leaves of the check and `F / max(1, max|x|)`, `F` the
+magnitude of the function's value (`Σ|u||y|` for `vjp`'s `⟨u, f(x)⟩`). The
+reported *relative error* is leaf-wise, `max|m − r| / max|r|`.
+
+Against finite differences the tolerance follows the conditioning of the point:
+each element's `atol` adds `4 × E` to the above, `E` the finite difference's own
+estimated error (the disagreement of two step sizes plus the rounding bound
+`3·ε·F/h`; see `fdl.check.fd`). Differences are taken in float64 when
+`jax_enable_x64` is on, else in the arguments' dtype, bfloat16 and float16 in
+float32; the title says which. Steps are chosen per element or direction from a
+ladder, relative to the scale of `x` along that direction, and directions are of
+unit norm (a large leaf is checked along its reference gradient's direction and
+random ones; the row says so, e.g. `w (gradient and 3 random directions)`, and
+its index is then `(direction, …)`).
+
+What float32 detects. Against autodiff, float32 holds the rule to `rtol = 1e-5`:
+an error in one element of `∂L/∂W` of a dense layer larger than about `3e-5` of
+the leaf's largest value fails (`3e-5 = 2·rtol` plus the roundoff floor), and the
+report points at it; errors at roundoff level (1e-6 relative) pass. Finite
+differences in float32 resolve a derivative only to about `ε·F/h`, typically 1e-4
+to 1e-3 relative: they confirm the reference, while the autodiff row carries the
+fine comparison.
+
+Points where the function has a kink (ReLU at 0) are not differentiable; the
+step ladder moves away from kinks it can see, and the built-in examples avoid
+them.
+
+Speed: a check is one XLA program (the reference, the finite differences as one
+`vmap` over all stencil points and, with `jit=True`, the rule under test),
+compiled at XLA's lowest backend optimisation (tiny arrays: compiling is the
+cost). Random cotangents and directions are drawn on the host.
+"""
+
+from fdl.check import fd
+from fdl.check.checks import examples, grad, jacobian, model, vjp
+from fdl.check.report import (AUTODIFF, FINITE_DIFFERENCES, CheckFailed, Comparison, Report,
+                              compare, tolerance)
+
+__all__ = ["CheckFailed", "Comparison", "Report", "compare", "examples", "fd", "grad",
+           "jacobian", "model", "tolerance", "vjp", "AUTODIFF", "FINITE_DIFFERENCES"]

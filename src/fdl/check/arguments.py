@@ -1,0 +1,110 @@
+"""A call's arguments as named differentiable leaves, and the helpers the checks share."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fdl.primitive import Primitive, gradient_mode
+
+
+@dataclass
+class Leaves:
+    """The float leaves of a call's arguments, and how to put them back."""
+
+    names: list[str]
+    values: list[jax.Array]
+    positions: list[int]  # index into the flat list of all leaves
+    all_leaves: list[Any]
+    treedef: Any
+    argnums: list[int] = field(default_factory=list)  # the argument each leaf is in
+    within: list[int] = field(default_factory=list)  # its index among that argument's leaves
+
+    def rebuild(self, values: Sequence[Any]) -> Any:
+        leaves = list(self.all_leaves)
+        for pos, val in zip(self.positions, values):
+            leaves[pos] = val
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def is_float(x: Any) -> bool:
+    """A differentiable value: a Python float or a floating-point array."""
+    if isinstance(x, float):  # a Python float is differentiable like a 0-d array
+        return True
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def leaves_of(tree: Any, names: Sequence[str], skip: Sequence[int] = ()) -> Leaves:
+    """Float leaves of `tree` (a tuple of arguments), named `arg` or `arg[path]`."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    out = Leaves([], [], [], [leaf for _, leaf in paths], treedef)
+    seen: dict[int, int] = {}
+    for pos, (path, leaf) in enumerate(paths):
+        argnum = path[0].idx
+        within = seen[argnum] = seen.get(argnum, -1) + 1
+        if argnum in skip or not is_float(leaf):
+            continue
+        base = names[argnum] if argnum < len(names) else f"arg{argnum}"
+        out.names.append(base + jax.tree_util.keystr(path[1:]))
+        out.values.append(jnp.asarray(leaf))
+        out.positions.append(pos)
+        out.argnums.append(argnum)
+        out.within.append(within)
+    return out
+
+
+def arg_names(f: Callable, n: int) -> list[str]:
+    """Names for `n` positional arguments of `f`: its parameter names, then
+    `rest[0]`, `rest[1]`… for a `*rest` parameter, else `arg2`, `arg3`…"""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names, var = [], None
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            var = p.name
+            break
+    names = names[:n]
+    extra = n - len(names)
+    names += [f"{var}[{i}]" for i in range(extra)] if var else \
+        [f"arg{i}" for i in range(len(names), n)]
+    return names
+
+
+def name_of(f: Any, default: str) -> str:
+    """A primitive's registry name, a function's `__name__`, else `default`."""
+    return getattr(f, "name", None) if isinstance(f, Primitive) else \
+        getattr(f, "__name__", default)
+
+
+def in_mode(fn: Callable, mode: str) -> Callable:
+    """`fn` traced and run in gradient mode `mode`."""
+    def wrapped(*args):
+        with gradient_mode(mode):
+            return fn(*args)
+    return wrapped
+
+
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def compiled(fn: Callable) -> Callable:
+    """`fn` compiled for one call at XLA's lowest backend optimisation: a check's
+    arrays are tiny, so compiling dominates its time (the arithmetic is IEEE either
+    way). Falls back to a plain `jax.jit` where a backend rejects the options."""
+    def call(*args):
+        lowered = jax.jit(fn).lower(*args)
+        try:
+            program = lowered.compile(_FAST_COMPILE)
+        except Exception:  # an unknown option on some backend: compile normally
+            program = lowered.compile()
+        return program(*args)
+    return call
