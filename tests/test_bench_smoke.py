@@ -57,7 +57,7 @@ def test_peers_skipped_leave_the_peer_target_unmeasured(results):
 
 
 def test_markdown_report(bench, results):
-    md = bench.to_markdown(results)
+    md = bench.report.to_markdown(results)
     assert "### A: MLP 784-1024-10, batch 128" in md
     assert "| variant | dtype | median ms |" in md
     assert "### Targets" in md and "pytest smoke" in md
@@ -71,11 +71,11 @@ def test_digits_section_reports_the_scan_bound(bench):
     results = bench.run(["peak", "digits"], settings, command="pytest smoke digits")
     d = results["sections"]["digits"]
     names = {r["variant"] for r in d["rows"]}
-    assert "epoch as one lax.scan (Trainer.epoch)" in names and bench._NOOP_LOOP in names
-    b = bench.scan_bound(d, results["sections"]["peak"]["peak_gflops"]["float32"])
+    assert "epoch as one lax.scan (Trainer.epoch)" in names and bench.sections.NOOP_LOOP in names
+    b = bench.report.scan_bound(d, results["sections"]["peak"]["peak_gflops"]["float32"])
     assert b["dispatch_overhead_us_per_step"] > 0 and b["matmul_floor_us_per_step"] > 0
     assert b["scan_us_per_step_needed_for_5x"] == pytest.approx(b["loop_extra_us_per_step"] / 4)
     assert d["fit"]["reached"] in (True, False)
     target = next(t for t in results["targets"] if t["target"].startswith("digits: epoch-as-scan"))
     assert "dispatch" in target["detail"]
-    assert "What bounds scan vs loop" in bench.to_markdown(results)
+    assert "What bounds scan vs loop" in bench.report.to_markdown(results)
