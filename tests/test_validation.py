@@ -348,3 +348,69 @@ def test_window_output_size_is_the_convolution_formula():
     # o = ⌊(n + lo + hi − e)/s⌋ + 1
     assert v.window_output_size("f", "H", 7, 3, 2, (1, 1)) == 4
     assert v.window_output_size("f", "H", 5, 5, 1, (0, 0)) == 1
+
+
+# --------------------------------------------------------------------------- #
+# Layering (DESIGN.md): each module imports only those above it
+# --------------------------------------------------------------------------- #
+
+import ast  # noqa: E402
+import pathlib  # noqa: E402
+
+import fdl  # noqa: E402
+
+_ORDER = ["_validate", "random", "primitive", "ops", "losses", "check", "layers", "optim",
+          "data", "io", "train", "privacy", "parallel", "models", "cli"]
+
+
+def _fdl_imports(path: pathlib.Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fdl"):
+            parts = node.module.split(".")
+            found |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("fdl.")}
+    return found & set(_ORDER)
+
+
+@pytest.mark.float32
+def test_no_module_imports_one_below_it():
+    src = pathlib.Path(fdl.__file__).parent
+    wrong = []
+    for path in sorted(src.rglob("*.py")):
+        module = path.relative_to(src).parts[0].removesuffix(".py")
+        if module not in _ORDER:
+            continue
+        for target in _fdl_imports(path):
+            if _ORDER.index(target) > _ORDER.index(module):
+                wrong.append(f"{path.relative_to(src)} imports fdl.{target}")
+    assert wrong == []
+
+
+@pytest.mark.float32
+def test_layers_install_no_privacy_but_expose_probes():
+    """Dense reports per-example squared gradient norms through a probe that anyone can
+    install (`fdl.layers.base.install_probe`); no layer mentions fdl.privacy."""
+    src = pathlib.Path(fdl.__file__).parent / "layers"
+    assert [p.name for p in src.glob("*.py") if "privacy" in p.read_text()] == []
+    from fdl.layers.base import PROBE, has_probe, install_probe
+
+    dense = layers.Dense(3)
+    _, params, state = dense.init(jax.random.key(0), (4,))
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    probed = install_probe(params, 5)
+    assert has_probe(probed) and not has_probe(params)
+    y = dense.apply(params, state, x)[0]
+    np.testing.assert_array_equal(dense.apply(probed, state, x)[0], y)
+
+    def total(p):
+        return jnp.sum(jnp.sin(dense.apply(p, state, x)[0]))
+    norms = jax.grad(total)(probed)[PROBE]
+    per_example = jax.vmap(lambda xi: jax.grad(
+        lambda p: jnp.sum(jnp.sin(dense.apply(p, state, xi[None])[0])))(params))(x)
+    expected = sum(jnp.sum(g.reshape(5, -1) ** 2, axis=1)
+                   for g in jax.tree_util.tree_leaves(per_example))
+    np.testing.assert_allclose(norms, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="already hold a 'probe' entry"):
+        install_probe(probed, 5)

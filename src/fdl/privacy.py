@@ -68,14 +68,13 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import losses
-from fdl.layers.base import Layer
+from fdl.layers.base import PROBE, Layer, install_probe
 
 __all__ = ["DPGrads", "clip_factors", "dp_sgd_grads", "per_example_grad_norms"]
 
 PyTree = Any
 LossFn = Callable[[Any, Any], jax.Array]
 
-_PROBE = "probe"  # the key fdl.layers.Dense looks for
 _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"})
 _RULES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
 _FALLBACK = "use fdl.train.per_example_grads (vmap) for this model"
@@ -136,11 +135,11 @@ def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
 
     def walk(node: Any, path: tuple) -> Any:
         if isinstance(node, dict):
-            if _PROBE in node:
-                raise ValueError(f"{fn}: {_where(path)} already holds a {_PROBE!r} entry; "
+            if PROBE in node:
+                raise ValueError(f"{fn}: {_where(path)} already holds a {PROBE!r} entry; "
                                  "pass the model's own params (the probes are added here)")
             if _is_dense(node):
-                return {**node, _PROBE: jnp.zeros((n,), node["w"].dtype)}
+                return install_probe(node, n)
             return {k: walk(c, path + (k,)) for k, c in node.items()}
         for p, leaf in jax.tree_util.tree_flatten_with_path(node)[0]:
             if jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -177,7 +176,7 @@ def _check_probe_uses(fn: str, losses_of: Callable, probed: PyTree) -> None:
     closed = jax.make_jaxpr(lambda p: losses_of(p)[0])(probed)
     leaves = jax.tree_util.tree_flatten_with_path(probed)[0]
     for (path, _), var in zip(leaves, closed.jaxpr.invars):
-        if getattr(path[-1], "key", None) != _PROBE:
+        if getattr(path[-1], "key", None) != PROBE:
             continue
         layer = "params" + jax.tree_util.keystr(path[:-1])
         uses = _consumers(closed.jaxpr, var)
@@ -244,14 +243,14 @@ def _ghost_pass(fn: str, model: Layer, params: PyTree, state: PyTree, x: Any, y:
     (cotangents,) = vjp(jnp.ones_like(ell))
     sq = jnp.zeros((n,), ell.dtype)
     for path, leaf in jax.tree_util.tree_flatten_with_path(cotangents)[0]:
-        if getattr(path[-1], "key", None) == _PROBE:
+        if getattr(path[-1], "key", None) == PROBE:
             sq = sq + leaf.astype(ell.dtype)
     return ell, jnp.sqrt(sq), vjp, new_state
 
 
 def _without_probes(tree: PyTree) -> PyTree:
     if isinstance(tree, dict):
-        return {k: _without_probes(c) for k, c in tree.items() if k != _PROBE}
+        return {k: _without_probes(c) for k, c in tree.items() if k != PROBE}
     return tree
 
 

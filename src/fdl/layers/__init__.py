@@ -48,7 +48,8 @@ from fdl.layers.core import (
     get_activation,
     mlp,
 )
-from fdl.layers.norm import BatchNorm, Embedding, LayerNorm, RMSNorm
+from fdl.layers.embedding import Embedding
+from fdl.layers.norm import BatchNorm, LayerNorm, RMSNorm
 from fdl.layers.recurrent import GRU, LSTM, RNN
 
 __all__ = [

@@ -9,9 +9,35 @@ import jax
 import jax.numpy as jnp
 
 
-__all__ = ["Layer", "parallel", "residual", "serial", "split_key"]
+__all__ = ["PROBE", "Layer", "has_probe", "install_probe", "parallel", "residual", "serial",
+           "split_key"]
 
 Shape = tuple[int, ...]
+
+PROBE = "probe"
+"""The params entry through which a layer reports a per-example statistic.
+
+A layer that supports probes (`Dense`) checks its params dict for this entry, an
+`N`-vector of zeros that is an input like any parameter: when it is there, the layer
+applies a primitive that computes the same output and whose backward returns the
+statistic as the probe's cotangent (`Dense`: each example's squared gradient norm
+for its `w` and `b`, `fdl.ops.ghost_linear`). Whoever needs the statistic installs
+zero probes (`install_probe`), differentiates, and reads the probes' cotangents; the
+layer neither knows nor cares who asked.
+"""
+
+
+def install_probe(params: dict, n: int) -> dict:
+    """One layer's `params` with a zero probe for `n` examples added (a new dict)."""
+    if PROBE in params:
+        raise ValueError(f"install_probe: these params already hold a {PROBE!r} entry")
+    dtype = next((leaf.dtype for leaf in jax.tree_util.tree_leaves(params)), jnp.float32)
+    return {**params, PROBE: jnp.zeros((n,), dtype)}
+
+
+def has_probe(params: Any) -> bool:
+    """Whether a layer's `params` carry a probe (see `PROBE`)."""
+    return isinstance(params, dict) and PROBE in params
 
 
 class Layer(NamedTuple):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape, serial
+from fdl.layers.base import PROBE, Layer, Shape, has_probe, serial
 from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = [
@@ -43,10 +43,10 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
     ``{"w": (d_in, features), "b": (features,)}``. ``w_init``/``b_init`` are
     initialisers or their names (see :mod:`fdl.layers.initializers`).
 
-    Ghost norms: if ``params`` also holds ``"probe"`` (zeros of shape ``(N,)``, one per
-    example), the layer uses :func:`fdl.ops.ghost_linear` — the same ``Y`` — whose
-    backward returns each example's squared gradient norm for ``w`` and ``b`` as the
-    probe's cotangent. :mod:`fdl.privacy` injects the probes; you need not.
+    Probes (`fdl.layers.base.PROBE`): when `params` also holds a probe (zeros of shape
+    `(N,)`), the layer applies `fdl.ops.ghost_linear`, the same `Y`, whose backward
+    returns each example's squared gradient norm for `w` and `b` as the probe's
+    cotangent.
     """
     v.positive_int("Dense", "features", features)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
@@ -66,8 +66,8 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
                 f"Dense: input has shape {tuple(jnp.shape(x))} ({jnp.shape(x)[-1] if jnp.ndim(x) else 0} "
                 f"features) but the layer was built for {d_in} features; expected (batch, …, "
                 f"{d_in}) — check the input_shape passed to init")
-        if "probe" in params:  # per-example gradient norms requested (fdl.privacy)
-            return ops.ghost_linear(x, params["w"], params["b"], params["probe"]), state
+        if has_probe(params):  # someone asked for per-example gradient norms
+            return ops.ghost_linear(x, params["w"], params["b"], params[PROBE]), state
         return ops.linear(x, params["w"], params["b"]), state
 
     return Layer(init, apply, "dense")

@@ -1,7 +1,6 @@
-"""Normalisation and embedding layers: BatchNorm, LayerNorm, RMSNorm, Embedding.
+"""Normalisation layers: BatchNorm, LayerNorm, RMSNorm.
 
-Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.norm` and
-:mod:`fdl.ops.embedding`, whose primitives carry the derivations. Features are on
+Thin `Layer` wrappers over `fdl.ops.norm`, whose primitives carry the derivations. Features are on
 the last axis (``N×d``, or NHWC images for BatchNorm); shapes given to ``init``
 exclude the batch axis.
 
@@ -21,9 +20,8 @@ from jax import lax
 from fdl import _validate as v
 from fdl import ops
 from fdl.layers.base import Layer, Shape
-from fdl.layers.initializers import Initializer, get_initializer, normal
 
-__all__ = ["BatchNorm", "Embedding", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
 
 def _features(fn: str, input_shape: Any, what: str) -> int:
@@ -135,30 +133,3 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
         return ops.rms_norm(x, params["gamma"], eps), state
 
     return Layer(init, apply, "rms_norm")
-
-
-def Embedding(vocab_size: int, features: int, *,
-              init: str | Initializer | None = None, dtype: Any = jnp.float32) -> Layer:
-    """Embedding lookup (:func:`fdl.ops.embedding`): integer ids → ``features``-vectors.
-
-    ``init(key, S)`` for ids of shape ``S`` per example (``()`` for one token,
-    ``(L,)`` for a sequence) → ``S + (features,)``; params
-    ``{"table": (vocab_size, features)}``, initialised ``N(0, 1)`` unless ``init``
-    says otherwise. ``apply`` takes integer ids ``N×S`` in ``[0, vocab_size)``.
-    """
-    fn = "Embedding"
-    v.positive_int(fn, "vocab_size", vocab_size)
-    v.positive_int(fn, "features", features)
-    table_init = normal(1.0) if init is None else get_initializer(init)
-
-    def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        input_shape = v.input_shape(
-            fn, input_shape, "the shape of one example's ids (e.g. () or (L,))")
-        table = table_init(key, (vocab_size, features), dtype)
-        return tuple(input_shape) + (features,), {"table": table}, {}
-
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
-        return ops.embedding(x, params["table"]), state
-
-    return Layer(init_fn, apply, "embedding")

@@ -4,9 +4,13 @@ Layout is batch-first throughout: ``X ∈ ℝ^{N×d}``, images NHWC.
 """
 
 from fdl.ops.activations import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
-from fdl.ops.attention import (
+from fdl.ops.attention import attention, masked_softmax, multi_head_attention
+from fdl.ops.conv import conv1d, conv2d
+from fdl.ops.dropout import dropout
+from fdl.ops.embedding import embedding
+from fdl.ops.linear import ghost_linear, linear
+from fdl.ops.luong import (
     LUONG_SCORES,
-    attention,
     luong_attention,
     luong_attentional_state,
     luong_concat_score,
@@ -14,13 +18,7 @@ from fdl.ops.attention import (
     luong_dot_score,
     luong_general_score,
     luong_score,
-    masked_softmax,
-    multi_head_attention,
 )
-from fdl.ops.conv import conv1d, conv2d
-from fdl.ops.dropout import dropout
-from fdl.ops.embedding import embedding
-from fdl.ops.linear import ghost_linear, linear
 from fdl.ops.norm import batch_norm, batch_norm_inference, layer_norm, rms_norm
 from fdl.ops.pool import avg_pool2d, global_avg_pool, max_pool2d
 from fdl.ops.recurrent import (

@@ -1,0 +1,46 @@
+"""The embedding layer: integer ids → learned vectors.
+
+A thin `Layer` wrapper over `fdl.ops.embedding`, whose primitive carries the
+derivation (the gradient of a lookup is a scatter-add into the looked-up rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fdl import _validate as v
+from fdl import ops
+from fdl.layers.base import Layer, Shape
+from fdl.layers.initializers import Initializer, get_initializer, normal
+
+__all__ = ["Embedding"]
+
+
+def Embedding(vocab_size: int, features: int, *,
+              init: str | Initializer | None = None, dtype: Any = jnp.float32) -> Layer:
+    """Embedding lookup (:func:`fdl.ops.embedding`): integer ids → ``features``-vectors.
+
+    ``init(key, S)`` for ids of shape ``S`` per example (``()`` for one token,
+    ``(L,)`` for a sequence) → ``S + (features,)``; params
+    ``{"table": (vocab_size, features)}``, initialised ``N(0, 1)`` unless ``init``
+    says otherwise. ``apply`` takes integer ids ``N×S`` in ``[0, vocab_size)``.
+    """
+    fn = "Embedding"
+    v.positive_int(fn, "vocab_size", vocab_size)
+    v.positive_int(fn, "features", features)
+    table_init = normal(1.0) if init is None else get_initializer(init)
+
+    def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        input_shape = v.input_shape(
+            fn, input_shape, "the shape of one example's ids (e.g. () or (L,))")
+        table = table_init(key, (vocab_size, features), dtype)
+        return tuple(input_shape) + (features,), {"table": table}, {}
+
+    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[jax.Array, dict]:
+        return ops.embedding(x, params["table"]), state
+
+    return Layer(init_fn, apply, "embedding")
