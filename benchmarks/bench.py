@@ -40,6 +40,7 @@ if _HERE not in sys.path:  # the parts beside this file, also when it is loaded 
     sys.path.insert(0, _HERE)
 
 import jax  # noqa: E402
+
 import report  # noqa: E402
 import sections  # noqa: E402
 from configs import CPU_CONFIGS, GPU_CONFIGS  # noqa: E402

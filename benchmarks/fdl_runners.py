@@ -25,11 +25,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from configs import B1, B2, EPS, LR, CNNConfig, copy
-from harness import Runner, jit_runner, looped, xla_cost
 
 import fdl
 from fdl import layers as L
+
+from configs import B1, B2, EPS, LR, CNNConfig, copy
+from harness import Runner, jit_runner, looped, xla_cost
 
 
 def fdl_mlp(sizes: Sequence[int]) -> L.Layer:

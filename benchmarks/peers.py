@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from configs import B1, B2, EPS, LR, CNNConfig, bf16, copy, nchw_dense
 from harness import Runner, Settings, jit_runner, short
 

@@ -28,14 +28,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from configs import CPU_CONFIGS, CNNConfig, MLPConfig, batch, copy
-from fdl_runners import fdl_cnn, fdl_mlp, fdl_runners, weighted_layers
-from harness import Runner, Settings, find, looped, measure, set_ratio, short
-from peers import build_peers, cnn_peers, cross_entropy, jax_mlp, mlp_peers, torch_device, \
-    torch_sync
 
 import fdl
 from fdl import layers as L
+
+from configs import CPU_CONFIGS, CNNConfig, MLPConfig, batch, copy
+from fdl_runners import fdl_cnn, fdl_mlp, fdl_runners, weighted_layers
+from harness import Runner, Settings, find, looped, measure, set_ratio, short
+from peers import (build_peers, cnn_peers, cross_entropy, jax_mlp, mlp_peers, torch_device,
+                   torch_sync)
 
 SECTIONS = ("peak", "A", "B", "C", "CNN", "digits", "perex")
 STEP_SECTIONS = ("A", "B", "C", "CNN")
