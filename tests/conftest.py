@@ -1,24 +1,36 @@
-"""Test configuration: strict rank promotion (equinox's habit) and per-test precision.
+"""Test configuration: strict rank promotion, per-test precision, shared helpers.
 
 `jax_numpy_rank_promotion="raise"` turns silent broadcasting mistakes in
-hand-written gradients into errors.
+hand-written gradients into errors. Strictness is global; precision is not.
 
-Precision is chosen per test, never globally for the user-facing paths:
+Precision is chosen per test, never globally, so the suite runs in the
+configuration users run:
 
+* unmarked tests run in JAX's default configuration (x64 off, float32);
+* ``@pytest.mark.float32`` says so explicitly (every public entry point is tested
+  at least once this way);
 * ``@pytest.mark.x64`` (or ``pytestmark = pytest.mark.x64`` in a module) runs the
   test with ``jax_enable_x64`` on: gradient tests that need float64's tolerances.
-* ``@pytest.mark.float32`` runs it in JAX's default configuration (x64 off), the
-  one users run: every public entry point is tested at least once this way.
-* Unmarked tests currently run with x64 on (TRANSITIONAL: being moved to the
-  user's default, x64 off).
+  Such a test builds its float64 data inside the test or a fixture, never at import
+  time (module-level arrays are created at collection, outside the test's precision).
+
+Helpers shared by the test modules live here (``from conftest import normal``).
 """
 
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-_UNMARKED_X64 = True  # transitional default for unmarked tests
-jax.config.update("jax_enable_x64", _UNMARKED_X64)  # module-level tables built at collection
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,12 +40,39 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _precision(request: pytest.FixtureRequest):
-    """Set ``jax_enable_x64`` for the test from its marker."""
-    if request.node.get_closest_marker("float32") is not None:
-        want = False
-    elif request.node.get_closest_marker("x64") is not None:
-        want = True
-    else:
-        want = _UNMARKED_X64
-    with jax.enable_x64(want):
+    """Run the test with ``jax_enable_x64`` on if its closest precision marker is
+    ``x64``, off otherwise (a ``float32`` test in an ``x64`` module runs in float32)."""
+    closest = next((m.name for m in request.node.iter_markers()
+                    if m.name in ("x64", "float32")), "float32")
+    with jax.enable_x64(closest == "x64"):
         yield
+
+
+def normal(seed: int | np.random.Generator, *shape: int, scale: float = 1.0,
+           loc: float = 0.0, dtype: Any = None) -> jax.Array:
+    """Test data ``loc + scale·N(0, 1)`` of ``shape`` from numpy's generator.
+
+    numpy draws the values, so no XLA program is compiled per shape (``jax.random``
+    would compile one). ``seed`` is an int (a fresh generator) or a generator to
+    draw from. ``dtype`` defaults to JAX's default float dtype in the running
+    test's precision: float64 under ``x64``, float32 otherwise.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return jnp.asarray(loc + scale * rng.standard_normal(shape), dtype)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def user_env() -> dict[str, str]:
+    """The environment of a user who set nothing for JAX: this process's environment
+    without ``JAX_*`` settings (x64, dtype promotion), except the platform choice."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
+
+
+def run_python(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python *args`` in a fresh interpreter in ``cwd`` with :func:`user_env`,
+    capturing text output; the test reads ``returncode``, ``stdout`` and ``stderr``."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=user_env(),
+                          capture_output=True, text=True, timeout=timeout)
