@@ -14,12 +14,9 @@ import pytest
 
 from fdl import check, layers, ops
 from fdl.losses import softmax_cross_entropy
+from conftest import normal
 
 KEY = jax.random.key(0)
-
-
-def _normal(i, *shape, dtype=jnp.float32):
-    return jnp.asarray(np.random.default_rng(i).standard_normal(shape), dtype)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +43,7 @@ def test_init_shapes_agree_with_apply(layer, input_shape, out_shape):
     if isinstance(layer, layers.Layer) and layer.name == "embedding":
         x = jnp.asarray(np.random.default_rng(0).integers(0, 10, (2,) + input_shape))
     else:
-        x = _normal(0, 2, *input_shape)
+        x = normal(0, 2, *input_shape)
     y, new_state = jax.jit(lambda p, s, x: layer.apply(p, s, x, train=True))(params, state, x)
     assert y.shape == (2,) + out_shape
     assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
@@ -56,7 +53,7 @@ def test_conv_and_pool_layers_apply_their_ops():
     conv = layers.Conv2D(3, (2, 3), stride=(1, 2), padding="VALID")
     _, params, _ = conv.init(KEY, (5, 6, 2))
     assert params["w"].shape == (2, 3, 2, 3) and params["b"].shape == (3,)
-    x = _normal(1, 2, 5, 6, 2)
+    x = normal(1, 2, 5, 6, 2)
     y, _ = conv.apply(params, {}, x)
     np.testing.assert_array_equal(y, ops.conv2d(x, params["w"], params["b"], (1, 2), "VALID"))
     y, _ = layers.MaxPool2D(2, padding="SAME").apply({}, {}, x)
@@ -70,7 +67,7 @@ def test_batch_norm_running_statistics_train_and_eval():
     _, params, state = bn.init(KEY, (3,))
     np.testing.assert_array_equal(state["mean"], 0.0)
     np.testing.assert_array_equal(state["var"], 1.0)
-    x = _normal(2, 16, 3) * 2.0 + 5.0
+    x = normal(2, 16, 3) * 2.0 + 5.0
     step = jax.jit(lambda p, s, x: bn.apply(p, s, x, train=True))
     y, new = step(params, state, x)
     # training output: batch statistics, zero mean and unit variance per channel
@@ -94,7 +91,7 @@ def test_batch_norm_running_statistics_train_and_eval():
 def test_batch_norm_state_gets_no_gradient_and_params_do():
     bn = layers.BatchNorm()
     _, params, state = bn.init(KEY, (4, 4, 2))
-    x = _normal(3, 3, 4, 4, 2)
+    x = normal(3, 3, 4, 4, 2)
 
     def loss(params, state):
         y, new_state = bn.apply(params, state, x, train=True)
@@ -109,9 +106,9 @@ def test_batch_norm_state_gets_no_gradient_and_params_do():
 
 
 def test_layer_norm_rms_norm_embedding_apply_their_ops():
-    x = _normal(4, 2, 5, 6)
+    x = normal(4, 2, 5, 6)
     _, params, _ = layers.LayerNorm(eps=1e-3).init(KEY, (5, 6))
-    params = {"gamma": _normal(5, 6), "beta": _normal(6, 6)}
+    params = {"gamma": normal(5, 6), "beta": normal(6, 6)}
     y, _ = layers.LayerNorm(eps=1e-3).apply(params, {}, x)
     np.testing.assert_array_equal(y, ops.layer_norm(x, params["gamma"], params["beta"], 1e-3))
     y, _ = layers.RMSNorm().apply({"gamma": params["gamma"]}, {}, x)
@@ -125,6 +122,7 @@ def test_layer_norm_rms_norm_embedding_apply_their_ops():
     np.testing.assert_array_equal(y, params["table"][ids])
 
 
+@pytest.mark.x64
 def test_small_cnn_gradient_manual_vs_autodiff():
     """serial(Conv2D → BatchNorm → ReLU → MaxPool → Conv2D → LayerNorm → AvgPool →
     GlobalAvgPool → Dense): the whole model's gradient with the manual rules equals
@@ -138,7 +136,7 @@ def test_small_cnn_gradient_manual_vs_autodiff():
         layers.Dense(3, dtype=f64))
     out_shape, params, state = model.init(KEY, (8, 8, 2))
     assert out_shape == (3,)
-    x = _normal(7, 4, 8, 8, 2, dtype=f64)
+    x = normal(7, 4, 8, 8, 2, dtype=f64)
     labels = jnp.array([0, 1, 2, 1])
 
     def loss(params, x, labels):
@@ -150,6 +148,7 @@ def test_small_cnn_gradient_manual_vs_autodiff():
     check.model(loss, params, x, labels, finite_differences=False).raise_if_failed()
 
 
+@pytest.mark.x64
 def test_sequence_model_with_embedding_conv1d_rms_norm():
     f64 = jnp.float64
     model = layers.serial(layers.Embedding(11, 4, dtype=f64), layers.Conv1D(5, 3, dtype=f64),

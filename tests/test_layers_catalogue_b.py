@@ -14,10 +14,7 @@ import pytest
 
 from fdl import check, layers, ops
 from fdl.losses import softmax_cross_entropy
-
-
-def _normal(seed, *shape, dtype=jnp.float32):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+from conftest import normal
 
 
 def _shapes(tree):
@@ -35,7 +32,7 @@ def test_multi_head_self_attention_layer():
     assert out_shape == (4, 5) and state == {}
     assert _shapes(params) == {"wq": (6, 8), "wk": (6, 8), "wv": (6, 8), "wo": (8, 5),
                                "bq": (8,), "bk": (8,), "bv": (8,), "bo": (5,)}
-    x = _normal(1, 3, 4, 6)
+    x = normal(1, 3, 4, 6)
     y, _ = jax.jit(layer.apply)(params, state, x)
     assert y.shape == (3,) + out_shape
     want = ops.multi_head_attention(x, x, params["wq"], params["wk"], params["wv"], params["wo"],
@@ -49,7 +46,7 @@ def test_multi_head_cross_attention_layer_with_padding_mask():
     out_shape, params, _ = layer.init(jax.random.key(0), ((3, 4), (5, 6)))
     assert out_shape == (3, 4)
     assert _shapes(params) == {"wq": (4, 4), "wk": (6, 4), "wv": (6, 4), "wo": (4, 4)}
-    x_q, x_kv = _normal(1, 2, 3, 4), _normal(2, 2, 5, 6)
+    x_q, x_kv = normal(1, 2, 3, 4), normal(2, 2, 5, 6)
     pad = jnp.asarray([[True] * 5, [True, True, False, False, False]])[:, None, :]
     y, _ = layer.apply(params, {}, (x_q, x_kv), mask=pad)
     # padded positions do not matter
@@ -69,7 +66,7 @@ def test_multi_head_attention_layer_errors():
     _, params, _ = layer.init(jax.random.key(0), (5, 4))
     with pytest.raises(ValueError, match=r"MultiHeadAttention: x has shape \(2, 5, 6\) but the "
                                          r"layer was built for 4 features"):
-        layer.apply(params, {}, _normal(0, 2, 5, 6))
+        layer.apply(params, {}, normal(0, 2, 5, 6))
     with pytest.raises(ValueError, match=r"MultiHeadAttention: num_heads must be a positive "
                                          r"int, got 0"):
         layers.MultiHeadAttention(0)
@@ -87,7 +84,7 @@ def test_luong_attention_layer(kind, extra):
     out_shape, params, _ = layer.init(jax.random.key(0), ((4,), (5, 4)))
     assert out_shape == ((6,), (5,))
     assert _shapes(params) == {**extra, "w_c": (8, 6)}
-    h_t, h_bar = _normal(1, 2, 4), _normal(2, 2, 5, 4)
+    h_t, h_bar = normal(1, 2, 4), normal(2, 2, 5, 4)
     mask = jnp.asarray([[True] * 5, [True, False, True, False, False]])
     (h_tilde, weights), _ = layer.apply(params, {}, (h_t, h_bar), mask=mask)
     score = [params[n] for n in ("w_a", "v_a") if n in params]
@@ -108,7 +105,7 @@ def test_luong_attention_layer_errors():
     layer = layers.LuongAttention("general")
     _, params, _ = layer.init(jax.random.key(0), ((4,), (5, 3)))
     with pytest.raises(TypeError, match=r"LuongAttention: x must be the pair \(h_t, h_bar\)"):
-        layer.apply(params, {}, _normal(0, 2, 4))
+        layer.apply(params, {}, normal(0, 2, 4))
 
 
 # --------------------------------------------------------------------------- #
@@ -128,7 +125,7 @@ def test_recurrent_layers_wrap_the_sequence_ops(name, return_sequences):
     assert out_shape == ((4, 5) if return_sequences else (5,))
     assert _shapes(params) == {"wx": (3, gates * 5), "wh": (5, gates * 5),
                                **{b: (gates * 5,) for b in biases}}
-    x = _normal(1, 2, 4, 3)
+    x = normal(1, 2, 4, 3)
     y, _ = jax.jit(layer.apply)(params, state, x)
     zeros = jnp.zeros((2, 5), jnp.float32)
     h0 = (zeros, zeros) if name == "LSTM" else zeros
@@ -147,7 +144,7 @@ def test_lstm_forget_bias_and_orthogonal_recurrent_kernel():
 def test_initial_state_is_used():
     layer = layers.GRU(3, return_sequences=False)
     _, params, _ = layer.init(jax.random.key(0), (2, 2))
-    x = _normal(1, 2, 2, 2)
+    x = normal(1, 2, 2, 2)
     y0, _ = layer.apply(params, {}, x)
     y1, _ = layer.apply(params, {}, x, initial_state=jnp.ones((2, 3), jnp.float32))
     assert not np.allclose(y0, y1)
@@ -163,16 +160,17 @@ def test_recurrent_layer_errors():
     _, params, _ = layer.init(jax.random.key(0), (3, 2))
     with pytest.raises(ValueError, match=r"GRU: input has shape \(5, 2\) but the layer was built "
                                          r"for 2 features; expected \(batch, T, 2\)"):
-        layer.apply(params, {}, _normal(0, 5, 2))
+        layer.apply(params, {}, normal(0, 5, 2))
 
 
+@pytest.mark.x64
 def test_a_recurrent_model_in_serial_gradient_manual_vs_autodiff():
     """serial(LSTM → last h → Dense): the whole model's gradient with the manual
     rules equals pure autodiff (float64)."""
     model = layers.serial(layers.LSTM(4, return_sequences=False, dtype=jnp.float64),
                           layers.Dense(3, dtype=jnp.float64))
     _, params, state = model.init(jax.random.key(0), (5, 2))
-    x = _normal(1, 6, 5, 2, dtype=jnp.float64)
+    x = normal(1, 6, 5, 2, dtype=jnp.float64)
     labels = jnp.asarray([0, 1, 2, 0, 1, 2])
 
     def loss(params, x, labels):

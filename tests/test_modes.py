@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fdl
+from conftest import normal
 from fdl import check
 from fdl.primitive import primitive
 
@@ -27,7 +28,9 @@ def cube(x):
 WRONG_CUBE = primitive(cube, lambda x, g: (2 * x * x * g,), save=lambda x, y: x,
                        register=False)
 
-X = jnp.array([0.5, -1.0, 2.0])
+# numpy, not jnp: a module-level table takes each test's precision (float32, or
+# float64 under the x64 marker) when it is passed in
+X = np.array([0.5, -1.0, 2.0])
 RIGHT = 3 * X ** 2
 WRONG = 2 * X ** 2
 
@@ -140,6 +143,7 @@ def test_hessian_raises_in_manual_mode():
         jax.jit(jax.hessian(smooth))(X)
 
 
+@pytest.mark.x64
 def test_hessian_in_manual_mode_differentiates_the_rules():
     """What manual-mode hessian actually computes: the Jacobian of the hand-written
     gradient. Right for right rules; wrong (2·2x = 4x, not 6x) for the wrong cube."""
@@ -151,6 +155,7 @@ def test_hessian_in_manual_mode_differentiates_the_rules():
     np.testing.assert_allclose(h_wrong, np.diag(4 * X), rtol=1e-15)
 
 
+@pytest.mark.x64
 def test_forward_mode_works_in_autodiff_mode():
     v = jnp.array([1.0, -2.0, 0.5])
     with fdl.gradient_mode("autodiff"):
@@ -173,13 +178,12 @@ def test_forward_mode_works_in_autodiff_mode():
 
 def _mlp():
     rng = np.random.default_rng(7)
-    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape))  # noqa: E731
     params = {
-        "l1": {"w": normal(6, 8) / 2, "b": normal(8)},
-        "l2": {"w": normal(8, 7) / 2, "b": normal(7)},
-        "l3": {"w": normal(7, 4) / 2, "b": normal(4)},
+        "l1": {"w": normal(rng, 6, 8, scale=0.5), "b": normal(rng, 8)},
+        "l2": {"w": normal(rng, 8, 7, scale=0.5), "b": normal(rng, 7)},
+        "l3": {"w": normal(rng, 7, 4, scale=0.5), "b": normal(rng, 4)},
     }
-    return params, normal(10, 6), jnp.asarray(rng.integers(0, 4, 10), dtype=jnp.int32)
+    return params, normal(rng, 10, 6), jnp.asarray(rng.integers(0, 4, 10), dtype=jnp.int32)
 
 
 def mlp_loss(params, x, y):
@@ -190,6 +194,7 @@ def mlp_loss(params, x, y):
     return fdl.losses.softmax_cross_entropy(z, y)
 
 
+@pytest.mark.x64
 def test_mlp_gradient_manual_equals_autodiff_to_1e12():
     params, x, y = _mlp()
     grad_fn = jax.jit(jax.grad(mlp_loss))
@@ -219,11 +224,16 @@ def _mlp_loss_in_plain_jax(params, x, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=1))
 
 
-def test_check_model_on_the_mlp():
+@pytest.mark.parametrize("dtype, bound", [
+    pytest.param("float64", 1e-12, marks=pytest.mark.x64, id="float64"),
+    pytest.param("float32", 1e-5, marks=pytest.mark.float32, id="float32"),
+])
+def test_check_model_on_the_mlp(dtype, bound):
     params, x, y = _mlp()
     report = check.model(mlp_loss, params, x, y).raise_if_failed()
+    assert {r.dtype for r in report.rows} == {dtype}
     assert len([r for r in report.rows if r.against == "autodiff"]) == 6
-    assert report.worst("autodiff") <= 1e-12
+    assert report.worst("autodiff") <= bound
 
 
 def test_check_model_catches_a_wrong_rule_through_jit_in_either_mode_order():

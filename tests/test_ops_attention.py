@@ -19,11 +19,9 @@ import fdl
 from fdl import check, ops
 from fdl.losses import softmax_cross_entropy
 from fdl.optim import adam, apply_updates
+from conftest import normal
 
-
-def _normal(seed, *shape, scale=1.0, dtype=jnp.float64):
-    """Test data from numpy's generator (no XLA compilation per shape)."""
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
+pytestmark = pytest.mark.x64  # float64 rules and closed forms to 1e-10
 
 
 def _naive_attention(q, k, v, mask):
@@ -53,7 +51,7 @@ _MASK = np.array([[[True, False, True, True, False],
 @pytest.mark.parametrize("masking", ["none", "padding", "full", "causal", "causal+full"])
 def test_attention_matches_the_definition(masking):
     t_len = 3
-    q, k, v = _normal(0, 2, t_len, 4), _normal(1, 2, 5, 4), _normal(2, 2, 5, 3)
+    q, k, v = normal(0, 2, t_len, 4), normal(1, 2, 5, 4), normal(2, 2, 5, 3)
     tril = np.tril(np.ones((t_len, 5), bool))
     mask, causal, effective = None, False, np.ones((2, t_len, 5), bool)
     if masking == "padding":
@@ -68,7 +66,7 @@ def test_attention_matches_the_definition(masking):
 
 
 def test_attention_without_mask_is_softmax_of_scaled_scores():
-    q, k, v = _normal(0, 2, 3, 4), _normal(1, 2, 5, 4), _normal(2, 2, 5, 3)
+    q, k, v = normal(0, 2, 3, 4), normal(1, 2, 5, 4), normal(2, 2, 5, 3)
     p = jax.nn.softmax(jnp.einsum("ntd,nsd->nts", q, k) / 2.0, axis=-1)
     np.testing.assert_allclose(ops.attention(q, k, v), p @ v, rtol=1e-12)
 
@@ -76,7 +74,7 @@ def test_attention_without_mask_is_softmax_of_scaled_scores():
 @pytest.mark.parametrize("mode", ["manual", "autodiff"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_fully_masked_rows_give_zero_output_and_zero_gradient(mode, dtype):
-    q, k, v = (_normal(i, *s, dtype=dtype) for i, s in enumerate([(2, 3, 4), (2, 5, 4), (2, 5, 3)]))
+    q, k, v = (normal(i, *s, dtype=dtype) for i, s in enumerate([(2, 3, 4), (2, 5, 4), (2, 5, 3)]))
     mask = jnp.asarray(_MASK)
 
     def loss(q, k, v):
@@ -94,7 +92,7 @@ def test_fully_masked_rows_give_zero_output_and_zero_gradient(mode, dtype):
 
 
 def test_masked_softmax_rows_sum_to_one_and_vanish_where_masked():
-    x = _normal(0, 2, 3, 5, scale=30.0)                           # large logits: no overflow
+    x = normal(0, 2, 3, 5, scale=30.0)                           # large logits: no overflow
     p = ops.masked_softmax(x, jnp.asarray(_MASK))
     sums = np.asarray(jnp.sum(p, axis=-1))
     np.testing.assert_allclose(sums, np.where(_MASK.any(-1), 1.0, 0.0), rtol=1e-12)
@@ -106,12 +104,12 @@ _attention = jax.jit(ops.attention, static_argnames="causal")
 
 
 def test_causal_output_ignores_future_keys_and_values():
-    q, k, v = _normal(0, 2, 4, 3), _normal(1, 2, 4, 3), _normal(2, 2, 4, 2)
+    q, k, v = normal(0, 2, 4, 3), normal(1, 2, 4, 3), normal(2, 2, 4, 2)
     out = _attention(q, k, v, causal=True)
     future = np.arange(4)[None, :, None]
     for t in range(3):
-        k2 = k + jnp.asarray(future > t) * _normal(3, 2, 4, 3)      # change positions > t
-        v2 = v + jnp.asarray(future > t) * _normal(4, 2, 4, 2)
+        k2 = k + jnp.asarray(future > t) * normal(3, 2, 4, 3)      # change positions > t
+        v2 = v + jnp.asarray(future > t) * normal(4, 2, 4, 2)
         out2 = _attention(q, k2, v2, causal=True)
         np.testing.assert_allclose(out2[:, : t + 1], out[:, : t + 1], rtol=1e-13)
         assert not np.allclose(out2[:, t + 1:], out[:, t + 1:])
@@ -125,9 +123,9 @@ def test_causal_output_ignores_future_keys_and_values():
 
 
 def _mha_params(d_q=6, d_kv=5, d=8, d_v=4, d_out=3, biases=True):
-    w = dict(wq=_normal(10, d_q, d, scale=0.5), wk=_normal(11, d_kv, d, scale=0.5),
-             wv=_normal(12, d_kv, d_v, scale=0.5), wo=_normal(13, d_v, d_out, scale=0.5))
-    b = dict(bq=_normal(14, d), bk=_normal(15, d), bv=_normal(16, d_v), bo=_normal(17, d_out))
+    w = dict(wq=normal(10, d_q, d, scale=0.5), wk=normal(11, d_kv, d, scale=0.5),
+             wv=normal(12, d_kv, d_v, scale=0.5), wo=normal(13, d_v, d_out, scale=0.5))
+    b = dict(bq=normal(14, d), bk=normal(15, d), bv=normal(16, d_v), bo=normal(17, d_out))
     return w, (b if biases else {})
 
 
@@ -147,7 +145,7 @@ def _mha_reference(x_q, x_kv, w, b, h, mask):
 
 @pytest.mark.parametrize("num_heads", [1, 2, 4])
 def test_multi_head_attention_matches_an_independent_implementation(num_heads):
-    x_q, x_kv = _normal(0, 2, 3, 6), _normal(1, 2, 5, 5)
+    x_q, x_kv = normal(0, 2, 3, 6), normal(1, 2, 5, 5)
     w, b = _mha_params()
     mask = jnp.asarray(_MASK[:, [0, 2, 2], :])                    # no fully masked row
     got = jax.jit(lambda x_q, x_kv, w, b: ops.multi_head_attention(
@@ -157,7 +155,7 @@ def test_multi_head_attention_matches_an_independent_implementation(num_heads):
 
 
 def test_one_head_without_biases_is_attention_of_the_projections():
-    x = _normal(0, 2, 4, 6)
+    x = normal(0, 2, 4, 6)
     w, _ = _mha_params(d_q=6, d_kv=6, biases=False)
     got = jax.jit(lambda x, w: ops.multi_head_attention(x, x, **w, num_heads=1, causal=True))(
         x, w)
@@ -169,7 +167,7 @@ def test_one_head_without_biases_is_attention_of_the_projections():
 def test_multi_head_attention_gradient_manual_vs_autodiff_vs_finite_differences(case):
     if case == "self+causal":
         w, b = _mha_params(d_q=5, d_kv=5, d=4, d_v=4, d_out=2, biases=False)
-        x = _normal(0, 2, 3, 5)
+        x = normal(0, 2, 3, 5)
         f = lambda x, w: ops.multi_head_attention(x, x, **w, num_heads=2, causal=True)
         args = (x, w)
     else:
@@ -178,7 +176,7 @@ def test_multi_head_attention_gradient_manual_vs_autodiff_vs_finite_differences(
         mask = jnp.asarray(_MASK)                                  # includes a fully masked row
         f = lambda x_q, x_kv, w, b: ops.multi_head_attention(x_q, x_kv, **w, num_heads=2,
                                                              mask=mask, bk=bk, **b)
-        args = (_normal(0, 2, 3, 6), _normal(1, 2, 5, 5), w, b)
+        args = (normal(0, 2, 3, 6), normal(1, 2, 5, 5), w, b)
     report = check.vjp(f, *args, jit=True, finite_differences=case == "self+causal")
     report.raise_if_failed()
     assert report.worst("autodiff") <= 1e-10
@@ -189,7 +187,7 @@ def test_multi_head_attention_gradient_manual_vs_autodiff_vs_finite_differences(
 def test_key_bias_gets_zero_gradient():
     """Softmax is shift-invariant and b_k adds ⟨q_t, b_k⟩ to every score of row t."""
     w, b = _mha_params(d=4, d_v=4)
-    x_q, x_kv = _normal(0, 2, 3, 6), _normal(1, 2, 5, 5)
+    x_q, x_kv = normal(0, 2, 3, 6), normal(1, 2, 5, 5)
     loss = lambda bk: jnp.sum(jnp.sin(ops.multi_head_attention(
         x_q, x_kv, **w, num_heads=2, **{**b, "bk": bk})))
     assert float(jnp.max(jnp.abs(jax.jit(jax.grad(loss))(b["bk"])))) < 1e-12
@@ -201,12 +199,12 @@ def test_key_bias_gets_zero_gradient():
 
 
 def _luong_params(kind, d=4, d_bar=4, d_a=5):
-    return {"dot": (), "general": (_normal(20, d, d_bar, scale=0.5),),
-            "concat": (_normal(21, d + d_bar, d_a, scale=0.5), _normal(22, d_a))}[kind]
+    return {"dot": (), "general": (normal(20, d, d_bar, scale=0.5),),
+            "concat": (normal(21, d + d_bar, d_a, scale=0.5), normal(22, d_a))}[kind]
 
 
 def test_luong_scores_match_the_paper_formulas():
-    h_t, h_bar = _normal(0, 3, 4), _normal(1, 3, 5, 4)
+    h_t, h_bar = normal(0, 3, 4), normal(1, 3, 5, 4)
     (w,) = _luong_params("general")
     wa, va = _luong_params("concat")
     dot = np.asarray(ops.luong_score(h_t, h_bar, kind="dot"))
@@ -224,20 +222,20 @@ def test_luong_scores_match_the_paper_formulas():
 
 
 def test_luong_attention_weights_context_and_state():
-    h_t, h_bar = _normal(0, 3, 4), _normal(1, 3, 5, 4)
+    h_t, h_bar = normal(0, 3, 4), normal(1, 3, 5, 4)
     mask = jnp.asarray(_MASK[0])                                    # row 1 fully masked
     c, a = ops.luong_attention(h_t, h_bar, kind="dot", mask=mask)
     np.testing.assert_allclose(jnp.sum(a, -1), [1.0, 0.0, 1.0], rtol=1e-12)
     assert np.all(np.asarray(a)[~_MASK[0]] == 0)
     np.testing.assert_allclose(c, jnp.einsum("ns,nsd->nd", a, h_bar), rtol=1e-12)
     assert np.all(np.asarray(c[1]) == 0)
-    w_c = _normal(5, 8, 6)
+    w_c = normal(5, 8, 6)
     h_tilde = ops.luong_attentional_state(c, h_t, w_c)
     np.testing.assert_allclose(h_tilde, jnp.tanh(jnp.concatenate([c, h_t], -1) @ w_c), rtol=1e-12)
 
 
 def test_luong_dot_attention_is_unscaled_dot_product_attention():
-    h_t, h_bar = _normal(0, 3, 4), _normal(1, 3, 5, 4)
+    h_t, h_bar = normal(0, 3, 4), normal(1, 3, 5, 4)
     c, _ = ops.luong_attention(h_t, h_bar, kind="dot")
     via = ops.attention(2.0 * h_t[:, None, :], h_bar, h_bar)[:, 0]   # ×√d undoes 1/√d
     np.testing.assert_allclose(c, via, rtol=1e-12)
@@ -246,7 +244,7 @@ def test_luong_dot_attention_is_unscaled_dot_product_attention():
 @pytest.mark.parametrize("kind", ["dot", "general", "concat"])
 def test_luong_full_chain_gradient_manual_vs_autodiff_vs_finite_differences(kind):
     """h̃ = tanh(W_c[c; h_t]), c = Σ α_s h̄_s, α = masked softmax of the score: every path."""
-    h_t, h_bar = _normal(0, 3, 4), _normal(1, 3, 5, 4)
+    h_t, h_bar = normal(0, 3, 4), normal(1, 3, 5, 4)
     mask = jnp.asarray(_MASK[0])
     params = _luong_params(kind)
 
@@ -255,7 +253,7 @@ def test_luong_full_chain_gradient_manual_vs_autodiff_vs_finite_differences(kind
         return ops.luong_attentional_state(c, h_t, w_c), a
 
     # finite differences once (the primitives each meet them in the registry table)
-    report = check.vjp(model, h_t, h_bar, _normal(5, 8, 6, scale=0.5), params, jit=True,
+    report = check.vjp(model, h_t, h_bar, normal(5, 8, 6, scale=0.5), params, jit=True,
                        finite_differences=kind == "concat").raise_if_failed()
     assert report.worst("autodiff") <= 1e-10
     if kind == "concat":
@@ -268,7 +266,7 @@ def test_luong_full_chain_gradient_manual_vs_autodiff_vs_finite_differences(kind
 
 
 def test_forward_mode_needs_autodiff_mode():
-    q, k, v = _normal(0, 1, 2, 3), _normal(1, 1, 4, 3), _normal(2, 1, 4, 2)
+    q, k, v = normal(0, 1, 2, 3), normal(1, 1, 4, 3), normal(2, 1, 4, 2)
     jvp = jax.jit(lambda q: jax.jvp(lambda q: ops.attention(q, k, v, causal=True), (q,), (q,)))
     with pytest.raises(TypeError, match="forward-mode.*autodiff"):
         jvp(q)
@@ -277,11 +275,11 @@ def test_forward_mode_needs_autodiff_mode():
     assert tangent.shape == (1, 2, 2)
 
 
-_q, _k, _v = _normal(0, 2, 3, 4), _normal(1, 2, 5, 4), _normal(2, 2, 5, 3)
-_W = dict(wq=_normal(3, 4, 8), wk=_normal(4, 4, 8), wv=_normal(5, 4, 8), wo=_normal(6, 8, 4))
+_q, _k, _v = normal(0, 2, 3, 4), normal(1, 2, 5, 4), normal(2, 2, 5, 3)
+_W = dict(wq=normal(3, 4, 8), wk=normal(4, 4, 8), wv=normal(5, 4, 8), wo=normal(6, 8, 4))
 
 BAD_CALLS = [
-    (lambda: ops.attention(_q, _normal(1, 2, 5, 3), _v), ValueError,
+    (lambda: ops.attention(_q, normal(1, 2, 5, 3), _v), ValueError,
      r"attention: q and k must have the same feature size d .* got q \(2, 3, 4\) \(d=4\) and k "
      r"\(2, 5, 3\) \(d=3\)"),
     (lambda: ops.attention(_q, _k, _v[:, :4]), ValueError,
@@ -306,11 +304,11 @@ BAD_CALLS = [
      r"multi_head_attention: num_heads must be ≥ 1, got 0"),
     (lambda: ops.multi_head_attention(_q, _k, **_W, num_heads=2.0), TypeError,
      r"multi_head_attention: num_heads must be an int, got 2.0"),
-    (lambda: ops.multi_head_attention(_q, _normal(1, 2, 5, 6), **_W, num_heads=2), ValueError,
+    (lambda: ops.multi_head_attention(_q, normal(1, 2, 5, 6), **_W, num_heads=2), ValueError,
      r"multi_head_attention: x_kv has 6 features \(shape \(2, 5, 6\)\) but wk expects 4"),
-    (lambda: ops.multi_head_attention(_q, _k, **{**_W, "wo": _normal(6, 6, 4)}, num_heads=2),
+    (lambda: ops.multi_head_attention(_q, _k, **{**_W, "wo": normal(6, 6, 4)}, num_heads=2),
      ValueError, r"multi_head_attention: wo expects 6 inputs .* but wv produces 8"),
-    (lambda: ops.multi_head_attention(_q, _k, **_W, num_heads=2, bq=_normal(0, 4)), ValueError,
+    (lambda: ops.multi_head_attention(_q, _k, **_W, num_heads=2, bq=normal(0, 4)), ValueError,
      r"multi_head_attention: bq must have shape \(8,\) to match wq \(4, 8\), got \(4,\)"),
     (lambda: ops.luong_score(_q[:, 0], _k, kind="bilinear"), ValueError,
      r"luong_score: kind must be one of \('dot', 'general', 'concat'\), got 'bilinear'"),
@@ -321,16 +319,16 @@ BAD_CALLS = [
      r"h_bar \(2, 5, 3\) \(d̄=3\); use the 'general' or 'concat' score"),
     (lambda: ops.luong_dot_score(_q[:1, 0], _k), ValueError,
      r"luong_dot_score: h_t \(\(1, 4\)\) and h_bar \(\(2, 5, 4\)\) must share their leading"),
-    (lambda: ops.luong_general_score(_q[:, 0], _v, _normal(0, 3, 4)), ValueError,
+    (lambda: ops.luong_general_score(_q[:, 0], _v, normal(0, 3, 4)), ValueError,
      r"luong_general_score: w must have shape \(d, d̄\) = \(4, 3\) .* got \(3, 4\)"),
-    (lambda: ops.luong_concat_score(_q[:, 0], _k, _normal(0, 5, 6), _normal(1, 6)), ValueError,
+    (lambda: ops.luong_concat_score(_q[:, 0], _k, normal(0, 5, 6), normal(1, 6)), ValueError,
      r"luong_concat_score: w must have d\+d̄ = 4\+4 = 8 rows .* got w of shape \(5, 6\) "
      r"\(fdl's layout is the transpose of the paper's W_a\)"),
-    (lambda: ops.luong_concat_score(_q[:, 0], _k, _normal(0, 8, 6), _normal(1, 5)), ValueError,
+    (lambda: ops.luong_concat_score(_q[:, 0], _k, normal(0, 8, 6), normal(1, 5)), ValueError,
      r"luong_concat_score: v_a must have shape \(d_a,\) = \(6,\) to match w \(8, 6\), got \(5,\)"),
-    (lambda: ops.luong_context(_normal(0, 2, 4), _k), ValueError,
+    (lambda: ops.luong_context(normal(0, 2, 4), _k), ValueError,
      r"luong_context: weights must have shape h_bar.shape\[:-1\] = \(2, 5\) \(…×S\), got \(2, 4\)"),
-    (lambda: ops.luong_attentional_state(_q[:, 0], _q[:, 0], _normal(0, 6, 3)), ValueError,
+    (lambda: ops.luong_attentional_state(_q[:, 0], _q[:, 0], normal(0, 6, 3)), ValueError,
      r"luong_attentional_state: w_c must have d̄\+d = 4\+4 = 8 rows"),
     (lambda: ops.luong_attention(_q[:, 0], _k, mask=jnp.ones((2, 4), bool)), ValueError,
      r"luong_attention: mask of shape \(2, 4\) does not broadcast to the scores \(…×S\) shape "
@@ -375,7 +373,7 @@ def test_attention_model_learns_key_value_retrieval():
     d = 16
     shapes = {"wq": (_KEYS, d), "wk": (_KEYS + _VALUES, d), "wv": (_KEYS + _VALUES, d),
               "wo": (d, _VALUES)}
-    params = {name: _normal(30 + i, *shape, scale=0.5, dtype=jnp.float32)
+    params = {name: normal(30 + i, *shape, scale=0.5, dtype=jnp.float32)
               for i, (name, shape) in enumerate(shapes.items())}
 
     def loss_fn(params, x_q, x_kv, target):

@@ -16,10 +16,9 @@ from jax import lax
 import fdl
 from fdl import check
 from fdl.ops import avg_pool2d, conv1d, conv2d, global_avg_pool, max_pool2d
+from conftest import normal
 
-def _normal(i, *shape):
-    # numpy's generator: no XLA compilation per shape, unlike jax.random
-    return jnp.asarray(np.random.default_rng(i).standard_normal(shape))
+pytestmark = pytest.mark.x64  # float64 rules and closed forms to 1e-10
 
 
 def _lax_conv(x, w, b, stride, padding, dilation):
@@ -56,7 +55,7 @@ WIDE_CASES = [
 def test_conv2d_rule_on_the_per_offset_kernel_gradient_path(xs, ws, stride, padding, dilation):
     from fdl.ops.conv import _IM2COL_MAX_K
     assert ws[0] * ws[1] * ws[2] > _IM2COL_MAX_K
-    x, w, b = _normal(6, *xs), _normal(7, *ws), _normal(8, ws[-1])
+    x, w, b = normal(6, *xs), normal(7, *ws), normal(8, ws[-1])
     report = check.vjp(conv2d, x, w, b, stride, padding, dilation, jit=True)
     report.raise_if_failed()
     assert report.worst("autodiff") <= 1e-10
@@ -67,11 +66,11 @@ def test_both_kernel_gradient_forms_equal_jax_transpose(xs, ws, stride, padding,
     """∂L/∂W as matmuls (im2col or per offset; CPU) and as the correlation of X with G
     (other backends) both equal JAX's own transpose of the convolution."""
     from fdl.ops.conv import _conv2d_kernel_grad, _conv2d_kernel_grad_correlation, _geometry
-    x, w = _normal(9, *xs), _normal(10, *ws)
+    x, w = normal(9, *xs), normal(10, *ws)
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
     y, vjp = jax.vjp(lambda w: lax.conv_general_dilated(
         x, w, s, pads, rhs_dilation=d, dimension_numbers=("NHWC", "HWIO", "NHWC")), w)
-    g = _normal(11, *y.shape)
+    g = normal(11, *y.shape)
     (reference,) = vjp(g)  # JAX's own transpose of the convolution
     np.testing.assert_allclose(_conv2d_kernel_grad(x, g, s, d, pads, ws[:2]), reference,
                                rtol=1e-12, atol=1e-12)
@@ -81,7 +80,7 @@ def test_both_kernel_gradient_forms_equal_jax_transpose(xs, ws, stride, padding,
 
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV2D_CASES)
 def test_conv2d_forward_matches_lax(xs, ws, stride, padding, dilation):
-    x, w, b = _normal(0, *xs), _normal(1, *ws), _normal(2, ws[-1])
+    x, w, b = normal(0, *xs), normal(1, *ws), normal(2, ws[-1])
     y = conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
     np.testing.assert_allclose(y, _lax_conv(x, w, b, stride, padding, dilation), rtol=1e-13,
                                atol=1e-13)
@@ -93,7 +92,7 @@ def test_conv2d_forward_matches_lax(xs, ws, stride, padding, dilation):
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation",
                          [CONV2D_CASES[i] for i in (1, 4, 5, 6)])  # not in the registry
 def test_conv2d_rule_beyond_the_registry(xs, ws, stride, padding, dilation):
-    x, w, b = _normal(3, *xs), _normal(4, *ws), _normal(5, ws[-1])
+    x, w, b = normal(3, *xs), normal(4, *ws), normal(5, ws[-1])
     report = check.vjp(conv2d, x, w, b, stride, padding, dilation, jit=True)
     report.raise_if_failed()
     assert report.worst("finite differences") <= 1e-8
@@ -101,8 +100,8 @@ def test_conv2d_rule_beyond_the_registry(xs, ws, stride, padding, dilation):
 
 def test_conv2d_gradients_in_closed_form():
     """1×1 kernel, stride 1: Y = X W + b per pixel, so the conv is `linear` on pixels."""
-    x, w, b = _normal(6, 2, 3, 4, 3), _normal(7, 1, 1, 3, 2), _normal(8, 2)
-    g = _normal(9, 2, 3, 4, 2)
+    x, w, b = normal(6, 2, 3, 4, 3), normal(7, 1, 1, 3, 2), normal(8, 2)
+    g = normal(9, 2, 3, 4, 2)
     pullback = lambda x, w, b, g: jax.vjp(lambda x, w, b: conv2d(x, w, b, padding="VALID"),
                                            x, w, b)[1](g)
     dx, dw, db = jax.jit(pullback)(x, w, b, g)
@@ -122,7 +121,7 @@ CONV1D_CASES = [
 
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONV1D_CASES)
 def test_conv1d_forward_matches_lax(xs, ws, stride, padding, dilation):
-    x, w, b = _normal(10, *xs), _normal(11, *ws), _normal(12, ws[-1])
+    x, w, b = normal(10, *xs), normal(11, *ws), normal(12, ws[-1])
     y = conv1d(x, w, b, stride=stride, padding=padding, dilation=dilation)
     np.testing.assert_allclose(y, _lax_conv(x, w, b, stride, padding, dilation), rtol=1e-13,
                                atol=1e-13)
@@ -131,12 +130,12 @@ def test_conv1d_forward_matches_lax(xs, ws, stride, padding, dilation):
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation",
                          [CONV1D_CASES[i] for i in (1, 3)])  # not in the registry
 def test_conv1d_rule_beyond_the_registry(xs, ws, stride, padding, dilation):
-    x, w, b = _normal(10, *xs), _normal(11, *ws), _normal(12, ws[-1])
+    x, w, b = normal(10, *xs), normal(11, *ws), normal(12, ws[-1])
     check.vjp(conv1d, x, w, b, stride, padding, dilation, jit=True).raise_if_failed()
 
 
 def test_conv2d_vmap_of_grad_gives_per_example_kernel_gradients():
-    x, w, b = _normal(13, 3, 1, 5, 4, 2), _normal(14, 3, 3, 2, 2), _normal(15, 2)
+    x, w, b = normal(13, 3, 1, 5, 4, 2), normal(14, 3, 3, 2, 2), normal(15, 2)
     loss = lambda x, w: jnp.sum(conv2d(x, w, b, 2, "SAME") ** 2)
     per_example = jax.jit(jax.vmap(jax.grad(loss, argnums=1), in_axes=(0, None)))(x, w)
     grad = jax.jit(jax.grad(loss, argnums=1))
@@ -145,7 +144,7 @@ def test_conv2d_vmap_of_grad_gives_per_example_kernel_gradients():
 
 
 def test_forward_mode_needs_autodiff_mode():
-    x, w, b = _normal(16, 1, 4, 4, 1), _normal(17, 2, 2, 1, 1), _normal(18, 1)
+    x, w, b = normal(16, 1, 4, 4, 1), normal(17, 2, 2, 1, 1), normal(18, 1)
     f = lambda x: conv2d(x, w, b)
     with pytest.raises(TypeError, match="conv2d: forward-mode differentiation"):
         jax.jvp(f, (x,), (x,))
@@ -203,7 +202,7 @@ def test_conv_validation(fn, args, kwargs, error, match):
 
 
 def test_avg_pool_valid_non_overlapping_gradient_is_one_over_window_area():
-    x = _normal(20, 2, 7, 8, 3)  # row 6 and nothing else left over for a 2×4 window
+    x = normal(20, 2, 7, 8, 3)  # row 6 and nothing else left over for a 2×4 window
     grad = jax.jit(jax.grad(lambda x: jnp.sum(avg_pool2d(x, (2, 4)))))(x)
     expected = np.zeros(x.shape)
     expected[:, :6, :8, :] = 1 / 8
@@ -221,7 +220,7 @@ def test_avg_pool_same_excludes_padding_from_the_count():
 
 
 def test_avg_pool_forward_matches_numpy():
-    x = np.asarray(_normal(21, 2, 6, 5, 2))
+    x = np.asarray(normal(21, 2, 6, 5, 2))
     y = avg_pool2d(jnp.asarray(x), (3, 2), (2, 2), ((1, 0), (0, 1)))
     xp = np.pad(x, ((0, 0), (1, 0), (0, 1), (0, 0)), constant_values=np.nan)
     ref = np.stack([np.stack([np.nanmean(xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 2], axis=(1, 2))
@@ -230,7 +229,7 @@ def test_avg_pool_forward_matches_numpy():
 
 
 def test_max_pool_forward_and_gradient_route_to_the_arg_max():
-    x = np.asarray(_normal(22, 2, 6, 6, 3))
+    x = np.asarray(normal(22, 2, 6, 6, 3))
     y = max_pool2d(jnp.asarray(x), 2)
     blocks = x.reshape(2, 3, 2, 3, 2, 3).transpose(0, 1, 3, 5, 2, 4).reshape(2, 3, 3, 3, 4)
     np.testing.assert_array_equal(y, blocks.max(-1))
@@ -275,9 +274,9 @@ def test_pool_rules_beyond_the_registry(pool, xs, window, stride, padding):
 
 
 def test_global_avg_pool_closed_form():
-    x = _normal(23, 2, 3, 4, 5)
+    x = normal(23, 2, 3, 4, 5)
     np.testing.assert_allclose(global_avg_pool(x), x.mean(axis=(1, 2)), rtol=1e-14)
-    g = _normal(24, 2, 5)
+    g = normal(24, 2, 5)
     dx = jax.jit(lambda x, g: jax.vjp(global_avg_pool, x)[1](g)[0])(x, g)
     np.testing.assert_allclose(dx, np.broadcast_to(g[:, None, None, :] / 12, x.shape),
                                rtol=1e-14)

@@ -12,14 +12,13 @@ import pytest
 import fdl
 from fdl import check
 from fdl.ops import batch_norm, batch_norm_inference, layer_norm, rms_norm
+from conftest import normal
 
-def _normal(i, *shape, scale=1.0, loc=0.0):
-    # numpy's generator: no XLA compilation per shape, unlike jax.random
-    return jnp.asarray(loc + scale * np.random.default_rng(i).standard_normal(shape))
+pytestmark = pytest.mark.x64  # float64 rules and closed forms to 1e-10
 
 
 def test_batch_norm_standardises_each_channel_and_returns_the_batch_statistics():
-    x = _normal(0, 4, 3, 5, 2, scale=3.0, loc=2.0)  # NHWC: statistics over N, H, W
+    x = normal(0, 4, 3, 5, 2, scale=3.0, loc=2.0)  # NHWC: statistics over N, H, W
     y, mean, var = batch_norm(x, jnp.ones(2), jnp.zeros(2), 1e-12)
     np.testing.assert_allclose(jnp.mean(y, axis=(0, 1, 2)), 0.0, atol=1e-13)
     np.testing.assert_allclose(jnp.var(y, axis=(0, 1, 2)), 1.0, rtol=1e-10)
@@ -34,7 +33,7 @@ def test_batch_norm_standardises_each_channel_and_returns_the_batch_statistics()
 def test_batch_norm_gradient_is_orthogonal_to_shift_and_scale_of_each_channel():
     """y is invariant to x → a·x + b per channel, so ∂L/∂x (through y only) sums to
     zero over each channel and is orthogonal to x̂ there."""
-    x, g = _normal(1, 6, 3, scale=2.0), _normal(2, 6, 3)
+    x, g = normal(1, 6, 3, scale=2.0), normal(2, 6, 3)
     f = lambda x: batch_norm(x, jnp.ones(3) * 1.5, jnp.zeros(3), 1e-12)[0]
     (dx,) = jax.jit(lambda x, g: jax.vjp(f, x)[1](g))(x, g)
     xhat = (x - x.mean(0, keepdims=True)) / x.std(0, keepdims=True)
@@ -44,7 +43,7 @@ def test_batch_norm_gradient_is_orthogonal_to_shift_and_scale_of_each_channel():
 
 def test_batch_norm_statistics_outputs_have_their_own_gradient():
     """A loss that reads only the returned mean and variance: ∂L/∂x = g_μ/m + 2g_v(x − μ)/m."""
-    x = _normal(3, 5, 2)
+    x = normal(3, 5, 2)
     g_mean, g_var = jnp.array([1.0, -2.0]), jnp.array([0.5, 3.0])
     loss = lambda x: jnp.sum(batch_norm(x, jnp.ones(2), jnp.zeros(2))[1] * g_mean) + \
         jnp.sum(batch_norm(x, jnp.ones(2), jnp.zeros(2))[2] * g_var)
@@ -55,8 +54,8 @@ def test_batch_norm_statistics_outputs_have_their_own_gradient():
 
 
 def test_batch_norm_inference_with_the_batch_statistics_equals_training_mode():
-    x = _normal(4, 7, 3)
-    gamma, beta = _normal(5, 3), _normal(6, 3)
+    x = normal(4, 7, 3)
+    gamma, beta = normal(5, 3), normal(6, 3)
     y, mean, var = batch_norm(x, gamma, beta, 1e-3)
     np.testing.assert_allclose(batch_norm_inference(x, gamma, beta, mean, var, 1e-3), y,
                                rtol=1e-12)
@@ -69,11 +68,11 @@ def test_batch_norm_inference_with_the_batch_statistics_equals_training_mode():
 
 
 def test_layer_norm_standardises_each_row_and_its_gradient_is_invariant():
-    x = _normal(7, 3, 4, 6, scale=5.0, loc=-3.0)
+    x = normal(7, 3, 4, 6, scale=5.0, loc=-3.0)
     y = layer_norm(x, jnp.ones(6), jnp.zeros(6), 1e-12)
     np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-13)
     np.testing.assert_allclose(y.var(-1), 1.0, rtol=1e-10)
-    g = _normal(8, 3, 4, 6)
+    g = normal(8, 3, 4, 6)
     (dx,) = jax.jit(lambda x, g: jax.vjp(
         lambda x: layer_norm(x, jnp.ones(6), jnp.zeros(6), 1e-12), x)[1](g))(x, g)
     xhat = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
@@ -82,10 +81,10 @@ def test_layer_norm_standardises_each_row_and_its_gradient_is_invariant():
 
 
 def test_rms_norm_output_has_unit_rms_and_gradient_orthogonal_to_x():
-    x = _normal(9, 5, 8, scale=4.0)
+    x = normal(9, 5, 8, scale=4.0)
     y = rms_norm(x, jnp.ones(8), 1e-12)
     np.testing.assert_allclose(jnp.sqrt(jnp.mean(y * y, axis=-1)), 1.0, rtol=1e-12)
-    g = _normal(10, 5, 8)
+    g = normal(10, 5, 8)
     (dx,) = jax.jit(lambda x, g: jax.vjp(lambda x: rms_norm(x, jnp.ones(8) * 2, 1e-12), x)[1](
         g))(x, g)
     np.testing.assert_allclose((dx * x).sum(-1), 0.0, atol=1e-11)  # invariant to x → a·x
@@ -93,24 +92,25 @@ def test_rms_norm_output_has_unit_rms_and_gradient_orthogonal_to_x():
 
 @pytest.mark.parametrize(
     "prim, args, fd_rtol",
-    [
+    [   # arguments built in the test, in its precision (float64)
         # a large offset: the centred forward and residuals stay accurate (autodiff at
         # 1e-10; the finite-difference step grows with |x|, so that check is looser)
-        (layer_norm, (_normal(11, 3, 5, loc=100.0), _normal(12, 5), _normal(13, 5), 1e-5), 1e-4),
-        (batch_norm, (_normal(14, 3, 2, 2, 3, loc=50.0), _normal(15, 3), _normal(16, 3), 1e-5),
+        (layer_norm, lambda: (normal(11, 3, 5, loc=100.0), normal(12, 5), normal(13, 5), 1e-5),
          1e-4),
-        (rms_norm, (_normal(20, 2, 2, 9), _normal(21, 9), 1e-2), None),
-        (batch_norm_inference, (_normal(22, 4, 2), _normal(23, 2), _normal(24, 2),
-                                _normal(25, 2), jnp.array([0.5, 2.0]), 1e-2), None),
+        (batch_norm, lambda: (normal(14, 3, 2, 2, 3, loc=50.0), normal(15, 3), normal(16, 3),
+                              1e-5), 1e-4),
+        (rms_norm, lambda: (normal(20, 2, 2, 9), normal(21, 9), 1e-2), None),
+        (batch_norm_inference, lambda: (normal(22, 4, 2), normal(23, 2), normal(24, 2),
+                                        normal(25, 2), jnp.array([0.5, 2.0]), 1e-2), None),
     ],
 )
 def test_norm_rules_beyond_the_registry(prim, args, fd_rtol):
-    report = check.vjp(prim, *args, jit=True, fd_rtol=fd_rtol).raise_if_failed()
+    report = check.vjp(prim, *args(), jit=True, fd_rtol=fd_rtol).raise_if_failed()
     assert report.worst("autodiff") <= 1e-10
 
 
 def test_forward_mode_works_in_autodiff_mode_only():
-    x = _normal(23, 4, 3)
+    x = normal(23, 4, 3)
     f = lambda x: layer_norm(x, jnp.ones(3), jnp.zeros(3), 1e-12)
     with pytest.raises(TypeError, match="layer_norm: forward-mode differentiation"):
         jax.jvp(f, (x,), (x,))

@@ -20,11 +20,9 @@ from fdl.losses import softmax_cross_entropy
 from fdl.ops.recurrent import LSTMState
 from fdl.optim import adam, apply_updates
 from fdl.primitive import primitive
+from conftest import normal
 
-
-def _normal(seed, *shape, scale=1.0, dtype=jnp.float64):
-    """Test data from numpy's generator (no XLA compilation per shape)."""
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
+pytestmark = pytest.mark.x64  # float64 rules and closed forms to 1e-10
 
 
 def _sigmoid(a):
@@ -36,10 +34,10 @@ N, T, D, H = 2, 4, 3, 5
 
 def _params(kind, d=D, h=H, scale=0.5):
     gates = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
-    wx, wh = _normal(1, d, gates * h, scale=scale), _normal(2, h, gates * h, scale=scale)
+    wx, wh = normal(1, d, gates * h, scale=scale), normal(2, h, gates * h, scale=scale)
     if kind == "gru":
-        return wx, wh, _normal(3, gates * h, scale=scale), _normal(4, gates * h, scale=scale)
-    return wx, wh, _normal(3, gates * h, scale=scale)
+        return wx, wh, normal(3, gates * h, scale=scale), normal(4, gates * h, scale=scale)
+    return wx, wh, normal(3, gates * h, scale=scale)
 
 
 # --------------------------------------------------------------------------- #
@@ -48,14 +46,14 @@ def _params(kind, d=D, h=H, scale=0.5):
 
 
 def test_rnn_cell_is_tanh_of_the_affine_map():
-    x, h = _normal(0, N, D), _normal(5, N, H)
+    x, h = normal(0, N, D), normal(5, N, H)
     wx, wh, b = _params("rnn")
     want = np.tanh(np.asarray(x) @ np.asarray(wx) + np.asarray(h) @ np.asarray(wh) + np.asarray(b))
     np.testing.assert_allclose(ops.rnn_cell(x, h, wx, wh, b), want, rtol=1e-13)
 
 
 def test_lstm_cell_matches_the_gate_equations():
-    x, h, c = _normal(0, N, D), _normal(5, N, H), _normal(6, N, H)
+    x, h, c = normal(0, N, D), normal(5, N, H), normal(6, N, H)
     wx, wh, b = _params("lstm")
     z = np.asarray(x) @ np.asarray(wx) + np.asarray(h) @ np.asarray(wh) + np.asarray(b)
     i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
@@ -72,7 +70,7 @@ def test_lstm_cell_matches_the_gate_equations():
 
 def test_gru_cell_is_the_reset_after_variant():
     """PyTorch's nn.GRU equations, with its separate weight blocks."""
-    x, h = np.asarray(_normal(0, N, D)), np.asarray(_normal(5, N, H))
+    x, h = np.asarray(normal(0, N, D)), np.asarray(normal(5, N, H))
     wx, wh, bx, bh = (np.asarray(p) for p in _params("gru"))
     blk = lambda a, k: a[..., k * H:(k + 1) * H]
     r = _sigmoid(x @ blk(wx, 0) + blk(bx, 0) + h @ blk(wh, 0) + blk(bh, 0))
@@ -89,8 +87,8 @@ def test_gru_cell_is_the_reset_after_variant():
 
 
 def _initial(kind, lead=(N,)):
-    h0 = _normal(7, *lead, H)
-    return (h0, _normal(8, *lead, H)) if kind == "lstm" else h0
+    h0 = normal(7, *lead, H)
+    return (h0, normal(8, *lead, H)) if kind == "lstm" else h0
 
 
 _RUN = {"rnn": ops.rnn, "lstm": ops.lstm, "gru": ops.gru}
@@ -100,7 +98,7 @@ _CELL = {"rnn": ops.rnn_cell, "lstm": ops.lstm_cell, "gru": ops.gru_cell}
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_equals_a_python_loop_of_cells(kind, reverse):
-    xs, state = _normal(0, N, T, D), _initial(kind)
+    xs, state = normal(0, N, T, D), _initial(kind)
     params = _params(kind)
     hs, final = jax.jit(_RUN[kind], static_argnames="reverse")(xs, state, *params,
                                                                reverse=reverse)
@@ -122,7 +120,7 @@ def test_bptt_with_hand_written_rules_equals_autodiff_bptt(kind):
     def run(xs, state0, params):
         return _RUN[kind](xs, state0, *params)
 
-    report = check.vjp(run, _normal(0, N, T, D), _initial(kind), _params(kind), jit=True,
+    report = check.vjp(run, normal(0, N, T, D), _initial(kind), _params(kind), jit=True,
                        finite_differences=kind == "lstm")
     report.raise_if_failed()
     assert report.worst("autodiff") <= 1e-10
@@ -134,7 +132,7 @@ def test_bptt_with_hand_written_rules_equals_autodiff_bptt(kind):
 def test_bptt_gradient_of_a_loss_both_modes(kind):
     """jax.grad of a loss over a batch-first sequence with extra leading dimensions,
     run backwards in time: the two gradient modes agree to 1e-10."""
-    xs, state0 = _normal(0, 2, N, T, D), _initial(kind, lead=(2, N))
+    xs, state0 = normal(0, 2, N, T, D), _initial(kind, lead=(2, N))
     params = _params(kind)
 
     def loss(params, xs, state0):
@@ -158,7 +156,7 @@ def test_the_scan_runs_the_hand_written_rule():
         return tuple(2 * c for c in ops.rnn_cell.backward(residuals, g))
 
     wrong = primitive(ops.rnn_cell.forward, doubled, save=ops.rnn_cell.save, register=False)
-    xs, h0, params = _normal(0, N, T, D), _initial("rnn"), _params("rnn")
+    xs, h0, params = normal(0, N, T, D), _initial("rnn"), _params("rnn")
     loss = lambda cell, wx: jnp.sum(ops.scan_cell(cell, xs, h0, wx, *params[1:])[0])
     right = jax.jit(jax.grad(lambda wx: loss(ops.rnn_cell, wx)))
     wrong_grad = jax.jit(jax.grad(lambda wx: loss(wrong, wx)))
@@ -170,7 +168,7 @@ def test_the_scan_runs_the_hand_written_rule():
 
 
 def test_vmap_over_sequences_equals_batched_call():
-    xs, h0 = _normal(0, 3, N, T, D), _normal(7, 3, N, H)
+    xs, h0 = normal(0, 3, N, T, D), normal(7, 3, N, H)
     params = _params("gru")
     hs, _ = jax.jit(jax.vmap(lambda x, h: ops.gru(x, h, *params)))(xs, h0)
     np.testing.assert_allclose(hs, jax.jit(ops.gru)(xs, h0, *params)[0], rtol=1e-12)
@@ -180,17 +178,17 @@ def test_vmap_over_sequences_equals_batched_call():
 # Validation
 # --------------------------------------------------------------------------- #
 
-_x, _h = _normal(0, N, D), _normal(1, N, H)
-_xs = _normal(2, N, T, D)
+_x, _h = normal(0, N, D), normal(1, N, H)
+_xs = normal(2, N, T, D)
 _RNN, _LSTM, _GRU = _params("rnn"), _params("lstm"), _params("gru")
 
 BAD_CALLS = [
-    (lambda: ops.rnn_cell(_x, _h, _normal(0, D + 1, H), *_RNN[1:]), ValueError,
+    (lambda: ops.rnn_cell(_x, _h, normal(0, D + 1, H), *_RNN[1:]), ValueError,
      r"rnn_cell: wx must have shape \(3, 5\) \(D×H\) for x \(2, 3\) and hidden size H=5, "
      r"got \(4, 5\)"),
     (lambda: ops.rnn_cell(_x, _h[:1], *_RNN), ValueError,
      r"rnn_cell: x \(2, 3\) and h \(1, 5\) must share their leading \(batch\) dimensions"),
-    (lambda: ops.rnn_cell(_x, _h, *_RNN[:2], _normal(0, H + 1)), ValueError,
+    (lambda: ops.rnn_cell(_x, _h, *_RNN[:2], normal(0, H + 1)), ValueError,
      r"rnn_cell: b must have shape \(5,\) \(H\), got \(6,\)"),
     (lambda: ops.lstm_cell(_x, _h, *_LSTM), TypeError,
      r"lstm_cell: state must be a pair \(h, c\) \(a tuple or LSTMState\), got ArrayImpl"),
@@ -200,16 +198,17 @@ BAD_CALLS = [
      r"lstm_cell: h and c in state must have the same shape, got h \(2, 5\) and c \(2, 2\)"),
     (lambda: ops.lstm_cell(_x, (_h, _h), *_RNN), ValueError,
      r"lstm_cell: wx must have shape \(3, 20\) \(D×4H \(gates i, f, g, o\)\)"),
-    (lambda: ops.gru_cell(_x, _h, *_GRU[:3], _normal(0, 5)), ValueError,
+    (lambda: ops.gru_cell(_x, _h, *_GRU[:3], normal(0, 5)), ValueError,
      r"gru_cell: bh must have shape \(15,\) \(3H \(gates r, z, n\)\), got \(5,\)"),
     (lambda: ops.gru_cell(_x.astype(jnp.int32), _h, *_GRU), TypeError,
      r"gru_cell: x must be a floating-point array, got dtype int32"),
     (lambda: ops.rnn(_x, _h, *_RNN), ValueError,
      r"rnn: the initial state must have shape xs.shape\[:-2\] \+ \(H,\) = \(\) \+ \(H,\) for xs "
      r"of shape \(2, 3\) \(batch-first …×T×D\), got \(2, 5\)"),
-    (lambda: ops.gru(_xs, _h, _normal(0, D + 1, 3 * H), *_GRU[1:]), ValueError,
+    (lambda: ops.gru(_xs, _h, normal(0, D + 1, 3 * H), *_GRU[1:]), ValueError,
      r"gru: xs has 3 features \(shape \(2, 4, 3\), …×T×D\) but wx expects 4"),
-    (lambda: ops.lstm(_xs, (_h.astype(jnp.float32),) * 2, *_LSTM), TypeError,
+    (lambda: ops.lstm(_xs.astype(jnp.float64), (_h.astype(jnp.float32),) * 2,
+                      *(w.astype(jnp.float64) for w in _LSTM)), TypeError,
      r"lstm: the initial state has dtype float32 but the step computes in float64 .* cast the "
      r"state to float64"),
     (lambda: ops.lstm(_xs, _h, *_LSTM), TypeError,
@@ -242,10 +241,10 @@ def test_lstm_learns_to_recall_the_first_symbol():
     150 Adam steps on fresh batches of 64 (float32, fixed seeds, one compiled scan)."""
     f32 = dict(dtype=jnp.float32)
     params = {
-        "wx": _normal(40, _SYMBOLS, 4 * _HIDDEN, scale=0.5, **f32),
-        "wh": _normal(41, _HIDDEN, 4 * _HIDDEN, scale=1 / 4, **f32),
+        "wx": normal(40, _SYMBOLS, 4 * _HIDDEN, scale=0.5, **f32),
+        "wh": normal(41, _HIDDEN, 4 * _HIDDEN, scale=1 / 4, **f32),
         "b": jnp.zeros((4 * _HIDDEN,), jnp.float32).at[_HIDDEN:2 * _HIDDEN].set(1.0),  # forget
-        "w_out": _normal(42, _HIDDEN, _SYMBOLS, scale=0.25, **f32),
+        "w_out": normal(42, _HIDDEN, _SYMBOLS, scale=0.25, **f32),
         "b_out": jnp.zeros((_SYMBOLS,), jnp.float32),
     }
 

@@ -14,6 +14,7 @@ import pytest
 
 import fdl
 import fdl.privacy as P
+from conftest import normal
 from fdl import check, ops
 from fdl import layers as L
 from fdl.layers import Layer
@@ -21,18 +22,14 @@ from fdl.layers import Layer
 KEY = jax.random.key(0)
 
 
-def _normal(shape, dtype=jnp.float64, seed=0, scale=1.0):
-    """Test data from numpy (no per-shape compilation of jax.random)."""
-    return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def _init(model, input_shape, dtype=jnp.float64, seed=0):
+def _init(model, input_shape, dtype=None, seed=0):
     """``model``'s params drawn from numpy with the shapes ``init`` gives (traced only):
     weights ``N(0, 1/d_in)``, biases ``N(0, 0.1²)`` (so no ReLU sits at its kink)."""
     params, state = jax.eval_shape(lambda k: model.init(k, input_shape)[1:], KEY)
     leaves, tree = jax.tree_util.tree_flatten(params)
-    leaves = [_normal(a.shape, dtype, seed + i, 0.1 if len(a.shape) == 1 else
-                      1 / np.sqrt(a.shape[0])) for i, a in enumerate(leaves)]
+    leaves = [normal(seed + i, *a.shape, dtype=dtype,
+                     scale=0.1 if len(a.shape) == 1 else 1 / np.sqrt(a.shape[0]))
+              for i, a in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(tree, leaves), jax.tree_util.tree_map(
         lambda a: jnp.zeros(a.shape, a.dtype), state)
 
@@ -52,13 +49,14 @@ SHAPES = [
 
 
 def _primitive_case(x_shape, d_out, dtype):
-    x = _normal(x_shape, dtype, 1)
-    w = _normal((x_shape[-1], d_out), dtype, 2)
-    b = _normal((d_out,), dtype, 3)
-    r = _normal(x_shape[:-1] + (d_out,), dtype, 4)  # random per-example weights
+    x = normal(1, *x_shape, dtype=dtype)
+    w = normal(2, x_shape[-1], d_out, dtype=dtype)
+    b = normal(3, d_out, dtype=dtype)
+    r = normal(4, *x_shape[:-1], d_out, dtype=dtype)  # random per-example weights
     return x, w, b, r
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("x_shape,d_out,branch", SHAPES, ids=[s[2] for s in SHAPES])
 def test_ghost_linear_probe_cotangent_is_per_example_squared_norm(x_shape, d_out, branch):
     x, w, b, r = _primitive_case(x_shape, d_out, jnp.float64)
@@ -78,6 +76,7 @@ def test_ghost_linear_probe_cotangent_is_per_example_squared_norm(x_shape, d_out
     assert sq.dtype == jnp.float64
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("x_shape,d_out", [(s[0], s[1]) for s in SHAPES[:2]])
 def test_ghost_linear_x_w_b_cotangents_are_linears(x_shape, d_out):
     """Against autodiff of linear's forward and finite differences (fdl.check.grad)."""
@@ -92,6 +91,7 @@ def test_ghost_linear_x_w_b_cotangents_are_linears(x_shape, d_out):
     np.testing.assert_array_equal(y_ghost, ops.linear(x, w, b))
 
 
+@pytest.mark.float32
 def test_ghost_linear_float32_and_either_gradient_mode():
     x, w, b, r = _primitive_case((5, 2, 7), 4, jnp.float32)
     total = lambda p: jnp.sum(r * ops.ghost_linear(x, w, b, p))
@@ -168,11 +168,12 @@ def _case(name, dtype):
     model = build()
     params, state = _init(model, x_shape[1:], dtype)
     classes = 3 if name == "sequence" else 4
-    x = _normal(x_shape, dtype, 7)
+    x = normal(7, *x_shape, dtype=dtype)
     y = jnp.asarray(np.random.default_rng(8).integers(0, classes, (x_shape[0],) + y_extra))
     return model, params, state, x, y, loss
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", list(CASES))
 def test_ghost_norms_equal_vmap_norms_float64(name):
     model, params, state, x, y, loss = _case(name, jnp.float64)
@@ -183,6 +184,7 @@ def test_ghost_norms_equal_vmap_norms_float64(name):
     np.testing.assert_allclose(ghost, reference, rtol=1e-10)
 
 
+@pytest.mark.float32
 @pytest.mark.parametrize("name", ["mlp-relu", "sequence"])
 def test_ghost_norms_equal_vmap_norms_float32(name):
     model, params, state, x, y, loss = _case(name, jnp.float32)
@@ -193,6 +195,7 @@ def test_ghost_norms_equal_vmap_norms_float32(name):
     np.testing.assert_allclose(ghost, reference, rtol=1e-5)
 
 
+@pytest.mark.x64
 def test_ghost_norms_in_autodiff_mode():
     """The rest of the model may be differentiated by autodiff; Dense keeps its rule."""
     model, params, state, x, y, loss = _case("sequence", jnp.float64)
@@ -203,12 +206,13 @@ def test_ghost_norms_in_autodiff_mode():
     np.testing.assert_allclose(auto, manual, rtol=1e-12)
 
 
+@pytest.mark.x64
 def test_ghost_norms_see_through_a_jitted_layer():
     dense = L.Dense(3)
     jitted = Layer(dense.init, jax.jit(dense.apply, static_argnames="train"), "jitted_dense")
     model = L.serial(L.Dense(5), L.Tanh(), jitted)
     params, state = _init(model, (4,))
-    x, y = _normal((6, 4)), jnp.arange(6) % 3
+    x, y = normal(0, 6, 4), jnp.arange(6) % 3
     ghost = jax.jit(lambda p: P.per_example_grad_norms(model, p, state, x, y))(params)
     reference = _norms_of(_materialised(model, params, state, x, y, _ce_per_example))
     np.testing.assert_allclose(ghost, reference, rtol=1e-10)
@@ -225,6 +229,7 @@ def _dp(model, state, loss, *, clip_norm, noise_multiplier):
         noise_multiplier=noise_multiplier))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", ["mlp-relu", "sequence"])
 def test_dp_sgd_without_noise_is_the_materialised_clipped_mean(name):
     model, params, state, x, y, loss = _case(name, jnp.float64)
@@ -256,7 +261,7 @@ def test_clip_factors_bound_every_norm_and_leave_small_ones_alone():
 def test_dp_sgd_noise_has_std_sigma_c_over_n_and_comes_from_the_key():
     model, loss = L.serial(L.Dense(64)), _ce_per_example  # 576 parameters
     params, state = _init(model, (8,))
-    x, y = _normal((6, 8)), jnp.arange(6) % 64
+    x, y = normal(0, 6, 8), jnp.arange(6) % 64
     n, clip, sigma = x.shape[0], 0.7, 1.3
     clean = _dp(model, state, loss, clip_norm=clip, noise_multiplier=0.0)(params, x, y, KEY)
     noisy = _dp(model, state, loss, clip_norm=clip, noise_multiplier=sigma)
@@ -271,6 +276,7 @@ def test_dp_sgd_noise_has_std_sigma_c_over_n_and_comes_from_the_key():
     np.testing.assert_array_equal(a.norms, clean.norms)
 
 
+@pytest.mark.float32
 def test_jitted_dp_step_compiles_once_and_trains():
     model = L.mlp([8], 3, activation="tanh")
     params, state = _init(model, (4,), jnp.float32)
@@ -286,7 +292,7 @@ def test_jitted_dp_step_compiles_once_and_trains():
         updates, opt_state = opt.update(out.grads, opt_state, params)
         return fdl.optim.apply_updates(params, updates), opt_state, out.loss
 
-    x = _normal((32, 4), jnp.float32)
+    x = normal(0, 32, 4, dtype=jnp.float32)
     y = jnp.argmax(x[:, :3], axis=1)
     losses = []
     for i in range(30):

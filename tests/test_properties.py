@@ -18,7 +18,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from conftest import normal
 from fdl import check, losses, ops
+
+pytestmark = pytest.mark.x64  # each rule to float64 tolerances, for every shape
 
 PROPERTY = settings(max_examples=10, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -29,18 +32,14 @@ leading = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
 shapes = st.lists(dim, min_size=1, max_size=3).map(tuple)
 
 
-def _normal(rng: np.random.Generator, shape: tuple, scale: float = 1.0) -> jax.Array:
-    return jnp.asarray(scale * rng.standard_normal(shape))
-
-
 @PROPERTY
 @given(batch=leading, d_in=dim, d_out=dim, seed=seeds)
 @example(batch=(1,), d_in=1, d_out=1, seed=0)
 @example(batch=(), d_in=3, d_out=1, seed=1)
 def test_linear_rule(batch, d_in, d_out, seed):
     rng = np.random.default_rng(seed)
-    x = _normal(rng, batch + (d_in,))
-    w, b = _normal(rng, (d_in, d_out)), _normal(rng, (d_out,))
+    x = normal(rng, *batch, d_in)
+    w, b = normal(rng, d_in, d_out), normal(rng, d_out)
     check.vjp(ops.linear, x, w, b, jit=True).raise_if_failed()
 
 
@@ -52,7 +51,7 @@ def test_linear_rule(batch, d_in, d_out, seed):
 @example(shape=(1, 4), axis=0, seed=0, name="softmax")
 def test_softmax_rules_along_any_axis(shape, axis, seed, name):
     axis = axis % len(shape) - (len(shape) if axis < 0 else 0)  # any valid axis, ± form
-    x = _normal(np.random.default_rng(seed), shape, scale=3.0)
+    x = normal(seed, *shape, scale=3.0)
     report = check.vjp(getattr(ops, name), x, axis=axis, jit=True).raise_if_failed()
     assert {r.name for r in report.rows} == {"x"}
 
@@ -64,7 +63,7 @@ def test_softmax_rules_along_any_axis(shape, axis, seed, name):
 @example(batch=(), classes=3, seed=0, reduction="none")
 def test_softmax_cross_entropy_with_labels(batch, classes, seed, reduction):
     rng = np.random.default_rng(seed)
-    logits = _normal(rng, batch + (classes,), scale=2.0)
+    logits = normal(rng, *batch, classes, scale=2.0)
     labels = jnp.asarray(rng.integers(0, classes, batch), dtype=jnp.int32)
     report = check.vjp(losses.softmax_cross_entropy, logits, labels, reduction, jit=True)
     report.raise_if_failed()
@@ -77,7 +76,7 @@ def test_softmax_cross_entropy_with_labels(batch, classes, seed, reduction):
 @example(batch=(1,), classes=1, seed=0, reduction="sum")
 def test_softmax_cross_entropy_with_probabilities(batch, classes, seed, reduction):
     rng = np.random.default_rng(seed)
-    logits = _normal(rng, batch + (classes,), scale=2.0)
+    logits = normal(rng, *batch, classes, scale=2.0)
     e = np.exp(rng.standard_normal(batch + (classes,)))
     targets = jnp.asarray(e / e.sum(axis=-1, keepdims=True))
     report = check.vjp(losses.softmax_cross_entropy, logits, targets, reduction, jit=True)
@@ -106,6 +105,7 @@ def test_activation_rules(shape, seed, activation):
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.float32
 @pytest.mark.parametrize("magnitude", [1e4, 3e4])
 def test_cross_entropy_float32_huge_logits_labels(magnitude):
     rng = np.random.default_rng(0)
@@ -124,6 +124,7 @@ def test_cross_entropy_float32_huge_logits_labels(magnitude):
     assert float(loss) == pytest.approx(expected_loss, rel=1e-6)
 
 
+@pytest.mark.float32
 def test_cross_entropy_float32_huge_logits_probabilities():
     rng = np.random.default_rng(1)
     z = jnp.asarray(1e4 * rng.standard_normal((4, 3)), dtype=jnp.float32)
