@@ -91,8 +91,9 @@ def main() -> None:
     w = runs["sharded"][0].params["dense_0"]["w"]
     out["sharded_w_spec"] = str(w.sharding.spec)
     out["sharded_w_shard_shape"] = list(w.addressable_shards[0].data.shape)
-    out["sharded_mu_spec"] = str(jax.tree_util.tree_leaves(
-        runs["sharded"][0].opt_state)[1].sharding.spec)
+    moments = [leaf for leaf in jax.tree_util.tree_leaves(runs["sharded"][0].opt_state)
+               if leaf.shape == w.shape]  # Adam's mu and nu of that weight
+    out["sharded_moment_specs"] = [str(m.sharding.spec) for m in moments]
 
     try:
         sharded.epoch(runs["sharded"][0], x, y, batch_size=30)

@@ -41,7 +41,7 @@ def test_data_parallel_step_equals_single_device_step(results):
 def test_sharded_params_equal_replicated(results):
     assert results["sharded_w_spec"] == "P('data',)"  # (64, 64): the first of equal axes
     assert results["sharded_w_shard_shape"] == [16, 64]
-    assert "data" in results["sharded_mu_spec"]  # Adam's moments are sharded too
+    assert results["sharded_moment_specs"] == ["P('data',)"] * 2  # Adam's mu, nu too
     assert results["sharded_vs_replicated_rel"] <= 1e-6
 
 

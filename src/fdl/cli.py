@@ -347,6 +347,36 @@ class _Signals:
         raise _Interrupted(signum)
 
 
+def _start_devices(args: argparse.Namespace) -> int:
+    """Join the other hosts (`--coordinator`) and make `--devices` host devices on a CPU;
+    returns the number of devices each batch is split across (checked to exist)."""
+    import jax
+
+    hosts = (args.coordinator, args.num_processes, args.process_id)
+    if any(h is not None for h in hosts):
+        if any(h is None for h in hosts):
+            raise UsageError("several hosts need all of --coordinator HOST:PORT, "
+                             "--num-processes N and --process-id I")
+        if args.process_id >= args.num_processes:
+            raise UsageError(f"--process-id {args.process_id} must be below --num-processes "
+                             f"{args.num_processes}")
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    wanted = args.devices
+    if wanted is not None and wanted > 1 and args.coordinator is None:
+        try:  # N host devices for a CPU run (ignored by GPU/TPU backends); possible only
+            jax.config.update("jax_num_cpu_devices", wanted)  # before the backend starts
+        except RuntimeError:
+            pass  # it has started; the count below says what there is
+    if wanted is None:
+        return jax.device_count() if jax.process_count() > 1 else 1
+    available = jax.device_count()
+    if wanted > available:
+        raise UsageError(f"--devices {wanted} but only {available} "
+                         f"{jax.default_backend()} device(s) are available")
+    return wanted
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     with _Signals() as signals:
         return _train(args, signals)
@@ -359,6 +389,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
 
     # 1. everything the command line and the files say, checked before any work
     import jax
+
+    devices = _start_devices(args)  # before anything touches a device
 
     from fdl import check, data, io, layers, losses, optim
     from fdl import random as fdl_random
@@ -383,6 +415,9 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     if settings["batch_size"] > n_train:
         raise UsageError(f"--batch-size {settings['batch_size']} is larger than the training "
                          f"set ({n_train} examples)")
+    if settings["batch_size"] % devices:
+        raise UsageError(f"--batch-size {settings['batch_size']} must be a multiple of "
+                         f"--devices {devices} (each device takes an equal share of a batch)")
     arch = _architecture(settings, dataset.input_shape, dataset.num_classes)
     recorded_arch = meta.get("architecture") if isinstance(meta, dict) else None
     if isinstance(recorded_arch, dict) and recorded_arch.get("input_shape") not in (
@@ -395,8 +430,25 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     model = layers.mlp(settings["hidden"], dataset.num_classes,
                        activation=settings["activation"], dropout=settings["dropout"])
     optimizer = optim.get_optimizer(settings["optimizer"], learning_rate=settings["lr"])
-    trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
-    key = fdl_random.key(settings["seed"])  # fdl's seed → key (its fast generator)
+    if devices > 1 or args.shard_params or jax.process_count() > 1:
+        from fdl.parallel import DataParallel, make_mesh
+
+        trainer = DataParallel(model, optimizer, make_mesh(devices),
+                               shard_params=args.shard_params,
+                               loss=losses.softmax_cross_entropy)
+    else:
+        trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
+    # fdl's seed → key: its fast generator on one device; threefry across several
+    # (JAX cannot partition philox, see fdl.parallel)
+    # (JAX cannot partition philox, see fdl.parallel); a resumed run keeps its generator
+    impl = meta.get("key_impl") if isinstance(meta, dict) else None
+    if impl is None:
+        impl = fdl_random.IMPL if type(trainer) is Trainer else "threefry2x32"
+    elif impl == "philox2x32" and type(trainer) is not Trainer:
+        raise UsageError(f"the checkpoint {args.resume} was trained on one device with the "
+                         "philox2x32 generator, which JAX cannot split across devices; "
+                         "resume it without --devices")
+    key = jax.random.key(settings["seed"], impl=impl)
     abstract = trainer.abstract_state(dataset.input_shape, key=key)
     ts = io.load(args.resume, like=abstract) if args.resume else None
     if ts is not None and int(ts.epoch) >= target:
@@ -406,11 +458,15 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     meta_out = {"architecture": arch, "optimizer": settings["optimizer"],
                 "lr": settings["lr"], "data": settings["data"], "dataset": dataset.name,
                 "seed": settings["seed"], "batch_size": settings["batch_size"],
-                "epochs": target}
+                "epochs": target, "key_impl": str(jax.random.key_impl(key))}
 
     # 2. the run
     for text in _banner(dataset, settings, target):
         out.line(text)
+    if isinstance(trainer, Trainer) and type(trainer) is not Trainer:
+        out.line(f"data parallel: each batch split across {devices} "
+                 f"{jax.default_backend()} devices"
+                 + (", parameters and optimizer state sharded" if args.shard_params else ""))
     if ts is not None:
         out.line(f"resumed from {args.resume} at epoch {int(ts.epoch)}")
     x_train, y_train, x_test, y_test = jax.device_put(
@@ -439,8 +495,10 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     start_epoch = int(ts.epoch)
 
     def save(state: Any, **extra: Any) -> None:
+        from fdl.parallel import save_state  # gathers a sharded state; process 0 writes
+
         try:
-            io.save(checkpoint, state, metadata=meta_out | {"epoch": int(state.epoch)} | extra)
+            save_state(checkpoint, state, metadata=meta_out | {"epoch": int(state.epoch)} | extra)
         except OSError as e:
             raise Failure(f"could not save the checkpoint to {checkpoint}: "
                           f"{e.strerror or e}") from None
@@ -571,6 +629,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", metavar="FILE.png",
                    help="save loss/accuracy curves as a PNG (needs fdl[plot])")
     t.add_argument("--quiet", action="store_true", help="only the final result")
+    t.add_argument("--devices", type=_number(int, 1, what="an int"), default=None, metavar="N",
+                   help="split every batch across N devices (data parallel; on a CPU, N "
+                   "host devices); the batch size must be a multiple of N")
+    t.add_argument("--shard-params", action="store_true",
+                   help="with --devices: store parameters and optimizer state split across "
+                   "the devices (FSDP style) instead of replicated")
+    t.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="several hosts: the address of process 0 (jax.distributed); give "
+                   "--num-processes and --process-id too")
+    t.add_argument("--num-processes", type=_number(int, 1, what="an int"), default=None,
+                   help="several hosts: how many processes take part")
+    t.add_argument("--process-id", type=_number(int, 0, what="an int"), default=None,
+                   help="several hosts: this process's rank, 0 … num-processes − 1")
     t.set_defaults(run=_cmd_train)
 
     c = sub.add_parser("check", help="verify every registered primitive's hand-written gradient")

@@ -31,6 +31,10 @@ of floating-point sums (≈1e-7 relative in float32, ≈1e-16 in float64).
 Several hosts: call `jax.distributed.initialize()` first on every host (see the
 README); `make_mesh()` then spans every device of every process. Each process
 holds the whole data set, and `place_data` puts on its devices the part they own.
+Keys: use `jax.random.key(seed)` (threefry2x32). A philox2x32 key (`fdl.random.key`)
+does not compile across several devices with this JAX's partitioner, and
+`DataParallel` says so instead of failing inside XLA.
+
 Checkpoints: `save_state` gathers a (possibly sharded) state to the host and writes
 it from process 0; `abstract_state(input_shape)` gives `fdl.io.load` a template
 that restores a checkpoint straight onto this trainer's mesh, whatever mesh (or
@@ -55,6 +59,7 @@ from fdl.train import Trainer, TrainState
 __all__ = ["DataParallel", "make_mesh", "param_spec", "save_state"]
 
 PyTree = Any
+_PHILOX_DTYPE = jax.eval_shape(lambda: jax.random.key(0, impl="philox2x32")).dtype
 
 
 def make_mesh(devices: int | Sequence[Any] | None = None, *, axis: str = "data") -> Mesh:
@@ -130,7 +135,17 @@ class DataParallel(Trainer):
         self._replicated = NamedSharding(mesh, PartitionSpec())
         self._split = NamedSharding(mesh, PartitionSpec(self.axis))
         super().__init__(model, optimizer, **trainer_options)
-        self._placed_inits: dict[tuple[int, ...], Any] = {}  # input shape -> jitted init
+        self._placed_inits: dict[tuple, Any] = {}  # (input shape, key dtype) -> jitted init
+
+    def _check_key(self, key: Any) -> None:
+        """Refuse a philox2x32 key on several devices: JAX's Shardy partitioner cannot
+        lower its `mulhi` ("Unable to convert MHLO to StableHLO"), so the program would
+        fail to compile with an internal error."""
+        if self.n > 1 and getattr(key, "dtype", None) == _PHILOX_DTYPE:
+            raise ValueError(
+                f"DataParallel: the state's key is a philox2x32 key (fdl.random.key), which "
+                f"this JAX cannot compile across {self.n} devices; make the key with "
+                "jax.random.key(seed) (threefry2x32) for data-parallel runs")
 
     # -- where things live ---------------------------------------------------
 
@@ -144,22 +159,25 @@ class DataParallel(Trainer):
             return NamedSharding(self.mesh, param_spec(shape, self.n, self.axis))
         return jax.tree_util.tree_map(place, ts)
 
-    def abstract_state(self, input_shape: tuple[int, ...]) -> TrainState:
+    def abstract_state(self, input_shape: tuple[int, ...], *, key: Any = None) -> TrainState:
         """Shapes, dtypes and shardings of `init(key, input_shape)`: a template for
-        `fdl.io.load(path, like=...)` that restores a checkpoint onto this mesh."""
-        shapes = super().abstract_state(input_shape)
+        `fdl.io.load(path, like=...)` that restores a checkpoint onto this mesh (`key` as
+        for `Trainer.abstract_state`: the kind of key `init` gets)."""
+        shapes = super().abstract_state(input_shape, key=key)
         return jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
             shapes, self.state_shardings(shapes))
 
     def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         """A fresh state, created directly in its place on the mesh."""
+        self._check_key(key)
         shape = tuple(int(d) for d in input_shape)
-        if shape not in self._placed_inits:
-            shardings = self.state_shardings(Trainer.abstract_state(self, shape))
-            self._placed_inits[shape] = jax.jit(self._init_impl, static_argnums=(1,),
-                                                out_shardings=shardings)
-        return self._placed_inits[shape](key, shape)
+        signature = (shape, str(key.dtype))  # the key's implementation shapes the state
+        if signature not in self._placed_inits:
+            shardings = self.state_shardings(Trainer.abstract_state(self, shape, key=key))
+            self._placed_inits[signature] = jax.jit(self._init_impl, static_argnums=(1,),
+                                                    out_shardings=shardings)
+        return self._placed_inits[signature](key, shape)
 
     def place(self, ts: TrainState) -> TrainState:
         """Move a state (e.g. loaded from a checkpoint to the host) onto the mesh."""
@@ -199,12 +217,14 @@ class DataParallel(Trainer):
 
     def step(self, ts: TrainState, x: Any, y: Any) -> tuple[TrainState, dict[str, Any]]:
         """`Trainer.step` on a batch split across the mesh."""
+        self._check_key(ts.key)
         self._check_batch_size(x, int(np.shape(x)[0]))
         return super().step(ts, self.place_data(x), self.place_data(y))
 
     def epoch(self, ts: TrainState, x: Any, y: Any, *, batch_size: int
               ) -> tuple[TrainState, dict[str, float]]:
         """`Trainer.epoch` with the data placed on the mesh."""
+        self._check_key(ts.key)
         self._check_batch_size(x, batch_size)
         return super().epoch(ts, self.place_data(x), self.place_data(y), batch_size=batch_size)
 
@@ -215,6 +235,7 @@ class DataParallel(Trainer):
     def compile(self, ts: TrainState, x: Any, y: Any, *, batch_size: int, x_test: Any = None,
                 y_test: Any = None, wait: bool = True) -> None:
         """`Trainer.compile` for the placed data (the programs the calls will use)."""
+        self._check_key(ts.key)
         self._check_batch_size(x, batch_size)
         placed = [None if a is None else self.place_data(a) for a in (x, y, x_test, y_test)]
         super().compile(ts, placed[0], placed[1], batch_size=batch_size, x_test=placed[2],
