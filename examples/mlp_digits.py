@@ -1,12 +1,24 @@
 """The whole fdl pipeline in one file: data, model, gradient check, training,
 evaluation, checkpoint.
 
-Run:  python examples/mlp_digits.py [--activation tanh] [--hidden 256,128]
+What it shows: the hand-written gradients of the whole MLP agree with autodiff and
+finite differences on a batch (the check passes, in the default float32), and the
+MLP 64-512-10 (ReLU, dropout 0.3, Adam 1e-3) then reaches about 98% accuracy on the
+359 held-out digits after 40 epochs (at least 95% after the 10 epochs of ``--quick``).
+The checkpoint it writes restores the trained state exactly: evaluating the restored
+state gives the same accuracy.
+
+Run:  python examples/mlp_digits.py [--quick] [--activation tanh] [--hidden 256,128]
+          [--epochs N] [--out DIR]
 Ask it the course's questions: what happens to the MLP if we add a layer, or
 swap ReLU for tanh? Change the flags and compare the printed accuracies.
 """
 
+from __future__ import annotations
+
 import argparse
+import os
+from collections.abc import Sequence
 
 import jax
 
@@ -14,41 +26,68 @@ import fdl
 from fdl import layers as L
 from fdl.train import Trainer, fit
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--hidden", default="512", help="comma-separated hidden sizes")
-parser.add_argument("--activation", default="relu")
-parser.add_argument("--epochs", type=int, default=40)
-args = parser.parse_args()
-hidden = [int(h) for h in args.hidden.split(",") if h]
 
-# 1. Data: the embedded digits (8×8 images), standardised with training statistics only.
-dataset, _ = fdl.data.standardize_dataset(fdl.data.load_digits(flatten=True))
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line: model shape, epochs (``--quick``: 10) and output directory."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", default="512", help="comma-separated hidden sizes")
+    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--epochs", type=int, default=None, help="default 40 (10 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 epochs: a fast run with a smaller claim")
+    parser.add_argument("--out", default=".", help="directory for mlp_digits.npz")
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 10 if args.quick else 40
+    return args
 
-# 2. Model: a pure (init, apply) pair. Params are a plain dict of arrays.
-layers = []
-for h in hidden:
-    layers += [L.Dense(h, w_init="he_normal"), L.get_activation(args.activation), L.Dropout(0.3)]
-model = L.serial(*layers, L.Dense(dataset.num_classes))
 
-# 3. Optimizer: Adam, i.e. bias-corrected moving averages of g and g².
-trainer = Trainer(model, fdl.optim.adam(1e-3), loss=fdl.losses.softmax_cross_entropy)
-state = trainer.init(jax.random.key(0), dataset.input_shape)
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Check the model's gradients, train, evaluate, save and restore; return the numbers."""
+    args = parse(argv)
+    hidden = [int(h) for h in args.hidden.split(",") if h]
 
-# 4. Check the hand-written gradients against autodiff on one batch before training.
-x0, y0 = dataset.x_train[:32], dataset.y_train[:32]
-report = fdl.check.model(
-    lambda p: trainer.loss_fn(p, state.model_state, x0, y0, train=False)[0], state.params)
-print(report)
-report.raise_if_failed()
+    # 1. Data: the embedded digits (8×8 images), standardised with training statistics only.
+    dataset, _ = fdl.data.standardize_dataset(fdl.data.load_digits(flatten=True))
 
-# 5. Train: every epoch is one compiled lax.scan over shuffled batches.
-state, history = fit(trainer, state, dataset.x_train, dataset.y_train, epochs=args.epochs,
-                     batch_size=64, x_test=dataset.x_test, y_test=dataset.y_test,
-                     on_epoch=lambda e, r, s: print(
-                         f"epoch {e:3d}  loss {r['train_loss']:.4f}  "
-                         f"test acc {r['test_accuracy']:.4f}") if e % 5 == 0 else None)
+    # 2. Model: a pure (init, apply) pair. Params are a plain dict of arrays.
+    layers = []
+    for h in hidden:
+        layers += [L.Dense(h, w_init="he_normal"), L.get_activation(args.activation),
+                   L.Dropout(0.3)]
+    model = L.serial(*layers, L.Dense(dataset.num_classes))
 
-# 6. Evaluate and save (no pickle; atomic write).
-print("test accuracy", trainer.evaluate(state, dataset.x_test, dataset.y_test)["accuracy"])
-fdl.io.save("mlp_digits.npz", state)
-print("saved mlp_digits.npz")
+    # 3. Optimizer: Adam, i.e. bias-corrected moving averages of g and g².
+    trainer = Trainer(model, fdl.optim.adam(1e-3), loss=fdl.losses.softmax_cross_entropy)
+    state = trainer.init(jax.random.key(0), dataset.input_shape)
+
+    # 4. Check the hand-written gradients against autodiff on one batch before training.
+    x0, y0 = dataset.x_train[:32], dataset.y_train[:32]
+    report = fdl.check.model(
+        lambda p: trainer.loss_fn(p, state.model_state, x0, y0, train=False)[0], state.params)
+    print(report)
+    report.raise_if_failed()
+
+    # 5. Train: every epoch is one compiled lax.scan over shuffled batches.
+    state, history = fit(trainer, state, dataset.x_train, dataset.y_train, epochs=args.epochs,
+                         batch_size=64, x_test=dataset.x_test, y_test=dataset.y_test,
+                         progress=False,
+                         on_epoch=lambda e, r, s: print(
+                             f"epoch {e:3d}  loss {r['train_loss']:.4f}  "
+                             f"test acc {r['test_accuracy']:.4f}") if e % 5 == 0 else None)
+
+    # 6. Evaluate, save (no pickle; atomic write) and restore.
+    accuracy = trainer.evaluate(state, dataset.x_test, dataset.y_test)["accuracy"]
+    print("test accuracy", accuracy)
+    path = os.path.join(args.out, "mlp_digits.npz")
+    fdl.io.save(path, state)
+    restored = fdl.io.load(path, like=state)
+    restored_accuracy = trainer.evaluate(restored, dataset.x_test, dataset.y_test)["accuracy"]
+    print("saved", path, "- restored state's test accuracy", restored_accuracy)
+    return {"check_passed": report.passed, "epochs": args.epochs,
+            "train_loss": history["train_loss"], "test_accuracy": float(accuracy),
+            "restored_test_accuracy": float(restored_accuracy), "checkpoint": path}
+
+
+if __name__ == "__main__":
+    main()
