@@ -19,6 +19,7 @@ Helpers shared by the test modules live here (``from conftest import normal``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,10 +33,39 @@ import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# The persistent compilation cache (see _compilation_cache); empty when it is off.
+_CACHE_ENV: dict[str, str] = {}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "x64: run with jax_enable_x64 on (float64 checks)")
     config.addinivalue_line("markers", "float32: run in JAX's default configuration (x64 off)")
+    _compilation_cache(config)
+
+
+def _compilation_cache(config: pytest.Config) -> None:
+    """Keep XLA's compiled programs between runs and between xdist workers.
+
+    Most of the suite's time is XLA compiling; JAX's persistent cache stores each
+    executable under a key of the program, its compile options, the backend and the
+    JAX version, so a hit is the executable a fresh compile would build. Every program
+    is cached (no minimum compile time or size). The cache lives in pytest's cache
+    directory (``.pytest_cache``; off with ``-p no:cacheprovider``) and needs the
+    ``filelock`` package: JAX locks the directory only when the cache has a size bound,
+    and without the lock one worker could read an entry another is still writing.
+    """
+    cache = getattr(config, "cache", None)
+    if cache is None or importlib.util.find_spec("filelock") is None:
+        return
+    settings = {
+        "jax_compilation_cache_dir": str(cache.mkdir("jax-compilation-cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": -1,
+        "jax_compilation_cache_max_size": 2 ** 30,  # bounded: LRU eviction, file locks
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        _CACHE_ENV[name.upper()] = str(value)
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +96,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def user_env() -> dict[str, str]:
     """The environment of a user who set nothing for JAX: this process's environment
-    without ``JAX_*`` settings (x64, dtype promotion), except the platform choice."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
+    without ``JAX_*`` settings (x64, dtype promotion), except the platform choice,
+    plus the suite's compilation cache when it is on (it changes no result)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JAX_") or k == "JAX_PLATFORMS"}
+    return {**env, **_CACHE_ENV}
 
 
 def run_python(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
