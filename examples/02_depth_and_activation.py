@@ -26,14 +26,14 @@ Run:  python examples/02_depth_and_activation.py [--quick | --full] [--data DIR]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fdl
-from _gallery import parse, pick, print_table, save_figure
+from _gallery import jit_for, parse, pick, print_table, save_figure
 from fdl import layers as L
 
 
@@ -48,7 +48,7 @@ def models(hidden: int, classes: int) -> dict[str, L.Layer]:
 
 
 def error_curves(model: L.Layer, data: fdl.data.Dataset, seeds: int, steps: int, every: int,
-                 batch_size: int = 64, lr: float = 1e-3) -> np.ndarray:
+                 batch_size: int = 64, lr: float = 1e-3, jit: Callable = jax.jit) -> np.ndarray:
     """Test error after every ``every`` steps, one row per seed: ``(seeds, steps // every)``."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
@@ -77,7 +77,7 @@ def error_curves(model: L.Layer, data: fdl.data.Dataset, seeds: int, steps: int,
         return jax.lax.scan(chunk, (params, opt.init(params)), keys)[1]
 
     keys = jax.random.split(jax.random.key(0), seeds)
-    return np.asarray(jax.jit(jax.vmap(one_seed))(keys))
+    return np.asarray(jit(jax.vmap(one_seed))(keys))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"{data.name}: {len(data.y_train)} training, {len(data.y_test)} test examples; "
           f"{seeds} seeds, {steps} Adam steps of 64, hidden width {hidden}")
     steps_axis = np.arange(1, steps // every + 1) * every
-    curves = {name: error_curves(m, data, seeds, steps, every)
+    curves = {name: error_curves(m, data, seeds, steps, every, jit=jit_for(args))
               for name, m in models(hidden, data.num_classes).items()}
     marks = sorted({0, len(steps_axis) // 5, len(steps_axis) - 1})
     print_table(["model", *(f"E({steps_axis[i]}) mean ± std" for i in marks)],

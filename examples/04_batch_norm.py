@@ -29,14 +29,14 @@ Run:  python examples/04_batch_norm.py [--quick | --full] [--out DIR]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fdl
-from _gallery import parse, pick, print_table, save_figure
+from _gallery import jit_for, parse, pick, print_table, save_figure
 from fdl import layers as L
 
 
@@ -50,7 +50,7 @@ def network(depth: int, batch_norm: bool, classes: int = 10) -> L.Layer:
 
 
 def final_losses(model: L.Layer, data: fdl.data.Dataset, lrs: np.ndarray, steps: int,
-                 batch_size: int = 64) -> tuple[np.ndarray, float]:
+                 batch_size: int = 64, jit: Callable = jax.jit) -> tuple[np.ndarray, float]:
     """Mean training loss over the last tenth of ``steps`` SGD steps, per learning rate,
     and the loss at initialisation (all training examples as one batch)."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -74,8 +74,8 @@ def final_losses(model: L.Layer, data: fdl.data.Dataset, lrs: np.ndarray, steps:
         values = jax.lax.scan(step, (params0, state0, opt.init(params0)), keys)[1]
         return jnp.mean(values[-max(steps // 10, 1):])
 
-    start = float(loss(params0, state0, x, y)[0])
-    return np.asarray(jax.jit(jax.vmap(run))(jnp.asarray(lrs, jnp.float32))), start
+    start = float(jit(loss)(params0, state0, x, y)[0])
+    return np.asarray(jit(jax.vmap(run))(jnp.asarray(lrs, jnp.float32))), start
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results: dict = {"lrs": lrs, "initial": {}, "losses": {}, "diverged": {}}
     for bn in (False, True):
         name = "with batch norm" if bn else "without"
-        final, start = final_losses(network(depth, bn), data, lrs, steps)
+        final, start = final_losses(network(depth, bn), data, lrs, steps, jit=jit_for(args))
         results["losses"][name], results["initial"][name] = final, start
         # diverged: the loss is not finite, or it ended well above where it started
         results["diverged"][name] = ~np.isfinite(final) | (final > 1.5 * start)

@@ -38,14 +38,14 @@ Run:  python examples/05_luong_attention.py [--quick | --full] [--out DIR]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fdl
-from _gallery import parse, pick, print_table, save_figure
+from _gallery import jit_for, parse, pick, print_table, save_figure
 from fdl import ops
 
 VOCAB, GO = 10, 10  # digits 0..9, and the <go> token that starts decoding
@@ -119,7 +119,7 @@ def batch(key: jax.Array, n: int, length: int) -> tuple[jax.Array, jax.Array]:
 
 
 def train(kind: str, steps: int, length: int, hidden: int, batch_size: int = 64,
-          lr: float = 1e-2) -> dict:
+          lr: float = 1e-2, jit: Callable = jax.jit) -> dict:
     """Train one score kind; test accuracy (greedy) per token and per sequence."""
     opt = fdl.optim.adam(lr)
     params = init(jax.random.key(0), kind, hidden)
@@ -128,7 +128,7 @@ def train(kind: str, steps: int, length: int, hidden: int, batch_size: int = 64,
         logits, _ = decode(p, kind, x, y)
         return fdl.losses.softmax_cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
 
-    @jax.jit
+    @jit
     def run(params):
         def step(carry, k):
             p, s = carry
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps, length, hidden = pick(args, 400, 1000, 4000), pick(args, 6, 8, 12), 32
     print(f"reverse {length} random digits; GRU encoder-decoder, H = {hidden}, "
           f"{steps} Adam steps of 64; greedy decoding on 1000 new sequences")
-    runs = {kind: train(kind, steps, length, hidden) for kind in kinds}
+    runs = {kind: train(kind, steps, length, hidden, jit=jit_for(args)) for kind in kinds}
     print_table(["score", "final train loss", "test token accuracy", "test sequence accuracy",
                  "α on the anti-diagonal band"],
                 [[k, float(r["losses"][-20:].mean()), r["token_accuracy"], r["sequence_accuracy"],

@@ -34,14 +34,15 @@ Run:  python examples/06_rbm.py [--quick | --full] [--out DIR]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fdl
-from _gallery import parse, pick, print_table, save_figure
+from _gallery import jit_for, parse, pick, print_table, save_figure
 from fdl.models import rbm
 
 KS = (1, 2, 3, 5, 10, 20, 50)
@@ -51,7 +52,7 @@ def flat(g: rbm.RBMParams) -> jax.Array:
     return jnp.concatenate([x.ravel() for x in g])
 
 
-def verify_small(chains_per_example: int) -> dict:
+def verify_small(chains_per_example: int, jit: Callable = jax.jit) -> dict:
     """(a) data term vs autodiff of F, (b) CD-k error against k, on a 6×4 RBM."""
     k1, k2, k3, k4, k5 = jax.random.split(jax.random.key(0), 5)
     p = rbm.init(k1, 6, 4, scale=1.5)  # large weights: the chains mix slowly
@@ -64,12 +65,14 @@ def verify_small(chains_per_example: int) -> dict:
         p)
     print(report)
 
-    exact = flat(rbm.exact_gradient(p, data))
+    exact, log_likelihood = jit(lambda p: (flat(rbm.exact_gradient(p, data)),
+                                           rbm.exact_log_likelihood(p, data)))(p)
     chains = jnp.tile(data, (chains_per_example, 1))
-    positive = flat(rbm.data_statistics(p, chains))
 
-    @jax.jit
+    @jit
     def cd_errors(key):  # one chain per data copy; CD-k for every k ≤ max(KS) at once
+        positive = flat(rbm.data_statistics(p, chains))
+
         def body(v, k):
             v = rbm.gibbs_step(k, p, v)
             g = flat(rbm.data_statistics(p, v)) - positive
@@ -79,12 +82,13 @@ def verify_small(chains_per_example: int) -> dict:
     errors = np.asarray(cd_errors(k5))
     cd_error = {k: float(errors[k - 1]) for k in KS}
     print(f"CD-k vs the exact gradient (6×4 RBM, {len(chains)} chains, "
-          f"log-likelihood {float(rbm.exact_log_likelihood(p, data)):.4f}):")
+          f"log-likelihood {float(log_likelihood):.4f}):")
     print_table(["k", "‖CD-k − exact‖ / ‖exact‖"], [[k, e] for k, e in cd_error.items()])
     return {"check_passed": report.passed, "check_worst": report.worst("autodiff"), "cd_error": cd_error}
 
 
-def train_digits(epochs: int, n_hidden: int, gibbs_steps: Sequence[int]) -> dict:
+def train_digits(epochs: int, n_hidden: int, gibbs_steps: Sequence[int],
+                 jit: Callable = jax.jit) -> dict:
     """CD-1 with momentum on binarised digits; per-epoch free energy and reconstruction."""
     d = fdl.data.load_digits(flatten=True)
     x_train = jnp.asarray(d.x_train > 0.5, jnp.float32)
@@ -94,7 +98,12 @@ def train_digits(epochs: int, n_hidden: int, gibbs_steps: Sequence[int]) -> dict
     params = params._replace(b=jnp.log((x_train.mean(0) + 0.01) / (1.01 - x_train.mean(0))))
     opt = fdl.optim.sgd(0.05, momentum=0.9)
 
-    @jax.jit
+    def measure(params):
+        return {"reconstruction": rbm.reconstruction_error(params, x_train),
+                "free_energy_train": jnp.mean(rbm.free_energy(params, x_train)),
+                "free_energy_test": jnp.mean(rbm.free_energy(params, x_test))}
+
+    @jit
     def epoch(params, state, key):
         k_shuffle, k_steps = jax.random.split(key)
         batches = fdl.data.shuffled_batches(k_shuffle, x_train, 32)
@@ -108,39 +117,40 @@ def train_digits(epochs: int, n_hidden: int, gibbs_steps: Sequence[int]) -> dict
 
         keys = jax.random.split(k_steps, len(batches))
         (params, state), _ = jax.lax.scan(step, (params, state), (batches, keys))
-        return params, state, {
-            "reconstruction": rbm.reconstruction_error(params, x_train),
-            "free_energy_train": jnp.mean(rbm.free_energy(params, x_train)),
-            "free_energy_test": jnp.mean(rbm.free_energy(params, x_test)),
-        }
+        return params, state, measure(params)  # inside the compiled epoch
 
     state = opt.init(params)
-    history = {"reconstruction": [float(rbm.reconstruction_error(params, x_train))],
-               "free_energy_train": [float(jnp.mean(rbm.free_energy(params, x_train)))],
-               "free_energy_test": [float(jnp.mean(rbm.free_energy(params, x_test)))]}
+    first = jit(measure)(params)
+    history = {name: [float(first[name])] for name in
+               ("reconstruction", "free_energy_train", "free_energy_test")}
     for key in jax.random.split(key, epochs):
         params, state, m = epoch(params, state, key)
-        for name, value in m.items():
-            history[name].append(float(value))
+        for name in history:
+            history[name].append(float(m[name]))
     rows = [[e, *(history[n][e] for n in history)]
             for e in sorted({0, 1, epochs // 2, epochs})]
     print_table(["epoch", "reconstruction MSE", "mean F(train)", "mean F(test)"], rows)
 
+    @functools.partial(jit, static_argnums=2)
+    def gibbs(key, v, steps):  # the chain's state, and its mean-field image p(v | ĥ(v))
+        v = rbm.gibbs_chain(key, params, v, steps)
+        return v, rbm.visible_probs(params, rbm.hidden_probs(params, v))
+
     start = x_test[:8]
     samples, v, done = {0: np.asarray(start)}, start, 0
     for s in gibbs_steps:
-        v = rbm.gibbs_chain(jax.random.fold_in(k_gibbs, s), params, v, s - done)
-        samples[s], done = np.asarray(rbm.visible_probs(params, rbm.hidden_probs(params, v))), s
+        v, image = gibbs(jax.random.fold_in(k_gibbs, s), v, s - done)
+        samples[s], done = np.asarray(image), s
     return {"history": history, "filters": np.asarray(params.w), "samples": samples}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Verify the learning rule on a small RBM, then train on binarised digits."""
     args = parse(__doc__, argv)
-    results = verify_small(pick(args, 200, 500, 2000))
+    results = verify_small(pick(args, 500, 500, 2000), jit=jit_for(args))
     results |= train_digits(epochs=pick(args, 4, 30, 150), n_hidden=pick(args, 32, 64, 100),
                             gibbs_steps=pick(args, (1, 10), (1, 10, 100, 1000),
-                                             (1, 10, 100, 1000, 10000)))
+                                             (1, 10, 100, 1000, 10000)), jit=jit_for(args))
 
     def tiles(images, rows, cols):
         images = np.asarray(images).reshape(-1, 8, 8)
