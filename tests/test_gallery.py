@@ -195,3 +195,27 @@ def test_cnn_learns_digits_and_its_filters_move_from_their_initial_values(tmp_pa
     assert r["filters"].shape == (5, 5, 16)
     assert r["filter_change"] > 0.3
     _figure_written(r)
+
+
+# The shared helper ---------------------------------------------------------- #
+
+@pytest.mark.float32
+def test_without_matplotlib_the_figure_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    load("01_single_neuron")  # puts examples/ on sys.path
+    import _gallery
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    args = _gallery.parse("doc", ["--quick", "--out", str(tmp_path)])
+    assert _gallery.save_figure(args, "x.png", lambda plt: None) is None
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.float32
+def test_quick_and_full_are_exclusive():
+    load("01_single_neuron")
+    import _gallery
+
+    with pytest.raises(SystemExit):
+        _gallery.parse("doc", ["--quick", "--full"])
+    assert _gallery.pick(_gallery.parse("doc", ["--full"]), 1, 2, 3) == 3
