@@ -20,7 +20,8 @@ speeds; Adam does both.
 
 The script writes each update above by hand (a few lines each, below), checks that
 ``fdl.optim``'s ``sgd``, ``ema_momentum``, ``rmsprop`` and ``adam`` take the same
-steps (feeding the hand-written rule the gradients along fdl's path), and draws their trajectories over the contours of an ill-conditioned quadratic
+steps (feeding the hand-written rule the gradients along fdl's path), and draws
+their trajectories over the contours of an ill-conditioned quadratic
 ``f(x, y) = ½(x² + κ y²)`` and of the Rosenbrock function
 ``f(x, y) = (1 − x)² + 100 (y − x²)²``, with loss curves of a small MLP on the digits.
 
@@ -194,9 +195,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             results["final"][(problem, name)] = final
             results["hand_vs_fdl"][(problem, name)] = diff
             rows.append([problem, name, steps[problem], final, diff])
-    print_table(["problem", "optimizer", "steps", "final f", "max |u_fdl − u_hand| / max |u_hand|"], rows)
+    print_table(["problem", "optimizer", "steps", "final f",
+                 "max |u_fdl − u_hand| / max |u_hand|"], rows)
     q = results["paths"]["quadratic"]
-    results["momentum_forms_diff"] = float(np.max(np.abs(q["momentum (sum)"] - q["momentum (EMA)"])))
+    results["momentum_forms_diff"] = float(
+        np.max(np.abs(q["momentum (sum)"] - q["momentum (EMA)"])))
     print(f"heavy ball vs EMA momentum with η' = η/(1 − β): max difference "
           f"{results['momentum_forms_diff']:.2e}")
 

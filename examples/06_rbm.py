@@ -84,7 +84,8 @@ def verify_small(chains_per_example: int, jit: Callable = jax.jit) -> dict:
     print(f"CD-k vs the exact gradient (6×4 RBM, {len(chains)} chains, "
           f"log-likelihood {float(log_likelihood):.4f}):")
     print_table(["k", "‖CD-k − exact‖ / ‖exact‖"], [[k, e] for k, e in cd_error.items()])
-    return {"check_passed": report.passed, "check_worst": report.worst("autodiff"), "cd_error": cd_error}
+    return {"check_passed": report.passed, "check_worst": report.worst("autodiff"),
+            "cd_error": cd_error}
 
 
 def train_digits(epochs: int, n_hidden: int, gibbs_steps: Sequence[int],

@@ -21,7 +21,8 @@ finite differences. Vectors ``w, x ∈ ℝ^n``, scalar ``z``, matrix ``W ∈ ℝ
       y = W x          ∂y/∂x = W             ∂yᵢ/∂W_jk = δᵢⱼ x_k
     chain rules
       y = sin(x²)                  dy/dx = cos(x²) 2x                     (single variable)
-      y = x + x²  (u₁ = x², y = x + u₁)   dy/dx = ∂y/∂x + ∂y/∂u₁ du₁/dx = 1 + 2x   (total derivative)
+      y = x + x², as u₁ = x², y = x + u₁   dy/dx = ∂y/∂x + ∂y/∂u₁ du₁/dx = 1 + 2x
+                                                                       (total derivative)
       y = [ln(x²), sin(3x)]        dy/dx = [2/x, 3 cos 3x]                (vector chain rule)
       y = f(g(x)), g = W x, f = tanh   ∂y/∂x = diag(1 − tanh²(Wx)) W     (∂f/∂g ∂g/∂x)
     a neuron, activation(x) = max(0, w·x + b)
