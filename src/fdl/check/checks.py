@@ -199,11 +199,11 @@ def _vjp_job(f: Primitive | Callable, args: tuple, kwargs: dict, *, key: jax.Arr
         return jax.vjp(of_leaves(fn), *vals)[1](u)
 
     def reference_part(vals, u, fd_inputs):
-        reference = pullback(reference_fn, vals, u)
+        y, pull = jax.vjp(of_leaves(reference_fn), *vals)
+        reference = pull(u)
         evaluated = fd.evaluate(lambda v: _dot_and_magnitude(u, of_leaves(reference_fn)(*v)),
                                 vals, plan, fd_inputs, gradients=reference)
-        magnitude = _dot_and_magnitude(u, of_leaves(reference_fn)(*vals))[1]
-        return reference, evaluated, magnitude
+        return reference, evaluated, _dot_and_magnitude(u, y)[1]
 
     def program(vals, u, fd_inputs):
         out = reference_part(vals, u, fd_inputs)
@@ -291,6 +291,34 @@ def _diagnose_rule(p: Primitive | Callable, full: tuple, leaves: Leaves, u: Any,
     return values
 
 
+def draw(p: Primitive, dtype: Any = jnp.float64, seed: int = 0) -> list[tuple[tuple, dict]]:
+    """The arguments of every registered example of `p`, example `i` drawn from
+    `jax.random.key(seed + i)` in `dtype` (as `Example.sample`), in one compiled
+    program: drawing each array eagerly would compile a random-number program per
+    shape, which costs more than the checks themselves."""
+    n = len(p.examples)
+    layout: list[Any] = []
+
+    def sample_all(seeds):
+        layout.clear()
+        out = []
+        for i, example in enumerate(p.examples):
+            leaves, tree = jax.tree_util.tree_flatten(
+                example.sample(jax.random.key(seeds[i]), dtype))
+            traced = [isinstance(leaf, jax.Array) for leaf in leaves]
+            layout.append((tree, traced, [None if t else v for v, t in zip(leaves, traced)]))
+            out.append([v for v, t in zip(leaves, traced) if t])
+        return out
+
+    arrays = compiled(sample_all)(np.arange(seed, seed + n, dtype=np.uint32))
+    drawn = []
+    for (tree, traced, static), values in zip(layout, arrays):
+        values = iter(values)
+        leaves = [next(values) if t else v for t, v in zip(traced, static)]
+        drawn.append(jax.tree_util.tree_unflatten(tree, leaves))
+    return drawn
+
+
 def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
              finite_differences: bool = True) -> list[Report]:
     """Check every registered example of the primitive `p` (its rule, under `jit`,
@@ -305,7 +333,7 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     Returns:
       One `Report` per example, in order.
     """
-    drawn = [ex.sample(jax.random.key(seed + i), dtype) for i, ex in enumerate(p.examples)]
+    drawn = draw(p, dtype, seed)
     jobs = [_vjp_job(p, a, k, key=None, rtol=None, fd_rtol=None,
                      finite_differences=finite_differences, max_fd_elements=256,
                      directions=4, with_manual=True) for a, k in drawn]
