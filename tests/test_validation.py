@@ -414,3 +414,65 @@ def test_layers_install_no_privacy_but_expose_probes():
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
     with pytest.raises(ValueError, match="already hold a 'probe' entry"):
         install_probe(probed, 5)
+
+
+# --------------------------------------------------------------------------- #
+# One name per concept; one markup; a helper for stateless layers
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.float32
+def test_activation_alias_is_deprecated_for_get_activation():
+    with pytest.warns(DeprecationWarning, match=r"use fdl\.layers\.get_activation\(name\)"):
+        layer = layers.Activation("tanh")
+    assert layer.name == layers.get_activation("tanh").name == "tanh"
+
+
+@pytest.mark.float32
+def test_example_sampler_normal_is_deprecated_for_gaussian():
+    import fdl.primitive as P
+
+    with pytest.warns(DeprecationWarning, match=r"use fdl\.primitive\.gaussian"):
+        sampler = P.normal
+    assert sampler is P.gaussian
+    x = P.gaussian(3, 2, scale=2.0)(jax.random.key(0), jnp.float32)
+    assert x.shape == (3, 2) and x.dtype == jnp.float32
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        P.nothing  # noqa: B018
+
+
+@pytest.mark.float32
+def test_stateless_builds_a_parameter_free_layer():
+    layer = layers.stateless("double", lambda x: 2 * x, lambda s: s[:-1] + (s[-1],))
+    shape, params, state = layer.init(jax.random.key(0), [3, 4])
+    assert (shape, params, state) == ((3, 4), {}, {})
+    y, new_state = layer.apply({}, {}, jnp.ones((2, 3, 4)))
+    np.testing.assert_array_equal(y, 2 * jnp.ones((2, 3, 4)))
+    assert new_state == {}
+    seen = []
+    noisy = layers.stateless("noisy", lambda x, key, train: seen.append((key, train)) or x,
+                             random=True)
+    noisy.apply({}, {}, jnp.ones(2), key="k", train=True)
+    assert seen == [("k", True)]
+
+
+_HOUSE = ["_validate.py", "primitive.py", "losses.py", "privacy.py", "random.py",
+          "__init__.py", "ops", "layers"]
+
+
+def _house_files():
+    src = pathlib.Path(fdl.__file__).parent
+    for name in _HOUSE:
+        path = src / name
+        yield from (sorted(path.glob("*.py")) if path.is_dir() else [path])
+
+
+@pytest.mark.float32
+def test_house_docstrings_use_one_markup_and_carry_no_history():
+    roles = re.compile(r":(func|class|mod|data|meth|attr):`|``")
+    history = re.compile(r"\d×\s*(faster|slower|longer)|\b(faster|slower) than before|"
+                         r"\bran \d|\d+(\.\d+)?% (faster|slower)")
+    found = [f"{p.name}:{i}" for p in _house_files()
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if roles.search(line) or history.search(line)]
+    assert found == []

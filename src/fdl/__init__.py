@@ -1,22 +1,22 @@
 """fdl: deep learning from first principles in pure JAX functions.
 
 Layers, losses and optimizers are pure functions; every primitive's gradient is
-derived by hand beside it and verified against ``jax.grad`` and finite
-differences by :mod:`fdl.check`.
+derived by hand beside it and verified against `jax.grad` and finite
+differences by `fdl.check`.
 
 Modules (data flows down this list; nothing imports anything above it):
 
-* :mod:`fdl.random` — ``jax.random``'s bits as one fused kernel (dropout masks, shuffles)
-* :mod:`fdl.primitive` — ``primitive(forward, backward, …)``, the gradient modes, the registry
-* :mod:`fdl.ops` — the primitives (linear, activations, softmax, …)
-* :mod:`fdl.losses` — losses as primitives
-* :mod:`fdl.check` — verify hand derivations against autodiff and finite differences
-* :mod:`fdl.layers` — the ``Layer(init, apply)`` protocol, layers and combinators
-* :mod:`fdl.optim` — optimizers as hand-written pure state updates
-* :mod:`fdl.data` — the embedded digits, an MNIST-format reader, splits and batches
-* :mod:`fdl.io` — safe, atomic checkpoints
-* :mod:`fdl.train` — the jitted training loop
-* :mod:`fdl.privacy` — per-example gradient norms from the manual rules, DP-SGD
+* `fdl.primitive` — `primitive(forward, backward, …)`, the gradient modes, the registry
+* `fdl.ops` — the primitives (linear, activations, softmax, …)
+* `fdl.losses` — losses as primitives
+* `fdl.check` — verify hand derivations against autodiff and finite differences
+* `fdl.layers` — the `Layer(init, apply)` protocol, layers and combinators
+* `fdl.optim` — optimizers as hand-written pure state updates
+* `fdl.data` — the embedded digits, an MNIST-format reader, splits and batches
+* `fdl.io` — safe, atomic checkpoints
+* `fdl.train` — the jitted training loop
+* `fdl.privacy` — per-example gradient norms from the manual rules, DP-SGD
+* `fdl.random` — `key(seed)`, the key fdl makes from a seed (all draws are `jax.random`)
 """
 
 from fdl import check, data, io, layers, losses, ops, optim, privacy, random, train

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def is_concrete(x: Any) -> bool:
-    """True when ``x`` holds values known now (not a tracer inside jit/vmap/grad)."""
+    """True when `x` holds values known now (not a tracer inside jit/vmap/grad)."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -24,7 +24,7 @@ def _dtype(x: Any) -> np.dtype:
 
 
 def floating(fn: str, name: str, x: Any) -> None:
-    """``x`` must be a floating-point array."""
+    """`x` must be a floating-point array."""
     if not hasattr(x, "shape") and not isinstance(x, (int, float)):
         raise TypeError(f"{fn}: {name} must be an array, got {type(x).__name__}")
     dt = _dtype(x)
@@ -36,14 +36,14 @@ def floating(fn: str, name: str, x: Any) -> None:
 
 
 def integer(fn: str, name: str, x: Any) -> None:
-    """``x`` must be an integer array."""
+    """`x` must be an integer array."""
     dt = _dtype(x)
     if not jnp.issubdtype(dt, jnp.integer):
         raise TypeError(f"{fn}: {name} must be an integer array, got dtype {dt}")
 
 
 def ndim_at_least(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
-    """``x`` must have at least ``n`` dimensions."""
+    """`x` must have at least `n` dimensions."""
     if jnp.ndim(x) < n:
         extra = f" ({what})" if what else ""
         raise ValueError(
@@ -53,7 +53,7 @@ def ndim_at_least(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
 
 
 def ndim_exactly(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
-    """``x`` must have exactly ``n`` dimensions."""
+    """`x` must have exactly `n` dimensions."""
     if jnp.ndim(x) != n:
         extra = f" ({what})" if what else ""
         raise ValueError(
@@ -62,7 +62,7 @@ def ndim_exactly(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
 
 
 def same_shape(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
-    """``a`` and ``b`` must have the same shape."""
+    """`a` and `b` must have the same shape."""
     if jnp.shape(a) != jnp.shape(b):
         raise ValueError(
             f"{fn}: {a_name} and {b_name} must have the same shape, got "
@@ -71,7 +71,7 @@ def same_shape(fn: str, a_name: str, a: Any, b_name: str, b: Any) -> None:
 
 
 def axis_in_range(fn: str, axis: Any, ndim: int) -> None:
-    """``axis`` must be an int in ``[-ndim, ndim)``."""
+    """`axis` must be an int in `[-ndim, ndim)`."""
     if not is_int(axis):
         raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
@@ -80,7 +80,7 @@ def axis_in_range(fn: str, axis: Any, ndim: int) -> None:
 
 def finite_number(fn: str, name: str, v: Any, *, low: float | None = None,
                   low_inclusive: bool = True) -> None:
-    """``v`` must be a finite real number (optionally ``≥ low`` or ``> low``)."""
+    """`v` must be a finite real number (optionally `≥ low` or `> low`)."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {name} must be a number, got {v!r}")
     if not math.isfinite(float(v)):
@@ -91,13 +91,13 @@ def finite_number(fn: str, name: str, v: Any, *, low: float | None = None,
 
 
 def first_index(mask: np.ndarray) -> tuple[int, ...]:
-    """Index (as a tuple of ints) of the first ``True`` in ``mask``, which must have one."""
+    """Index (as a tuple of ints) of the first `True` in `mask`, which must have one."""
     return tuple(int(j) for j in np.argwhere(mask)[0])
 
 
 def first_out_of_range(ids: Any, n: int) -> tuple[Any, tuple[int, ...], Any, Any] | None:
-    """For integer ``ids`` that index ``n`` things (labels, table rows): ``(value, index,
-    min, max)`` of the first id outside ``[0, n)``, or ``None`` when all are in range or
+    """For integer `ids` that index `n` things (labels, table rows): `(value, index,
+    min, max)` of the first id outside `[0, n)`, or `None` when all are in range or
     the values are not known (traced) or empty."""
     if not is_concrete(ids) or not ids.size:
         return None

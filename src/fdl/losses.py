@@ -1,14 +1,14 @@
 """Losses as primitives, each with the gradient derived beside it.
 
-Every loss computes a per-example value ``ℓ`` and reduces it with ``reduction``
-(static): ``"mean"`` (default) over all per-example values, ``"sum"``, or
-``"none"`` (the per-example values). With ``n`` values and output cotangent
-``g`` (a scalar for ``mean``/``sum``), the per-example cotangent is
-``g/n`` (mean), ``g`` (sum) or ``g`` itself (none); each backward below writes
-``∂ℓ/∂inputs`` and multiplies by it.
+Every loss computes a per-example value `ℓ` and reduces it with `reduction`
+(static): `"mean"` (default) over all per-example values, `"sum"`, or
+`"none"` (the per-example values). With `n` values and output cotangent
+`g` (a scalar for `mean`/`sum`), the per-example cotangent is
+`g/n` (mean), `g` (sum) or `g` itself (none); each backward below writes
+`∂ℓ/∂inputs` and multiplies by it.
 
-Layout: classes on the last axis, ``Z ∈ ℝ^{N×K}``; leading batch dimensions may be
-any number (``N = n₁×…×n_k``).
+Layout: classes on the last axis, `Z ∈ ℝ^{N×K}`; leading batch dimensions may be
+any number (`N = n₁×…×n_k`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from fdl import _validate as v
 from fdl.ops.softmax import log_softmax
-from fdl.primitive import Example, labels, normal, primitive, probabilities, uniform
+from fdl.primitive import Example, gaussian, labels, primitive, probabilities, uniform
 
 __all__ = ["huber", "mse", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
 
@@ -35,7 +35,7 @@ def _reduce(values: jax.Array, reduction: str) -> jax.Array:
 
 
 def _per_example(g: jax.Array, shape: tuple, reduction: str) -> jax.Array:
-    """Cotangent of each per-example value, broadcast to ``shape``."""
+    """Cotangent of each per-example value, broadcast to `shape`."""
     if reduction == "none":
         return g
     n = int(np.prod(shape)) if reduction == "mean" else 1
@@ -56,10 +56,10 @@ def _keep(x: jax.Array) -> jax.Array:
 
 
 def mse(pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Array:
-    r"""Mean squared error, per element ``ℓ = (p − t)²``.
+    r"""Mean squared error, per element `ℓ = (p − t)²`.
 
-    With ``mean`` over ``n`` elements, ``L = (1/n) Σ (p − t)²`` and
-    ``∂L/∂p = (2/n)(p − t)``, ``∂L/∂t = −∂L/∂p`` (same shape as ``p``). Saves ``p − t``.
+    With `mean` over `n` elements, `L = (1/n) Σ (p − t)²` and
+    `∂L/∂p = (2/n)(p − t)`, `∂L/∂t = −∂L/∂p` (same shape as `p`). Saves `p − t`.
     """
     return _reduce(jnp.square(pred - target), reduction)
 
@@ -82,9 +82,9 @@ def _mse_validate(pred, target, reduction):
 
 mse = primitive(
     mse, _mse_backward, save=_mse_save, static=("reduction",), validate=_mse_validate,
-    examples=[Example((normal(4, 3), normal(4, 3), "mean")),
-              Example((normal(5), normal(5), "sum")),
-              Example((normal(2, 3), normal(2, 3), "none"))],
+    examples=[Example((gaussian(4, 3), gaussian(4, 3), "mean")),
+              Example((gaussian(5), gaussian(5), "sum")),
+              Example((gaussian(2, 3), gaussian(2, 3), "none"))],
 )
 
 
@@ -96,18 +96,18 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     r"""Cross-entropy of softmax probabilities, from logits.
 
-    ``Z ∈ ℝ^{N×K}`` logits; ``targets`` either integer labels ``∈ {0…K−1}^N`` or
-    probabilities ``Y ∈ ℝ^{N×K}`` with rows summing to 1. With ``p = softmax(z)``
-    per row, ``ℓ = −Σ_k y_k log p_k = logsumexp(z) − ⟨y, z⟩`` (labels: ``y`` is
-    one-hot, ``ℓ = logsumexp(z) − z_label``).
+    `Z ∈ ℝ^{N×K}` logits; `targets` either integer labels `∈ {0…K−1}^N` or
+    probabilities `Y ∈ ℝ^{N×K}` with rows summing to 1. With `p = softmax(z)`
+    per row, `ℓ = −Σ_k y_k log p_k = logsumexp(z) − ⟨y, z⟩` (labels: `y` is
+    one-hot, `ℓ = logsumexp(z) − z_label`).
 
-    Derivation: ``∂ logsumexp(z)/∂z = p`` and ``∂⟨y, z⟩/∂z = y``, so
+    Derivation: `∂ logsumexp(z)/∂z = p` and `∂⟨y, z⟩/∂z = y`, so
 
-        ``∂ℓ/∂z = p − y``     (uses ``Σ_k y_k = 1``)
+        `∂ℓ/∂z = p − y`     (uses `Σ_k y_k = 1`)
 
     — softmax and cross-entropy fused, never forming the softmax Jacobian. For
-    probability targets ``∂ℓ/∂y = −log p``. Saves ``log p`` (``p = e^{log p}``) and
-    the targets. Finite for float32 logits of any magnitude (``log p`` is computed
+    probability targets `∂ℓ/∂y = −log p`. Saves `log p` (`p = e^{log p}`) and
+    the targets. Finite for float32 logits of any magnitude (`log p` is computed
     shifted by the row maximum).
     """
     logp = log_softmax.forward(logits, -1)
@@ -173,11 +173,11 @@ def _ce_validate(logits, targets, reduction):
 softmax_cross_entropy = primitive(
     softmax_cross_entropy, _ce_backward, save=_ce_save, static=("reduction",),
     validate=_ce_validate,
-    examples=[Example((normal(5, 4), labels(5, classes=4), "mean")),
-              Example((normal(5, 4, scale=3.0), probabilities(5, 4), "mean")),
-              Example((normal(2, 3, 6), labels(2, 3, classes=6), "sum")),
-              Example((normal(3, 5), probabilities(3, 5), "none")),
-              Example((normal(1, 1), labels(1, classes=1), "mean"))],
+    examples=[Example((gaussian(5, 4), labels(5, classes=4), "mean")),
+              Example((gaussian(5, 4, scale=3.0), probabilities(5, 4), "mean")),
+              Example((gaussian(2, 3, 6), labels(2, 3, classes=6), "sum")),
+              Example((gaussian(3, 5), probabilities(3, 5), "none")),
+              Example((gaussian(1, 1), labels(1, classes=1), "mean"))],
 )
 
 
@@ -187,12 +187,12 @@ softmax_cross_entropy = primitive(
 def sigmoid_binary_cross_entropy(
     logits: jax.Array, targets: jax.Array, reduction: str = "mean"
 ) -> jax.Array:
-    r"""Binary cross-entropy of ``σ(z)`` against targets ``y ∈ [0, 1]``, from logits.
+    r"""Binary cross-entropy of `σ(z)` against targets `y ∈ [0, 1]`, from logits.
 
-    ``ℓ = −y log σ(z) − (1 − y) log(1 − σ(z)) = softplus(z) − y z``, computed as
-    ``max(z, 0) + log(1 + e^{−|z|}) − y z`` (no overflow for any ``z``).
+    `ℓ = −y log σ(z) − (1 − y) log(1 − σ(z)) = softplus(z) − y z`, computed as
+    `max(z, 0) + log(1 + e^{−|z|}) − y z` (no overflow for any `z`).
 
-    ``∂ℓ/∂z = σ(z) − y`` and ``∂ℓ/∂y = −z`` (element-wise, any shape). Saves ``z, y``.
+    `∂ℓ/∂z = σ(z) − y` and `∂ℓ/∂y = −z` (element-wise, any shape). Saves `z, y`.
     """
     return _reduce(jnp.logaddexp(logits, jnp.zeros_like(logits)) - targets * logits, reduction)
 
@@ -226,8 +226,8 @@ def _bce_validate(logits, targets, reduction):
 sigmoid_binary_cross_entropy = primitive(
     sigmoid_binary_cross_entropy, _bce_backward, save=_bce_save, static=("reduction",),
     validate=_bce_validate,
-    examples=[Example((normal(4, 3, scale=2.0), uniform(4, 3, low=0.0, high=1.0), "mean")),
-              Example((normal(6), uniform(6, low=0.0, high=1.0), "none"))],
+    examples=[Example((gaussian(4, 3, scale=2.0), uniform(4, 3, low=0.0, high=1.0), "mean")),
+              Example((gaussian(6), uniform(6, low=0.0, high=1.0), "none"))],
 )
 
 
@@ -236,13 +236,13 @@ sigmoid_binary_cross_entropy = primitive(
 
 def huber(pred: jax.Array, target: jax.Array, delta: float = 1.0,
           reduction: str = "mean") -> jax.Array:
-    r"""Huber loss with threshold ``δ`` = ``delta`` (static), per element with ``r = p − t``.
+    r"""Huber loss with threshold `δ` = `delta` (static), per element with `r = p − t`.
 
-    ``ℓ = ½ r²`` for ``|r| ≤ δ`` and ``δ(|r| − ½δ)`` otherwise: quadratic near zero,
-    linear in the tails, continuous with a continuous derivative at ``|r| = δ``.
+    `ℓ = ½ r²` for `|r| ≤ δ` and `δ(|r| − ½δ)` otherwise: quadratic near zero,
+    linear in the tails, continuous with a continuous derivative at `|r| = δ`.
 
-    ``∂ℓ/∂r = r`` inside, ``δ·sign(r)`` outside, i.e. ``clip(r, −δ, δ)``; then
-    ``∂ℓ/∂p = clip(r, −δ, δ)`` and ``∂ℓ/∂t = −clip(r, −δ, δ)``. Saves ``r``.
+    `∂ℓ/∂r = r` inside, `δ·sign(r)` outside, i.e. `clip(r, −δ, δ)`; then
+    `∂ℓ/∂p = clip(r, −δ, δ)` and `∂ℓ/∂t = −clip(r, −δ, δ)`. Saves `r`.
 
     References: Huber, "Robust Estimation of a Location Parameter", 1964.
     """
@@ -271,6 +271,6 @@ def _huber_validate(pred, target, delta, reduction):
 huber = primitive(
     huber, _huber_backward, save=_huber_save, static=("delta", "reduction"),
     validate=_huber_validate,
-    examples=[Example((normal(4, 3, scale=2.0), normal(4, 3), 1.0, "mean")),
-              Example((normal(8, scale=2.0), normal(8), 0.5, "sum"))],
+    examples=[Example((gaussian(4, 3, scale=2.0), gaussian(4, 3), 1.0, "mean")),
+              Example((gaussian(8, scale=2.0), gaussian(8), 0.5, "sum"))],
 )

@@ -10,45 +10,45 @@ A primitive is built from four parts, written in this order in its module::
     def backward(*static, residuals, g) -> tuple  # one cotangent per differentiable arg
     f = primitive(forward, backward, save=save, static=("axis",), examples=[...])
 
-* ``forward(*args)`` is an ordinary ``jax.numpy`` function. It is what the
+* `forward(*args)` is an ordinary `jax.numpy` function. It is what the
   primitive computes, and in *autodiff mode* it is differentiated by JAX itself,
   which makes it the reference every hand-written rule is checked against.
-* ``save(*args, y)`` returns the residuals: whatever the backward needs, computed
-  from the inputs and the output ``y``. Default: all array arguments and ``y``.
+* `save(*args, y)` returns the residuals: whatever the backward needs, computed
+  from the inputs and the output `y`. Default: all array arguments and `y`.
   When the residuals are *intermediates* of the forward (dropout's random mask,
-  attention's weights), pass ``fwd(*args) -> (y, residuals)`` instead of ``save``:
-  the manual mode then computes them once, with ``y``. ``forward`` stays the
-  definition and the autodiff reference; the registry tests check that ``fwd``
-  gives the same ``y``. (XLA merges a recomputation in ``save`` only when it can
+  attention's weights), pass `fwd(*args) -> (y, residuals)` instead of `save`:
+  the manual mode then computes them once, with `y`. `forward` stays the
+  definition and the autodiff reference; the registry tests check that `fwd`
+  gives the same `y`. (XLA merges a recomputation in `save` only when it can
   prove the two equal: it does not merge loops, such as a random-number draw.)
-* ``backward(*static, residuals, g)`` receives the static arguments first (in
-  order), then the residuals and the output cotangent ``g = ∂L/∂y`` (same shape as
-  ``y``). It returns a tuple with one cotangent ``∂L/∂arg`` per *non-static*
-  argument, in order; ``None`` means zero (use it for integer arguments such as
-  class labels). It must be written from the derivation: it may call plain ``jnp``
-  and other primitives' forwards, never ``jax.grad``/``jax.vjp``.
-* Static arguments (an axis, a stride, a flag) are named in ``static``; they are
-  Python values fixed at trace time (``nondiff_argnums``), never traced.
-* ``validate(*args)`` (optional) checks shapes, dtypes and, where the values are
-  concrete, the values, raising ``ValueError``/``TypeError`` at the public
+* `backward(*static, residuals, g)` receives the static arguments first (in
+  order), then the residuals and the output cotangent `g = ∂L/∂y` (same shape as
+  `y`). It returns a tuple with one cotangent `∂L/∂arg` per *non-static*
+  argument, in order; `None` means zero (use it for integer arguments such as
+  class labels). It must be written from the derivation: it may call plain `jnp`
+  and other primitives' forwards, never `jax.grad`/`jax.vjp`.
+* Static arguments (an axis, a stride, a flag) are named in `static`; they are
+  Python values fixed at trace time (`nondiff_argnums`), never traced.
+* `validate(*args)` (optional) checks shapes, dtypes and, where the values are
+  concrete, the values, raising `ValueError`/`TypeError` at the public
   boundary instead of an XLA error deep inside.
 
-A primitive is called like its forward, keywords included: ``f(x, axis=-1)``.
+A primitive is called like its forward, keywords included: `f(x, axis=-1)`.
 
 Two gradient modes
 ------------------
-*manual* (the default): calls go through ``jax.custom_vjp`` with the hand-written
+*manual* (the default): calls go through `jax.custom_vjp` with the hand-written
 backward. *autodiff*: calls evaluate the plain forward, so JAX differentiates it.
-Choose with the context manager :func:`gradient_mode`::
+Choose with the context manager `gradient_mode`::
 
     with fdl.gradient_mode("autodiff"):
         g = jax.grad(loss)(params)        # pure autodiff through every primitive
 
-The mode is a ``jax.make_user_context`` value, which is part of JAX's tracing and
+The mode is a `jax.make_user_context` value, which is part of JAX's tracing and
 compilation cache key: a function jitted in one mode is re-traced, never reused,
-in the other. Forward-mode differentiation of a primitive (``jax.jvp``,
-``jax.jacfwd``) is not defined by a VJP rule; it works in autodiff mode and, in
-manual mode, raises a ``TypeError`` that says so. ``jax.hessian`` (forward over
+in the other. Forward-mode differentiation of a primitive (`jax.jvp`,
+`jax.jacfwd`) is not defined by a VJP rule; it works in autodiff mode and, in
+manual mode, raises a `TypeError` that says so. `jax.hessian` (forward over
 reverse) does run in manual mode: JAX differentiates the hand-written backward,
 which is right when the rule is right; use autodiff mode for an independent Hessian.
 
@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ __all__ = [
     "get_gradient_mode",
     "primitive",
     "registry",
-    "normal",
+    "gaussian",
     "positive",
     "uniform",
     "labels",
@@ -95,7 +96,7 @@ def gradient_mode(mode: str) -> Iterator[None]:
     """Differentiate fdl primitives with their hand-written rules or with autodiff.
 
     Args:
-      mode: ``"manual"`` (hand-written VJP rules, the default) or ``"autodiff"``
+      mode: `"manual"` (hand-written VJP rules, the default) or `"autodiff"`
         (JAX differentiates each primitive's plain forward).
 
     The mode is read at trace time and is part of JAX's jit cache key, so a
@@ -108,7 +109,7 @@ def gradient_mode(mode: str) -> Iterator[None]:
 
 
 def get_gradient_mode() -> str:
-    """The gradient mode in force: ``"manual"`` or ``"autodiff"``."""
+    """The gradient mode in force: `"manual"` or `"autodiff"`."""
     return _MODE.value
 
 
@@ -119,23 +120,27 @@ def get_gradient_mode() -> str:
 Sampler = Callable[[jax.Array, Any], Any]
 
 
-def normal(*shape: int, scale: float = 1.0) -> Sampler:
-    """An example argument drawn from ``N(0, scale²)`` with the given shape."""
+def gaussian(*shape: int, scale: float = 1.0) -> Sampler:
+    """An example argument drawn from `N(0, scale²)` with the given shape.
+
+    (Named apart from `jax.random.normal`, which draws, and the initialiser
+    `fdl.layers.initializers.normal`, which makes weights: this makes a sampler.)
+    """
     return lambda key, dtype: scale * jax.random.normal(key, shape, dtype)
 
 
 def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> Sampler:
-    """An example argument drawn uniformly from ``[low, high)``."""
+    """An example argument drawn uniformly from `[low, high)`."""
     return lambda key, dtype: jax.random.uniform(key, shape, dtype, low, high)
 
 
 def positive(*shape: int, low: float = 0.5, high: float = 2.0) -> Sampler:
-    """A strictly positive example argument (uniform in ``[low, high)``)."""
+    """A strictly positive example argument (uniform in `[low, high)`)."""
     return uniform(*shape, low=low, high=high)
 
 
 def labels(*shape: int, classes: int) -> Sampler:
-    """Integer class labels in ``[0, classes)`` (int32; not differentiated)."""
+    """Integer class labels in `[0, classes)` (int32; not differentiated)."""
     return lambda key, dtype: jax.random.randint(key, shape, 0, classes, jnp.int32)
 
 
@@ -152,16 +157,16 @@ def probabilities(*shape: int) -> Sampler:
 class Example:
     """Example arguments for a primitive: samplers for array args, values for static ones.
 
-    ``args`` holds, position by position, a sampler ``(key, dtype) -> array`` for
+    `args` holds, position by position, a sampler `(key, dtype) -> array` for
     each array argument and the literal value for each static argument.
-    ``kwargs`` likewise, by name.
+    `kwargs` likewise, by name.
     """
 
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
     def sample(self, key: jax.Array, dtype: Any = jnp.float64) -> tuple[tuple, dict]:
-        """Draw concrete arguments in ``dtype`` from ``key``."""
+        """Draw concrete arguments in `dtype` from `key`."""
         keys = jax.random.split(key, len(self.args) + len(self.kwargs))
 
         def draw(v: Any, k: jax.Array) -> Any:
@@ -181,11 +186,11 @@ class Primitive:
     """A function with a hand-written VJP and its plain forward as reference.
 
     Attributes:
-      name: registry name (``"linear"``).
-      forward: the plain ``jnp`` forward, differentiated by JAX in autodiff mode.
-      backward: the hand-written rule ``backward(*static, residuals, g)``.
+      name: registry name (`"linear"`).
+      forward: the plain `jnp` forward, differentiated by JAX in autodiff mode.
+      backward: the hand-written rule `backward(*static, residuals, g)`.
       static: names of the static (non-differentiable, trace-time) arguments.
-      examples: example arguments used by ``fdl check`` and the tests.
+      examples: example arguments used by `fdl check` and the tests.
     """
 
     def __init__(
@@ -221,8 +226,8 @@ class Primitive:
         functools.update_wrapper(self, forward)  # docstring, name, module for help()
 
     def forward_with_residuals(self, *args: Any) -> tuple[Any, Any]:
-        """``(y, residuals)`` for positional arguments ``args`` (defaults applied, as
-        :meth:`bind` returns them): what the manual mode's forward pass keeps for the
+        """`(y, residuals)` for positional arguments `args` (defaults applied, as
+        `bind` returns them): what the manual mode's forward pass keeps for the
         backward. Not validated, not differentiable: for rules and checkers."""
         if self.fwd is not None:
             return self.fwd(*args)
@@ -315,22 +320,22 @@ def primitive(
     """Build a primitive from its forward and hand-written backward.
 
     Args:
-      forward: plain ``jnp`` function ``forward(*args) -> y``; its docstring holds
+      forward: plain `jnp` function `forward(*args) -> y`; its docstring holds
         the derivation.
-      backward: ``backward(*static, residuals, g) -> tuple`` of cotangents, one per
-        non-static argument (``None`` for zero).
-      save: ``save(*args, y) -> residuals``; default saves the non-static args and ``y``.
-      fwd: ``fwd(*args) -> (y, residuals)``, instead of ``save``, when the residuals
-        are intermediates of the forward; its ``y`` must equal ``forward(*args)``.
+      backward: `backward(*static, residuals, g) -> tuple` of cotangents, one per
+        non-static argument (`None` for zero).
+      save: `save(*args, y) -> residuals`; default saves the non-static args and `y`.
+      fwd: `fwd(*args) -> (y, residuals)`, instead of `save`, when the residuals
+        are intermediates of the forward; its `y` must equal `forward(*args)`.
       static: names of the forward's static (non-differentiable) parameters.
-      validate: optional ``validate(*args)`` raising ``ValueError``/``TypeError``.
-      name: registry name; default ``forward.__name__``.
-      examples: example arguments for the checks (:class:`Example`).
-      register: record the primitive in :func:`registry` (a name already taken
-        raises ``ValueError``).
+      validate: optional `validate(*args)` raising `ValueError`/`TypeError`.
+      name: registry name; default `forward.__name__`.
+      examples: example arguments for the checks (`Example`).
+      register: record the primitive in `registry` (a name already taken
+        raises `ValueError`).
 
     Returns:
-      A :class:`Primitive`, called like ``forward``.
+      A `Primitive`, called like `forward`.
     """
     name = name or forward.__name__
     if save is not None and fwd is not None:
@@ -360,3 +365,10 @@ def registry() -> dict[str, Primitive]:
     """
     return dict(sorted(_REGISTRY.items()))
 
+
+def __getattr__(name: str) -> Any:
+    if name == "normal":
+        warnings.warn("fdl.primitive.normal is deprecated; use fdl.primitive.gaussian (the "
+                      "same example sampler)", DeprecationWarning, stacklevel=2)
+        return gaussian
+    raise AttributeError(f"module 'fdl.primitive' has no attribute {name!r}")

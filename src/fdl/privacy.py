@@ -11,45 +11,45 @@ The contract
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
     params = fdl.optim.apply_updates(params, updates)
 
-* ``model`` is a :class:`fdl.layers.Layer` whose parameters all belong to
-  :func:`fdl.layers.Dense` layers (on ``N×d_in`` or sequence ``N×T×d_in`` inputs);
+* `model` is a `fdl.layers.Layer` whose parameters all belong to
+  `fdl.layers.Dense` layers (on `N×d_in` or sequence `N×T×d_in` inputs);
   parameter-free layers (activations, Flatten, Dropout) and the combinators
-  ``serial``/``parallel``/``residual`` may be used freely. Any other parameter, a
+  `serial`/`parallel`/`residual` may be used freely. Any other parameter, a
   Dense layer applied twice (shared weights) or inside a loop, raises
-  ``ValueError`` naming the parameter — never a silently wrong norm. Use
-  :func:`fdl.train.per_example_grads` (``vmap``) for other models.
-* ``loss(outputs, y) -> ℓ ∈ ℝ^N`` gives one loss per example (default: softmax
-  cross-entropy on logits and integer labels, ``reduction="none"``). ``ℓᵢ`` must
-  depend on example ``i`` only (no statistics across the batch).
-* ``state``, ``key`` and ``train`` are passed to ``model.apply`` as usual. Both
-  functions are pure; ``jit`` them (the models, losses and hyperparameters are
+  `ValueError` naming the parameter — never a silently wrong norm. Use
+  `fdl.train.per_example_grads` (`vmap`) for other models.
+* `loss(outputs, y) -> ℓ ∈ ℝ^N` gives one loss per example (default: softmax
+  cross-entropy on logits and integer labels, `reduction="none"`). `ℓᵢ` must
+  depend on example `i` only (no statistics across the batch).
+* `state`, `key` and `train` are passed to `model.apply` as usual. Both
+  functions are pure; `jit` them (the models, losses and hyperparameters are
   Python values closed over or static).
 
 The method
 ----------
-Symbols: ``N`` examples, ``θ`` all parameters, ``gᵢ = ∇_θ ℓᵢ`` the per-example
-gradient, ``C`` = ``clip_norm``, ``σ`` = ``noise_multiplier``.
+Symbols: `N` examples, `θ` all parameters, `gᵢ = ∇_θ ℓᵢ` the per-example
+gradient, `C` = `clip_norm`, `σ` = `noise_multiplier`.
 
-1. *Ghost norms* — one forward and one backward of ``L = Σᵢ ℓᵢ``, no per-example
-   gradient formed. Every Dense layer gets a zero ``probe ∈ ℝ^N`` and runs
-   :func:`fdl.ops.ghost_linear`, whose backward has the layer's input ``X`` and
-   output cotangent ``G = ∂L/∂Y`` (``Gᵢ = ∂ℓᵢ/∂Yᵢ``) and returns, as the probe's
-   cotangent, ``‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖² = ‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²`` (for sequences
-   ``⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²``). Then ``‖gᵢ‖ = (Σ_layers ·)^{1/2}``.
-2. *Clip factors* ``cᵢ = min(1, C/‖gᵢ‖)``, so ``‖cᵢ gᵢ‖ ≤ C`` (Abadi et al.'s
-   ``gᵢ / max(1, ‖gᵢ‖/C)``).
-3. *Clipped sum* by a second backward, of ``Σᵢ cᵢ ℓᵢ`` with the ``cᵢ`` held constant
-   (stop-gradient): ``∇_θ Σᵢ cᵢ ℓᵢ = Σᵢ cᵢ gᵢ``. Both backwards share one forward
-   (one ``jax.vjp``, its backward run with cotangents ``1`` and ``c``).
-4. *Noise*: ``g̃ = (Σᵢ cᵢ gᵢ + σ C ξ) / N`` with ``ξ ~ N(0, I)`` drawn from the
-   explicit ``key``, independently for every parameter. (Abadi et al. divide by the
-   expected lot size ``L``; here the lot is the batch, ``L = N``.)
+1. *Ghost norms* — one forward and one backward of `L = Σᵢ ℓᵢ`, no per-example
+   gradient formed. Every Dense layer gets a zero `probe ∈ ℝ^N` and runs
+   `fdl.ops.ghost_linear`, whose backward has the layer's input `X` and
+   output cotangent `G = ∂L/∂Y` (`Gᵢ = ∂ℓᵢ/∂Yᵢ`) and returns, as the probe's
+   cotangent, `‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖² = ‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²` (for sequences
+   `⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²`). Then `‖gᵢ‖ = (Σ_layers ·)^{1/2}`.
+2. *Clip factors* `cᵢ = min(1, C/‖gᵢ‖)`, so `‖cᵢ gᵢ‖ ≤ C` (Abadi et al.'s
+   `gᵢ / max(1, ‖gᵢ‖/C)`).
+3. *Clipped sum* by a second backward, of `Σᵢ cᵢ ℓᵢ` with the `cᵢ` held constant
+   (stop-gradient): `∇_θ Σᵢ cᵢ ℓᵢ = Σᵢ cᵢ gᵢ`. Both backwards share one forward
+   (one `jax.vjp`, its backward run with cotangents `1` and `c`).
+4. *Noise*: `g̃ = (Σᵢ cᵢ gᵢ + σ C ξ) / N` with `ξ ~ N(0, I)` drawn from the
+   explicit `key`, independently for every parameter. (Abadi et al. divide by the
+   expected lot size `L`; here the lot is the batch, `L = N`.)
 
-Cost: one forward and two backwards, about 1.5 ordinary steps, against ``N``
-materialised gradients of ``|θ|`` numbers each for ``vmap``. Because each clipped
-gradient has norm ``≤ C``, the sum changes by at most ``C`` when one example is
-added or removed, and Gaussian noise of standard deviation ``σC`` makes the step
-``(ε, δ)``-differentially private; accounting for ``ε`` over many steps (the moments
+Cost: one forward and two backwards, about 1.5 ordinary steps, against `N`
+materialised gradients of `|θ|` numbers each for `vmap`. Because each clipped
+gradient has norm `≤ C`, the sum changes by at most `C` when one example is
+added or removed, and Gaussian noise of standard deviation `σC` makes the step
+`(ε, δ)`-differentially private; accounting for `ε` over many steps (the moments
 accountant) is not part of this module.
 
 References: Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep Learning
@@ -81,13 +81,13 @@ _FALLBACK = "use fdl.train.per_example_grads (vmap) for this model"
 
 
 class DPGrads(NamedTuple):
-    """The result of :func:`dp_sgd_grads`.
+    """The result of `dp_sgd_grads`.
 
     Attributes:
-      grads: ``(Σᵢ cᵢ gᵢ + σ C ξ) / N``, structured like ``params`` (their dtypes).
-      norms: ``(N,)`` per-example gradient norms ``‖gᵢ‖`` before clipping.
-      loss: scalar, the mean per-example loss ``(1/N) Σᵢ ℓᵢ`` (unclipped).
-      model_state: the model's new state from ``model.apply``.
+      grads: `(Σᵢ cᵢ gᵢ + σ C ξ) / N`, structured like `params` (their dtypes).
+      norms: `(N,)` per-example gradient norms `‖gᵢ‖` before clipping.
+      loss: scalar, the mean per-example loss `(1/N) Σᵢ ℓᵢ` (unclipped).
+      model_state: the model's new state from `model.apply`.
     """
 
     grads: PyTree
@@ -127,9 +127,9 @@ def _unsupported(fn: str, path: str, leaf: Any, more: int) -> ValueError:
 
 
 def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
-    """``params`` with a zero ``probe ∈ ℝ^N`` added to every Dense layer's dict.
+    """`params` with a zero `probe ∈ ℝ^N` added to every Dense layer's dict.
 
-    Raises ``ValueError`` for any float leaf outside a Dense layer's dict.
+    Raises `ValueError` for any float leaf outside a Dense layer's dict.
     """
     bad: list[tuple[str, Any]] = []
 
@@ -153,7 +153,7 @@ def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
 
 
 def _consumers(jaxpr: Any, var: Any) -> list[str]:
-    """The primitives that read ``var``, looking through ``jit``/``remat`` calls."""
+    """The primitives that read `var`, looking through `jit`/`remat` calls."""
     found = []
     for eqn in jaxpr.eqns:
         for i, u in enumerate(eqn.invars):
@@ -170,7 +170,7 @@ def _consumers(jaxpr: Any, var: Any) -> list[str]:
 
 
 def _check_probe_uses(fn: str, losses_of: Callable, probed: PyTree) -> None:
-    """Each probe must be read once, by ``ghost_linear``: not ignored (a layer that is
+    """Each probe must be read once, by `ghost_linear`: not ignored (a layer that is
     not Dense but has Dense-shaped params), not twice (shared weights: ‖a + b‖ is not
     ‖a‖ + ‖b‖), not inside a loop or conditional (the same, per iteration)."""
     closed = jax.make_jaxpr(lambda p: losses_of(p)[0])(probed)
@@ -227,7 +227,7 @@ def _check_losses(fn: str, ell: Any, n: int) -> None:
 def _ghost_pass(fn: str, model: Layer, params: PyTree, state: PyTree, x: Any, y: Any,
                 loss: LossFn, key: jax.Array | None, train: bool
                 ) -> tuple[jax.Array, jax.Array, Callable, PyTree]:
-    """``(ℓ, ‖g‖, vjp, new_state)``: one forward, one backward (of ``Σᵢ ℓᵢ``)."""
+    """`(ℓ, ‖g‖, vjp, new_state)`: one forward, one backward (of `Σᵢ ℓᵢ`)."""
     _check_inputs(fn, model, loss)
     n = _batch_size(fn, x)
     probed = _with_probes(fn, params, n)
@@ -262,18 +262,18 @@ def _without_probes(tree: PyTree) -> PyTree:
 def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
                            loss: LossFn = _per_example_cross_entropy,
                            key: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """Per-example gradient norms ``‖∇_θ ℓᵢ‖₂`` over all parameters, without forming
-    per-example gradients (ghost norms: step 1 in :mod:`fdl.privacy`).
+    """Per-example gradient norms `‖∇_θ ℓᵢ‖₂` over all parameters, without forming
+    per-example gradients (ghost norms: step 1 in `fdl.privacy`).
 
     Args:
-      model: a :class:`fdl.layers.Layer` whose parameters are all Dense layers'.
+      model: a `fdl.layers.Layer` whose parameters are all Dense layers'.
       params, state: the model's parameters and state.
-      x, y: a batch (axis 0 of ``x`` indexes the ``N`` examples) and its targets.
-      loss: ``loss(outputs, y) -> (N,)`` per-example losses.
-      key, train: passed to ``model.apply``.
+      x, y: a batch (axis 0 of `x` indexes the `N` examples) and its targets.
+      loss: `loss(outputs, y) -> (N,)` per-example losses.
+      key, train: passed to `model.apply`.
 
     Returns:
-      ``(N,)`` norms, equal (to rounding) to the norms of ``vmap`` per-example gradients.
+      `(N,)` norms, equal (to rounding) to the norms of `vmap` per-example gradients.
 
     Raises:
       ValueError: a parameter the ghost-norm path does not count, a shared or looped
@@ -285,26 +285,26 @@ def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, 
 
 
 def clip_factors(norms: jax.Array, clip_norm: float) -> jax.Array:
-    """``cᵢ = min(1, C/‖gᵢ‖)``, computed as ``C / max(C, ‖gᵢ‖)`` (1 at ‖gᵢ‖ = 0)."""
+    """`cᵢ = min(1, C/‖gᵢ‖)`, computed as `C / max(C, ‖gᵢ‖)` (1 at ‖gᵢ‖ = 0)."""
     return clip_norm / jnp.maximum(norms, clip_norm)
 
 
 def dp_sgd_grads(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
                  key: jax.Array, clip_norm: float, noise_multiplier: float,
                  loss: LossFn = _per_example_cross_entropy, train: bool = False) -> DPGrads:
-    """The DP-SGD gradient ``g̃ = (Σᵢ cᵢ gᵢ + σ C ξ)/N`` (Abadi et al. 2016), from ghost
-    norms and a second backward pass; see :mod:`fdl.privacy` for the equations.
+    """The DP-SGD gradient `g̃ = (Σᵢ cᵢ gᵢ + σ C ξ)/N` (Abadi et al. 2016), from ghost
+    norms and a second backward pass; see `fdl.privacy` for the equations.
 
     Args:
-      model, params, state, x, y, loss, train: as in :func:`per_example_grad_norms`.
-      key: PRNG key for the noise ``ξ`` (and, split off, the model's randomness).
-      clip_norm: ``C > 0``, the bound on each example's gradient norm.
-      noise_multiplier: ``σ ≥ 0``; the noise has standard deviation ``σC`` per
+      model, params, state, x, y, loss, train: as in `per_example_grad_norms`.
+      key: PRNG key for the noise `ξ` (and, split off, the model's randomness).
+      clip_norm: `C > 0`, the bound on each example's gradient norm.
+      noise_multiplier: `σ ≥ 0`; the noise has standard deviation `σC` per
         coordinate of the summed gradient (0: clipping only, no privacy).
 
     Returns:
-      :class:`DPGrads` ``(grads, norms, loss, model_state)``; feed ``grads`` to any
-      :class:`fdl.optim.Optimizer`.
+      `DPGrads` `(grads, norms, loss, model_state)`; feed `grads` to any
+      `fdl.optim.Optimizer`.
     """
     fn = "dp_sgd_grads"
     v.finite_number(fn, "clip_norm", clip_norm, low=0, low_inclusive=False)

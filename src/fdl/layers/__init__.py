@@ -1,4 +1,4 @@
-"""Layers: the ``Layer(init, apply)`` protocol over :mod:`fdl.ops`, and combinators.
+"""Layers: the `Layer(init, apply)` protocol over `fdl.ops`, and combinators.
 
 The contract
 ------------
@@ -8,26 +8,26 @@ A layer is a NamedTuple of two pure functions (and a name)::
     out_shape, params, state = layer.init(key, input_shape)
     y, state = layer.apply(params, state, x, key=None, train=False)
 
-* ``input_shape`` and ``out_shape`` exclude the batch axis: ``Dense(128).init(key,
-  (784,))`` returns ``(128,)``. ``x`` and ``y`` carry a leading batch axis,
-  batch-first throughout (``X ∈ ℝ^{N×d}``; images NHWC).
-* ``params`` is a pytree of arrays (nested dicts with readable keys, e.g.
-  ``params["dense_0"]["w"]``), the thing you differentiate.
-* ``state`` is everything that changes but is not differentiated (BatchNorm's
-  running statistics). Stateless layers use ``{}``. ``apply`` returns the new
+* `input_shape` and `out_shape` exclude the batch axis: `Dense(128).init(key,
+  (784,))` returns `(128,)`. `x` and `y` carry a leading batch axis,
+  batch-first throughout (`X ∈ ℝ^{N×d}`; images NHWC).
+* `params` is a pytree of arrays (nested dicts with readable keys, e.g.
+  `params["dense_0"]["w"]`), the thing you differentiate.
+* `state` is everything that changes but is not differentiated (BatchNorm's
+  running statistics). Stateless layers use `{}`. `apply` returns the new
   state; nothing is mutated.
-* Randomness is explicit: layers that need it (Dropout) take ``key``; ``train``
+* Randomness is explicit: layers that need it (Dropout) take `key`; `train`
   switches training behaviour (dropout on, batch statistics) at trace time.
-* ``init`` validates the input shape and says what it expected; ``apply`` checks
-  the input against what ``init`` built.
+* `init` validates the input shape and says what it expected; `apply` checks
+  the input against what `init` built.
 
-Combinators :func:`serial`, :func:`parallel` and :func:`residual` build layers out
-of layers, so a whole model is itself a :class:`Layer`.
+Combinators `serial`, `parallel` and `residual` build layers out
+of layers, so a whole model is itself a `Layer`.
 """
 
 from fdl.layers import initializers
 from fdl.layers.attention import LuongAttention, MultiHeadAttention
-from fdl.layers.base import Layer, parallel, residual, serial, split_key
+from fdl.layers.base import Layer, parallel, residual, serial, split_key, stateless
 from fdl.layers.conv import AvgPool2D, Conv1D, Conv2D, GlobalAvgPool, MaxPool2D
 from fdl.layers.core import (
     ACTIVATIONS,
@@ -90,4 +90,5 @@ __all__ = [
     "residual",
     "serial",
     "split_key",
+    "stateless",
 ]

@@ -1,11 +1,11 @@
-"""Attention layers: :func:`MultiHeadAttention` and :func:`LuongAttention`.
+"""Attention layers: `MultiHeadAttention` and `LuongAttention`.
 
-Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.attention`, whose
-primitives carry the derivations. Batch-first: ``x ∈ ℝ^{N×T×d}``; shapes given to
-``init`` exclude the batch axis. Masks are boolean, ``True`` = attend, and are
-passed to ``apply`` as the keyword ``mask`` (an extension of the protocol:
-combinators never pass it; use ``causal=True`` for decoder self-attention inside
-``serial``).
+Thin `Layer` wrappers over `fdl.ops.attention`, whose
+primitives carry the derivations. Batch-first: `x ∈ ℝ^{N×T×d}`; shapes given to
+`init` exclude the batch axis. Masks are boolean, `True` = attend, and are
+passed to `apply` as the keyword `mask` (an extension of the protocol:
+combinators never pass it; use `causal=True` for decoder self-attention inside
+`serial`).
 """
 
 from __future__ import annotations
@@ -35,23 +35,23 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
                        out_features: int | None = None, *, causal: bool = False,
                        use_bias: bool = True, w_init: str | Initializer = "glorot_uniform",
                        b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
-    """Multi-head attention (:func:`fdl.ops.multi_head_attention`).
+    """Multi-head attention (`fdl.ops.multi_head_attention`).
 
-    Self-attention: ``input_shape = (T, d)``, ``x ∈ ℝ^{N×T×d}``. Cross-attention:
-    ``input_shape = ((T, d_q), (S, d_kv))`` and ``x = (x_q, x_kv)``. Output
-    ``N×T×out_features``.
+    Self-attention: `input_shape = (T, d)`, `x ∈ ℝ^{N×T×d}`. Cross-attention:
+    `input_shape = ((T, d_q), (S, d_kv))` and `x = (x_q, x_kv)`. Output
+    `N×T×out_features`.
 
     Args:
-      num_heads: number of heads ``h``; must divide ``features``.
-      features: projected size ``D`` of queries, keys and values (all heads
-        together; ``D/h`` per head). Default: ``d_q``.
-      out_features: size of the output projection. Default: ``d_q``.
-      causal: query ``t`` sees keys ``s ≤ t`` only (decoder self-attention).
+      num_heads: number of heads `h`; must divide `features`.
+      features: projected size `D` of queries, keys and values (all heads
+        together; `D/h` per head). Default: `d_q`.
+      out_features: size of the output projection. Default: `d_q`.
+      causal: query `t` sees keys `s ≤ t` only (decoder self-attention).
       use_bias: biases on the four projections.
 
-    Params: ``wq (d_q, D)``, ``wk (d_kv, D)``, ``wv (d_kv, D)``, ``wo (D, out)`` and,
-    with ``use_bias``, ``bq``, ``bk``, ``bv`` (``D``), ``bo`` (``out``). ``apply``
-    takes ``mask=`` (boolean, broadcast to ``N×T×S``; a padding mask is ``N×1×S``).
+    Params: `wq (d_q, D)`, `wk (d_kv, D)`, `wv (d_kv, D)`, `wo (D, out)` and,
+    with `use_bias`, `bq`, `bk`, `bv` (`D`), `bo` (`out`). `apply`
+    takes `mask=` (boolean, broadcast to `N×T×S`; a padding mask is `N×1×S`).
     """
     fn = "MultiHeadAttention"
     v.positive_int(fn, "num_heads", num_heads)
@@ -103,22 +103,22 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
                    attention_size: int | None = None, return_weights: bool = False,
                    w_init: str | Initializer = "glorot_uniform",
                    dtype: Any = jnp.float32) -> Layer:
-    """Luong global attention and attentional state (:func:`fdl.ops.luong_attention`,
-    :func:`fdl.ops.luong_attentional_state`): ``h̃_t = tanh(W_c [c_t; h_t])``.
+    """Luong global attention and attentional state (`fdl.ops.luong_attention`,
+    `fdl.ops.luong_attentional_state`): `h̃_t = tanh(W_c [c_t; h_t])`.
 
-    ``input_shape = ((d,), (S, d̄))`` and ``x = (h_t, h_bar)`` with ``h_t ∈ ℝ^{N×d}``
-    (decoder state) and ``h_bar ∈ ℝ^{N×S×d̄}`` (encoder states). Output
-    ``h̃ ∈ ℝ^{N×out_features}``, or ``(h̃, α)`` with the weights ``α ∈ ℝ^{N×S}`` when
-    ``return_weights``.
+    `input_shape = ((d,), (S, d̄))` and `x = (h_t, h_bar)` with `h_t ∈ ℝ^{N×d}`
+    (decoder state) and `h_bar ∈ ℝ^{N×S×d̄}` (encoder states). Output
+    `h̃ ∈ ℝ^{N×out_features}`, or `(h̃, α)` with the weights `α ∈ ℝ^{N×S}` when
+    `return_weights`.
 
     Args:
-      kind: the score, ``"dot"`` (needs ``d = d̄``), ``"general"`` or ``"concat"``.
-      out_features: size of ``h̃``. Default: ``d``.
-      attention_size: ``d_a`` of the concat score. Default: ``d``.
+      kind: the score, `"dot"` (needs `d = d̄`), `"general"` or `"concat"`.
+      out_features: size of `h̃`. Default: `d`.
+      attention_size: `d_a` of the concat score. Default: `d`.
 
-    Params (batch-first, transposes of the paper's matrices): ``w_a (d, d̄)``
-    (general) or ``w_a (d+d̄, d_a)`` and ``v_a (d_a,)`` (concat); ``w_c (d̄+d, out)``.
-    ``apply`` takes ``mask=`` (boolean ``N×S``, True = real source position).
+    Params (batch-first, transposes of the paper's matrices): `w_a (d, d̄)`
+    (general) or `w_a (d+d̄, d_a)` and `v_a (d_a,)` (concat); `w_c (d̄+d, out)`.
+    `apply` takes `mask=` (boolean `N×S`, True = real source position).
 
     References: Luong, Pham & Manning, "Effective Approaches to Attention-based
     Neural Machine Translation", 2015.

@@ -1,4 +1,4 @@
-"""The layer protocol and the combinators ``serial``, ``parallel``, ``residual``."""
+"""The layer protocol and the combinators `serial`, `parallel`, `residual`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 
 __all__ = ["PROBE", "Layer", "has_probe", "install_probe", "parallel", "residual", "serial",
-           "split_key"]
+           "split_key", "stateless"]
 
 Shape = tuple[int, ...]
 
@@ -41,14 +41,14 @@ def has_probe(params: Any) -> bool:
 
 
 class Layer(NamedTuple):
-    """A layer as two pure functions (see the contract in :mod:`fdl.layers`).
+    """A layer as two pure functions (see the contract in `fdl.layers`).
 
     Attributes:
-      init: ``init(key, input_shape) -> (output_shape, params, state)``; shapes
+      init: `init(key, input_shape) -> (output_shape, params, state)`; shapes
         exclude the batch axis.
-      apply: ``apply(params, state, x, *, key=None, train=False) -> (y, state)``;
-        ``x`` has a leading batch axis.
-      name: a short readable name, used for the parameter keys in ``serial``.
+      apply: `apply(params, state, x, *, key=None, train=False) -> (y, state)`;
+        `x` has a leading batch axis.
+      name: a short readable name, used for the parameter keys in `serial`.
     """
 
     init: Callable[..., tuple[Shape, Any, Any]]
@@ -56,8 +56,34 @@ class Layer(NamedTuple):
     name: str = "layer"
 
 
+def stateless(name: str, fn: Callable[..., Any],
+              output_shape: Callable[[Shape], Shape] | None = None, *,
+              random: bool = False) -> Layer:
+    """A layer without parameters or state, from a function of the batch.
+
+    Args:
+      name: the layer's name (its key in `serial`'s params).
+      fn: `fn(x) -> y`; with `random`, `fn(x, key, train) -> y` (dropout).
+      output_shape: `input_shape -> output_shape`, both without the batch axis; it
+        may validate `input_shape` and raise. Default: the shape is kept.
+      random: pass `apply`'s `key` and `train` on to `fn`.
+
+    Returns:
+      `Layer(init, apply, name)` with `init` returning `{}` params and state.
+    """
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+        shape = tuple(input_shape)
+        return (shape if output_shape is None else tuple(output_shape(shape))), {}, {}
+
+    def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, dict]:
+        return (fn(x, key, train) if random else fn(x)), state
+
+    return Layer(init, apply, name)
+
+
 def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:
-    """``n`` independent keys from ``key`` (or ``n`` Nones when there is no key)."""
+    """`n` independent keys from `key` (or `n` Nones when there is no key)."""
     if key is None:
         return [None] * n
     return list(jax.random.split(key, n))
@@ -78,10 +104,10 @@ def _check_layers(fn: str, layers: tuple) -> None:
 
 
 def serial(*layers: Layer, name: str = "serial") -> Layer:
-    """Compose layers: ``y = f_k(…f_2(f_1(x)))``.
+    """Compose layers: `y = f_k(…f_2(f_1(x)))`.
 
-    Params and state are dicts keyed ``"{name}_{position}"`` (``"dense_0"``,
-    ``"relu_1"``, …). The key given to ``apply`` is split, one per layer.
+    Params and state are dicts keyed `"{name}_{position}"` (`"dense_0"`,
+    `"relu_1"`, …). The key given to `apply` is split, one per layer.
     """
     _check_layers("serial", layers)
     names = _names(layers)
@@ -108,8 +134,8 @@ _COMBINE = ("concat", "sum", "tuple")
 def parallel(*layers: Layer, combine: str = "concat", name: str = "parallel") -> Layer:
     """Apply every layer to the same input and combine the outputs.
 
-    ``combine``: ``"concat"`` (along the last axis; other axes must agree),
-    ``"sum"`` (outputs must have one shape) or ``"tuple"``.
+    `combine`: `"concat"` (along the last axis; other axes must agree),
+    `"sum"` (outputs must have one shape) or `"tuple"`.
     """
     _check_layers("parallel", layers)
     if combine not in _COMBINE:
@@ -149,9 +175,9 @@ def parallel(*layers: Layer, combine: str = "concat", name: str = "parallel") ->
 
 
 def residual(layer: Layer, name: str = "residual") -> Layer:
-    """A skip connection ``y = x + f(x)``; ``f`` must keep the shape.
+    """A skip connection `y = x + f(x)`; `f` must keep the shape.
 
-    The gradient is the sum of both paths, ``∂L/∂x = ∂L/∂y + (∂f/∂x)ᵀ ∂L/∂y``.
+    The gradient is the sum of both paths, `∂L/∂x = ∂L/∂y + (∂f/∂x)ᵀ ∂L/∂y`.
     """
     _check_layers("residual", (layer,))
 

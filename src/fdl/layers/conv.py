@@ -1,10 +1,10 @@
 """Convolution and pooling layers: Conv2D, Conv1D, MaxPool2D, AvgPool2D, GlobalAvgPool.
 
-Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.conv` and
-:mod:`fdl.ops.pool`, whose primitives carry the derivations. Batch-first, images
-NHWC, kernels HWIO: ``init(key, (H, W, C))`` (no batch axis) and
-``apply(params, state, x)`` with ``x ∈ ℝ^{N×H×W×C}``; 1-D signals are NWC
-(``init(key, (L, C))``). All are stateless (``state == {}``).
+Thin `Layer` wrappers over `fdl.ops.conv` and
+`fdl.ops.pool`, whose primitives carry the derivations. Batch-first, images
+NHWC, kernels HWIO: `init(key, (H, W, C))` (no batch axis) and
+`apply(params, state, x)` with `x ∈ ℝ^{N×H×W×C}`; 1-D signals are NWC
+(`init(key, (L, C))`). All are stateless (`state == {}`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape
+from fdl.layers.base import Layer, Shape, stateless
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import Padding, explicit_padding
 
@@ -70,13 +70,13 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *,
            stride: int | Sequence[int] = 1, padding: Padding = "SAME",
            dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
            b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
-    """2-D convolution layer (:func:`fdl.ops.conv2d`), NHWC images, HWIO kernel.
+    """2-D convolution layer (`fdl.ops.conv2d`), NHWC images, HWIO kernel.
 
-    ``init(key, (H, W, C_in))`` → ``(o_h, o_w, features)``; params
-    ``{"w": (k_h, k_w, C_in, features), "b": (features,)}``. ``padding`` is
-    ``"SAME"`` (default: ``o = ⌈n/s⌉``), ``"VALID"`` or ``((top, bottom), (left,
-    right))``; ``stride``, ``dilation`` and ``kernel_size`` an int or a pair. The
-    initialisers see the HWIO fans (``fan_in = k_h k_w C_in``).
+    `init(key, (H, W, C_in))` → `(o_h, o_w, features)`; params
+    `{"w": (k_h, k_w, C_in, features), "b": (features,)}`. `padding` is
+    `"SAME"` (default: `o = ⌈n/s⌉`), `"VALID"` or `((top, bottom), (left,
+    right))`; `stride`, `dilation` and `kernel_size` an int or a pair. The
+    initialisers see the HWIO fans (`fan_in = k_h k_w C_in`).
     """
     return _conv("Conv2D", 2, features, kernel_size, stride, padding, dilation, w_init,
                  b_init, dtype)
@@ -86,11 +86,11 @@ def Conv1D(features: int, kernel_size: int | Sequence[int], *,
            stride: int | Sequence[int] = 1, padding: Padding = "SAME",
            dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
            b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
-    """1-D convolution layer (:func:`fdl.ops.conv1d`), NWC signals, WIO kernel.
+    """1-D convolution layer (`fdl.ops.conv1d`), NWC signals, WIO kernel.
 
-    ``init(key, (L, C_in))`` → ``(o, features)``; params
-    ``{"w": (k, C_in, features), "b": (features,)}``; ``padding`` is ``"SAME"``,
-    ``"VALID"`` or ``((lo, hi),)``.
+    `init(key, (L, C_in))` → `(o, features)`; params
+    `{"w": (k, C_in, features), "b": (features,)}`; `padding` is `"SAME"`,
+    `"VALID"` or `((lo, hi),)`.
     """
     return _conv("Conv1D", 1, features, kernel_size, stride, padding, dilation, w_init,
                  b_init, dtype)
@@ -104,52 +104,44 @@ def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding) ->
         for axis, ki, pad in zip("HW", k, padding):
             v.padding_within_window(fn, axis, pad, ki)
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def output_shape(input_shape: Shape) -> Shape:
         shape = v.input_shape(fn, input_shape, "(H, W, C)", rank=3)
-        return _output_sizes(fn, shape[:2], k, s, padding, "HW") + shape[2:], {}, {}
+        return _output_sizes(fn, shape[:2], k, s, padding, "HW") + shape[2:]
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def pool(x: jax.Array) -> jax.Array:
         if jnp.ndim(x) != 4:
             raise ValueError(
                 f"{fn}: input must be a batch of NHWC images (4 dimensions), got shape "
                 f"{tuple(jnp.shape(x))}")
-        return op(x, k, s, padding), state
+        return op(x, k, s, padding)
 
-    return Layer(init, apply, name)
+    return stateless(name, pool, output_shape)
 
 
 def MaxPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
               padding: Padding = "VALID") -> Layer:
-    """Max pooling over ``window`` (:func:`fdl.ops.max_pool2d`), NHWC.
+    """Max pooling over `window` (`fdl.ops.max_pool2d`), NHWC.
 
-    ``stride`` defaults to ``window`` (non-overlapping). ``init(key, (H, W, C))`` →
-    ``(o_h, o_w, C)``. The gradient goes to each window's first maximum.
+    `stride` defaults to `window` (non-overlapping). `init(key, (H, W, C))` →
+    `(o_h, o_w, C)`. The gradient goes to each window's first maximum.
     """
     return _pool("MaxPool2D", "max_pool2d", ops.max_pool2d, window, stride, padding)
 
 
 def AvgPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
               padding: Padding = "VALID") -> Layer:
-    """Average pooling over ``window`` (:func:`fdl.ops.avg_pool2d`), NHWC.
+    """Average pooling over `window` (`fdl.ops.avg_pool2d`), NHWC.
 
-    ``stride`` defaults to ``window``. With ``"SAME"`` or explicit padding, padded
+    `stride` defaults to `window`. With `"SAME"` or explicit padding, padded
     pixels are left out of each window's average.
     """
     return _pool("AvgPool2D", "avg_pool2d", ops.avg_pool2d, window, stride, padding)
 
 
 def GlobalAvgPool() -> Layer:
-    """Mean over all pixels (:func:`fdl.ops.global_avg_pool`): NHWC → NC.
+    """Mean over all pixels (`fdl.ops.global_avg_pool`): NHWC → NC.
 
-    ``init(key, (H, W, C))`` → ``(C,)``.
+    `init(key, (H, W, C))` → `(C,)`.
     """
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        shape = v.input_shape("GlobalAvgPool", input_shape, "(H, W, C)", rank=3)
-        return shape[2:], {}, {}
-
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
-        return ops.global_avg_pool(x), state
-
-    return Layer(init, apply, "global_avg_pool")
+    return stateless("global_avg_pool", ops.global_avg_pool,
+                     lambda shape: v.input_shape("GlobalAvgPool", shape, "(H, W, C)", rank=3)[2:])

@@ -1,8 +1,9 @@
-"""Dense, activation, Flatten and Dropout layers, and the ``mlp`` builder."""
+"""Dense, activation, Flatten and Dropout layers, and the `mlp` builder."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import PROBE, Layer, Shape, has_probe, serial
+from fdl.layers.base import PROBE, Layer, Shape, has_probe, serial, stateless
 from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = [
@@ -37,11 +38,11 @@ __all__ = [
 
 def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
           b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
-    """Fully connected layer ``Y = XW + b`` (the :func:`fdl.ops.linear` primitive).
+    """Fully connected layer `Y = XW + b` (the `fdl.ops.linear` primitive).
 
-    Batch-first: ``X ∈ ℝ^{N×d_in}`` → ``Y ∈ ℝ^{N×features}``; params
-    ``{"w": (d_in, features), "b": (features,)}``. ``w_init``/``b_init`` are
-    initialisers or their names (see :mod:`fdl.layers.initializers`).
+    Batch-first: `X ∈ ℝ^{N×d_in}` → `Y ∈ ℝ^{N×features}`; params
+    `{"w": (d_in, features), "b": (features,)}`. `w_init`/`b_init` are
+    initialisers or their names (see `fdl.layers.initializers`).
 
     Probes (`fdl.layers.base.PROBE`): when `params` also holds a probe (zeros of shape
     `(N,)`), the layer applies `fdl.ops.ghost_linear`, the same `Y`, whose backward
@@ -73,65 +74,54 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
     return Layer(init, apply, "dense")
 
 
-def _elementwise(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        return tuple(input_shape), {}, {}
-
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
-        return fn(x), state
-
-    return Layer(init, apply, name)
-
-
 def Relu() -> Layer:
-    """Element-wise :func:`fdl.ops.relu`."""
-    return _elementwise("relu", ops.relu)
+    """Element-wise `fdl.ops.relu`."""
+    return stateless("relu", ops.relu)
 
 
 def Tanh() -> Layer:
-    """Element-wise :func:`fdl.ops.tanh`."""
-    return _elementwise("tanh", ops.tanh)
+    """Element-wise `fdl.ops.tanh`."""
+    return stateless("tanh", ops.tanh)
 
 
 def Sigmoid() -> Layer:
-    """Element-wise :func:`fdl.ops.sigmoid`."""
-    return _elementwise("sigmoid", ops.sigmoid)
+    """Element-wise `fdl.ops.sigmoid`."""
+    return stateless("sigmoid", ops.sigmoid)
 
 
 def Softplus() -> Layer:
-    """Element-wise :func:`fdl.ops.softplus`."""
-    return _elementwise("softplus", ops.softplus)
+    """Element-wise `fdl.ops.softplus`."""
+    return stateless("softplus", ops.softplus)
 
 
 def Silu() -> Layer:
-    """Element-wise :func:`fdl.ops.silu` (swish)."""
-    return _elementwise("silu", ops.silu)
+    """Element-wise `fdl.ops.silu` (swish)."""
+    return stateless("silu", ops.silu)
 
 
 def Gelu(approximate: bool = False) -> Layer:
-    """Element-wise :func:`fdl.ops.gelu` (exact, or the tanh approximation)."""
-    return _elementwise("gelu", lambda x: ops.gelu(x, approximate))
+    """Element-wise `fdl.ops.gelu` (exact, or the tanh approximation)."""
+    return stateless("gelu", lambda x: ops.gelu(x, approximate))
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
-    """Element-wise :func:`fdl.ops.leaky_relu`."""
-    return _elementwise("leaky_relu", lambda x: ops.leaky_relu(x, negative_slope))
+    """Element-wise `fdl.ops.leaky_relu`."""
+    return stateless("leaky_relu", lambda x: ops.leaky_relu(x, negative_slope))
 
 
 def Elu(alpha: float = 1.0) -> Layer:
-    """Element-wise :func:`fdl.ops.elu`."""
-    return _elementwise("elu", lambda x: ops.elu(x, alpha))
+    """Element-wise `fdl.ops.elu`."""
+    return stateless("elu", lambda x: ops.elu(x, alpha))
 
 
 def Softmax(axis: int = -1) -> Layer:
-    """:func:`fdl.ops.softmax` along ``axis``."""
-    return _elementwise("softmax", lambda x: ops.softmax(x, axis))
+    """`fdl.ops.softmax` along `axis`."""
+    return stateless("softmax", lambda x: ops.softmax(x, axis))
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
-    """:func:`fdl.ops.log_softmax` along ``axis``."""
-    return _elementwise("log_softmax", lambda x: ops.log_softmax(x, axis))
+    """`fdl.ops.log_softmax` along `axis`."""
+    return stateless("log_softmax", lambda x: ops.log_softmax(x, axis))
 
 
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
@@ -141,56 +131,48 @@ ACTIVATIONS: dict[str, Callable[[], Layer]] = {
 
 
 def get_activation(name: str) -> Layer:
-    """An activation layer by name (``"relu"``, ``"tanh"``, …)."""
+    """An activation layer by name (`"relu"`, `"tanh"`, …)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
 def Activation(name: str) -> Layer:
-    """Alias of :func:`get_activation`: ``Activation("tanh")``."""
+    """Deprecated: the same layer as `get_activation(name)`, which is the one name for it."""
+    warnings.warn("fdl.layers.Activation is deprecated; use fdl.layers.get_activation(name), "
+                  "which returns the same layer", DeprecationWarning, stacklevel=2)
     return get_activation(name)
 
 
 def Flatten() -> Layer:
-    """Flatten everything but the batch axis: ``(N, d₁, …, d_k) → (N, d₁⋯d_k)``.
+    """Flatten everything but the batch axis: `(N, d₁, …, d_k) → (N, d₁⋯d_k)`.
 
     A reshape moves no values, so its gradient is the reshape back.
     """
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        return (math.prod(input_shape),), {}, {}
-
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
-        return x.reshape(x.shape[0], -1), state
-
-    return Layer(init, apply, "flatten")
+    return stateless("flatten", lambda x: x.reshape(x.shape[0], -1),
+                     lambda shape: (math.prod(shape),))
 
 
 def Dropout(rate: float) -> Layer:
-    """Inverted dropout: in training, drop each unit with probability ``rate`` and
-    scale the kept ones by ``1/(1 − rate)``; the identity when not training.
+    """Inverted dropout: in training, drop each unit with probability `rate` and
+    scale the kept ones by `1/(1 − rate)`; the identity when not training.
 
-    ``rate`` is the probability of *dropping* (``Dropout(0.1)`` keeps 90%). Training
-    needs an explicit key: ``apply(params, state, x, key=key, train=True)``.
+    `rate` is the probability of *dropping* (`Dropout(0.1)` keeps 90%). Training
+    needs an explicit key: `apply(params, state, x, key=key, train=True)`.
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"Dropout: rate (the drop probability) must be in [0, 1), got {rate!r}")
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
-        return tuple(input_shape), {}, {}
-
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def drop(x: jax.Array, key: jax.Array | None, train: bool) -> jax.Array:
         if not train or rate == 0:
-            return x, state
+            return x
         if key is None:
             raise ValueError(
                 "Dropout: train=True needs a PRNG key; call "
                 "apply(params, state, x, key=jax.random.key(0), train=True)")
-        return ops.dropout(x, key, rate), state
+        return ops.dropout(x, key, rate)
 
-    return Layer(init, apply, "dropout")
+    return stateless("dropout", drop, random=True)
 
 
 def mlp(hidden: Sequence[int], outputs: int, *, activation: str = "relu",
@@ -198,13 +180,13 @@ def mlp(hidden: Sequence[int], outputs: int, *, activation: str = "relu",
     """A multi-layer perceptron: Flatten → [Dense → activation (→ Dropout)]* → Dense.
 
     Args:
-      hidden: sizes of the hidden layers (``[]`` gives logistic regression).
+      hidden: sizes of the hidden layers (`[]` gives logistic regression).
       outputs: size of the output layer (logits; no activation).
-      activation: name of the hidden activation (see :data:`ACTIVATIONS`).
+      activation: name of the hidden activation (see `ACTIVATIONS`).
       dropout: drop probability after each hidden activation (0 = none).
       w_init: kernel initialiser; default He-normal for ReLU-like activations,
         Glorot-uniform otherwise (the variance argument in
-        :mod:`fdl.layers.initializers`).
+        `fdl.layers.initializers`).
     """
     for i, h in enumerate(hidden):
         v.positive_int("mlp", f"hidden[{i}]", h)

@@ -21,12 +21,12 @@ __all__ = ["Embedding"]
 
 def Embedding(vocab_size: int, features: int, *,
               init: str | Initializer | None = None, dtype: Any = jnp.float32) -> Layer:
-    """Embedding lookup (:func:`fdl.ops.embedding`): integer ids → ``features``-vectors.
+    """Embedding lookup (`fdl.ops.embedding`): integer ids → `features`-vectors.
 
-    ``init(key, S)`` for ids of shape ``S`` per example (``()`` for one token,
-    ``(L,)`` for a sequence) → ``S + (features,)``; params
-    ``{"table": (vocab_size, features)}``, initialised ``N(0, 1)`` unless ``init``
-    says otherwise. ``apply`` takes integer ids ``N×S`` in ``[0, vocab_size)``.
+    `init(key, S)` for ids of shape `S` per example (`()` for one token,
+    `(L,)` for a sequence) → `S + (features,)`; params
+    `{"table": (vocab_size, features)}`, initialised `N(0, 1)` unless `init`
+    says otherwise. `apply` takes integer ids `N×S` in `[0, vocab_size)`.
     """
     fn = "Embedding"
     v.positive_int(fn, "vocab_size", vocab_size)

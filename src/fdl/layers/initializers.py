@@ -1,18 +1,18 @@
-"""Weight initialisers: ``init(key, shape, dtype) -> array``.
+"""Weight initialisers: `init(key, shape, dtype) -> array`.
 
-Fans: for a dense kernel ``W ∈ ℝ^{d_in×d_out}``, ``fan_in = d_in`` and
-``fan_out = d_out``; for a convolution kernel in HWIO layout, ``fan_in = H·W·I``
-and ``fan_out = H·W·O`` (every output sums ``fan_in`` products).
+Fans: for a dense kernel `W ∈ ℝ^{d_in×d_out}`, `fan_in = d_in` and
+`fan_out = d_out`; for a convolution kernel in HWIO layout, `fan_in = H·W·I`
+and `fan_out = H·W·O` (every output sums `fan_in` products).
 
-Variance argument: with independent zero-mean inputs of variance ``v``, a unit
-``y = Σᵢ wᵢ xᵢ`` over ``fan_in`` terms has ``Var(y) = fan_in · Var(w) · v``. Keeping
-the forward signal's variance constant asks ``Var(w) = 1/fan_in`` (LeCun); keeping
-the backward gradient's asks ``1/fan_out``; Glorot & Bengio take the compromise
-``Var(w) = 2/(fan_in + fan_out)``. A ReLU zeroes half of its inputs, halving the
-second moment, so He et al. double LeCun's: ``Var(w) = 2/fan_in``.
+Variance argument: with independent zero-mean inputs of variance `v`, a unit
+`y = Σᵢ wᵢ xᵢ` over `fan_in` terms has `Var(y) = fan_in · Var(w) · v`. Keeping
+the forward signal's variance constant asks `Var(w) = 1/fan_in` (LeCun); keeping
+the backward gradient's asks `1/fan_out`; Glorot & Bengio take the compromise
+`Var(w) = 2/(fan_in + fan_out)`. A ReLU zeroes half of its inputs, halving the
+second moment, so He et al. double LeCun's: `Var(w) = 2/fan_in`.
 
-A uniform law on ``[−a, a]`` has variance ``a²/3``, so ``a = √(3·Var)``; the normal
-laws here are untruncated ``N(0, Var)``.
+A uniform law on `[−a, a]` has variance `a²/3`, so `a = √(3·Var)`; the normal
+laws here are untruncated `N(0, Var)`.
 
 References: LeCun et al., "Efficient BackProp", 1998. Glorot & Bengio,
 "Understanding the difficulty of training deep feedforward neural networks",
@@ -52,7 +52,7 @@ Initializer = Callable[[jax.Array, tuple, Any], jax.Array]
 
 
 def fans(shape: tuple) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a kernel: the last axis is the output, the one before
+    """`(fan_in, fan_out)` of a kernel: the last axis is the output, the one before
     it the input, any axes before those are a receptive field (HWIO)."""
     if len(shape) < 1:
         raise ValueError(f"initializer: a kernel needs at least 1 dimension, got shape {shape}")
@@ -63,16 +63,15 @@ def fans(shape: tuple) -> tuple[int, int]:
 
 
 def _flat(sample: Callable, key: jax.Array, shape: tuple, dtype: Any, *args: Any) -> jax.Array:
-    """Draw ``prod(shape)`` values as a vector, then reshape: the same law, and XLA
-    compiles threefry on a flat vector far faster than on some 2-D shapes (seen:
-    (512, 10) took 5× longer to compile than (5120,) on CPU)."""
+    """Draw `prod(shape)` values as a vector, then reshape: the same law, and XLA:CPU
+    compiles a flat Threefry draw (JAX's default keys) faster than some 2-D ones."""
     return sample(key, (math.prod(shape),), dtype, *args).reshape(shape)
 
 
 def variance_scaling(scale: float, mode: str, distribution: str) -> Initializer:
-    """Zero-mean weights with ``Var(w) = scale / n``, ``n`` = ``fan_in``, ``fan_out``
-    or ``(fan_in + fan_out)/2`` (``mode`` = ``"fan_in"``, ``"fan_out"``, ``"fan_avg"``);
-    ``distribution`` is ``"uniform"`` or ``"normal"``."""
+    """Zero-mean weights with `Var(w) = scale / n`, `n` = `fan_in`, `fan_out`
+    or `(fan_in + fan_out)/2` (`mode` = `"fan_in"`, `"fan_out"`, `"fan_avg"`);
+    `distribution` is `"uniform"` or `"normal"`."""
     if mode not in ("fan_in", "fan_out", "fan_avg"):
         raise ValueError(f"variance_scaling: mode must be fan_in, fan_out or fan_avg, got {mode!r}")
     if distribution not in ("uniform", "normal"):
@@ -94,49 +93,49 @@ def variance_scaling(scale: float, mode: str, distribution: str) -> Initializer:
 
 
 def glorot_uniform() -> Initializer:
-    """Glorot/Xavier uniform: ``U(−a, a)``, ``a = √(6/(fan_in + fan_out))``, i.e. ``Var = 2/(fan_in + fan_out)``."""
+    """Glorot/Xavier uniform: `U(−a, a)`, `a = √(6/(fan_in + fan_out))`, i.e. `Var = 2/(fan_in + fan_out)`."""
     return variance_scaling(1.0, "fan_avg", "uniform")
 
 
 def glorot_normal() -> Initializer:
-    """Glorot/Xavier normal: ``N(0, 2/(fan_in + fan_out))``."""
+    """Glorot/Xavier normal: `N(0, 2/(fan_in + fan_out))`."""
     return variance_scaling(1.0, "fan_avg", "normal")
 
 
 def he_uniform() -> Initializer:
-    """He/Kaiming uniform (for ReLU): ``U(−a, a)``, ``a = √(6/fan_in)``, i.e. ``Var = 2/fan_in``."""
+    """He/Kaiming uniform (for ReLU): `U(−a, a)`, `a = √(6/fan_in)`, i.e. `Var = 2/fan_in`."""
     return variance_scaling(2.0, "fan_in", "uniform")
 
 
 def he_normal() -> Initializer:
-    """He/Kaiming normal (for ReLU): ``N(0, 2/fan_in)``."""
+    """He/Kaiming normal (for ReLU): `N(0, 2/fan_in)`."""
     return variance_scaling(2.0, "fan_in", "normal")
 
 
 def lecun_uniform() -> Initializer:
-    """LeCun uniform: ``U(−a, a)``, ``a = √(3/fan_in)``, i.e. ``Var = 1/fan_in``."""
+    """LeCun uniform: `U(−a, a)`, `a = √(3/fan_in)`, i.e. `Var = 1/fan_in`."""
     return variance_scaling(1.0, "fan_in", "uniform")
 
 
 def lecun_normal() -> Initializer:
-    """LeCun normal: ``N(0, 1/fan_in)`` (suits tanh and SELU)."""
+    """LeCun normal: `N(0, 1/fan_in)` (suits tanh and SELU)."""
     return variance_scaling(1.0, "fan_in", "normal")
 
 
 def normal(stddev: float = 0.01) -> Initializer:
-    """``N(0, stddev²)`` regardless of the fans."""
+    """`N(0, stddev²)` regardless of the fans."""
     def init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
         return stddev * _flat(jax.random.normal, key, shape, dtype)
     return init
 
 
 def orthogonal(gain: float = 1.0) -> Initializer:
-    """A (semi-)orthogonal matrix times ``gain``: the kernel reshaped to
-    ``(fan_in_rows, cols)`` has orthonormal columns (or rows, if wider than tall).
+    """A (semi-)orthogonal matrix times `gain`: the kernel reshaped to
+    `(fan_in_rows, cols)` has orthonormal columns (or rows, if wider than tall).
 
-    Drawn as the ``Q`` of the QR decomposition of a Gaussian matrix, with the signs
-    of ``diag(R)`` folded into ``Q`` so the law is uniform (Haar) over orthogonal
-    matrices. Preserves norms exactly: ``‖xW‖ = ‖x‖`` for square ``W``.
+    Drawn as the `Q` of the QR decomposition of a Gaussian matrix, with the signs
+    of `diag(R)` folded into `Q` so the law is uniform (Haar) over orthogonal
+    matrices. Preserves norms exactly: `‖xW‖ = ‖x‖` for square `W`.
     """
     def init(key: jax.Array, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
         if len(shape) < 2:
@@ -172,7 +171,7 @@ INITIALIZERS: dict[str, Callable[[], Initializer]] = {
 
 
 def get_initializer(init: str | Initializer) -> Initializer:
-    """An initialiser by name (``"he_normal"``, …) or the callable itself."""
+    """An initialiser by name (`"he_normal"`, …) or the callable itself."""
     if callable(init):
         return init
     if init not in INITIALIZERS:

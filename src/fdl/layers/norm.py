@@ -1,12 +1,12 @@
 """Normalisation layers: BatchNorm, LayerNorm, RMSNorm.
 
 Thin `Layer` wrappers over `fdl.ops.norm`, whose primitives carry the derivations. Features are on
-the last axis (``N×d``, or NHWC images for BatchNorm); shapes given to ``init``
+the last axis (`N×d`, or NHWC images for BatchNorm); shapes given to `init`
 exclude the batch axis.
 
 BatchNorm is the one layer with state: its running statistics
-``{"mean": (C,), "var": (C,)}`` are returned by ``init`` and threaded through
-``apply`` explicitly — updated in training (``train=True``), read at inference.
+`{"mean": (C,), "var": (C,)}` are returned by `init` and threaded through
+`apply` explicitly — updated in training (`train=True`), read at inference.
 """
 
 from __future__ import annotations
@@ -38,24 +38,24 @@ def _check_last_axis(fn: str, x: Any, expected: int, what: str) -> None:
 
 
 def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
-    r"""Batch normalisation over every axis but the last (:func:`fdl.ops.batch_norm`).
+    r"""Batch normalisation over every axis but the last (`fdl.ops.batch_norm`).
 
-    ``init(key, (…, C))`` → params ``{"gamma": ones(C), "beta": zeros(C)}``, state
-    ``{"mean": zeros(C), "var": ones(C)}`` (the running statistics).
+    `init(key, (…, C))` → params `{"gamma": ones(C), "beta": zeros(C)}`, state
+    `{"mean": zeros(C), "var": ones(C)}` (the running statistics).
 
-    ``apply(…, train=True)`` normalises with the batch statistics ``μ_B, v_B`` and
+    `apply(…, train=True)` normalises with the batch statistics `μ_B, v_B` and
     returns the state updated as exponential moving averages,
 
-        ``mean ← momentum·mean + (1 − momentum)·μ_B``,
-        ``var ← momentum·var + (1 − momentum)·v_B·m/(m − 1)``,
+        `mean ← momentum·mean + (1 − momentum)·μ_B`,
+        `var ← momentum·var + (1 − momentum)·v_B·m/(m − 1)`,
 
-    with ``m`` values per channel (Bessel's correction: the running variance
-    estimates the population's, as in PyTorch). ``momentum`` is the weight of the
-    *old* value (Keras/flax convention; PyTorch's ``momentum=0.1`` is ``0.9`` here).
+    with `m` values per channel (Bessel's correction: the running variance
+    estimates the population's, as in PyTorch). `momentum` is the weight of the
+    *old* value (Keras/flax convention; PyTorch's `momentum=0.1` is `0.9` here).
     The statistics feed the state only, never the gradient.
 
-    ``apply(…, train=False)`` (inference) is the per-channel affine map
-    :func:`fdl.ops.batch_norm_inference` with the running statistics; state unchanged.
+    `apply(…, train=False)` (inference) is the per-channel affine map
+    `fdl.ops.batch_norm_inference` with the running statistics; state unchanged.
 
     References: Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network
     Training by Reducing Internal Covariate Shift", 2015.
@@ -92,9 +92,9 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, dtype: Any = jnp.floa
 
 
 def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
-    """Layer normalisation over the last axis (:func:`fdl.ops.layer_norm`).
+    """Layer normalisation over the last axis (`fdl.ops.layer_norm`).
 
-    ``init(key, (…, d))`` → params ``{"gamma": ones(d), "beta": zeros(d)}``; stateless;
+    `init(key, (…, d))` → params `{"gamma": ones(d), "beta": zeros(d)}`; stateless;
     the same in training and inference.
 
     References: Ba, Kiros & Hinton, "Layer Normalization", 2016.
@@ -115,9 +115,9 @@ def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
 
 
 def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
-    """RMS normalisation over the last axis (:func:`fdl.ops.rms_norm`).
+    """RMS normalisation over the last axis (`fdl.ops.rms_norm`).
 
-    ``init(key, (…, d))`` → params ``{"gamma": ones(d)}``; stateless.
+    `init(key, (…, d))` → params `{"gamma": ones(d)}`; stateless.
 
     References: Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019.
     """

@@ -1,17 +1,17 @@
-"""Recurrent layers over sequences: :func:`RNN`, :func:`LSTM`, :func:`GRU`.
+"""Recurrent layers over sequences: `RNN`, `LSTM`, `GRU`.
 
-Thin :class:`~fdl.layers.Layer` wrappers over :mod:`fdl.ops.recurrent` (a
-``lax.scan`` of a cell primitive; backpropagation through time composes the
-cell's hand-written rule). Batch-first: ``x ∈ ℝ^{N×T×D}``, ``input_shape = (T, D)``.
-Output: every step's hidden state ``N×T×H`` (``return_sequences=True``, the
-default) or the last one, ``N×H``. The initial state is zero unless ``apply`` is
-given ``initial_state=`` (an extension of the protocol; combinators never pass
-it): ``N×H``, or the pair ``(h, c)`` for the LSTM.
+Thin `Layer` wrappers over `fdl.ops.recurrent` (a
+`lax.scan` of a cell primitive; backpropagation through time composes the
+cell's hand-written rule). Batch-first: `x ∈ ℝ^{N×T×D}`, `input_shape = (T, D)`.
+Output: every step's hidden state `N×T×H` (`return_sequences=True`, the
+default) or the last one, `N×H`. The initial state is zero unless `apply` is
+given `initial_state=` (an extension of the protocol; combinators never pass
+it): `N×H`, or the pair `(h, c)` for the LSTM.
 
-Initialisation (Keras' defaults): input kernel ``wx`` Glorot-uniform, recurrent
-kernel ``wh`` orthogonal (norm-preserving, so the backward signal through many
+Initialisation (Keras' defaults): input kernel `wx` Glorot-uniform, recurrent
+kernel `wh` orthogonal (norm-preserving, so the backward signal through many
 steps neither explodes nor vanishes at the start), biases zero except the LSTM's
-forget gate, which starts at ``forget_bias = 1`` so the memory is kept early in
+forget gate, which starts at `forget_bias = 1` so the memory is kept early in
 training (Jozefowicz, Zaremba & Sutskever, "An Empirical Exploration of
 Recurrent Network Architectures", 2015).
 """
@@ -76,8 +76,8 @@ def _zero_bias(hidden: int, gates: int) -> Callable:
 def RNN(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
         w_init: str | Initializer = "glorot_uniform", h_init: str | Initializer = "orthogonal",
         dtype: Any = jnp.float32) -> Layer:
-    """Elman RNN over a sequence, ``h_t = tanh(x_t W_x + h_{t−1} W_h + b)``
-    (:func:`fdl.ops.rnn`). Params ``wx (D, H)``, ``wh (H, H)``, ``b (H,)``."""
+    """Elman RNN over a sequence, `h_t = tanh(x_t W_x + h_{t−1} W_h + b)`
+    (`fdl.ops.rnn`). Params `wx (D, H)`, `wh (H, H)`, `b (H,)`."""
     return _sequence_layer(
         "RNN", hidden, 1, ("b",),
         lambda x, h0, p, reverse: ops.rnn(x, h0, p["wx"], p["wh"], p["b"], reverse=reverse),
@@ -88,11 +88,11 @@ def RNN(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
 def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
          forget_bias: float = 1.0, w_init: str | Initializer = "glorot_uniform",
          h_init: str | Initializer = "orthogonal", dtype: Any = jnp.float32) -> Layer:
-    """LSTM over a sequence (:func:`fdl.ops.lstm`; gates ``i, f, g, o`` stacked).
+    """LSTM over a sequence (`fdl.ops.lstm`; gates `i, f, g, o` stacked).
 
-    Params ``wx (D, 4H)``, ``wh (H, 4H)``, ``b (4H,)`` with the forget-gate slice
-    ``b[H:2H]`` initialised to ``forget_bias``. ``initial_state`` is a pair ``(h, c)``;
-    the last output is the final ``h``.
+    Params `wx (D, 4H)`, `wh (H, 4H)`, `b (4H,)` with the forget-gate slice
+    `b[H:2H]` initialised to `forget_bias`. `initial_state` is a pair `(h, c)`;
+    the last output is the final `h`.
     """
     if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
         raise TypeError(f"LSTM: forget_bias must be a number, got {forget_bias!r}")
@@ -110,9 +110,9 @@ def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
 def GRU(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
         w_init: str | Initializer = "glorot_uniform", h_init: str | Initializer = "orthogonal",
         dtype: Any = jnp.float32) -> Layer:
-    """GRU over a sequence (:func:`fdl.ops.gru`: the reset-after variant of PyTorch and
-    cuDNN; gates ``r, z, n`` stacked). Params ``wx (D, 3H)``, ``wh (H, 3H)``,
-    ``bx (3H,)``, ``bh (3H,)``."""
+    """GRU over a sequence (`fdl.ops.gru`: the reset-after variant of PyTorch and
+    cuDNN; gates `r, z, n` stacked). Params `wx (D, 3H)`, `wh (H, 3H)`,
+    `bx (3H,)`, `bh (3H,)`."""
     return _sequence_layer(
         "GRU", hidden, 3, ("bx", "bh"),
         lambda x, h0, p, reverse: ops.gru(x, h0, p["wx"], p["wh"], p["bx"], p["bh"],

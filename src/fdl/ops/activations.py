@@ -1,12 +1,12 @@
-"""Element-wise activations ``y = f(x)``.
+"""Element-wise activations `y = f(x)`.
 
-For an element-wise map the Jacobian ``∂y/∂x`` is diagonal, so the vector-Jacobian
+For an element-wise map the Jacobian `∂y/∂x` is diagonal, so the vector-Jacobian
 product is a product of arrays of the same shape (any shape, batch-first):
 
-    ``∂L/∂x = ∂L/∂y ⊙ f'(x)``
+    `∂L/∂x = ∂L/∂y ⊙ f'(x)`
 
-Each primitive below states ``f'`` and saves whichever of ``x`` or ``y`` gives it
-most cheaply (``tanh`` and ``sigmoid`` are cheapest from ``y``).
+Each primitive below states `f'` and saves whichever of `x` or `y` gives it
+most cheaply (`tanh` and `sigmoid` are cheapest from `y`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 
 from fdl import _validate as v
-from fdl.primitive import Example, normal, primitive
+from fdl.primitive import Example, gaussian, primitive
 
-_SHAPES = [Example((normal(4, 5),)), Example((normal(2, 3, 2),)), Example((normal(1),))]
+_SHAPES = [Example((gaussian(4, 5),)), Example((gaussian(2, 3, 2),)), Example((gaussian(1),))]
 
 
 def _float_x(fn):
@@ -38,10 +38,10 @@ def _save_y(*args):
 
 
 def relu(x: jax.Array) -> jax.Array:
-    r"""Rectified linear unit ``y = max(x, 0)``.
+    r"""Rectified linear unit `y = max(x, 0)`.
 
-    ``f'(x) = 1[x > 0]`` (0 at ``x = 0``, the subgradient JAX also picks), so
-    ``∂L/∂x = ∂L/∂y ⊙ 1[y > 0]``; ``y > 0 ⇔ x > 0``, hence save ``y``.
+    `f'(x) = 1[x > 0]` (0 at `x = 0`, the subgradient JAX also picks), so
+    `∂L/∂x = ∂L/∂y ⊙ 1[y > 0]`; `y > 0 ⇔ x > 0`, hence save `y`.
     """
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
@@ -54,10 +54,10 @@ relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"), 
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    r"""Leaky ReLU ``y = x`` for ``x > 0``, ``y = αx`` otherwise (``α`` = ``negative_slope``, static).
+    r"""Leaky ReLU `y = x` for `x > 0`, `y = αx` otherwise (`α` = `negative_slope`, static).
 
-    ``f'(x) = 1`` for ``x > 0`` and ``α`` otherwise, so
-    ``∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])``. Saves ``x``.
+    `f'(x) = 1` for `x > 0` and `α` otherwise, so
+    `∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])`. Saves `x`.
     """
     return jnp.where(x > 0, x, negative_slope * x)
 
@@ -74,14 +74,14 @@ def _leaky_relu_validate(x, negative_slope):
 leaky_relu = primitive(
     leaky_relu, _leaky_relu_backward, save=_save_x, static=("negative_slope",),
     validate=_leaky_relu_validate,
-    examples=[Example((normal(4, 5), 0.01)), Example((normal(3, 2), 0.2))],
+    examples=[Example((gaussian(4, 5), 0.01)), Example((gaussian(3, 2), 0.2))],
 )
 
 
 def tanh(x: jax.Array) -> jax.Array:
-    r"""Hyperbolic tangent ``y = tanh(x)``.
+    r"""Hyperbolic tangent `y = tanh(x)`.
 
-    ``f'(x) = 1 − tanh²(x) = 1 − y²``, so ``∂L/∂x = ∂L/∂y ⊙ (1 − y²)``. Saves ``y``.
+    `f'(x) = 1 − tanh²(x) = 1 − y²`, so `∂L/∂x = ∂L/∂y ⊙ (1 − y²)`. Saves `y`.
     """
     return jnp.tanh(x)
 
@@ -94,10 +94,10 @@ tanh = primitive(tanh, _tanh_backward, save=_save_y, validate=_float_x("tanh"), 
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
-    r"""Logistic sigmoid ``y = σ(x) = 1 / (1 + e^{−x})``.
+    r"""Logistic sigmoid `y = σ(x) = 1 / (1 + e^{−x})`.
 
-    ``σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)``, so
-    ``∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)``. Saves ``y``.
+    `σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)`, so
+    `∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)`. Saves `y`.
     """
     # exp of a non-positive number only: never overflows.
     e = jnp.exp(-jnp.abs(x))
@@ -114,9 +114,9 @@ sigmoid = primitive(
 
 
 def softplus(x: jax.Array) -> jax.Array:
-    r"""Softplus ``y = log(1 + eˣ) = log(e⁰ + eˣ)``, computed stably by ``logaddexp``.
+    r"""Softplus `y = log(1 + eˣ) = log(e⁰ + eˣ)`, computed stably by `logaddexp`.
 
-    ``f'(x) = eˣ/(1 + eˣ) = σ(x)``, so ``∂L/∂x = ∂L/∂y ⊙ σ(x)``. Saves ``x``.
+    `f'(x) = eˣ/(1 + eˣ) = σ(x)`, so `∂L/∂x = ∂L/∂y ⊙ σ(x)`. Saves `x`.
     """
     return jnp.logaddexp(x, jnp.zeros_like(x))
 
@@ -134,16 +134,16 @@ _GELU_C = 0.044715
 
 
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
-    r"""Gaussian error linear unit ``y = x Φ(x)`` (``approximate`` static).
+    r"""Gaussian error linear unit `y = x Φ(x)` (`approximate` static).
 
-    Exact: ``Φ(x) = ½(1 + erf(x/√2))`` and ``f'(x) = Φ(x) + x φ(x)`` with
-    ``φ(x) = e^{−x²/2}/√(2π)``.
+    Exact: `Φ(x) = ½(1 + erf(x/√2))` and `f'(x) = Φ(x) + x φ(x)` with
+    `φ(x) = e^{−x²/2}/√(2π)`.
 
-    Tanh approximation (``approximate=True``, Hendrycks & Gimpel 2016):
-    ``y = ½x(1 + t)``, ``t = tanh(u)``, ``u = √(2/π)(x + 0.044715x³)``;
-    ``f'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)``.
+    Tanh approximation (`approximate=True`, Hendrycks & Gimpel 2016):
+    `y = ½x(1 + t)`, `t = tanh(u)`, `u = √(2/π)(x + 0.044715x³)`;
+    `f'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)`.
 
-    ``∂L/∂x = ∂L/∂y ⊙ f'(x)``. Saves ``x``.
+    `∂L/∂x = ∂L/∂y ⊙ f'(x)`. Saves `x`.
 
     References: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
     """
@@ -171,16 +171,16 @@ def _gelu_validate(x, approximate):
 
 gelu = primitive(
     gelu, _gelu_backward, save=_save_x, static=("approximate",), validate=_gelu_validate,
-    examples=[Example((normal(4, 5), False)), Example((normal(4, 5), True)),
-              Example((normal(2, 1, 3), True))],
+    examples=[Example((gaussian(4, 5), False)), Example((gaussian(4, 5), True)),
+              Example((gaussian(2, 1, 3), True))],
 )
 
 
 def silu(x: jax.Array) -> jax.Array:
-    r"""Sigmoid-weighted linear unit (swish) ``y = x σ(x)``.
+    r"""Sigmoid-weighted linear unit (swish) `y = x σ(x)`.
 
-    Product rule: ``f'(x) = σ(x) + x σ(x)(1 − σ(x)) = σ(x)(1 + x(1 − σ(x)))``, so
-    ``∂L/∂x = ∂L/∂y ⊙ σ(x)(1 + x(1 − σ(x)))``. Saves ``x``.
+    Product rule: `f'(x) = σ(x) + x σ(x)(1 − σ(x)) = σ(x)(1 + x(1 − σ(x)))`, so
+    `∂L/∂x = ∂L/∂y ⊙ σ(x)(1 + x(1 − σ(x)))`. Saves `x`.
 
     References: Elfwing, Uchibe & Doya, "Sigmoid-Weighted Linear Units for Neural
     Network Function Approximation in Reinforcement Learning", 2017.
@@ -197,11 +197,11 @@ silu = primitive(silu, _silu_backward, save=_save_x, validate=_float_x("silu"), 
 
 
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
-    r"""Exponential linear unit: ``y = x`` for ``x > 0``, ``α(eˣ − 1)`` otherwise (``α`` = ``alpha``, static).
+    r"""Exponential linear unit: `y = x` for `x > 0`, `α(eˣ − 1)` otherwise (`α` = `alpha`, static).
 
-    ``f'(x) = 1`` for ``x > 0`` and ``α eˣ = y + α`` otherwise, so
-    ``∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + (y + α)·1[x ≤ 0])``. Saves ``y`` (for ``α > 0``,
-    ``y > 0 ⇔ x > 0``).
+    `f'(x) = 1` for `x > 0` and `α eˣ = y + α` otherwise, so
+    `∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + (y + α)·1[x ≤ 0])`. Saves `y` (for `α > 0`,
+    `y > 0 ⇔ x > 0`).
 
     References: Clevert, Unterthiner & Hochreiter, "Fast and Accurate Deep Network
     Learning by Exponential Linear Units (ELUs)", 2016.
@@ -221,5 +221,5 @@ def _elu_validate(x, alpha):
 
 elu = primitive(
     elu, _elu_backward, save=_save_y, static=("alpha",), validate=_elu_validate,
-    examples=[Example((normal(4, 5), 1.0)), Example((normal(2, 3), 0.5))],
+    examples=[Example((gaussian(4, 5), 1.0)), Example((gaussian(2, 3), 0.5))],
 )

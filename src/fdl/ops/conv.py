@@ -1,20 +1,20 @@
-"""Convolutions ``Y = X ⋆ W + b`` (cross-correlation, as in every DL library).
+"""Convolutions `Y = X ⋆ W + b` (cross-correlation, as in every DL library).
 
-Layout: images are NHWC (``X ∈ ℝ^{N×H×W×C_in}``), kernels HWIO
-(``W ∈ ℝ^{k_h×k_w×C_in×C_out}``), bias ``b ∈ ℝ^{C_out}``; 1-D signals are NWC
-with WIO kernels. ``stride`` ``s`` and ``dilation`` ``d`` are an int or one per
-spatial axis; ``padding`` is ``"SAME"``, ``"VALID"`` or explicit
-``((top, bottom), (left, right))``.
+Layout: images are NHWC (`X ∈ ℝ^{N×H×W×C_in}`), kernels HWIO
+(`W ∈ ℝ^{k_h×k_w×C_in×C_out}`), bias `b ∈ ℝ^{C_out}`; 1-D signals are NWC
+with WIO kernels. `stride` `s` and `dilation` `d` are an int or one per
+spatial axis; `padding` is `"SAME"`, `"VALID"` or explicit
+`((top, bottom), (left, right))`.
 
-Geometry of one spatial axis (used by the pools too). Input length ``n``, kernel
-length ``k``, dilated kernel extent ``k_d = d(k − 1) + 1``, padding ``(lo, hi)``.
+Geometry of one spatial axis (used by the pools too). Input length `n`, kernel
+length `k`, dilated kernel extent `k_d = d(k − 1) + 1`, padding `(lo, hi)`.
 Output length
 
-    ``o = ⌊(n + lo + hi − k_d)/s⌋ + 1``.
+    `o = ⌊(n + lo + hi − k_d)/s⌋ + 1`.
 
-``"VALID"`` is ``lo = hi = 0``. ``"SAME"`` (XLA/TensorFlow convention) asks for
-``o = ⌈n/s⌉`` and pads the minimum total ``t = max((o − 1)s + k_d − n, 0)``,
-split ``lo = ⌊t/2⌋``, ``hi = t − lo`` (the odd element goes at the end).
+`"VALID"` is `lo = hi = 0`. `"SAME"` (XLA/TensorFlow convention) asks for
+`o = ⌈n/s⌉` and pads the minimum total `t = max((o − 1)s + k_d − n, 0)`,
+split `lo = ⌊t/2⌋`, `hi = t − lo` (the odd element goes at the end).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fdl import _validate as v
-from fdl.primitive import Example, normal, primitive
+from fdl.primitive import Example, gaussian, primitive
 
 __all__ = ["conv1d", "conv2d"]
 
@@ -42,7 +42,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def as_tuple(value: Any, n: int) -> tuple[int, ...]:
-    """An int, or a sequence of ``n`` ints, as a tuple of ``n`` ints (already validated)."""
+    """An int, or a sequence of `n` ints, as a tuple of `n` ints (already validated)."""
     if isinstance(value, (int, jnp.integer)):
         return (int(value),) * n
     return tuple(int(e) for e in value)
@@ -50,8 +50,8 @@ def as_tuple(value: Any, n: int) -> tuple[int, ...]:
 
 def explicit_padding(padding: Padding, sizes: Sequence[int], extents: Sequence[int],
                      strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """``(lo, hi)`` per spatial axis for input ``sizes``, dilated window ``extents``
-    and ``strides`` (see the module docstring for the ``"SAME"`` rule)."""
+    """`(lo, hi)` per spatial axis for input `sizes`, dilated window `extents`
+    and `strides` (see the module docstring for the `"SAME"` rule)."""
     if isinstance(padding, str):
         if padding == "VALID":
             return tuple((0, 0) for _ in sizes)
@@ -64,7 +64,7 @@ def explicit_padding(padding: Padding, sizes: Sequence[int], extents: Sequence[i
 
 
 def output_size(n: int, extent: int, stride: int, lo: int, hi: int) -> int:
-    """``o = ⌊(n + lo + hi − k_d)/s⌋ + 1`` (≤ 0 when the window does not fit)."""
+    """`o = ⌊(n + lo + hi − k_d)/s⌋ + 1` (≤ 0 when the window does not fit)."""
     return (n + lo + hi - extent) // stride + 1
 
 
@@ -74,7 +74,7 @@ def output_size(n: int, extent: int, stride: int, lo: int, hi: int) -> int:
 
 
 def _geometry(x_shape, w_shape, stride, padding, dilation):
-    """Strides, dilations and explicit ``(lo, hi)`` pads of the two spatial axes."""
+    """Strides, dilations and explicit `(lo, hi)` pads of the two spatial axes."""
     s, d = as_tuple(stride, 2), as_tuple(dilation, 2)
     extents = [di * (k - 1) + 1 for di, k in zip(d, w_shape[:2])]
     return s, d, explicit_padding(padding, x_shape[1:3], extents, s)
@@ -82,38 +82,38 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):
 
 def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
            padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
-    r"""2-D convolution (cross-correlation) ``Y = X ⋆ W + b``, NHWC/HWIO.
+    r"""2-D convolution (cross-correlation) `Y = X ⋆ W + b`, NHWC/HWIO.
 
-    Shapes: ``X ∈ ℝ^{N×H×W×C_in}``, ``W ∈ ℝ^{k_h×k_w×C_in×C_out}``, ``b ∈ ℝ^{C_out}``,
-    ``Y ∈ ℝ^{N×o_h×o_w×C_out}``; ``stride``, ``padding``, ``dilation`` static (see the
-    module docstring for ``o`` and the ``"SAME"`` rule).
+    Shapes: `X ∈ ℝ^{N×H×W×C_in}`, `W ∈ ℝ^{k_h×k_w×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
+    `Y ∈ ℝ^{N×o_h×o_w×C_out}`; `stride`, `padding`, `dilation` static (see the
+    module docstring for `o` and the `"SAME"` rule).
 
     Forward, one spatial axis written out (the other is identical), with
-    ``X`` zero outside ``[0, n)``:
+    `X` zero outside `[0, n)`:
 
-        ``Y[ν, i, c'] = Σ_{j, c} X[ν, s·i + d·j − lo, c] · W[j, c, c'] + b[c']``.
+        `Y[ν, i, c'] = Σ_{j, c} X[ν, s·i + d·j − lo, c] · W[j, c, c'] + b[c']`.
 
-    Derivation (``G = ∂L/∂Y``, same shape as ``Y``).
+    Derivation (`G = ∂L/∂Y`, same shape as `Y`).
 
-    * Bias: ``∂Y[ν,i,c']/∂b[c'] = 1`` ⇒ ``∂L/∂b = Σ_{ν,i} G[ν,i,:]`` (sum over N, H, W).
-    * Kernel: ``∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']`` — the
-      *correlation of the input with the output gradient*. For a fixed offset ``j``
-      it is a matrix product: the slice ``S_j[(ν,i), c] = X[ν, s·i + d·j − lo, c]``
-      (``N·o × C_in``) against ``G`` (``N·o × C_out``), ``∂L/∂W[j] = S_jᵀ G``; computed
-      that way (or, for small ``k·C_in``, as one product of the stacked slices, the
-      "im2col" matrix) — see ``_conv2d_kernel_grad``.
-    * Input: ``∂L/∂X[ν,p,c] = Σ_{i,j,c' : s·i + d·j − lo = p} G[ν,i,c'] W[j,c,c']``.
-      Dilate ``G`` by the stride (``s − 1`` zeros between elements:
-      ``G_s[s·i] = G[i]``, length ``s(o − 1) + 1``); then the constraint becomes
-      ``∂L/∂X[p] = Σ_j G_s[p + lo − d·j] W[j]``, and with the flipped kernel
-      ``W̃[j] = W[k − 1 − j]``, ``∂L/∂X[p] = Σ_j G_s[p + lo − d(k − 1) + d·j] W̃[j]``:
-      a stride-1 correlation of ``G_s`` with ``W̃`` (dilation ``d``; channels
-      transposed, ``W̃[j, c', c]``) after padding ``G_s`` by
-      ``lo' = d(k − 1) − lo`` below and ``hi' = n + lo − s(o − 1) − 1`` above, so that
-      exactly ``n`` outputs come out (``lo' + s(o − 1) + 1 + hi' − d(k − 1) = n``).
-      This is the *transposed convolution*; ``lhs_dilation = s`` does the dilation.
+    * Bias: `∂Y[ν,i,c']/∂b[c'] = 1` ⇒ `∂L/∂b = Σ_{ν,i} G[ν,i,:]` (sum over N, H, W).
+    * Kernel: `∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']` — the
+      *correlation of the input with the output gradient*. For a fixed offset `j`
+      it is a matrix product: the slice `S_j[(ν,i), c] = X[ν, s·i + d·j − lo, c]`
+      (`N·o × C_in`) against `G` (`N·o × C_out`), `∂L/∂W[j] = S_jᵀ G`; computed
+      that way (or, for small `k·C_in`, as one product of the stacked slices, the
+      "im2col" matrix) — see `_conv2d_kernel_grad`.
+    * Input: `∂L/∂X[ν,p,c] = Σ_{i,j,c' : s·i + d·j − lo = p} G[ν,i,c'] W[j,c,c']`.
+      Dilate `G` by the stride (`s − 1` zeros between elements:
+      `G_s[s·i] = G[i]`, length `s(o − 1) + 1`); then the constraint becomes
+      `∂L/∂X[p] = Σ_j G_s[p + lo − d·j] W[j]`, and with the flipped kernel
+      `W̃[j] = W[k − 1 − j]`, `∂L/∂X[p] = Σ_j G_s[p + lo − d(k − 1) + d·j] W̃[j]`:
+      a stride-1 correlation of `G_s` with `W̃` (dilation `d`; channels
+      transposed, `W̃[j, c', c]`) after padding `G_s` by
+      `lo' = d(k − 1) − lo` below and `hi' = n + lo − s(o − 1) − 1` above, so that
+      exactly `n` outputs come out (`lo' + s(o − 1) + 1 + hi' − d(k − 1) = n`).
+      This is the *transposed convolution*; `lhs_dilation = s` does the dilation.
 
-    Residuals: ``X`` and ``W`` (``b`` and ``Y`` are not needed).
+    Residuals: `X` and `W` (`b` and `Y` are not needed).
     """
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
     y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d, dimension_numbers=_NHWC)
@@ -143,17 +143,18 @@ _IM2COL_MAX_K = 128
 
 
 def _conv2d_kernel_grad(x, g, s, d, pads, k):
-    """``∂L/∂W[j,c,c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν,i,c']`` (``X_p``: ``X`` padded by
-    the forward's ``lo``) as matrix products instead of a convolution.
+    """`∂L/∂W[j,c,c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν,i,c']` (`X_p`: `X` padded by
+    the forward's `lo`) as matrix products instead of a convolution.
 
-    For each kernel offset ``j = (j_h, j_w)`` the strided slice ``S_j = X_p[:, d·j + s·i, :]``
-    (``i`` over the ``o_h×o_w`` outputs) is an ``M×C_in`` matrix, ``M = N·o_h·o_w``, and
-    ``∂L/∂W[j] = S_jᵀ G`` with ``G`` as ``M×C_out``: the same FLOPs as the correlation, but
-    a plain matmul. XLA:CPU runs the correlation form (``C_in`` as batch, ``N`` contracted,
-    a kernel as large as the image; :func:`_conv2d_kernel_grad_correlation`) 3–4× slower
-    (benchmarks/bench.py, CNN row); other backends keep that form. Small
-    ``K = k_h·k_w·C_in`` (first layers): stack the slices into the ``M×K`` patch
-    matrix ("im2col") and do one product; otherwise one ``C_in×M · M×C_out`` product per
+    For each kernel offset `j = (j_h, j_w)` the strided slice `S_j = X_p[:, d·j + s·i, :]`
+    (`i` over the `o_h×o_w` outputs) is an `M×C_in` matrix, `M = N·o_h·o_w`, and
+    `∂L/∂W[j] = S_jᵀ G` with `G` as `M×C_out`: the same FLOPs as the correlation, but
+    a plain matmul, which XLA:CPU runs much faster than the correlation form (`C_in` as
+    batch, `N` contracted, a kernel as large as the image;
+    `_conv2d_kernel_grad_correlation`; figures in BENCHMARKS.md, CNN row); other
+    backends keep that form. Small
+    `K = k_h·k_w·C_in` (first layers): stack the slices into the `M×K` patch
+    matrix ("im2col") and do one product; otherwise one `C_in×M · M×C_out` product per
     offset, so no patch matrix is ever materialised.
     """
     if jax.default_backend() != "cpu":  # GPU/TPU: the vendor's kernel-gradient convolution
@@ -180,10 +181,10 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
 
 
 def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
-    """The same ``∂L/∂W`` as one convolution: ``X`` correlated with ``G``, ``C_in`` as the
-    batch, ``N`` contracted, ``G`` as the kernel (window stride ``d``, kernel dilation
-    ``s``, padding ``lo`` below and above just enough for ``k`` outputs,
-    ``hi' = s(o − 1) + d(k − 1) + 1 − n − lo``; negative crops input the forward never
+    """The same `∂L/∂W` as one convolution: `X` correlated with `G`, `C_in` as the
+    batch, `N` contracted, `G` as the kernel (window stride `d`, kernel dilation
+    `s`, padding `lo` below and above just enough for `k` outputs,
+    `hi' = s(o − 1) + d(k − 1) + 1 − n − lo`; negative crops input the forward never
     read). What cuDNN and TPUs are built for; used off the CPU."""
     n, o = x.shape[1:3], g.shape[1:3]
     pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
@@ -193,7 +194,7 @@ def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
 
 
 def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
-    """Shared validation; ``layout`` is ``("NHWC", "HWIO")`` or ``("NWC", "WIO")``."""
+    """Shared validation; `layout` is `("NHWC", "HWIO")` or `("NWC", "WIO")`."""
     nd = len(layout[0]) - 2
     for name, a in (("x", x), ("w", w), ("b", b)):
         v.floating(fn, name, a)
@@ -226,11 +227,11 @@ conv2d = primitive(
     conv2d, _conv2d_backward, save=_conv2d_save,
     static=("stride", "padding", "dilation"), validate=_conv2d_validate,
     examples=[
-        Example((normal(2, 5, 5, 3), normal(3, 3, 3, 4), normal(4), 1, "SAME", 1)),
-        Example((normal(2, 6, 5, 2), normal(3, 2, 2, 3), normal(3), 2, "VALID", 1)),
-        Example((normal(1, 7, 6, 2), normal(2, 3, 2, 2), normal(2), (2, 1), ((1, 2), (0, 3)),
+        Example((gaussian(2, 5, 5, 3), gaussian(3, 3, 3, 4), gaussian(4), 1, "SAME", 1)),
+        Example((gaussian(2, 6, 5, 2), gaussian(3, 2, 2, 3), gaussian(3), 2, "VALID", 1)),
+        Example((gaussian(1, 7, 6, 2), gaussian(2, 3, 2, 2), gaussian(2), (2, 1), ((1, 2), (0, 3)),
                  (1, 2))),
-        Example((normal(2, 6, 6, 1), normal(3, 3, 1, 1), normal(1), 1, "SAME", 2)),
+        Example((gaussian(2, 6, 6, 1), gaussian(3, 3, 1, 1), gaussian(1), 1, "SAME", 2)),
     ],
 )
 
@@ -249,22 +250,22 @@ def _as_2d(stride, padding, dilation):
 
 def conv1d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
            padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
-    r"""1-D convolution (cross-correlation) ``Y = X ⋆ W + b``, NWC/WIO.
+    r"""1-D convolution (cross-correlation) `Y = X ⋆ W + b`, NWC/WIO.
 
-    Shapes: ``X ∈ ℝ^{N×L×C_in}``, ``W ∈ ℝ^{k×C_in×C_out}``, ``b ∈ ℝ^{C_out}``,
-    ``Y ∈ ℝ^{N×o×C_out}``; ``padding`` is ``"SAME"``, ``"VALID"`` or ``((lo, hi),)``.
+    Shapes: `X ∈ ℝ^{N×L×C_in}`, `W ∈ ℝ^{k×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
+    `Y ∈ ℝ^{N×o×C_out}`; `padding` is `"SAME"`, `"VALID"` or `((lo, hi),)`.
 
-    It is :func:`conv2d` on ``X`` reshaped to ``N×1×L×C_in`` with the kernel
-    ``1×k×C_in×C_out`` (a unit H axis with stride, dilation 1 and no padding), so
+    It is `conv2d` on `X` reshaped to `N×1×L×C_in` with the kernel
+    `1×k×C_in×C_out` (a unit H axis with stride, dilation 1 and no padding), so
     the derivation is conv2d's along the W axis alone:
 
-    * ``∂L/∂b = Σ_{ν,i} G[ν,i,:]``;
-    * ``∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']``;
-    * ``∂L/∂X`` = the transposed convolution of ``G`` (dilated by ``s``, padded
-      ``d(k − 1) − lo`` below and ``n + lo − s(o − 1) − 1`` above) with the flipped,
+    * `∂L/∂b = Σ_{ν,i} G[ν,i,:]`;
+    * `∂L/∂W[j,c,c'] = Σ_{ν,i} X[ν, s·i + d·j − lo, c] G[ν,i,c']`;
+    * `∂L/∂X` = the transposed convolution of `G` (dilated by `s`, padded
+      `d(k − 1) − lo` below and `n + lo − s(o − 1) − 1` above) with the flipped,
       channel-transposed kernel.
 
-    The backward is conv2d's backward on the reshaped residuals. Residuals: ``X``, ``W``.
+    The backward is conv2d's backward on the reshaped residuals. Residuals: `X`, `W`.
     """
     s2, pad2, d2 = _as_2d(stride, padding, dilation)
     return conv2d.forward(x[:, None], w[None], b, s2, pad2, d2)[:, 0]
@@ -285,8 +286,8 @@ conv1d = primitive(
     conv1d, _conv1d_backward, save=_conv2d_save,
     static=("stride", "padding", "dilation"), validate=_conv1d_validate,
     examples=[
-        Example((normal(2, 9, 3), normal(3, 3, 4), normal(4), 1, "SAME", 1)),
-        Example((normal(3, 10, 2), normal(4, 2, 3), normal(3), 2, "VALID", 2)),
-        Example((normal(1, 7, 1), normal(2, 1, 1), normal(1), 3, ((2, 1),), 1)),
+        Example((gaussian(2, 9, 3), gaussian(3, 3, 4), gaussian(4), 1, "SAME", 1)),
+        Example((gaussian(3, 10, 2), gaussian(4, 2, 3), gaussian(3), 2, "VALID", 2)),
+        Example((gaussian(1, 7, 1), gaussian(2, 1, 1), gaussian(1), 3, ((2, 1),), 1)),
     ],
 )

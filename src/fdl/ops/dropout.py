@@ -1,7 +1,7 @@
-"""Inverted dropout: drop each element with probability ``rate``, rescale the rest.
+"""Inverted dropout: drop each element with probability `rate`, rescale the rest.
 
-``rate`` is the *drop* probability (not stax's keep probability). Kept values are
-scaled by ``1/(1 − rate)`` during training so that ``E[y] = x`` and nothing needs
+`rate` is the *drop* probability (not stax's keep probability). Kept values are
+scaled by `1/(1 − rate)` during training so that `E[y] = x` and nothing needs
 rescaling at inference, where the layer simply does not call this primitive.
 Randomness is explicit: the caller passes a PRNG key and gets the same mask for
 the same key.
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as v
-from fdl.primitive import Example, normal, primitive
+from fdl.primitive import Example, gaussian, primitive
 
 
 def _keep_mask(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
@@ -24,25 +24,24 @@ def _keep_mask(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
 
 
 def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-    r"""Inverted dropout ``y = m ⊙ x / (1 − p)`` with ``p`` = ``rate`` (static).
+    r"""Inverted dropout `y = m ⊙ x / (1 − p)` with `p` = `rate` (static).
 
-    Shapes: ``x`` any shape (batch-first, e.g. ``N×d`` or NHWC); ``y`` the same.
-    ``m ∈ {0, 1}^{shape(x)}`` has i.i.d. ``Bernoulli(1 − p)`` entries drawn from
-    ``key`` (a PRNG key, not differentiated), so ``E[y] = (1 − p)·x/(1 − p) = x``.
-    ``p = 0`` is the identity.
+    Shapes: `x` any shape (batch-first, e.g. `N×d` or NHWC); `y` the same.
+    `m ∈ {0, 1}^{shape(x)}` has i.i.d. `Bernoulli(1 − p)` entries drawn from
+    `key` (a PRNG key, not differentiated), so `E[y] = (1 − p)·x/(1 − p) = x`.
+    `p = 0` is the identity.
 
     Derivation: for a fixed key the map is linear and diagonal,
-    ``∂y_i/∂x_j = δ_ij m_i/(1 − p)``, so
+    `∂y_i/∂x_j = δ_ij m_i/(1 − p)`, so
 
-        ``∂L/∂x = ∂L/∂y ⊙ m / (1 − p)``;
+        `∂L/∂x = ∂L/∂y ⊙ m / (1 − p)`;
 
-    the key is an integer-like argument with no cotangent (``None``).
+    the key is an integer-like argument with no cotangent (`None`).
 
-    Residuals: the boolean mask ``m`` (one byte per element), kept by the forward
-    pass itself (``fwd``). Regenerating it from the key, in the backward or in a
-    ``save``, would be a second random-number loop that XLA does not merge with the
-    first: the manual epoch ran 1.5× slower than autodiff (benchmarks/bench.py,
-    digits scan); the kept mask costs one byte per element and no work.
+    Residuals: the boolean mask `m` (one byte per element), kept by the forward
+    pass itself (`fwd`). Regenerating it from the key, in the backward or in a
+    `save`, would be a second random-number draw that XLA does not merge with the
+    first; the kept mask costs one byte per element and no work.
 
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
@@ -101,7 +100,7 @@ def _key(k, dtype):
 dropout = primitive(
     dropout, _dropout_backward, fwd=_dropout_fwd, static=("rate",),
     validate=_dropout_validate,
-    examples=[Example((normal(4, 6), _key, 0.5)),
-              Example((normal(2, 3, 3, 2), _key, 0.2)),
-              Example((normal(3, 4), _key, 0.0))],
+    examples=[Example((gaussian(4, 6), _key, 0.5)),
+              Example((gaussian(2, 3, 3, 2), _key, 0.2)),
+              Example((gaussian(3, 4), _key, 0.0))],
 )

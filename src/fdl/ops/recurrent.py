@@ -1,24 +1,24 @@
 """Recurrent cells (Elman RNN, LSTM, GRU) and backpropagation through time.
 
-Layout is batch-first: a step's input ``x ∈ ℝ^{…×D}``, hidden state ``h ∈ ℝ^{…×H}``
-(``…`` any leading batch dimensions, the same for both), ``W_x ∈ ℝ^{D×kH}`` and
-``W_h ∈ ℝ^{H×kH}`` (``k`` stacked gates, one projection each), ``b ∈ ℝ^{kH}``,
-``XW + b`` as in :func:`~fdl.ops.linear`. Sequences are batch-first too:
-``xs ∈ ℝ^{…×T×D}``, outputs ``hs ∈ ℝ^{…×T×H}`` (scanned time-major inside).
+Layout is batch-first: a step's input `x ∈ ℝ^{…×D}`, hidden state `h ∈ ℝ^{…×H}`
+(`…` any leading batch dimensions, the same for both), `W_x ∈ ℝ^{D×kH}` and
+`W_h ∈ ℝ^{H×kH}` (`k` stacked gates, one projection each), `b ∈ ℝ^{kH}`,
+`XW + b` as in `linear`. Sequences are batch-first too:
+`xs ∈ ℝ^{…×T×D}`, outputs `hs ∈ ℝ^{…×T×H}` (scanned time-major inside).
 
 Each cell is a primitive: one time step with its derivation and a hand-written
-backward. A sequence is a :func:`jax.lax.scan` of the cell (:func:`scan_cell`);
+backward. A sequence is a `jax.lax.scan` of the cell (`scan_cell`);
 JAX's transpose of the scan runs the cell's hand-written VJP once per step, in
-reverse time, and threads ``∂L/∂h_{t−1}`` (the state cotangent the cell returns)
+reverse time, and threads `∂L/∂h_{t−1}` (the state cotangent the cell returns)
 back to the previous step: that *is* backpropagation through time, composed
 from the per-step rule. The gradients of the shared weights are summed over the
-steps by the scan's transpose. In ``gradient_mode("autodiff")`` the same scan
+steps by the scan's transpose. In `gradient_mode("autodiff")` the same scan
 differentiates each cell's plain forward instead; the tests compare the two.
 
-Notation in the derivations: ``G = ∂L/∂(output)``, ``σ' = σ(1 − σ)``,
-``tanh' = 1 − tanh²``, ``⊙`` element-wise; the batch is folded into ``N`` for the
-weight gradients: ``∂L/∂W_x = Xᵀ ∂L/∂A`` where ``A = X W_x + …`` is a
-pre-activation, ``∂L/∂b = 1ᵀ ∂L/∂A``, ``∂L/∂X = ∂L/∂A W_xᵀ``.
+Notation in the derivations: `G = ∂L/∂(output)`, `σ' = σ(1 − σ)`,
+`tanh' = 1 − tanh²`, `⊙` element-wise; the batch is folded into `N` for the
+weight gradients: `∂L/∂W_x = Xᵀ ∂L/∂A` where `A = X W_x + …` is a
+pre-activation, `∂L/∂b = 1ᵀ ∂L/∂A`, `∂L/∂X = ∂L/∂A W_xᵀ`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from jax import lax
 from fdl import _validate as v
 from fdl.ops.activations import sigmoid
 from fdl.ops.linear import linear
-from fdl.primitive import Example, normal, primitive
+from fdl.primitive import Example, gaussian, primitive
 
 __all__ = ["LSTMState", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell", "scan_cell"]
 
 
 class LSTMState(NamedTuple):
-    """An LSTM's recurrent state; any 2-sequence ``(h, c)`` is accepted too."""
+    """An LSTM's recurrent state; any 2-sequence `(h, c)` is accepted too."""
 
     h: jax.Array  # hidden state, …×H, the cell's output
     c: jax.Array  # memory cell, …×H
@@ -50,18 +50,18 @@ def _shape(x: Any) -> tuple:
 
 
 def _fold(x: jax.Array) -> jax.Array:
-    """``…×F → N×F``: the batch folded into one axis, for weight gradients."""
+    """`…×F → N×F`: the batch folded into one axis, for weight gradients."""
     return x.reshape(-1, x.shape[-1])
 
 
 def _weight_grads(x: jax.Array, da: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``∂L/∂W = Xᵀ ∂L/∂A`` and ``∂L/∂b = 1ᵀ ∂L/∂A`` for ``A = XW + b``."""
+    """`∂L/∂W = Xᵀ ∂L/∂A` and `∂L/∂b = 1ᵀ ∂L/∂A` for `A = XW + b`."""
     da2 = _fold(da)
     return jnp.matmul(_fold(x).T, da2), jnp.sum(da2, axis=0)
 
 
 def _check_cell(fn: str, x, h, wx, wh, biases: dict, gates: int, what: str) -> None:
-    """Shapes of one step: ``x …×D``, ``h …×H``, ``wx D×gH``, ``wh H×gH``, biases ``gH``."""
+    """Shapes of one step: `x …×D`, `h …×H`, `wx D×gH`, `wh H×gH`, biases `gH`."""
     for name, a in (("x", x), ("h", h), ("wx", wx), ("wh", wh), *biases.items()):
         v.floating(fn, name, a)
     v.ndim_at_least(fn, "x", x, 1, "…×D")
@@ -92,18 +92,18 @@ def _check_cell(fn: str, x, h, wx, wh, biases: dict, gates: int, what: str) -> N
 
 def rnn_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array,
              b: jax.Array) -> jax.Array:
-    r"""Elman RNN step ``h' = tanh(x W_x + h W_h + b)``.
+    r"""Elman RNN step `h' = tanh(x W_x + h W_h + b)`.
 
-    Shapes: ``x ∈ ℝ^{…×D}``, ``h, h' ∈ ℝ^{…×H}``, ``W_x ∈ ℝ^{D×H}`` (``wx``),
-    ``W_h ∈ ℝ^{H×H}`` (``wh``), ``b ∈ ℝ^H``.
+    Shapes: `x ∈ ℝ^{…×D}`, `h, h' ∈ ℝ^{…×H}`, `W_x ∈ ℝ^{D×H}` (`wx`),
+    `W_h ∈ ℝ^{H×H}` (`wh`), `b ∈ ℝ^H`.
 
-    Derivation, with ``G = ∂L/∂h'`` and the pre-activation ``A = x W_x + h W_h + b``:
-    ``∂L/∂A = G ⊙ (1 − h'⊙h')`` (``tanh'``), then, ``A`` being affine in each input,
+    Derivation, with `G = ∂L/∂h'` and the pre-activation `A = x W_x + h W_h + b`:
+    `∂L/∂A = G ⊙ (1 − h'⊙h')` (`tanh'`), then, `A` being affine in each input,
 
-    * ``∂L/∂x = ∂L/∂A W_xᵀ``,  ``∂L/∂h = ∂L/∂A W_hᵀ`` (the message to step ``t−1``);
-    * ``∂L/∂W_x = xᵀ ∂L/∂A``,  ``∂L/∂W_h = hᵀ ∂L/∂A``,  ``∂L/∂b = 1ᵀ ∂L/∂A``.
+    * `∂L/∂x = ∂L/∂A W_xᵀ`,  `∂L/∂h = ∂L/∂A W_hᵀ` (the message to step `t−1`);
+    * `∂L/∂W_x = xᵀ ∂L/∂A`,  `∂L/∂W_h = hᵀ ∂L/∂A`,  `∂L/∂b = 1ᵀ ∂L/∂A`.
 
-    Residuals: ``x, h, W_x, W_h`` and ``h'``.
+    Residuals: `x, h, W_x, W_h` and `h'`.
 
     References: Elman, "Finding Structure in Time", 1990.
     """
@@ -129,9 +129,9 @@ def _rnn_validate(x, h, wx, wh, b):
 rnn_cell = primitive(
     rnn_cell, _rnn_backward, save=_rnn_save, validate=_rnn_validate,
     examples=[
-        Example((normal(3, 4), normal(3, 5), normal(4, 5, scale=0.5), normal(5, 5, scale=0.5),
-                 normal(5))),
-        Example((normal(2, 2, 3), normal(2, 2, 2), normal(3, 2), normal(2, 2), normal(2))),
+        Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 5, scale=0.5), gaussian(5, 5, scale=0.5),
+                 gaussian(5))),
+        Example((gaussian(2, 2, 3), gaussian(2, 2, 2), gaussian(3, 2), gaussian(2, 2), gaussian(2))),
     ],
 )
 
@@ -142,12 +142,12 @@ rnn_cell = primitive(
 
 
 def _like(state: Any, h: jax.Array, c: jax.Array) -> Any:
-    """``(h, c)`` in the container ``state`` came in (tuple, list or LSTMState)."""
+    """`(h, c)` in the container `state` came in (tuple, list or LSTMState)."""
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [h, c])
 
 
 def _lstm_gates(x, h, wx, wh, b):
-    """Activated gates ``[i, f, g, o]`` stacked on the last axis (…×4H)."""
+    """Activated gates `[i, f, g, o]` stacked on the last axis (…×4H)."""
     z = linear.forward(x, wx, b) + jnp.matmul(h, wh)
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     sig = sigmoid.forward
@@ -155,32 +155,32 @@ def _lstm_gates(x, h, wx, wh, b):
 
 
 def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Array) -> Any:
-    r"""LSTM step ``(h, c) → (h', c')`` with input, forget, cell and output gates.
+    r"""LSTM step `(h, c) → (h', c')` with input, forget, cell and output gates.
 
-    Shapes: ``x ∈ ℝ^{…×D}``; ``state = (h, c)``, ``h, c ∈ ℝ^{…×H}`` (a tuple or
-    :class:`LSTMState`; the new state comes back in the same container);
-    ``W_x ∈ ℝ^{D×4H}``, ``W_h ∈ ℝ^{H×4H}``, ``b ∈ ℝ^{4H}``: the four gates' projections
-    stacked in the order ``i, f, g, o`` (PyTorch's order), so one product computes all.
+    Shapes: `x ∈ ℝ^{…×D}`; `state = (h, c)`, `h, c ∈ ℝ^{…×H}` (a tuple or
+    `LSTMState`; the new state comes back in the same container);
+    `W_x ∈ ℝ^{D×4H}`, `W_h ∈ ℝ^{H×4H}`, `b ∈ ℝ^{4H}`: the four gates' projections
+    stacked in the order `i, f, g, o` (PyTorch's order), so one product computes all.
 
-        ``Z = x W_x + h W_h + b = [Z_i, Z_f, Z_g, Z_o]``      (…×4H)
-        ``i = σ(Z_i)``, ``f = σ(Z_f)``, ``g = tanh(Z_g)``, ``o = σ(Z_o)``
-        ``c' = f ⊙ c + i ⊙ g``,   ``h' = o ⊙ tanh(c')``
+        `Z = x W_x + h W_h + b = [Z_i, Z_f, Z_g, Z_o]`      (…×4H)
+        `i = σ(Z_i)`, `f = σ(Z_f)`, `g = tanh(Z_g)`, `o = σ(Z_o)`
+        `c' = f ⊙ c + i ⊙ g`,   `h' = o ⊙ tanh(c')`
 
-    Derivation, with ``G_h = ∂L/∂h'`` and ``G_c = ∂L/∂c'`` (the memory gets
-    gradient both from the next step's ``c`` and through ``h'``):
+    Derivation, with `G_h = ∂L/∂h'` and `G_c = ∂L/∂c'` (the memory gets
+    gradient both from the next step's `c` and through `h'`):
 
-    * ``∂L/∂c'`` (total) ``= G_c + G_h ⊙ o ⊙ (1 − tanh²(c'))``;
-    * output gate: ``∂L/∂o = G_h ⊙ tanh(c')``, ``∂L/∂Z_o = ∂L/∂o ⊙ o(1 − o)``;
-    * input gate: ``∂L/∂i = ∂L/∂c' ⊙ g``, ``∂L/∂Z_i = ∂L/∂i ⊙ i(1 − i)``;
-    * forget gate: ``∂L/∂f = ∂L/∂c' ⊙ c``, ``∂L/∂Z_f = ∂L/∂f ⊙ f(1 − f)``;
-    * cell candidate: ``∂L/∂g = ∂L/∂c' ⊙ i``, ``∂L/∂Z_g = ∂L/∂g ⊙ (1 − g²)``;
-    * previous memory: ``∂L/∂c = ∂L/∂c' ⊙ f`` (the "constant error carousel");
-    * ``∂L/∂Z = [∂L/∂Z_i, ∂L/∂Z_f, ∂L/∂Z_g, ∂L/∂Z_o]``, and through the affine ``Z``:
-      ``∂L/∂x = ∂L/∂Z W_xᵀ``, ``∂L/∂h = ∂L/∂Z W_hᵀ``, ``∂L/∂W_x = xᵀ ∂L/∂Z``,
-      ``∂L/∂W_h = hᵀ ∂L/∂Z``, ``∂L/∂b = 1ᵀ ∂L/∂Z``.
+    * `∂L/∂c'` (total) `= G_c + G_h ⊙ o ⊙ (1 − tanh²(c'))`;
+    * output gate: `∂L/∂o = G_h ⊙ tanh(c')`, `∂L/∂Z_o = ∂L/∂o ⊙ o(1 − o)`;
+    * input gate: `∂L/∂i = ∂L/∂c' ⊙ g`, `∂L/∂Z_i = ∂L/∂i ⊙ i(1 − i)`;
+    * forget gate: `∂L/∂f = ∂L/∂c' ⊙ c`, `∂L/∂Z_f = ∂L/∂f ⊙ f(1 − f)`;
+    * cell candidate: `∂L/∂g = ∂L/∂c' ⊙ i`, `∂L/∂Z_g = ∂L/∂g ⊙ (1 − g²)`;
+    * previous memory: `∂L/∂c = ∂L/∂c' ⊙ f` (the "constant error carousel");
+    * `∂L/∂Z = [∂L/∂Z_i, ∂L/∂Z_f, ∂L/∂Z_g, ∂L/∂Z_o]`, and through the affine `Z`:
+      `∂L/∂x = ∂L/∂Z W_xᵀ`, `∂L/∂h = ∂L/∂Z W_hᵀ`, `∂L/∂W_x = xᵀ ∂L/∂Z`,
+      `∂L/∂W_h = hᵀ ∂L/∂Z`, `∂L/∂b = 1ᵀ ∂L/∂Z`.
 
-    Residuals: ``x, h, c, W_x, W_h``, the activated gates ``[i, f, g, o]``
-    (…×4H) and ``tanh(c')`` (…×H).
+    Residuals: `x, h, c, W_x, W_h`, the activated gates `[i, f, g, o]`
+    (…×4H) and `tanh(c')` (…×H).
 
     References: Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997; Gers,
     Schmidhuber & Cummins, "Learning to Forget: Continual Prediction with LSTM",
@@ -247,10 +247,10 @@ def _pair(*shape: int, container: Callable = tuple):
 lstm_cell = primitive(
     lstm_cell, _lstm_backward, save=_lstm_save, validate=_lstm_validate,
     examples=[
-        Example((normal(3, 4), _pair(3, 5), normal(4, 20, scale=0.5), normal(5, 20, scale=0.5),
-                 normal(20))),
-        Example((normal(2, 2, 3), _pair(2, 2, 2, container=lambda p: LSTMState(*p)),
-                 normal(3, 8), normal(2, 8), normal(8))),
+        Example((gaussian(3, 4), _pair(3, 5), gaussian(4, 20, scale=0.5), gaussian(5, 20, scale=0.5),
+                 gaussian(20))),
+        Example((gaussian(2, 2, 3), _pair(2, 2, 2, container=lambda p: LSTMState(*p)),
+                 gaussian(3, 8), gaussian(2, 8), gaussian(8))),
     ],
 )
 
@@ -261,7 +261,7 @@ lstm_cell = primitive(
 
 
 def _gru_parts(x, h, wx, wh, bx, bh):
-    """Gates ``[r, z, n]`` (…×3H) and ``U_n = h W_hn + b_hn`` (…×H)."""
+    """Gates `[r, z, n]` (…×3H) and `U_n = h W_hn + b_hn` (…×H)."""
     ar, az, an = jnp.split(linear.forward(x, wx, bx), 3, axis=-1)
     ur, uz, un = jnp.split(linear.forward(h, wh, bh), 3, axis=-1)
     r = sigmoid.forward(ar + ur)
@@ -272,33 +272,33 @@ def _gru_parts(x, h, wx, wh, bx, bh):
 
 def gru_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
              bh: jax.Array) -> jax.Array:
-    r"""GRU step ``h → h'``, the variant with the reset gate applied *after* ``h W_hn``.
+    r"""GRU step `h → h'`, the variant with the reset gate applied *after* `h W_hn`.
 
-    This is the formulation of PyTorch's ``nn.GRU`` and cuDNN (Keras
-    ``reset_after=True``), not Cho et al.'s original ``tanh(x W + (r ⊙ h) U)``: with
-    the reset after the product, the three hidden-side products are one ``h W_h``.
-    Gates stacked ``r, z, n`` (PyTorch's order):
+    This is the formulation of PyTorch's `nn.GRU` and cuDNN (Keras
+    `reset_after=True`), not Cho et al.'s original `tanh(x W + (r ⊙ h) U)`: with
+    the reset after the product, the three hidden-side products are one `h W_h`.
+    Gates stacked `r, z, n` (PyTorch's order):
 
-        ``A = x W_x + b_x = [A_r, A_z, A_n]``,  ``U = h W_h + b_h = [U_r, U_z, U_n]``
-        ``r = σ(A_r + U_r)``,  ``z = σ(A_z + U_z)``,  ``n = tanh(A_n + r ⊙ U_n)``
-        ``h' = (1 − z) ⊙ n + z ⊙ h``
+        `A = x W_x + b_x = [A_r, A_z, A_n]`,  `U = h W_h + b_h = [U_r, U_z, U_n]`
+        `r = σ(A_r + U_r)`,  `z = σ(A_z + U_z)`,  `n = tanh(A_n + r ⊙ U_n)`
+        `h' = (1 − z) ⊙ n + z ⊙ h`
 
-    Shapes: ``x ∈ ℝ^{…×D}``, ``h, h' ∈ ℝ^{…×H}``, ``W_x ∈ ℝ^{D×3H}`` (``wx``),
-    ``W_h ∈ ℝ^{H×3H}`` (``wh``), ``b_x, b_h ∈ ℝ^{3H}`` (``bx``, ``bh``; two biases,
-    because ``b_hn`` sits inside ``r ⊙ U_n`` and is not redundant with ``b_xn``).
+    Shapes: `x ∈ ℝ^{…×D}`, `h, h' ∈ ℝ^{…×H}`, `W_x ∈ ℝ^{D×3H}` (`wx`),
+    `W_h ∈ ℝ^{H×3H}` (`wh`), `b_x, b_h ∈ ℝ^{3H}` (`bx`, `bh`; two biases,
+    because `b_hn` sits inside `r ⊙ U_n` and is not redundant with `b_xn`).
 
-    Derivation, with ``G = ∂L/∂h'``:
+    Derivation, with `G = ∂L/∂h'`:
 
-    * ``∂L/∂n = G ⊙ (1 − z)``, ``∂L/∂z = G ⊙ (h − n)``, and directly ``∂L/∂h ⊕= G ⊙ z``;
-    * candidate: ``∂L/∂(A_n + r⊙U_n) = ∂L/∂n ⊙ (1 − n²) =: δ_n``, so ``∂L/∂A_n = δ_n``,
-      ``∂L/∂U_n = δ_n ⊙ r``, ``∂L/∂r = δ_n ⊙ U_n``;
-    * gates: ``∂L/∂A_r = ∂L/∂U_r = ∂L/∂r ⊙ r(1 − r)``,
-      ``∂L/∂A_z = ∂L/∂U_z = ∂L/∂z ⊙ z(1 − z)``;
-    * through the affine maps: ``∂L/∂x = ∂L/∂A W_xᵀ``, ``∂L/∂W_x = xᵀ ∂L/∂A``,
-      ``∂L/∂b_x = 1ᵀ ∂L/∂A``; ``∂L/∂h ⊕= ∂L/∂U W_hᵀ``, ``∂L/∂W_h = hᵀ ∂L/∂U``,
-      ``∂L/∂b_h = 1ᵀ ∂L/∂U``.
+    * `∂L/∂n = G ⊙ (1 − z)`, `∂L/∂z = G ⊙ (h − n)`, and directly `∂L/∂h ⊕= G ⊙ z`;
+    * candidate: `∂L/∂(A_n + r⊙U_n) = ∂L/∂n ⊙ (1 − n²) =: δ_n`, so `∂L/∂A_n = δ_n`,
+      `∂L/∂U_n = δ_n ⊙ r`, `∂L/∂r = δ_n ⊙ U_n`;
+    * gates: `∂L/∂A_r = ∂L/∂U_r = ∂L/∂r ⊙ r(1 − r)`,
+      `∂L/∂A_z = ∂L/∂U_z = ∂L/∂z ⊙ z(1 − z)`;
+    * through the affine maps: `∂L/∂x = ∂L/∂A W_xᵀ`, `∂L/∂W_x = xᵀ ∂L/∂A`,
+      `∂L/∂b_x = 1ᵀ ∂L/∂A`; `∂L/∂h ⊕= ∂L/∂U W_hᵀ`, `∂L/∂W_h = hᵀ ∂L/∂U`,
+      `∂L/∂b_h = 1ᵀ ∂L/∂U`.
 
-    Residuals: ``x, h, W_x, W_h``, the gates ``[r, z, n]`` (…×3H) and ``U_n`` (…×H).
+    Residuals: `x, h, W_x, W_h`, the gates `[r, z, n]` (…×3H) and `U_n` (…×H).
 
     References: Cho et al., "Learning Phrase Representations using RNN
     Encoder–Decoder for Statistical Machine Translation", 2014 (the GRU); the
@@ -335,10 +335,10 @@ def _gru_validate(x, h, wx, wh, bx, bh):
 gru_cell = primitive(
     gru_cell, _gru_backward, save=_gru_save, validate=_gru_validate,
     examples=[
-        Example((normal(3, 4), normal(3, 5), normal(4, 15, scale=0.5), normal(5, 15, scale=0.5),
-                 normal(15), normal(15))),
-        Example((normal(2, 2, 3), normal(2, 2, 2), normal(3, 6), normal(2, 6), normal(6),
-                 normal(6))),
+        Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 15, scale=0.5), gaussian(5, 15, scale=0.5),
+                 gaussian(15), gaussian(15))),
+        Example((gaussian(2, 2, 3), gaussian(2, 2, 2), gaussian(3, 6), gaussian(2, 6), gaussian(6),
+                 gaussian(6))),
     ],
 )
 
@@ -349,30 +349,30 @@ gru_cell = primitive(
 
 
 def _hidden(state: Any) -> Any:
-    """What a step emits: the state, or its first entry ``h`` for a pair ``(h, c)``."""
+    """What a step emits: the state, or its first entry `h` for a pair `(h, c)`."""
     return state[0] if isinstance(state, (tuple, list)) else state
 
 
 def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
               reverse: bool = False) -> tuple[jax.Array, Any]:
-    r"""Run ``state_t = cell(x_t, state_{t−1}, *params)`` over the time axis.
+    r"""Run `state_t = cell(x_t, state_{t−1}, *params)` over the time axis.
 
     Args:
-      cell: one step, ``cell(x_t, state, *params) -> state`` (:func:`rnn_cell`,
-        :func:`lstm_cell`, :func:`gru_cell`, or your own).
-      xs: inputs, batch-first ``…×T×D`` (time is the second-to-last axis).
-      state0: the initial state (``…×H``, or a pair ``(h, c)``).
+      cell: one step, `cell(x_t, state, *params) -> state` (`rnn_cell`,
+        `lstm_cell`, `gru_cell`, or your own).
+      xs: inputs, batch-first `…×T×D` (time is the second-to-last axis).
+      state0: the initial state (`…×H`, or a pair `(h, c)`).
       *params: the cell's parameters, shared by every step.
-      reverse: run from ``t = T`` down to ``1`` (for the backward half of a
-        bidirectional RNN); ``hs`` stays in input order.
+      reverse: run from `t = T` down to `1` (for the backward half of a
+        bidirectional RNN); `hs` stays in input order.
 
     Returns:
-      ``(hs, state_T)``: ``hs ∈ ℝ^{…×T×H}`` holds each step's ``h`` (the state, or
-      its first entry for a pair), ``state_T`` the final state.
+      `(hs, state_T)`: `hs ∈ ℝ^{…×T×H}` holds each step's `h` (the state, or
+      its first entry for a pair), `state_T` the final state.
 
-    Gradient (BPTT): the scan's transpose calls the cell's VJP at ``t = T, …, 1``,
-    feeding ``∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}`` returned by step
-    ``t+1)``, and sums each step's ``∂L/∂params``. Nothing here is differentiated
+    Gradient (BPTT): the scan's transpose calls the cell's VJP at `t = T, …, 1`,
+    feeding `∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}` returned by step
+    `t+1)`, and sums each step's `∂L/∂params`. Nothing here is differentiated
     by hand beyond the cell; the transposes between batch-first and time-major
     layouts are layout changes JAX inverts exactly.
     """
@@ -406,10 +406,10 @@ def _check_sequence(fn: str, xs, h0, wx, params: tuple) -> None:
 
 def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
         reverse: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Elman RNN over a sequence: :func:`scan_cell` of :func:`rnn_cell`.
+    """Elman RNN over a sequence: `scan_cell` of `rnn_cell`.
 
-    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``h0 ∈ ℝ^{…×H}``; returns ``(hs, h_T)`` with
-    ``hs ∈ ℝ^{…×T×H}``. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
+    `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
+    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
     """
     _check_sequence("rnn", xs, h0, wx, (wx, wh, b))
     return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse)
@@ -417,11 +417,11 @@ def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array
 
 def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
          reverse: bool = False) -> tuple[jax.Array, Any]:
-    """LSTM over a sequence: :func:`scan_cell` of :func:`lstm_cell`.
+    """LSTM over a sequence: `scan_cell` of `lstm_cell`.
 
-    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``state0 = (h0, c0)`` with ``h0, c0 ∈ ℝ^{…×H}``;
-    returns ``(hs, (h_T, c_T))`` with ``hs ∈ ℝ^{…×T×H}`` (the ``h`` of every step)
-    and the final state in ``state0``'s container. Gradient: BPTT through the
+    `xs ∈ ℝ^{…×T×D}` (batch-first), `state0 = (h0, c0)` with `h0, c0 ∈ ℝ^{…×H}`;
+    returns `(hs, (h_T, c_T))` with `hs ∈ ℝ^{…×T×H}` (the `h` of every step)
+    and the final state in `state0`'s container. Gradient: BPTT through the
     cell's rule ∂L/∂(x, (h, c), W, b).
     """
     _check_lstm_state("lstm", state0)
@@ -431,10 +431,10 @@ def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array,
 
 def gru(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
         bh: jax.Array, *, reverse: bool = False) -> tuple[jax.Array, jax.Array]:
-    """GRU (reset-after variant) over a sequence: :func:`scan_cell` of :func:`gru_cell`.
+    """GRU (reset-after variant) over a sequence: `scan_cell` of `gru_cell`.
 
-    ``xs ∈ ℝ^{…×T×D}`` (batch-first), ``h0 ∈ ℝ^{…×H}``; returns ``(hs, h_T)`` with
-    ``hs ∈ ℝ^{…×T×H}``. Gradient: BPTT through the cell's rule.
+    `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
+    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule.
     """
     _check_sequence("gru", xs, h0, wx, (wx, wh, bx, bh))
     return scan_cell(gru_cell, xs, h0, wx, wh, bx, bh, reverse=reverse)

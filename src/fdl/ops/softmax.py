@@ -1,8 +1,8 @@
 """Softmax and log-softmax along one axis (default: the last, the classes).
 
-For a row ``z ∈ ℝ^K``: ``p = softmax(z)``, ``p_i = e^{z_i} / Σ_k e^{z_k}``, and
-``log p = z − logsumexp(z)``. Both are shift-invariant, so the forward subtracts
-``max(z)`` first; no ``e^{z}`` overflows even for logits of magnitude 1e4.
+For a row `z ∈ ℝ^K`: `p = softmax(z)`, `p_i = e^{z_i} / Σ_k e^{z_k}`, and
+`log p = z − logsumexp(z)`. Both are shift-invariant, so the forward subtracts
+`max(z)` first; no `e^{z}` overflows even for logits of magnitude 1e4.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fdl import _validate as v
-from fdl.primitive import Example, normal, primitive
+from fdl.primitive import Example, gaussian, primitive
 
 
 def _shifted(x, axis):
@@ -22,12 +22,12 @@ def _shifted(x, axis):
 
 
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    r"""Softmax ``p = e^{z} / Σ_k e^{z_k}`` along ``axis`` (static).
+    r"""Softmax `p = e^{z} / Σ_k e^{z_k}` along `axis` (static).
 
-    Jacobian of one row: ``∂p_i/∂z_j = p_i(δ_ij − p_j)``, i.e.
-    ``J = diag(p) − p pᵀ`` (``K×K``, symmetric). The VJP never forms it:
-    ``∂L/∂z = Jᵀ g = p ⊙ g − p (pᵀ g) = p ⊙ (g − ⟨g, p⟩)``, with the inner product
-    taken along ``axis``. Saves ``p``.
+    Jacobian of one row: `∂p_i/∂z_j = p_i(δ_ij − p_j)`, i.e.
+    `J = diag(p) − p pᵀ` (`K×K`, symmetric). The VJP never forms it:
+    `∂L/∂z = Jᵀ g = p ⊙ g − p (pᵀ g) = p ⊙ (g − ⟨g, p⟩)`, with the inner product
+    taken along `axis`. Saves `p`.
     """
     e = jnp.exp(_shifted(x, axis))
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -50,10 +50,10 @@ def _save_y(x, axis, y):
 
 
 _EXAMPLES = [
-    Example((normal(4, 6), -1)),
-    Example((normal(3, 5, 2), 1)),
-    Example((normal(1, 1), -1)),
-    Example((normal(7, scale=3.0), 0)),
+    Example((gaussian(4, 6), -1)),
+    Example((gaussian(3, 5, 2), 1)),
+    Example((gaussian(1, 1), -1)),
+    Example((gaussian(7, scale=3.0), 0)),
 ]
 
 softmax = primitive(
@@ -63,10 +63,10 @@ softmax = primitive(
 
 
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    r"""Log-softmax ``y = z − logsumexp(z)`` along ``axis`` (static).
+    r"""Log-softmax `y = z − logsumexp(z)` along `axis` (static).
 
-    ``∂y_i/∂z_j = δ_ij − p_j`` with ``p = softmax(z) = e^{y}``, so
-    ``∂L/∂z = g − p Σ_i g_i`` (sum along ``axis``). Saves ``y`` (``p = e^{y}``).
+    `∂y_i/∂z_j = δ_ij − p_j` with `p = softmax(z) = e^{y}`, so
+    `∂L/∂z = g − p Σ_i g_i` (sum along `axis`). Saves `y` (`p = e^{y}`).
     """
     s = _shifted(x, axis)
     return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
