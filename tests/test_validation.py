@@ -476,3 +476,26 @@ def test_house_docstrings_use_one_markup_and_carry_no_history():
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if roles.search(line) or history.search(line)]
     assert found == []
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("call, fn, name", [
+    (lambda r: layers.Dropout(r), "Dropout", "rate"),
+    (lambda r: layers.BatchNorm(momentum=r), "BatchNorm", "momentum"),
+    (lambda r: ops.dropout(jnp.ones(3), jax.random.key(0), r), "dropout", "rate"),
+])
+def test_fractions_share_one_rule(call, fn, name):
+    """Drop rates and running-average weights: a number in [0, 1); a string is a
+    TypeError (the layers used to call it a ValueError)."""
+    with pytest.raises(TypeError, match=rf"{fn}: {name} must be a number, got '0.5'"):
+        call("0.5")
+    with pytest.raises(ValueError, match=rf"{fn}: {name} \(.*\) must be in \[0, 1\), got 1.0"):
+        call(1.0)
+
+
+@pytest.mark.float32
+def test_lstm_forget_bias_must_be_finite():
+    with pytest.raises(ValueError, match=r"LSTM: forget_bias must be finite, got inf"):
+        layers.LSTM(3, forget_bias=float("inf"))
+    with pytest.raises(TypeError, match=r"LSTM: forget_bias must be a number, got True"):
+        layers.LSTM(3, forget_bias=True)

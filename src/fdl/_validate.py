@@ -198,6 +198,17 @@ def window_output_size(fn: str, axis: str, n: int, extent: int, stride: int,
     return o
 
 
+def fraction(fn: str, name: str, value: Any, *, meaning: str = "", hint: str = "") -> float:
+    """A static real number in `[0, 1)`: a drop rate, the weight of an average's old
+    value. `meaning` (shown in brackets after the name) says which end is which."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {name} must be a number, got {value!r}")
+    if not 0 <= value < 1:  # NaN fails too
+        what = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{fn}: {name}{what} must be in [0, 1), got {value!r}{hint}")
+    return float(value)
+
+
 def padding_within_window(fn: str, axis: str, pad: tuple[int, int], window: int) -> None:
     """Pooling padding must be smaller than the window on each side, or some windows
     would see only padding."""

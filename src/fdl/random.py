@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
+
+from fdl import _validate as v
 
 __all__ = ["IMPL", "key"]
 
@@ -36,7 +37,7 @@ def key(seed: int) -> jax.Array:
 
     Equivalent to `jax.random.key(seed, impl=fdl.random.IMPL)`.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    if not v.is_int(seed):
         raise TypeError(f"fdl.random.key: seed must be an int, got {seed!r}")
     return jax.random.key(int(seed), impl=IMPL)
 

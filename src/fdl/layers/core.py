@@ -160,8 +160,7 @@ def Dropout(rate: float) -> Layer:
     `rate` is the probability of *dropping* (`Dropout(0.1)` keeps 90%). Training
     needs an explicit key: `apply(params, state, x, key=key, train=True)`.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-        raise ValueError(f"Dropout: rate (the drop probability) must be in [0, 1), got {rate!r}")
+    v.fraction("Dropout", "rate", rate, meaning="the drop probability")
 
     def drop(x: jax.Array, key: jax.Array | None, train: bool) -> jax.Array:
         if not train or rate == 0:

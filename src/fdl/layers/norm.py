@@ -61,11 +61,7 @@ def BatchNorm(*, momentum: float = 0.9, eps: float = 1e-5, dtype: Any = jnp.floa
     Training by Reducing Internal Covariate Shift", 2015.
     """
     fn = "BatchNorm"
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not (
-            0 <= momentum < 1):
-        raise ValueError(
-            f"{fn}: momentum (the weight of the old running statistics) must be in [0, 1), "
-            f"got {momentum!r}")
+    v.fraction(fn, "momentum", momentum, meaning="the weight of the old running statistics")
     v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:

@@ -94,8 +94,7 @@ def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
     `b[H:2H]` initialised to `forget_bias`. `initial_state` is a pair `(h, c)`;
     the last output is the final `h`.
     """
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
-        raise TypeError(f"LSTM: forget_bias must be a number, got {forget_bias!r}")
+    v.finite_number("LSTM", "forget_bias", forget_bias)
 
     def bias(name: str, dtype: Any) -> jax.Array:
         return jnp.zeros((4 * hidden,), dtype).at[hidden:2 * hidden].set(forget_bias)

@@ -86,11 +86,8 @@ def _dropout_validate(x, key, rate):
             f"jax.random.split), got {got}"
         )
     v.finite_number("dropout", "rate", rate)
-    if not 0 <= rate < 1:
-        raise ValueError(
-            f"dropout: rate is the probability of DROPPING an element and must be in "
-            f"[0, 1), got {rate!r}; to switch dropout off at inference, do not call it"
-        )
+    v.fraction("dropout", "rate", rate, meaning="the probability of DROPPING an element",
+               hint="; to switch dropout off at inference, do not call it")
 
 
 def _key(k, dtype):
