@@ -31,7 +31,8 @@ Symbols: `N` examples, `θ` all parameters, `gᵢ = ∇_θ ℓᵢ` the per-examp
 gradient, `C` = `clip_norm`, `σ` = `noise_multiplier`.
 
 1. *Ghost norms* — one forward and one backward of `L = Σᵢ ℓᵢ`, no per-example
-   gradient formed. Every Dense layer gets a zero `probe ∈ ℝ^N` and runs
+   gradient formed. Every Dense layer gets a zero `probe ∈ ℝ^N` (installed with
+   `fdl.layers.base.install_probe`, the slot the layers expose) and runs
    `fdl.ops.ghost_linear`, whose backward has the layer's input `X` and
    output cotangent `G = ∂L/∂Y` (`Gᵢ = ∂ℓᵢ/∂Yᵢ`) and returns, as the probe's
    cotangent, `‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖² = ‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²` (for sequences
