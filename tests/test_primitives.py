@@ -3,6 +3,11 @@
 The table is the registry itself: a primitive added anywhere in fdl is covered
 here without being named. Float64 checks hold the hand-written rule to 1e-10
 relative against autodiff and 1e-8 against finite differences.
+
+Each check compiles one program per configuration that adds coverage: all of a
+primitive's examples together under ``jit`` in float64 (``fdl.check.examples``); its
+first example in float32 with the rule run eagerly (op by op, as a user calling it
+outside ``jit`` runs it); and ``vmap`` of ``grad`` against a loop and against autodiff.
 """
 
 from __future__ import annotations
@@ -15,14 +20,13 @@ import pytest
 import fdl
 from fdl import check
 
+PRIMITIVES = [pytest.param(p, id=name) for name, p in fdl.registry().items()]
 CASES = [
     pytest.param(p, i, id=f"{name}-{i}")
     for name, p in fdl.registry().items()
     for i in range(len(p.examples))
 ]
 
-# Every example runs the float64 check (examples > 0 under jit); the first example of
-# each primitive also runs eagerly-vs-jit, float32 and vmap-of-grad (suite time).
 FIRST = [c for c in CASES if c.values[1] == 0]
 
 
@@ -37,26 +41,26 @@ def test_registry_is_populated():
         assert p.__doc__ and "∂" in p.__doc__, f"primitive {name} has no derivation in its docstring"
 
 
-@pytest.mark.parametrize("p,i", CASES)
-def test_float64_rule_matches_autodiff_and_finite_differences(p, i):
-    """Example 0 runs eagerly (op by op); the others under jit, to keep the suite fast."""
-    args, kwargs = _sample(p, i, jnp.float64)
-    report = check.vjp(p, *args, jit=i > 0, **kwargs).raise_if_failed()
-    assert report.worst("autodiff") <= 1e-10
-    assert report.worst("finite differences") <= 1e-8
+@pytest.mark.x64
+@pytest.mark.parametrize("p", PRIMITIVES)
+def test_float64_rule_matches_autodiff_and_finite_differences(p):
+    """Every example's rule under jit vs autodiff and finite differences, one program."""
+    reports = check.examples(p, dtype=jnp.float64)
+    assert len(reports) == len(p.examples)
+    for i, report in enumerate(reports):
+        assert report.passed, f"example {i}:\n{report}"
+        assert report.rows and all(r.dtype == "float64" for r in report.rows), report
+        assert report.worst("autodiff") <= 1e-10, f"example {i}:\n{report}"
+        assert report.worst("finite differences") <= 1e-8, f"example {i}:\n{report}"
 
 
+@pytest.mark.float32
 @pytest.mark.parametrize("p,i", FIRST)
-def test_float64_rule_under_jit(p, i):
-    args, kwargs = _sample(p, i, jnp.float64, seed=1)
-    check.vjp(p, *args, jit=True, finite_differences=False, **kwargs).raise_if_failed()
-
-
-@pytest.mark.parametrize("p,i", FIRST)
-def test_float32_rule(p, i):
+def test_float32_rule_run_eagerly(p, i):
+    """The user's default dtype, with the rule run op by op outside jit."""
     args, kwargs = _sample(p, i, jnp.float32, seed=2)
-    report = check.vjp(p, *args, jit=True, **kwargs).raise_if_failed()
-    assert all(r.dtype == "float32" for r in report.rows)
+    report = check.vjp(p, *args, jit=False, **kwargs).raise_if_failed()
+    assert report.rows and all(r.dtype == "float32" for r in report.rows)
 
 
 def _first_float_arg(p, args):
@@ -66,6 +70,7 @@ def _first_float_arg(p, args):
     raise AssertionError("no float argument")
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("p,i", FIRST)
 def test_vmap_of_grad_gives_per_example_gradients(p, i):
     """vmap(grad) over a stacked batch of examples equals a Python loop of grads."""
@@ -82,14 +87,19 @@ def test_vmap_of_grad_gives_per_example_gradients(p, i):
         out = p(*full, **kwargs)
         return sum(jnp.sum(jnp.sin(o)) for o in jax.tree_util.tree_leaves(out))
 
-    argnum = batched.index(j0)
+    grad = jax.grad(scalar, argnums=batched.index(j0))
     stacked = [jnp.stack([ex[0][j] for ex in examples]) for j in batched]
-    per_example = jax.jit(jax.vmap(jax.grad(scalar, argnums=argnum)))(*stacked)
-    for k, ex in enumerate(examples):
-        loop = jax.jit(jax.grad(scalar, argnums=argnum))(*[ex[0][j] for j in batched])
-        np.testing.assert_allclose(per_example[k], loop, rtol=1e-12, atol=1e-14)
-    with fdl.gradient_mode("autodiff"):
-        reference = jax.jit(jax.vmap(jax.grad(scalar, argnums=argnum)))(*stacked)
+
+    @jax.jit
+    def per_example_loop_and_autodiff(*stacked):  # one program (the mode is read at trace)
+        loop = [grad(*[s[k] for s in stacked]) for k in range(len(examples))]
+        with fdl.gradient_mode("autodiff"):
+            reference = jax.vmap(grad)(*stacked)
+        return jax.vmap(grad)(*stacked), loop, reference
+
+    per_example, loop, reference = per_example_loop_and_autodiff(*stacked)
+    for k in range(len(examples)):
+        np.testing.assert_allclose(per_example[k], loop[k], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(per_example, reference, rtol=1e-10, atol=1e-13)
 
 
@@ -100,6 +110,7 @@ def test_some_primitives_keep_forward_intermediates():
     assert any(c.values[0].name == "dropout" for c in WITH_FWD)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("p,i", WITH_FWD)
 def test_fwd_computes_the_same_output_as_forward(p, i):
     """A primitive's ``fwd`` (forward + residuals in one pass) must agree with its
@@ -134,6 +145,7 @@ def test_primitive_rejects_both_save_and_fwd():
                                 fwd=lambda x: (x * x, x), register=False)
 
 
+@pytest.mark.x64
 def test_fwd_residuals_reach_the_backward_and_a_wrong_fwd_is_caught():
     """The residuals the backward sees are exactly what ``fwd`` returned; fdl.check
     catches a ``fwd`` whose residuals are wrong."""
