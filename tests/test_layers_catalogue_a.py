@@ -176,7 +176,7 @@ def test_sequence_model_with_embedding_conv1d_rms_norm():
         (lambda: layers.BatchNorm(momentum=1.0), ValueError,
          r"BatchNorm: momentum .* must be in \[0, 1\), got 1.0"),
         (lambda: layers.LayerNorm(eps=0), ValueError,
-         r"LayerNorm: eps must be a finite number > 0"),
+         r"LayerNorm: eps must be > 0, got 0"),
         (lambda: layers.Embedding(0, 3), ValueError, r"Embedding: vocab_size must be a positive"),
     ],
 )

@@ -286,9 +286,10 @@ def test_global_avg_pool_closed_form():
     "pool, args, kwargs, error, match",
     [
         (max_pool2d, (jnp.ones((1, 3, 3, 1)), 4), {}, ValueError,
-         r"max_pool2d: the window \(4\) is larger than the input along H \(3"),
+         r"max_pool2d: along H the window spans 4 but the padded input has only 3 \(input 3, "
+         r"padding \(0, 0\)\); use padding='SAME', a smaller window, or a larger input"),
         (avg_pool2d, (jnp.ones((1, 6, 3, 1)), (2, 4)), {}, ValueError,
-         r"avg_pool2d: the window \(4\) is larger than the input along W \(3"),
+         r"avg_pool2d: along W the window spans 4 but the padded input has only 3"),
         (max_pool2d, (jnp.ones((1, 4, 4, 1)), 2), {"padding": ((2, 0), (0, 0))}, ValueError,
          r"max_pool2d: padding \(2, 0\) along H must be smaller than the window \(2\)"),
         (max_pool2d, (jnp.ones((4, 4, 1)), 2), {}, ValueError,

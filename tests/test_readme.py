@@ -4,6 +4,8 @@ Each block runs alone, in a fresh interpreter, in an empty directory, with no
 ``JAX_*`` settings: the user's default configuration (float32 unless the snippet
 itself turns x64 on). So a block must be self-contained, imports included.
 
+It must not use a deprecated name (no ``DeprecationWarning``).
+
 A claim is a ``print(...)`` whose line ends in a ``# <number>`` comment: the line the
 block prints there must be that number. README figures are the results of runs, and
 another CPU, JAX version or random generator moves the last digits, so a printed
@@ -71,6 +73,8 @@ def test_readme_block_runs_as_written_and_prints_what_it_claims(line, code, tmp_
     proc = run_python(["-c", code], cwd=tmp_path)
     assert proc.returncode == 0, (
         f"README.md's python block at line {line} failed:\n{proc.stdout}\n{proc.stderr}")
+    assert "DeprecationWarning" not in proc.stderr, (
+        f"README.md's python block at line {line} uses a deprecated name:\n{proc.stderr}")
     claimed = claims(code)
     if claimed:
         got = printed_numbers(proc.stdout)
