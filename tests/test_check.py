@@ -22,9 +22,10 @@ from fdl.primitive import primitive
 pytestmark = pytest.mark.x64  # float64 checks; the float32 ones are in test_check_float32.py
 
 
-def _normal(seed: int, *shape: int, dtype=jnp.float64) -> jax.Array:
-    """Test data from numpy: no XLA compilation per shape."""
-    return jnp.asarray(np.random.default_rng(1000 + seed).standard_normal(shape), dtype=dtype)
+def _normal(seed: int, *shape: int) -> np.ndarray:
+    """Test data as float64 numpy arrays: no XLA compilation per shape, and float64
+    whatever the precision at import (the checks take them as float64 under x64)."""
+    return np.random.default_rng(1000 + seed).standard_normal(shape)
 
 
 # --------------------------------------------------------------------------- #
@@ -283,7 +284,7 @@ def test_grad_rejects_wrong_structure_and_nonscalar_f():
     with pytest.raises(TypeError, match="result for argument 'params' has structure"):
         check.grad(lambda params: jnp.sum(params["w"]), lambda params: params["w"], params)
     with pytest.raises(TypeError, match=r"one entry per argument \(2\), got Array"):
-        check.grad(lambda a, b: jnp.sum(a * b), lambda a, b: a, A, A)
+        check.grad(lambda a, b: jnp.sum(a * b), lambda a, b: jnp.asarray(a), A, A)
     with pytest.raises(ValueError, match=r"f must return a scalar, got \(6, 4\)"):
         check.grad(lambda a: a * 2, lambda a: a, A)
 
