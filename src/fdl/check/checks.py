@@ -140,7 +140,10 @@ class _Job:
 
     program: Callable
     inputs: tuple
-    finish: Callable[[Any], Report]
+    finish: Callable[..., Report]
+    reference_part: Callable | None = None  # vjp: the program without the rule
+    manual: Callable[[], Any] | None = None  # vjp: the rule, op by op
+    diagnose: Callable[[Exception], Any] | None = None  # vjp: find a wrong-shaped cotangent
 
 
 def _run(job: _Job | Report) -> Report:
@@ -218,11 +221,9 @@ def _vjp_job(f: Primitive | Callable, args: tuple, kwargs: dict, *, key: jax.Arr
                          rtol=fd_rtol)
         return Report(_title(title, leaves, plan), _ordered(rows))
 
-    job = _Job(program, (leaves.values, u, plan.inputs()), finish)
-    job.reference_part = reference_part  # type: ignore[attr-defined]
-    job.manual = lambda: pullback(manual_fn, leaves.values, u)  # type: ignore[attr-defined]
-    job.diagnose = lambda error: _diagnose_rule(f, full, leaves, u, error)  # type: ignore
-    return job
+    return _Job(program, (leaves.values, u, plan.inputs()), finish, reference_part,
+                lambda: pullback(manual_fn, leaves.values, u),
+                lambda error: _diagnose_rule(f, full, leaves, u, error))
 
 
 def vjp(f: Primitive | Callable, *args: Any, key: jax.Array | None = None,
