@@ -116,7 +116,7 @@ HYPERPARAMETER_CASES = {
     "leaky_relu slope type": (lambda: ops.leaky_relu(F(3), "0.1"), TypeError,
                               r"leaky_relu: negative_slope must be a number, got '0.1'"),
     "gelu approximate": (lambda: ops.gelu(F(3), 1), TypeError,
-                         r"gelu: approximate must be a bool, got 1"),
+                         r"gelu: approximate must be True or False, got 1"),
     "elu alpha": (lambda: ops.elu(F(3), 0.0), ValueError, r"elu: alpha must be > 0, got 0\.0"),
     "huber delta": (lambda: losses.huber(F(3), F(3), -1.0), ValueError,
                     r"huber: delta must be > 0, got -1\.0"),
@@ -499,3 +499,22 @@ def test_lstm_forget_bias_must_be_finite():
         layers.LSTM(3, forget_bias=float("inf"))
     with pytest.raises(TypeError, match=r"LSTM: forget_bias must be a number, got True"):
         layers.LSTM(3, forget_bias=True)
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("call, fn, name", [
+    (lambda b: layers.RNN(3, reverse=b), "RNN", "reverse"),
+    (lambda b: layers.GRU(3, return_sequences=b), "GRU", "return_sequences"),
+    (lambda b: layers.MultiHeadAttention(2, causal=b), "MultiHeadAttention", "causal"),
+    (lambda b: ops.gelu(jnp.ones(3), b), "gelu", "approximate"),
+    (lambda b: ops.attention(jnp.ones((1, 2, 4)), jnp.ones((1, 2, 4)), jnp.ones((1, 2, 4)),
+                             causal=b), "attention", "causal"),
+])
+def test_flags_share_one_rule(call, fn, name):
+    """A flag is a bool (Python's or NumPy's), never a truthy stand-in."""
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match=rf"{fn}: {name} must be True or False, got "
+                                            rf"{re.escape(repr(bad))}"):
+            call(bad)
+    call(np.bool_(True))
+    call(False)

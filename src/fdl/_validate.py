@@ -270,10 +270,11 @@ def decay_rate(fn: str, name: str, value: Any) -> Any:
 
 
 def flag(fn: str, name: str, value: Any) -> bool:
-    """A Python bool (not a truthy stand-in such as 0, 1 or "yes")."""
-    if not isinstance(value, bool):
+    """A bool, Python's or NumPy's (not a truthy stand-in such as 0, 1 or "yes"),
+    returned as a Python `bool`."""
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
-    return value
+    return bool(value)
 
 
 def int_at_least(fn: str, name: str, value: Any, minimum: int) -> int:

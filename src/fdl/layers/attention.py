@@ -57,8 +57,7 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
     v.positive_int(fn, "num_heads", num_heads)
     v.positive_int(fn, "features", features, optional=True)
     v.positive_int(fn, "out_features", out_features, optional=True)
-    if not isinstance(causal, bool):
-        raise TypeError(f"{fn}: causal must be a bool, got {causal!r}")
+    v.flag(fn, "causal", causal)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
 
     def init(key: jax.Array, input_shape: Any) -> tuple[Shape, dict, dict]:

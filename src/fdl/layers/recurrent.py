@@ -38,9 +38,8 @@ def _sequence_layer(name: str, hidden: int, gates: int, bias_names: tuple[str, .
                     dtype: Any) -> Layer:
     fn = name
     v.positive_int(fn, "hidden", hidden)
-    for flag, value in (("return_sequences", return_sequences), ("reverse", reverse)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{fn}: {flag} must be a bool, got {value!r}")
+    v.flag(fn, "return_sequences", return_sequences)
+    v.flag(fn, "reverse", reverse)
     w_init, h_init = get_initializer(w_init), get_initializer(h_init)
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:

@@ -165,8 +165,7 @@ def _gelu_backward(approximate, x, g):
 
 def _gelu_validate(x, approximate):
     v.floating("gelu", "x", x)
-    if not isinstance(approximate, bool):
-        raise TypeError(f"gelu: approximate must be a bool, got {approximate!r}")
+    v.flag("gelu", "approximate", approximate)
 
 
 gelu = primitive(

@@ -73,11 +73,6 @@ def _check_mask(fn: str, mask: Any, target: tuple, what: str, hint: str = "") ->
         )
 
 
-def _check_flag(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be a bool (static), got {value!r}")
-
-
 def _fixed(array: Any):
     """An example argument that is always `array` (a mask, say), whatever the key."""
     return lambda key, dtype: jnp.asarray(array)
@@ -253,7 +248,7 @@ def _attention_validate(q, k, v_, mask, causal):
             f"{fn}: k and v must have the same number of source positions S, got k "
             f"{_shape(k)} (S={k.shape[-2]}) and v {_shape(v_)} (S={v_.shape[-2]})"
         )
-    _check_flag(fn, "causal", causal)
+    v.flag(fn, "causal", causal)
     scores = lead + (q.shape[-2], k.shape[-2])
     _check_mask(fn, mask, scores, "scores (…×T×S)",
                 "; a key-padding mask of shape (N, S) must be given as mask[:, None, :]")
@@ -381,7 +376,7 @@ def _mha_validate(x_q, x_kv, wq, wk, wv, wo, num_heads, mask, causal, bq, bk, bv
             if _shape(b) != (w.shape[1],):
                 raise ValueError(f"{fn}: {name} must have shape ({w.shape[1]},) to match "
                                  f"w{name[1]} {_shape(w)}, got {_shape(b)}")
-    _check_flag(fn, "causal", causal)
+    v.flag(fn, "causal", causal)
     scores = _shape(x_q)[:-2] + (x_q.shape[-2], x_kv.shape[-2])
     _check_mask(fn, mask, scores, "scores (…×T×S)",
                 "; a key-padding mask of shape (N, S) must be given as mask[:, None, :]")
