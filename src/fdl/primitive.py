@@ -204,10 +204,12 @@ class Primitive:
         validate: Callable | None,
         name: str,
         examples: Sequence[Example],
+        tangent: Callable | None = None,
     ) -> None:
         self.name = name
         self.forward = forward
         self.backward = backward
+        self.tangent = tangent
         self.save = save
         self.fwd = fwd
         self.validate = validate
@@ -222,7 +224,11 @@ class Primitive:
             )
         self.static = tuple(static)
         self.static_argnums = tuple(i for i, p in enumerate(params) if p in static)
-        self._custom = self._build_custom_vjp()
+        if tangent is None:
+            self._custom = self._build_custom_vjp()
+        else:
+            self._tangent_p = _TangentPrimitive(self)
+            self._custom = self._build_custom_jvp()
         functools.update_wrapper(self, forward)  # docstring, name, module for help()
 
     def forward_with_residuals(self, *args: Any) -> tuple[Any, Any]:
@@ -245,22 +251,52 @@ class Primitive:
 
         def bwd(*args):
             *static, residuals, g = args
-            cotangents = backward(*static, residuals, g)
-            if not isinstance(cotangents, tuple):
-                raise TypeError(
-                    f"primitive {self.name!r}: backward must return a tuple of "
-                    f"cotangents, got {type(cotangents).__name__}"
-                )
-            expected = len(self.signature.parameters) - len(static_argnums)
-            if len(cotangents) != expected:
-                raise TypeError(
-                    f"primitive {self.name!r}: backward returned {len(cotangents)} "
-                    f"cotangents for {expected} non-static arguments"
-                )
-            return cotangents
+            return self._checked_backward(*static, residuals, g)
 
         f = jax.custom_vjp(forward, nondiff_argnums=static_argnums)
         f.defvjp(fwd, bwd)
+        return f
+
+    def _checked_backward(self, *args: Any) -> tuple:
+        *static, residuals, g = args
+        cotangents = self.backward(*static, residuals, g)
+        if not isinstance(cotangents, tuple):
+            raise TypeError(
+                f"primitive {self.name!r}: backward must return a tuple of "
+                f"cotangents, got {type(cotangents).__name__}"
+            )
+        expected = len(self.signature.parameters) - len(self.static_argnums)
+        if len(cotangents) != expected:
+            raise TypeError(
+                f"primitive {self.name!r}: backward returned {len(cotangents)} "
+                f"cotangents for {expected} non-static arguments"
+            )
+        return cotangents
+
+    def _build_custom_jvp(self) -> Callable:
+        """The primitive as a `jax.custom_jvp` whose tangent is the hand-written rule
+        (a `_TangentPrimitive`), so forward mode runs the tangent rule and reverse
+        mode, by transposition, the hand-written backward."""
+        static_argnums = self.static_argnums
+        n = len(self.signature.parameters)
+        float0 = jax.dtypes.float0
+
+        def jvp(*args):
+            *static, primals, tangents = args
+            it_p, it_s = iter(primals), iter(static)
+            full = tuple(next(it_s) if i in static_argnums else next(it_p) for i in range(n))
+            y, residuals = self.forward_with_residuals(*full)
+            leaves, res_tree = jax.tree.flatten(residuals)
+            leaves = [jnp.asarray(r) for r in leaves]
+            has = tuple(jnp.result_type(t) != float0 for t in tangents)
+            dy = self._tangent_p.p.bind(
+                *leaves, *(t for t, h in zip(tangents, has) if h), levels=(),
+                static=tuple(static), res_tree=res_tree, n_res=len(leaves), has_tangent=has,
+                out_tree=jax.tree.structure(y))
+            return y, jax.tree.unflatten(jax.tree.structure(y), dy)
+
+        f = jax.custom_jvp(self.forward, nondiff_argnums=static_argnums)
+        f.defjvp(jvp)
         return f
 
     def bind(self, *args: Any, **kwargs: Any) -> tuple:
@@ -302,6 +338,143 @@ class Primitive:
         return f"<fdl primitive {self.name}{self.signature}>"
 
 
+# --------------------------------------------------------------------------- #
+# Tangent rules: one JAX primitive per fdl primitive, linear in its tangents
+# --------------------------------------------------------------------------- #
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _vmapped(fn: Callable, levels: tuple) -> Callable:
+    """`fn(*operands) -> list` mapped over each recorded batch level, innermost first
+    (each level's outputs carry its batch axis at 0)."""
+    for axes in levels:
+        fn = jax.vmap(fn, in_axes=list(axes), out_axes=0)
+    return fn
+
+
+class _TangentPrimitive:
+    """`dy = T(residuals)[dx₁, …, dx_k]` as a JAX primitive, for one fdl primitive.
+
+    Operands: the residual leaves, then the tangent of each differentiable argument
+    (zeros where JAX has none). The primitive is linear in the tangents, so JAX's
+    reverse mode transposes it; its transpose is the fdl primitive's hand-written
+    backward. Its implementation and lowering are the hand-written tangent rule;
+    batching maps the rule (and, through the transpose, the backward) with `jax.vmap`
+    and records the batch axes as a parameter, so `grad` of `vmap` still runs the
+    hand-written backward.
+    """
+
+    def __init__(self, owner: Primitive) -> None:
+        from jax.extend.core import Primitive as JaxPrimitive
+        from jax.interpreters import ad, batching, mlir
+
+        self.owner = owner
+        p = JaxPrimitive(f"fdl_{owner.name}_tangent")
+        p.multiple_results = True
+        p.def_impl(self._impl)
+        p.def_abstract_eval(self._abstract)
+        mlir.register_lowering(p, mlir.lower_fun(self._impl, multiple_results=True))
+        ad.primitive_transposes[p] = self._transpose
+        ad.primitive_jvps[p] = self._jvp
+        batching.primitive_batchers[p] = self._batch
+        self.p = p
+
+    # the hand-written rules on flat operands ------------------------------------
+    def _rule(self, *operands: Any, static: tuple, res_tree: Any, n_res: int, has_tangent: tuple,
+              out_tree: Any) -> list:
+        res = jax.tree.unflatten(res_tree, operands[:n_res])
+        it = iter(operands[n_res:])
+        tangents = tuple(next(it) if t else None for t in has_tangent)
+        dy = self.owner.tangent(*static, res, tangents)
+        leaves, tree = jax.tree.flatten(dy)
+        if tree != out_tree:
+            raise TypeError(f"primitive {self.owner.name!r}: tangent rule returned a {tree}, "
+                            f"the output is a {out_tree}")
+        return leaves
+
+    def _backward(self, *operands: Any, static: tuple, res_tree: Any, n_res: int,
+                  has_tangent: tuple, out_tree: Any) -> list:
+        res = jax.tree.unflatten(res_tree, operands[:n_res])
+        g = jax.tree.unflatten(out_tree, operands[n_res:])
+        cts = self.owner._checked_backward(*static, res, g)
+        return [c for c, t in zip(cts, has_tangent) if t]
+
+    def _impl(self, *operands: Any, levels: tuple, **params: Any) -> list:
+        return _vmapped(functools.partial(self._rule, **params), levels)(*operands)
+
+    def _abstract(self, *avals: Any, **params: Any) -> list:
+        from jax.core import ShapedArray
+
+        out = jax.eval_shape(functools.partial(self._impl, **params),
+                             *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
+        return [ShapedArray(o.shape, o.dtype) for o in out]
+
+    # JAX's interpreters ----------------------------------------------------------
+    def _transpose(self, cts: list, *operands: Any, levels: tuple, n_res: int,
+                   **params: Any) -> list:
+        from jax.interpreters import ad
+
+        res, tans = operands[:n_res], operands[n_res:]
+        if any(ad.is_undefined_primal(r) for r in res):
+            raise TypeError(f"primitive {self.owner.name!r}: its tangent rule is linear in the "
+                            "tangents only, not in the residuals")
+        avals = [t.aval if ad.is_undefined_primal(t) else None for t in tans]
+        if all(type(c) is ad.Zero for c in cts):
+            return [None] * n_res + [ad.Zero(a) if a is not None else None for a in avals]
+        cts = [ad.instantiate_zeros(c) for c in cts]
+        bwd = functools.partial(self._backward, n_res=n_res, **params)
+        for axes in levels:  # map the backward level by level, innermost first
+            bwd = self._mapped_backward(bwd, axes[:n_res], axes[n_res:], len(cts))
+        out = bwd(*res, *cts)
+        return [None] * n_res + [
+            (ad.Zero(a) if c is None else c) if a is not None else None
+            for c, a in zip(out, avals)]
+
+    @staticmethod
+    def _mapped_backward(bwd: Callable, res_axes: tuple, tan_axes: tuple, n_ct: int) -> Callable:
+        def mapped(*operands: Any) -> list:
+            out = jax.vmap(bwd, in_axes=list(res_axes) + [0] * n_ct, out_axes=0)(*operands)
+            # an unmapped tangent's cotangent is the sum over the batch
+            return [c if c is None else (jnp.sum(c, axis=0) if a is None else jnp.moveaxis(c, 0, a))
+                    for c, a in zip(out, tan_axes)]
+        return mapped
+
+    def _batch(self, operands: Sequence[Any], dims: Sequence[Any], *, levels: tuple,
+               **params: Any) -> tuple[list, list]:
+        axes = tuple(None if d is None else int(d) for d in dims)  # None: not mapped
+        out = self.p.bind(*operands, levels=levels + (axes,), **params)
+        return out, [0] * len(out)
+
+    def _jvp(self, primals: Sequence[Any], tangents: Sequence[Any], *, n_res: int,
+             **params: Any) -> tuple[list, list]:
+        # T is linear in dx: d[T(r)[dx]] = T(r)[d(dx)] + (∂T/∂r)[dr][dx]; the second term
+        # differentiates the hand-written tangent rule in its residuals.
+        from jax.interpreters import ad
+
+        res, tans = list(primals[:n_res]), list(primals[n_res:])
+        out = self.p.bind(*primals, n_res=n_res, **params)
+        parts = []
+        if any(type(t) is not ad.Zero for t in tangents[n_res:]):
+            parts.append(self.p.bind(*res, *(ad.instantiate_zeros(t) for t in tangents[n_res:]),
+                                     n_res=n_res, **params))
+        moving = [i for i, t in enumerate(tangents[:n_res]) if type(t) is not ad.Zero]
+        if moving:
+            def of_res(*moved: Any) -> list:
+                full = list(res)
+                for i, m in zip(moving, moved):
+                    full[i] = m
+                return self._impl(*full, *tans, n_res=n_res, **params)
+
+            parts.append(jax.jvp(of_res, [res[i] for i in moving],
+                                 [tangents[i] for i in moving])[1])
+        if not parts:
+            return out, [ad.Zero(ad.get_aval(o).to_tangent_aval()) for o in out]
+        return out, [sum(ts) for ts in zip(*parts)]
+
+
 _REGISTRY: dict[str, Primitive] = {}
 
 
@@ -316,6 +489,7 @@ def primitive(
     name: str | None = None,
     examples: Sequence[Example] = (),
     register: bool = True,
+    tangent: Callable | None = None,
 ) -> Primitive:
     """Build a primitive from its forward and hand-written backward.
 
@@ -333,6 +507,12 @@ def primitive(
       examples: example arguments for the checks (`Example`).
       register: record the primitive in `registry` (a name already taken
         raises `ValueError`).
+      tangent: `tangent(*static, residuals, tangents) -> dy`, the hand-written
+        forward-mode rule: `tangents` holds one tangent per non-static argument
+        (`None` for an integer argument, zeros where JAX has none) and `dy` has the
+        structure of `y`. It must be linear in the tangents (JAX transposes it to
+        run `backward` in reverse mode). Without it the primitive has reverse mode
+        only (`jax.custom_vjp`).
 
     Returns:
       A `Primitive`, called like `forward`.
@@ -343,7 +523,7 @@ def primitive(
             f"primitive {name!r}: pass save or fwd, not both (fwd returns the residuals itself)")
     p = Primitive(
         forward, backward, save=save, fwd=fwd, static=static, validate=validate, name=name,
-        examples=examples,
+        examples=examples, tangent=tangent,
     )
     if register:
         if name in _REGISTRY:
