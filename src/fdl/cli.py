@@ -654,8 +654,11 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(run=_cmd_train)
 
     c = sub.add_parser("check", help="verify every registered primitive's hand-written gradient")
-    c.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                   help="float64 (x64 on for this run; the default) or float32 (JAX's "
+                        "default configuration; finite differences in float32 too)")
+    c.add_argument("--seed", type=int, default=0,
+                   help="example i of each primitive is drawn from key(seed + i)")
     c.add_argument("only", nargs="*", help="primitive names (default: all)")
     c.set_defaults(run=_cmd_check)
     return p
