@@ -5,6 +5,9 @@ product is a product of arrays of the same shape (any shape, batch-first):
 
     `∂L/∂x = ∂L/∂y ⊙ f'(x)`
 
+and the tangent (forward-mode rule) is the same product with the input's tangent,
+`dy = f'(x) ⊙ dx`: a diagonal Jacobian is its own transpose.
+
 Each primitive below states `f'` and saves whichever of `x` or `y` gives it
 most cheaply (`tanh` and `sigmoid` are cheapest from `y`).
 """
@@ -42,6 +45,8 @@ def relu(x: jax.Array) -> jax.Array:
 
     `f'(x) = 1[x > 0]` (0 at `x = 0`, the subgradient JAX also picks), so
     `∂L/∂x = ∂L/∂y ⊙ 1[y > 0]`; `y > 0 ⇔ x > 0`, hence save `y`.
+
+    Tangent: `dy = 1[y > 0] ⊙ dx` (same shape as `x`).
     """
     return jnp.where(x > 0, x, jnp.zeros_like(x))
 
@@ -50,7 +55,13 @@ def _relu_backward(y, g):
     return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
 
 
-relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"), examples=_SHAPES)
+def _relu_tangent(y, t):
+    (dx,) = t
+    return jnp.where(y > 0, dx, jnp.zeros_like(dx))
+
+
+relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"),
+                 tangent=_relu_tangent, examples=_SHAPES)
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
@@ -58,6 +69,8 @@ def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
 
     `f'(x) = 1` for `x > 0` and `α` otherwise, so
     `∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])`. Saves `x`.
+
+    Tangent: `dy = (1[x > 0] + α·1[x ≤ 0]) ⊙ dx`.
     """
     return jnp.where(x > 0, x, negative_slope * x)
 
@@ -71,9 +84,14 @@ def _leaky_relu_validate(x, negative_slope):
     v.finite_number("leaky_relu", "negative_slope", negative_slope)
 
 
+def _leaky_relu_tangent(negative_slope, x, t):
+    (dx,) = t
+    return jnp.where(x > 0, dx, negative_slope * dx)
+
+
 leaky_relu = primitive(
     leaky_relu, _leaky_relu_backward, save=_save_x, static=("negative_slope",),
-    validate=_leaky_relu_validate,
+    validate=_leaky_relu_validate, tangent=_leaky_relu_tangent,
     examples=[Example((gaussian(4, 5), 0.01)), Example((gaussian(3, 2), 0.2))],
 )
 
@@ -82,6 +100,8 @@ def tanh(x: jax.Array) -> jax.Array:
     r"""Hyperbolic tangent `y = tanh(x)`.
 
     `f'(x) = 1 − tanh²(x) = 1 − y²`, so `∂L/∂x = ∂L/∂y ⊙ (1 − y²)`. Saves `y`.
+
+    Tangent: `dy = (1 − y²) ⊙ dx`.
     """
     return jnp.tanh(x)
 
@@ -90,7 +110,13 @@ def _tanh_backward(y, g):
     return (g * (1 - y * y),)
 
 
-tanh = primitive(tanh, _tanh_backward, save=_save_y, validate=_float_x("tanh"), examples=_SHAPES)
+def _tanh_tangent(y, t):
+    (dx,) = t
+    return (1 - y * y) * dx
+
+
+tanh = primitive(tanh, _tanh_backward, save=_save_y, validate=_float_x("tanh"),
+                 tangent=_tanh_tangent, examples=_SHAPES)
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
@@ -98,6 +124,8 @@ def sigmoid(x: jax.Array) -> jax.Array:
 
     `σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)`, so
     `∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)`. Saves `y`.
+
+    Tangent: `dy = y ⊙ (1 − y) ⊙ dx`.
     """
     # exp of a non-positive number only: never overflows.
     e = jnp.exp(-jnp.abs(x))
@@ -108,8 +136,14 @@ def _sigmoid_backward(y, g):
     return (g * y * (1 - y),)
 
 
+def _sigmoid_tangent(y, t):
+    (dx,) = t
+    return y * (1 - y) * dx
+
+
 sigmoid = primitive(
-    sigmoid, _sigmoid_backward, save=_save_y, validate=_float_x("sigmoid"), examples=_SHAPES
+    sigmoid, _sigmoid_backward, save=_save_y, validate=_float_x("sigmoid"),
+    tangent=_sigmoid_tangent, examples=_SHAPES
 )
 
 
@@ -117,6 +151,8 @@ def softplus(x: jax.Array) -> jax.Array:
     r"""Softplus `y = log(1 + eˣ) = log(e⁰ + eˣ)`, computed stably by `logaddexp`.
 
     `f'(x) = eˣ/(1 + eˣ) = σ(x)`, so `∂L/∂x = ∂L/∂y ⊙ σ(x)`. Saves `x`.
+
+    Tangent: `dy = σ(x) ⊙ dx`.
     """
     return jnp.logaddexp(x, jnp.zeros_like(x))
 
@@ -125,8 +161,14 @@ def _softplus_backward(x, g):
     return (g * sigmoid.forward(x),)
 
 
+def _softplus_tangent(x, t):
+    (dx,) = t
+    return sigmoid.forward(x) * dx
+
+
 softplus = primitive(
-    softplus, _softplus_backward, save=_save_x, validate=_float_x("softplus"), examples=_SHAPES
+    softplus, _softplus_backward, save=_save_x, validate=_float_x("softplus"),
+    tangent=_softplus_tangent, examples=_SHAPES
 )
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -146,6 +188,8 @@ def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
     `∂L/∂x = ∂L/∂y ⊙ f'(x)`. Saves `x`.
 
     References: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
+
+    Tangent: `dy = f'(x) ⊙ dx`, with `f'` above for either form.
     """
     if approximate:
         u = _SQRT_2_OVER_PI * (x + _GELU_C * x**3)
@@ -168,8 +212,20 @@ def _gelu_validate(x, approximate):
     v.flag("gelu", "approximate", approximate)
 
 
+def _gelu_tangent(approximate, x, t):
+    (dx,) = t
+    if approximate:
+        th = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
+        return (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du) * dx
+    cdf = 0.5 * (1 + erf(x / math.sqrt(2)))
+    pdf = jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return (cdf + x * pdf) * dx
+
+
 gelu = primitive(
     gelu, _gelu_backward, save=_save_x, static=("approximate",), validate=_gelu_validate,
+    tangent=_gelu_tangent,
     examples=[Example((gaussian(4, 5), False)), Example((gaussian(4, 5), True)),
               Example((gaussian(2, 1, 3), True))],
 )
@@ -183,6 +239,8 @@ def silu(x: jax.Array) -> jax.Array:
 
     References: Elfwing, Uchibe & Doya, "Sigmoid-Weighted Linear Units for Neural
     Network Function Approximation in Reinforcement Learning", 2017.
+
+    Tangent: `dy = σ(x)(1 + x(1 − σ(x))) ⊙ dx`.
     """
     return x * sigmoid.forward(x)
 
@@ -192,7 +250,14 @@ def _silu_backward(x, g):
     return (g * s * (1 + x * (1 - s)),)
 
 
-silu = primitive(silu, _silu_backward, save=_save_x, validate=_float_x("silu"), examples=_SHAPES)
+def _silu_tangent(x, t):
+    (dx,) = t
+    s = sigmoid.forward(x)
+    return s * (1 + x * (1 - s)) * dx
+
+
+silu = primitive(silu, _silu_backward, save=_save_x, validate=_float_x("silu"),
+                 tangent=_silu_tangent, examples=_SHAPES)
 
 
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
@@ -204,6 +269,8 @@ def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
 
     References: Clevert, Unterthiner & Hochreiter, "Fast and Accurate Deep Network
     Learning by Exponential Linear Units (ELUs)", 2016.
+
+    Tangent: `dy = (1[x > 0] + (y + α)·1[x ≤ 0]) ⊙ dx`.
     """
     # expm1 of min(x, 0): the unused branch never overflows.
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
@@ -218,7 +285,12 @@ def _elu_validate(x, alpha):
     v.finite_number("elu", "alpha", alpha, low=0, low_inclusive=False)
 
 
+def _elu_tangent(alpha, y, t):
+    (dx,) = t
+    return jnp.where(y > 0, dx, (y + alpha) * dx)
+
+
 elu = primitive(
     elu, _elu_backward, save=_save_y, static=("alpha",), validate=_elu_validate,
-    examples=[Example((gaussian(4, 5), 1.0)), Example((gaussian(2, 3), 0.5))],
+    tangent=_elu_tangent, examples=[Example((gaussian(4, 5), 1.0)), Example((gaussian(2, 3), 0.5))],
 )
