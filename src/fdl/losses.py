@@ -60,6 +60,9 @@ def mse(pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Arra
 
     With `mean` over `n` elements, `L = (1/n) Σ (p − t)²` and
     `∂L/∂p = (2/n)(p − t)`, `∂L/∂t = −∂L/∂p` (same shape as `p`). Saves `p − t`.
+
+    Tangent: per element `dℓ = 2(p − t)(dp − dt)`, then reduced like `ℓ`
+    (`mean`: `dL = (2/n) Σ (p − t)(dp − dt)`, a scalar).
     """
     return _reduce(jnp.square(pred - target), reduction)
 
@@ -80,9 +83,14 @@ def _mse_validate(pred, target, reduction):
     _check_reduction("mse", reduction)
 
 
+def _mse_tangent(reduction, r, t):
+    dp, dt = t
+    return _reduce(2 * r * (dp - dt), reduction)
+
+
 mse = primitive(
     mse, _mse_backward, save=_mse_save, static=("reduction",), validate=_mse_validate,
-    examples=[Example((gaussian(4, 3), gaussian(4, 3), "mean")),
+    tangent=_mse_tangent, examples=[Example((gaussian(4, 3), gaussian(4, 3), "mean")),
               Example((gaussian(5), gaussian(5), "sum")),
               Example((gaussian(2, 3), gaussian(2, 3), "none"))],
 )
@@ -109,6 +117,9 @@ def softmax_cross_entropy(
     probability targets `∂ℓ/∂y = −log p`. Saves `log p` (`p = e^{log p}`) and
     the targets. Finite for float32 logits of any magnitude (`log p` is computed
     shifted by the row maximum).
+
+    Tangent: `dℓ = ⟨p − y, dz⟩ − ⟨log p, dy⟩` per example (sums over the classes;
+    the second term only for probability targets), reduced like `ℓ`.
     """
     logp = log_softmax.forward(logits, -1)
     if jnp.issubdtype(targets.dtype, jnp.integer):
@@ -170,10 +181,20 @@ def _ce_validate(logits, targets, reduction):
             )
 
 
+def _ce_tangent(reduction, residuals, t):
+    logp, targets = residuals
+    dz, dy = t
+    p = jnp.exp(logp)
+    if jnp.issubdtype(targets.dtype, jnp.integer):
+        picked = jnp.take_along_axis(dz, _keep(targets), axis=-1)[..., 0]
+        return _reduce(jnp.sum(p * dz, axis=-1) - picked, reduction)
+    return _reduce(jnp.sum((p - targets) * dz - logp * dy, axis=-1), reduction)
+
+
 softmax_cross_entropy = primitive(
     softmax_cross_entropy, _ce_backward, save=_ce_save, static=("reduction",),
     validate=_ce_validate,
-    examples=[Example((gaussian(5, 4), labels(5, classes=4), "mean")),
+    tangent=_ce_tangent, examples=[Example((gaussian(5, 4), labels(5, classes=4), "mean")),
               Example((gaussian(5, 4, scale=3.0), probabilities(5, 4), "mean")),
               Example((gaussian(2, 3, 6), labels(2, 3, classes=6), "sum")),
               Example((gaussian(3, 5), probabilities(3, 5), "none")),
@@ -193,6 +214,8 @@ def sigmoid_binary_cross_entropy(
     `max(z, 0) + log(1 + e^{−|z|}) − y z` (no overflow for any `z`).
 
     `∂ℓ/∂z = σ(z) − y` and `∂ℓ/∂y = −z` (element-wise, any shape). Saves `z, y`.
+
+    Tangent: per element `dℓ = (σ(z) − y) dz − z dy`, reduced like `ℓ`.
     """
     return _reduce(jnp.logaddexp(logits, jnp.zeros_like(logits)) - targets * logits, reduction)
 
@@ -223,9 +246,18 @@ def _bce_validate(logits, targets, reduction):
             raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
 
 
+def _bce_tangent(reduction, residuals, t):
+    z, y = residuals
+    dz, dy = t
+    e = jnp.exp(-jnp.abs(z))
+    sig = jnp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    return _reduce((sig - y) * dz - z * dy, reduction)
+
+
 sigmoid_binary_cross_entropy = primitive(
     sigmoid_binary_cross_entropy, _bce_backward, save=_bce_save, static=("reduction",),
     validate=_bce_validate,
+    tangent=_bce_tangent,
     examples=[Example((gaussian(4, 3, scale=2.0), uniform(4, 3, low=0.0, high=1.0), "mean")),
               Example((gaussian(6), uniform(6, low=0.0, high=1.0), "none"))],
 )
@@ -245,6 +277,8 @@ def huber(pred: jax.Array, target: jax.Array, delta: float = 1.0,
     `∂ℓ/∂p = clip(r, −δ, δ)` and `∂ℓ/∂t = −clip(r, −δ, δ)`. Saves `r`.
 
     References: Huber, "Robust Estimation of a Location Parameter", 1964.
+
+    Tangent: per element `dℓ = clip(r, −δ, δ)(dp − dt)`, reduced like `ℓ`.
     """
     r = pred - target
     a = jnp.abs(r)
@@ -268,9 +302,15 @@ def _huber_validate(pred, target, delta, reduction):
     _check_reduction("huber", reduction)
 
 
+def _huber_tangent(delta, reduction, r, t):
+    dp, dt = t
+    return _reduce(jnp.clip(r, -delta, delta) * (dp - dt), reduction)
+
+
 huber = primitive(
     huber, _huber_backward, save=_huber_save, static=("delta", "reduction"),
     validate=_huber_validate,
+    tangent=_huber_tangent,
     examples=[Example((gaussian(4, 3, scale=2.0), gaussian(4, 3), 1.0, "mean")),
               Example((gaussian(8, scale=2.0), gaussian(8), 0.5, "sum"))],
 )

@@ -28,6 +28,9 @@ def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
     `J = diag(p) − p pᵀ` (`K×K`, symmetric). The VJP never forms it:
     `∂L/∂z = Jᵀ g = p ⊙ g − p (pᵀ g) = p ⊙ (g − ⟨g, p⟩)`, with the inner product
     taken along `axis`. Saves `p`.
+
+    Tangent (forward mode): `dp = J dz = p ⊙ (dz − ⟨p, dz⟩)` (same shape as `z`, inner
+    product along `axis`); `J` is symmetric, so it is the VJP's formula with `dz` for `g`.
     """
     e = jnp.exp(_shifted(x, axis))
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -56,9 +59,15 @@ _EXAMPLES = [
     Example((gaussian(7, scale=3.0), 0)),
 ]
 
+
+def _softmax_tangent(axis, p, t):
+    (dz,) = t
+    return p * (dz - jnp.sum(p * dz, axis=axis, keepdims=True))
+
+
 softmax = primitive(
     softmax, _softmax_backward, save=_save_y, static=("axis",), validate=_validate("softmax"),
-    examples=_EXAMPLES,
+    tangent=_softmax_tangent, examples=_EXAMPLES,
 )
 
 
@@ -67,6 +76,10 @@ def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
 
     `∂y_i/∂z_j = δ_ij − p_j` with `p = softmax(z) = e^{y}`, so
     `∂L/∂z = g − p Σ_i g_i` (sum along `axis`). Saves `y` (`p = e^{y}`).
+
+    Tangent: `dy = dz − ⟨p, dz⟩` (inner product along `axis`, broadcast back): row `i`
+    of `J` is `e_iᵀ − pᵀ`, so `(J dz)_i = dz_i − Σ_j p_j dz_j` — not symmetric, unlike
+    softmax's.
     """
     s = _shifted(x, axis)
     return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
@@ -76,7 +89,12 @@ def _log_softmax_backward(axis, y, g):
     return (g - jnp.exp(y) * jnp.sum(g, axis=axis, keepdims=True),)
 
 
+def _log_softmax_tangent(axis, y, t):
+    (dz,) = t
+    return dz - jnp.sum(jnp.exp(y) * dz, axis=axis, keepdims=True)
+
+
 log_softmax = primitive(
     log_softmax, _log_softmax_backward, save=_save_y, static=("axis",),
-    validate=_validate("log_softmax"), examples=_EXAMPLES,
+    validate=_validate("log_softmax"), tangent=_log_softmax_tangent, examples=_EXAMPLES,
 )
