@@ -58,28 +58,37 @@ class Layer(NamedTuple):
 
 def stateless(name: str, fn: Callable[..., Any],
               output_shape: Callable[[Shape], Shape] | None = None, *,
+              init: Callable[[jax.Array, Shape], tuple[Shape, Any]] | None = None,
               random: bool = False) -> Layer:
-    """A layer without parameters or state, from a function of the batch.
+    """A layer without state (`{}` in, `{}` out), from a function of the batch.
 
     Args:
       name: the layer's name (its key in `serial`'s params).
-      fn: `fn(x) -> y`; with `random`, `fn(x, key, train) -> y` (dropout).
-      output_shape: `input_shape -> output_shape`, both without the batch axis; it
-        may validate `input_shape` and raise. Default: the shape is kept.
+      fn: `fn(x) -> y`, or `fn(params, x) -> y` for a layer with parameters (`init`
+        given); with `random`, `key` and `train` follow `x` (dropout).
+      output_shape: for a layer without parameters, `input_shape -> output_shape`,
+        both without the batch axis; it may validate `input_shape` and raise.
+        Default: the shape is kept.
+      init: for a layer with parameters, `init(key, input_shape) -> (output_shape,
+        params)`.
       random: pass `apply`'s `key` and `train` on to `fn`.
 
     Returns:
-      `Layer(init, apply, name)` with `init` returning `{}` params and state.
+      `Layer(init, apply, name)` following the protocol, with `{}` state.
     """
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def layer_init(key: jax.Array, input_shape: Shape) -> tuple[Shape, Any, dict]:
+        if init is not None:
+            shape, params = init(key, input_shape)
+            return tuple(shape), params, {}
         shape = tuple(input_shape)
         return (shape if output_shape is None else tuple(output_shape(shape))), {}, {}
 
-    def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
+    def apply(params: Any, state: dict, x: Any, *, key: jax.Array | None = None,
               train: bool = False) -> tuple[Any, dict]:
-        return (fn(x, key, train) if random else fn(x)), state
+        inputs = (x,) if init is None else (params, x)
+        return fn(*inputs, *((key, train) if random else ())), state
 
-    return Layer(init, apply, name)
+    return Layer(layer_init, apply, name)
 
 
 def split_key(key: jax.Array | None, n: int) -> list[jax.Array | None]:

@@ -44,26 +44,25 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
     op = ops.conv2d if nd == 2 else ops.conv1d
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         shape = v.input_shape(fn, input_shape, f"({', '.join(layout)})", rank=len(layout))
         extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
         out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
         kw, kb = jax.random.split(key)
         params = {"w": w_init(kw, (*k, shape[-1], features), dtype),
                   "b": b_init(kb, (features,), dtype)}
-        return out + (features,), params, {}
+        return out + (features,), params
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def apply(params: dict, x: jax.Array) -> jax.Array:
         c_in = params["w"].shape[-2]
         if jnp.ndim(x) != nd + 2 or jnp.shape(x)[-1] != c_in:
             raise ValueError(
                 f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
                 f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
                 "input_shape passed to init")
-        return op(x, params["w"], params["b"], s, padding, d), state
+        return op(x, params["w"], params["b"], s, padding, d)
 
-    return Layer(init, apply, fn.lower())
+    return stateless(fn.lower(), apply, init=init)
 
 
 def Conv2D(features: int, kernel_size: int | Sequence[int], *,

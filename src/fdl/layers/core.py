@@ -52,15 +52,14 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
     v.positive_int("Dense", "features", features)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         input_shape = v.input_shape("Dense", input_shape, "(…, d_in)", min_rank=1)
         kw, kb = jax.random.split(key)
         d_in = input_shape[-1]
         params = {"w": w_init(kw, (d_in, features), dtype), "b": b_init(kb, (features,), dtype)}
-        return tuple(input_shape[:-1]) + (features,), params, {}
+        return input_shape[:-1] + (features,), params
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def apply(params: dict, x: jax.Array) -> jax.Array:
         d_in = params["w"].shape[0]
         if jnp.ndim(x) < 2 or x.shape[-1] != d_in:
             raise ValueError(
@@ -68,10 +67,10 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
                 f"features) but the layer was built for {d_in} features; expected (batch, …, "
                 f"{d_in}) — check the input_shape passed to init")
         if has_probe(params):  # someone asked for per-example gradient norms
-            return ops.ghost_linear(x, params["w"], params["b"], params[PROBE]), state
-        return ops.linear(x, params["w"], params["b"]), state
+            return ops.ghost_linear(x, params["w"], params["b"], params[PROBE])
+        return ops.linear(x, params["w"], params["b"])
 
-    return Layer(init, apply, "dense")
+    return stateless("dense", apply, init=init)
 
 
 def Relu() -> Layer:

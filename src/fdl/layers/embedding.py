@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape
+from fdl.layers.base import Layer, Shape, stateless
 from fdl.layers.initializers import Initializer, get_initializer, normal
 
 __all__ = ["Embedding"]
@@ -33,14 +33,11 @@ def Embedding(vocab_size: int, features: int, *,
     v.positive_int(fn, "features", features)
     table_init = normal(1.0) if init is None else get_initializer(init)
 
-    def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def init_fn(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         input_shape = v.input_shape(
             fn, input_shape, "the shape of one example's ids (e.g. () or (L,))")
         table = table_init(key, (vocab_size, features), dtype)
-        return tuple(input_shape) + (features,), {"table": table}, {}
+        return input_shape + (features,), {"table": table}
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
-        return ops.embedding(x, params["table"]), state
-
-    return Layer(init_fn, apply, "embedding")
+    return stateless("embedding", lambda params, x: ops.embedding(x, params["table"]),
+                     init=init_fn)

@@ -19,7 +19,7 @@ from jax import lax
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape
+from fdl.layers.base import Layer, Shape, stateless
 
 __all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
@@ -97,17 +97,15 @@ def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
     """
     v.finite_number("LayerNorm", "eps", eps, low=0, low_inclusive=False)
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         d = _features("LayerNorm", input_shape, "d")
-        return tuple(input_shape), {"gamma": jnp.ones((d,), dtype),
-                                    "beta": jnp.zeros((d,), dtype)}, {}
+        return input_shape, {"gamma": jnp.ones((d,), dtype), "beta": jnp.zeros((d,), dtype)}
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("LayerNorm", x, params["gamma"].shape[0], "features")
-        return ops.layer_norm(x, params["gamma"], params["beta"], eps), state
+        return ops.layer_norm(x, params["gamma"], params["beta"], eps)
 
-    return Layer(init, apply, "layer_norm")
+    return stateless("layer_norm", apply, init=init)
 
 
 def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
@@ -119,13 +117,12 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
     """
     v.finite_number("RMSNorm", "eps", eps, low=0, low_inclusive=False)
 
-    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, dict]:
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         d = _features("RMSNorm", input_shape, "d")
-        return tuple(input_shape), {"gamma": jnp.ones((d,), dtype)}, {}
+        return input_shape, {"gamma": jnp.ones((d,), dtype)}
 
-    def apply(params: dict, state: dict, x: jax.Array, *, key: jax.Array | None = None,
-              train: bool = False) -> tuple[jax.Array, dict]:
+    def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("RMSNorm", x, params["gamma"].shape[0], "features")
-        return ops.rms_norm(x, params["gamma"], eps), state
+        return ops.rms_norm(x, params["gamma"], eps)
 
-    return Layer(init, apply, "rms_norm")
+    return stateless("rms_norm", apply, init=init)
