@@ -45,6 +45,8 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
 
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
+
+    Tangent: linear and diagonal for a fixed key, `dy = m ⊙ dx / (1 − p)` (shape of `x`).
     """
     if rate == 0:
         return x
@@ -94,10 +96,17 @@ def _key(k, dtype):
     return k  # the example's "sample" for the key argument is the key itself
 
 
+def _dropout_tangent(rate, keep, t):
+    dx, _ = t
+    if rate == 0:
+        return dx
+    return jnp.where(keep, dx / (1.0 - rate), jnp.zeros_like(dx))
+
+
 dropout = primitive(
     dropout, _dropout_backward, fwd=_dropout_fwd, static=("rate",),
     validate=_dropout_validate,
-    examples=[Example((gaussian(4, 6), _key, 0.5)),
+    tangent=_dropout_tangent, examples=[Example((gaussian(4, 6), _key, 0.5)),
               Example((gaussian(2, 3, 3, 2), _key, 0.2)),
               Example((gaussian(3, 4), _key, 0.0))],
 )

@@ -35,6 +35,9 @@ def embedding(ids: jax.Array, table: jax.Array) -> jax.Array:
     they cannot be checked (the gather then clamps them, as JAX indexing does).
 
     Residuals: `ids` and `T`'s number of rows `V` (not `T`).
+
+    Tangent: the lookup is linear in `T`, so `dY[s] = dT[ids[s]]` (`S×d`; `ids` has
+    no tangent).
     """
     return table[ids]
 
@@ -68,9 +71,15 @@ def _embedding_validate(ids, table):
             f"{tuple(table.shape)}), got {value} at index {i} (range given: {lo}..{hi})")
 
 
+def _embedding_tangent(residuals, t):
+    ids, _ = residuals
+    _, dtable = t
+    return dtable[ids]
+
+
 embedding = primitive(
     embedding, _embedding_backward, save=_embedding_save, validate=_embedding_validate,
-    examples=[
+    tangent=_embedding_tangent, examples=[
         Example((labels(6, classes=4), gaussian(4, 3))),        # repeats: 6 ids, 4 rows
         Example((labels(2, 5, classes=7), gaussian(7, 2))),
         Example((labels(classes=3), gaussian(3, 4))),           # a single id

@@ -33,6 +33,10 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     * `∂Y_nj/∂b_k = δ_jk` ⇒ `∂L/∂b = 1ᵀ G` (sum of `G` over the batch).
 
     Residuals: `X` and `W` (`b` and `Y` are not needed).
+
+    Tangent (the differential, by the product rule; `Y` is bilinear in `(X, W)`):
+    `dY = dX W + X dW + db` (`N×d_in · d_in×d_out`, `N×d_in · d_in×d_out`, `d_out`
+    broadcast over the batch; all `N×d_out`).
     """
     y = jnp.matmul(x, w)
     return y + b.reshape((1,) * (y.ndim - 1) + b.shape)  # explicit broadcast over the batch
@@ -71,9 +75,16 @@ def _linear_validate(x, w, b):
         )
 
 
+def _linear_tangent(residuals, t):
+    x, w = residuals
+    dx, dw, db = t
+    dy = jnp.matmul(dx, w) + jnp.matmul(x, dw)
+    return dy + db.reshape((1,) * (dy.ndim - 1) + db.shape)
+
+
 linear = primitive(
     linear, _linear_backward, save=_linear_save, validate=_linear_validate,
-    examples=[
+    tangent=_linear_tangent, examples=[
         Example((gaussian(5, 3), gaussian(3, 4), gaussian(4))),
         Example((gaussian(2, 3, 4), gaussian(4, 2), gaussian(2))),
         Example((gaussian(1, 1), gaussian(1, 1), gaussian(1))),

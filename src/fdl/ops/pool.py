@@ -95,6 +95,10 @@ def max_pool2d(x: jax.Array, window: int | Sequence[int],
 
     Residuals: the arg-max offset `a*·k_w + b*` of every output (int8 for windows up
     to 127 pixels), and `X`'s shape — not `X` or `Y`.
+
+    Tangent: each output moves with its window's arg-max,
+    `dY[ν,i,c] = dX̄[ν, s·i + (a*, b*) − lo, c]` (`N×o_h×o_w×C`; `dX̄` is `dX` padded
+    with zeros), read from the saved arg-max offsets.
     """
     k, s, pads = _geometry(x.shape, window, stride, padding)
     # a numpy (concrete) init value: lax recognises the max monoid, which JAX differentiates
@@ -154,10 +158,24 @@ def _distinct(*shape: int, spread: float = 4.0):
     return sample
 
 
+def _max_pool2d_tangent(window, stride, padding, residuals, t):
+    argmax, _ = residuals
+    (dx,) = t
+    k, s, pads = _geometry(dx.shape, window, stride, padding)
+    dxp = jnp.pad(dx, ((0, 0), *pads, (0, 0)))
+    o = argmax.shape[1:3]
+    dy = jnp.zeros(argmax.shape, dx.dtype)
+    for a in range(k[0]):
+        for b in range(k[1]):
+            seen = dxp[:, a:a + s[0] * (o[0] - 1) + 1:s[0], b:b + s[1] * (o[1] - 1) + 1:s[1], :]
+            dy = jnp.where(argmax == a * k[1] + b, seen, dy)
+    return dy
+
+
 max_pool2d = primitive(
     max_pool2d, _max_pool2d_backward, save=_max_pool2d_save,
     static=("window", "stride", "padding"), validate=_max_pool2d_validate,
-    examples=[
+    tangent=_max_pool2d_tangent, examples=[
         Example((_distinct(2, 4, 4, 3), 2, None, "VALID")),
         Example((_distinct(2, 5, 5, 2), 3, 1, "SAME")),  # overlapping windows
         Example((_distinct(1, 5, 7, 2), (2, 3), (2, 2), ((1, 0), (1, 2)))),
@@ -205,6 +223,9 @@ def avg_pool2d(x: jax.Array, window: int | Sequence[int],
     reads get 0).
 
     Residuals: `X`'s shape only (the counts are constants of the shapes).
+
+    Tangent: `Y` is linear in `X`, so `dY = avg_pool2d(dX)` (same window, stride,
+    padding and counts; `N×o_h×o_w×C`).
     """
     k, s, pads = _geometry(x.shape, window, stride, padding)
     sums = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1),
@@ -227,10 +248,15 @@ def _avg_pool2d_validate(x, window, stride, padding):
     _check_pool("avg_pool2d", x, window, stride, padding)
 
 
+def _avg_pool2d_tangent(window, stride, padding, shape_of_x, t):
+    (dx,) = t
+    return avg_pool2d.forward(dx, window, stride, padding)
+
+
 avg_pool2d = primitive(
     avg_pool2d, _avg_pool2d_backward, save=_avg_pool2d_save,
     static=("window", "stride", "padding"), validate=_avg_pool2d_validate,
-    examples=[
+    tangent=_avg_pool2d_tangent, examples=[
         Example((gaussian(2, 4, 4, 3), 2, None, "VALID")),
         Example((gaussian(2, 5, 5, 2), 3, 2, "SAME")),  # overlapping, partial border windows
         Example((gaussian(1, 5, 7, 2), (2, 3), (1, 2), ((1, 1), (0, 2)))),
@@ -250,6 +276,8 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
     — `G ∈ ℝ^{N×C}` broadcast over the `H×W` pixels.
 
     Residuals: `X`'s shape only.
+
+    Tangent: linear, `dY[ν,c] = (1/HW) Σ_{h,w} dX[ν,h,w,c]` (`N×C`).
     """
     return jnp.mean(x, axis=(1, 2))
 
@@ -268,9 +296,15 @@ def _global_avg_pool_validate(x):
     v.ndim_exactly("global_avg_pool", "x", x, 4, "NHWC")
 
 
+def _global_avg_pool_tangent(shape_of_x, t):
+    (dx,) = t
+    return jnp.mean(dx, axis=(1, 2))
+
+
 global_avg_pool = primitive(
     global_avg_pool, _global_avg_pool_backward, save=_global_avg_pool_save,
     validate=_global_avg_pool_validate,
+    tangent=_global_avg_pool_tangent,
     examples=[Example((gaussian(2, 3, 4, 5),)), Example((gaussian(1, 1, 1, 2),)),
               Example((gaussian(3, 5, 2, 1),))],
 )
