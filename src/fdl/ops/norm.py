@@ -82,6 +82,12 @@ def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
     the familiar formula; the extra terms make the rule exact for every use.
 
     Residuals: `X̂` (shape of `X`), `1/σ` and `γ` (`C` each).
+
+    Tangent, per channel (`mean` over the channel's `m` values; the Jacobian of
+    `X̂` in `X` is symmetric, so it is the backward's projection applied to `dX`):
+    `dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))`,
+    `dY = γ dX̂ + dγ X̂ + dβ` (shape of `X`), `dμ = mean(dX)` and
+    `dv = 2 mean((X − μ) ⊙ dX) = 2σ mean(X̂ ⊙ dX)` (`C` each).
     """
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
@@ -125,10 +131,22 @@ def _batch_norm_validate(x, gamma, beta, eps):
             "running statistics")
 
 
+def _batch_norm_tangent(eps, residuals, t):
+    xhat, inv_std, gamma = residuals
+    dx, dgamma, dbeta = t
+    axes, nd = tuple(range(xhat.ndim - 1)), xhat.ndim
+    dmean = jnp.mean(dx, axis=axes)
+    proj = jnp.mean(xhat * dx, axis=axes)  # mean(X̂ ⊙ dX), per channel
+    dxhat = _per_channel(inv_std, nd) * (
+        dx - _per_channel(dmean, nd) - xhat * _per_channel(proj, nd))
+    dy = _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(dbeta, nd)
+    return dy, dmean, 2 * proj / inv_std
+
+
 batch_norm = primitive(
     batch_norm, _batch_norm_backward, save=_batch_norm_save, static=("eps",),
     validate=_batch_norm_validate,
-    examples=[
+    tangent=_batch_norm_tangent, examples=[
         Example((gaussian(8, 3, scale=2.0), positive(3), gaussian(3), 1e-5)),
         Example((gaussian(2, 3, 3, 4), positive(4), gaussian(4), 1e-3)),
         Example((gaussian(2, 1), positive(1), gaussian(1), 0.1)),
@@ -157,6 +175,9 @@ def batch_norm_inference(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: 
 
     (A layer normally holds `μ, v` as state and never differentiates them; the
     rule is exact anyway.) Residuals: `X̂`, `1/σ` and `γ`.
+
+    Tangent (`dσ = dv/(2σ)`): `dX̂ = (dX − dμ)/σ − X̂ ⊙ dv/(2σ²)`,
+    `dY = γ dX̂ + dγ X̂ + dβ` (shape of `X`; the `C`-vectors broadcast).
     """
     inv_std = 1 / jnp.sqrt(var + eps)
     xhat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
@@ -190,10 +211,20 @@ def _bn_inference_validate(x, gamma, beta, mean, var, eps):
             f"{fn}: var must be ≥ 0 (a variance), got minimum {np.min(np.asarray(var))!r}")
 
 
+def _bn_inference_tangent(eps, residuals, t):
+    xhat, inv_std, gamma = residuals
+    dx, dgamma, dbeta, dmean, dvar = t
+    nd = xhat.ndim
+    dxhat = (dx - _per_channel(dmean, nd)) * _per_channel(inv_std, nd) - xhat * _per_channel(
+        0.5 * inv_std * inv_std * dvar, nd)
+    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(
+        dbeta, nd)
+
+
 batch_norm_inference = primitive(
     batch_norm_inference, _bn_inference_backward, save=_bn_inference_save, static=("eps",),
     validate=_bn_inference_validate,
-    examples=[
+    tangent=_bn_inference_tangent, examples=[
         Example((gaussian(5, 3), positive(3), gaussian(3), gaussian(3), positive(3), 1e-5)),
         Example((gaussian(2, 3, 2, 4), positive(4), gaussian(4), gaussian(4), positive(4), 1e-3)),
     ],
@@ -221,6 +252,10 @@ def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
       inside): `∂L/∂X = (1/σ)(Ĝ − mean(Ĝ) − X̂ ⊙ mean(Ĝ ⊙ X̂))` (module docstring).
 
     Residuals: `X̂` (shape of `X`), `1/σ` (one per row) and `γ`.
+
+    Tangent, per row (`mean` along the last axis):
+    `dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))`, `dY = γ ⊙ dX̂ + dγ ⊙ X̂ + dβ`
+    (shape of `X`).
     """
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
@@ -253,10 +288,20 @@ def _layer_norm_validate(x, gamma, beta, eps):
     v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
 
+def _layer_norm_tangent(eps, residuals, t):
+    xhat, inv_std, gamma = residuals
+    dx, dgamma, dbeta = t
+    nd = xhat.ndim
+    dxhat = inv_std * (dx - jnp.mean(dx, axis=-1, keepdims=True)
+                       - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True))
+    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(
+        dbeta, nd)
+
+
 layer_norm = primitive(
     layer_norm, _layer_norm_backward, save=_layer_norm_save, static=("eps",),
     validate=_layer_norm_validate,
-    examples=[
+    tangent=_layer_norm_tangent, examples=[
         Example((gaussian(4, 6, scale=2.0), positive(6), gaussian(6), 1e-5)),
         Example((gaussian(2, 3, 5), positive(5), gaussian(5), 1e-3)),
         Example((gaussian(7), positive(7), gaussian(7), 0.1)),
@@ -284,6 +329,9 @@ def rms_norm(x: jax.Array, gamma: jax.Array, eps: float = 1e-6) -> jax.Array:
     `∂L/∂γ = Σ_batch G ⊙ X̂`.
 
     Residuals: `X̂`, `1/r` (one per row) and `γ`.
+
+    Tangent, per row: `dX̂ = (1/r)(dX − X̂ ⊙ mean(X̂ ⊙ dX))`, `dY = γ ⊙ dX̂ + dγ ⊙ X̂`
+    (shape of `X`).
     """
     xhat = x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
     return _per_channel(gamma, x.ndim) * xhat
@@ -309,10 +357,18 @@ def _rms_norm_validate(x, gamma, eps):
     v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
 
 
+def _rms_norm_tangent(eps, residuals, t):
+    xhat, inv_rms, gamma = residuals
+    dx, dgamma = t
+    nd = xhat.ndim
+    dxhat = inv_rms * (dx - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True))
+    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd)
+
+
 rms_norm = primitive(
     rms_norm, _rms_norm_backward, save=_rms_norm_save, static=("eps",),
     validate=_rms_norm_validate,
-    examples=[
+    tangent=_rms_norm_tangent, examples=[
         Example((gaussian(4, 6, scale=2.0), positive(6), 1e-6)),
         Example((gaussian(2, 3, 5), positive(5), 1e-3)),
         Example((gaussian(7), positive(7), 0.1)),
