@@ -114,6 +114,10 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
       This is the *transposed convolution*; `lhs_dilation = s` does the dilation.
 
     Residuals: `X` and `W` (`b` and `Y` are not needed).
+
+    Tangent: `Y` is bilinear in `(X, W)` and affine in `b`, so by the product rule
+    `dY = dX ⋆ W + X ⋆ dW + db` — two forward correlations with the same stride,
+    padding and dilation (`N×o_h×o_w×C_out` each) and `db` broadcast over `N, o_h, o_w`.
     """
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
     y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d, dimension_numbers=_NHWC)
@@ -223,10 +227,17 @@ def _conv2d_validate(x, w, b, stride, padding, dilation):
     _check_conv("conv2d", x, w, b, stride, padding, dilation, ("NHWC", "HWIO"))
 
 
+def _conv2d_tangent(stride, padding, dilation, residuals, t):
+    x, w = residuals
+    dx, dw, db = t
+    return (conv2d.forward(dx, w, db, stride, padding, dilation)
+            + conv2d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation))
+
+
 conv2d = primitive(
     conv2d, _conv2d_backward, save=_conv2d_save,
     static=("stride", "padding", "dilation"), validate=_conv2d_validate,
-    examples=[
+    tangent=_conv2d_tangent, examples=[
         Example((gaussian(2, 5, 5, 3), gaussian(3, 3, 3, 4), gaussian(4), 1, "SAME", 1)),
         Example((gaussian(2, 6, 5, 2), gaussian(3, 2, 2, 3), gaussian(3), 2, "VALID", 1)),
         Example((gaussian(1, 7, 6, 2), gaussian(2, 3, 2, 2), gaussian(2), (2, 1), ((1, 2), (0, 3)),
@@ -266,6 +277,8 @@ def conv1d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
       channel-transposed kernel.
 
     The backward is conv2d's backward on the reshaped residuals. Residuals: `X`, `W`.
+
+    Tangent: as conv2d's, `dY = dX ⋆ W + X ⋆ dW + db` (`N×o×C_out`).
     """
     s2, pad2, d2 = _as_2d(stride, padding, dilation)
     return conv2d.forward(x[:, None], w[None], b, s2, pad2, d2)[:, 0]
@@ -282,10 +295,17 @@ def _conv1d_validate(x, w, b, stride, padding, dilation):
     _check_conv("conv1d", x, w, b, stride, padding, dilation, ("NWC", "WIO"))
 
 
+def _conv1d_tangent(stride, padding, dilation, residuals, t):
+    x, w = residuals
+    dx, dw, db = t
+    return (conv1d.forward(dx, w, db, stride, padding, dilation)
+            + conv1d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation))
+
+
 conv1d = primitive(
     conv1d, _conv1d_backward, save=_conv2d_save,
     static=("stride", "padding", "dilation"), validate=_conv1d_validate,
-    examples=[
+    tangent=_conv1d_tangent, examples=[
         Example((gaussian(2, 9, 3), gaussian(3, 3, 4), gaussian(4), 1, "SAME", 1)),
         Example((gaussian(3, 10, 2), gaussian(4, 2, 3), gaussian(3), 2, "VALID", 2)),
         Example((gaussian(1, 7, 1), gaussian(2, 1, 1), gaussian(1), 3, ((2, 1),), 1)),
