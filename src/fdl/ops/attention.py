@@ -74,8 +74,8 @@ def _check_mask(fn: str, mask: Any, target: tuple, what: str, hint: str = "") ->
 
 
 def _fixed(array: Any):
-    """An example argument that is always `array` (a mask, say), whatever the key."""
-    return lambda key, dtype: jnp.asarray(array)
+    """An example argument that is always `array` (a mask, say), whatever the generator."""
+    return lambda rng, dtype: jnp.asarray(array)
 
 
 # --------------------------------------------------------------------------- #
@@ -104,6 +104,9 @@ def masked_softmax(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
 
     which is zero at masked positions and on fully masked rows. The mask is not
     differentiated. Saves `p` only.
+
+    Tangent: `J` is symmetric, so `dp = J dz = p ⊙ (dz − ⟨p, dz⟩)` (shape of `x`;
+    zero at masked positions; the mask has no tangent).
     """
     if mask is None:
         return softmax.forward(x, -1)
@@ -139,9 +142,16 @@ _PAD_MASK = np.array([[True, True, False, True, False],
                       [True, False, False, False, False],
                       [True, True, True, True, True]])
 
+
+def _masked_softmax_tangent(p, t):
+    dz, _ = t
+    return p * (dz - jnp.sum(p * dz, axis=-1, keepdims=True))
+
+
 masked_softmax = primitive(
     masked_softmax, _masked_softmax_backward, save=_masked_softmax_save,
     validate=_masked_softmax_validate,
+    tangent=_masked_softmax_tangent,
     examples=[Example((gaussian(4, 5, scale=2.0), _fixed(_PAD_MASK))),
               Example((gaussian(2, 3, 4), None)),
               Example((gaussian(2, 4, 5), _fixed(_PAD_MASK[None]))),
@@ -203,6 +213,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     avoid storing `P`; here `P` is stored.) The mask is not differentiated.
 
     Residuals: `Q, K, V` and `P` (`…×T×S`); the backward needs all four.
+
+    Tangent (forward mode), the same three steps in order:
+    `dS = (dQ Kᵀ + Q dKᵀ)/√d` (`T×S`), `dP = P ⊙ (dS − rowsum(P ⊙ dS))` (the softmax
+    Jacobian is symmetric), `dO = dP V + P dV` (`T×d_v`).
     """
     return jnp.matmul(_attention_weights(q, k, mask, causal), v)
 
@@ -261,10 +275,21 @@ _ATT_MASK = np.array([[[True, True, False, True, False],
                        [True, True, False, False, True],
                        [False, True, True, True, False]]])
 
+
+def _attention_tangent(causal, residuals, t):
+    q, k, v, p = residuals
+    dq, dk, dv, _ = t
+    scale = 1 / math.sqrt(q.shape[-1])
+    ds = (jnp.matmul(dq, jnp.swapaxes(k, -1, -2))
+          + jnp.matmul(q, jnp.swapaxes(dk, -1, -2))) * scale   # dQ Kᵀ/√d + Q dKᵀ/√d
+    dp = p * (ds - jnp.sum(p * ds, axis=-1, keepdims=True))     # softmax JVP per row
+    return jnp.matmul(dp, v) + jnp.matmul(p, dv)                # dP V + P dV
+
+
 attention = primitive(
     attention, _attention_backward, save=_attention_save, static=("causal",),
     validate=_attention_validate,
-    examples=[
+    tangent=_attention_tangent, examples=[
         Example((gaussian(2, 3, 4), gaussian(2, 5, 4), gaussian(2, 5, 3), None, False)),
         Example((gaussian(2, 3, 4), gaussian(2, 5, 4), gaussian(2, 5, 3), _fixed(_ATT_MASK), False)),
         Example((gaussian(1, 4, 3), gaussian(1, 4, 3), gaussian(1, 4, 2), None, True)),
