@@ -67,6 +67,8 @@ def luong_dot_score(h_t: jax.Array, h_bar: jax.Array) -> jax.Array:
     * `∂L/∂h̄_s = g_s h_t`, i.e. `∂L/∂h̄ = g h_tᵀ` (outer product, `S×d`).
 
     Residuals: `h_t, h̄`.
+
+    Tangent (bilinear, product rule): `d score_s = ⟨dh_t, h̄_s⟩ + ⟨h_t, dh̄_s⟩` (`…×S`).
     """
     return jnp.einsum("...d,...sd->...s", h_t, h_bar)
 
@@ -90,9 +92,16 @@ def _dot_score_validate(h_t, h_bar):
         )
 
 
+def _dot_score_tangent(residuals, t):
+    h_t, h_bar = residuals
+    dh_t, dh_bar = t
+    return (jnp.einsum("...d,...sd->...s", dh_t, h_bar)
+            + jnp.einsum("...d,...sd->...s", h_t, dh_bar))
+
+
 luong_dot_score = primitive(
     luong_dot_score, _dot_score_backward, save=_dot_score_save, validate=_dot_score_validate,
-    examples=[Example((gaussian(3, 4), gaussian(3, 5, 4))),
+    tangent=_dot_score_tangent, examples=[Example((gaussian(3, 4), gaussian(3, 5, 4))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 4, 3)))],
 )
 
@@ -111,6 +120,9 @@ def luong_general_score(h_t: jax.Array, h_bar: jax.Array, w: jax.Array) -> jax.A
     * `∂L/∂h̄_s = g_s a` (outer product `g aᵀ`, `S×d̄`).
 
     Residuals: `h_t, h̄, W` (`a` is recomputed: one `d×d̄` product per query).
+
+    Tangent (trilinear, product rule): `da = dh_t W + h_t dW` (`…×d̄`),
+    `d score_s = ⟨da, h̄_s⟩ + ⟨a, dh̄_s⟩` (`…×S`).
     """
     return jnp.einsum("...e,...se->...s", jnp.matmul(h_t, w), h_bar)
 
@@ -140,9 +152,18 @@ def _general_score_validate(h_t, h_bar, w):
         )
 
 
+def _general_score_tangent(residuals, t):
+    h_t, h_bar, w = residuals
+    dh_t, dh_bar, dw = t
+    a = jnp.matmul(h_t, w)
+    da = jnp.matmul(dh_t, w) + jnp.matmul(h_t, dw)
+    return jnp.einsum("...e,...se->...s", da, h_bar) + jnp.einsum("...e,...se->...s", a, dh_bar)
+
+
 luong_general_score = primitive(
     luong_general_score, _general_score_backward, save=_general_score_save,
     validate=_general_score_validate,
+    tangent=_general_score_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5, 4), gaussian(4, 4))),
               Example((gaussian(2, 3), gaussian(2, 4, 5), gaussian(3, 5)))],
 )
@@ -172,6 +193,10 @@ def luong_concat_score(h_t: jax.Array, h_bar: jax.Array, w: jax.Array,
       and `∂L/∂W = [∂L/∂W₁; ∂L/∂W₂]` stacked by rows.
 
     Residuals: `h_t, h̄, W, v_a` and `T` (`…×S×d_a`, for `tanh'`).
+
+    Tangent: `dU_s = dh_t W₁ + h_t dW₁ + dh̄_s W₂ + h̄_s dW₂` (`…×S×d_a`, with
+    `dW = [dW₁; dW₂]` split by rows), `dT = (1 − T ⊙ T) ⊙ dU`,
+    `d score_s = dT_s v_a + T_s dv_a` (`…×S`).
     """
     t = _concat_hidden(h_t, h_bar, w)
     return jnp.einsum("...sa,a->...s", t, v_a)
@@ -219,9 +244,20 @@ def _concat_score_validate(h_t, h_bar, w, v_a):
                          f"{_shape(w)}, got {_shape(v_a)}")
 
 
+def _concat_score_tangent(residuals, t):
+    h_t, h_bar, w, v_a, th = residuals
+    dh_t, dh_bar, dw, dv = t
+    d = h_t.shape[-1]
+    dquery = jnp.matmul(dh_t, w[:d]) + jnp.matmul(h_t, dw[:d])     # …×d_a, shared over s
+    du = jnp.matmul(dh_bar, w[d:]) + jnp.matmul(h_bar, dw[d:]) + dquery[..., None, :]
+    dth = (1 - th * th) * du
+    return jnp.einsum("...sa,a->...s", dth, v_a) + jnp.einsum("...sa,a->...s", th, dv)
+
+
 luong_concat_score = primitive(
     luong_concat_score, _concat_score_backward, save=_concat_score_save,
     validate=_concat_score_validate,
+    tangent=_concat_score_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5, 4), gaussian(8, 6, scale=0.5), gaussian(6))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 4, 2), gaussian(5, 3, scale=0.5),
                        gaussian(3)))],
@@ -271,6 +307,8 @@ def luong_context(weights: jax.Array, h_bar: jax.Array) -> jax.Array:
     `∂L/∂h̄_s = α_s g` (`∂L/∂h̄ = α gᵀ`, outer product `S×d̄`).
 
     Residuals: `α, h̄`.
+
+    Tangent (bilinear): `dc = Σ_s (dα_s h̄_s + α_s dh̄_s)` (`…×d̄`).
     """
     return jnp.einsum("...s,...sd->...d", weights, h_bar)
 
@@ -297,9 +335,16 @@ def _context_validate(weights, h_bar):
         )
 
 
+def _context_tangent(residuals, t):
+    weights, h_bar = residuals
+    dweights, dh_bar = t
+    return (jnp.einsum("...s,...sd->...d", dweights, h_bar)
+            + jnp.einsum("...s,...sd->...d", weights, dh_bar))
+
+
 luong_context = primitive(
     luong_context, _context_backward, save=_context_save, validate=_context_validate,
-    examples=[Example((gaussian(3, 5), gaussian(3, 5, 4))),
+    tangent=_context_tangent, examples=[Example((gaussian(3, 5), gaussian(3, 5, 4))),
               Example((gaussian(2, 2, 4), gaussian(2, 2, 4, 3)))],
 )
 
@@ -318,6 +363,9 @@ def luong_attentional_state(context: jax.Array, h_t: jax.Array, w_c: jax.Array) 
     `∂L/∂W_c = [cᵀ G'; h_tᵀ G']` (summed over the batch; `= [c; h]ᵀ G'`).
 
     Residuals: `c, h_t, W_c` and `h̃` (the output).
+
+    Tangent: `dU = dc W_c₁ + c dW_c₁ + dh_t W_c₂ + h_t dW_c₂` (`…×d_out`),
+    `dh̃ = (1 − h̃ ⊙ h̃) ⊙ dU`.
     """
     k = context.shape[-1]
     return jnp.tanh(jnp.matmul(context, w_c[:k]) + jnp.matmul(h_t, w_c[k:]))
@@ -356,8 +404,18 @@ def _state_validate(context, h_t, w_c):
         )
 
 
+def _state_tangent(residuals, t):
+    c, h_t, w_c, y = residuals
+    dc, dh_t, dw_c = t
+    k = c.shape[-1]
+    du = (jnp.matmul(dc, w_c[:k]) + jnp.matmul(c, dw_c[:k])
+          + jnp.matmul(dh_t, w_c[k:]) + jnp.matmul(h_t, dw_c[k:]))
+    return (1 - y * y) * du
+
+
 luong_attentional_state = primitive(
     luong_attentional_state, _state_backward, save=_state_save, validate=_state_validate,
+    tangent=_state_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5), gaussian(9, 6, scale=0.5))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 3), gaussian(6, 4, scale=0.5)))],
 )
