@@ -31,7 +31,7 @@ FIRST = [c for c in CASES if c.values[1] == 0]
 
 
 def _sample(p, i, dtype, seed=0):
-    return p.examples[i].sample(jax.random.key(seed), dtype)
+    return p.examples[i].sample(seed, dtype)
 
 
 def test_registry_is_populated():

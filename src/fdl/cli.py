@@ -658,7 +658,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="float64 (x64 on for this run; the default) or float32 (JAX's "
                         "default configuration; finite differences in float32 too)")
     c.add_argument("--seed", type=int, default=0,
-                   help="example i of each primitive is drawn from key(seed + i)")
+                   help="example i of each primitive is drawn with seed + i")
     c.add_argument("only", nargs="*", help="primitive names (default: all)")
     c.set_defaults(run=_cmd_check)
     return p

@@ -72,6 +72,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "Example",
@@ -117,7 +118,9 @@ def get_gradient_mode() -> str:
 # Example arguments, for the checks
 # --------------------------------------------------------------------------- #
 
-Sampler = Callable[[jax.Array, Any], Any]
+Sampler = Callable[[np.random.Generator, Any], Any]
+"""`(rng, dtype) -> array`: draws one example argument on the host with numpy
+(nothing to compile), in `dtype`."""
 
 
 def gaussian(*shape: int, scale: float = 1.0) -> Sampler:
@@ -126,12 +129,12 @@ def gaussian(*shape: int, scale: float = 1.0) -> Sampler:
     (Named apart from `jax.random.normal`, which draws, and the initialiser
     `fdl.layers.initializers.normal`, which makes weights: this makes a sampler.)
     """
-    return lambda key, dtype: scale * jax.random.normal(key, shape, dtype)
+    return lambda rng, dtype: _cast(scale * rng.standard_normal(shape), dtype)
 
 
 def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> Sampler:
     """An example argument drawn uniformly from `[low, high)`."""
-    return lambda key, dtype: jax.random.uniform(key, shape, dtype, low, high)
+    return lambda rng, dtype: _cast(rng.uniform(low, high, shape), dtype)
 
 
 def positive(*shape: int, low: float = 0.5, high: float = 2.0) -> Sampler:
@@ -141,23 +144,39 @@ def positive(*shape: int, low: float = 0.5, high: float = 2.0) -> Sampler:
 
 def labels(*shape: int, classes: int) -> Sampler:
     """Integer class labels in `[0, classes)` (int32; not differentiated)."""
-    return lambda key, dtype: jax.random.randint(key, shape, 0, classes, jnp.int32)
+    return lambda rng, dtype: _cast(rng.integers(0, classes, shape), np.int32)
 
 
 def probabilities(*shape: int) -> Sampler:
     """Rows on the simplex along the last axis (e.g. soft targets)."""
 
-    def sample(key: jax.Array, dtype: Any) -> jax.Array:
-        return jax.nn.softmax(jax.random.normal(key, shape, dtype), axis=-1)
+    def sample(rng: np.random.Generator, dtype: Any) -> jax.Array:
+        z = rng.standard_normal(shape)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return _cast(e / e.sum(axis=-1, keepdims=True), dtype)
 
     return sample
+
+
+def _cast(values: np.ndarray, dtype: Any) -> jax.Array:
+    """Host values as a JAX array of `dtype` (rounded once, from float64)."""
+    return jnp.asarray(np.asarray(values).astype(jnp.dtype(dtype)))
+
+
+def _host_rng(key: Any) -> np.random.Generator:
+    """A numpy generator seeded by an int or by the bits of a JAX key."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return np.random.default_rng(int(key))
+    if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
 
 
 @dataclass(frozen=True)
 class Example:
     """Example arguments for a primitive: samplers for array args, values for static ones.
 
-    `args` holds, position by position, a sampler `(key, dtype) -> array` for
+    `args` holds, position by position, a sampler `(rng, dtype) -> array` for
     each array argument and the literal value for each static argument.
     `kwargs` likewise, by name.
     """
@@ -165,16 +184,18 @@ class Example:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
 
-    def sample(self, key: jax.Array, dtype: Any = jnp.float64) -> tuple[tuple, dict]:
-        """Draw concrete arguments in `dtype` from `key`."""
-        keys = jax.random.split(key, len(self.args) + len(self.kwargs))
+    def sample(self, key: Any = 0, dtype: Any = jnp.float64) -> tuple[tuple, dict]:
+        """Draw concrete arguments in `dtype`, seeded by `key` (an int or a JAX key).
 
-        def draw(v: Any, k: jax.Array) -> Any:
-            return v(k, dtype) if callable(v) else v
+        Drawn on the host with numpy: example arguments are small, and a JAX
+        random-number program would be compiled for every shape.
+        """
+        rng = _host_rng(key)
 
-        args = tuple(draw(a, k) for a, k in zip(self.args, keys))
-        kwargs = {n: draw(v, k) for (n, v), k in zip(self.kwargs.items(), keys[len(self.args):])}
-        return args, kwargs
+        def draw(v: Any) -> Any:
+            return v(rng, dtype) if callable(v) else v
+
+        return tuple(draw(a) for a in self.args), {n: draw(v) for n, v in self.kwargs.items()}
 
 
 # --------------------------------------------------------------------------- #

@@ -293,31 +293,9 @@ def _diagnose_rule(p: Primitive | Callable, full: tuple, leaves: Leaves, u: Any,
 
 
 def draw(p: Primitive, dtype: Any = jnp.float64, seed: int = 0) -> list[tuple[tuple, dict]]:
-    """The arguments of every registered example of `p`, example `i` drawn from
-    `jax.random.key(seed + i)` in `dtype` (as `Example.sample`), in one compiled
-    program: drawing each array eagerly would compile a random-number program per
-    shape, which costs more than the checks themselves."""
-    n = len(p.examples)
-    layout: list[Any] = []
-
-    def sample_all(seeds):
-        layout.clear()
-        out = []
-        for i, example in enumerate(p.examples):
-            leaves, tree = jax.tree_util.tree_flatten(
-                example.sample(jax.random.key(seeds[i]), dtype))
-            traced = [isinstance(leaf, jax.Array) for leaf in leaves]
-            layout.append((tree, traced, [None if t else v for v, t in zip(leaves, traced)]))
-            out.append([v for v, t in zip(leaves, traced) if t])
-        return out
-
-    arrays = compiled(sample_all)(np.arange(seed, seed + n, dtype=np.uint32))
-    drawn = []
-    for (tree, traced, static), values in zip(layout, arrays):
-        values = iter(values)
-        leaves = [next(values) if t else v for t, v in zip(traced, static)]
-        drawn.append(jax.tree_util.tree_unflatten(tree, leaves))
-    return drawn
+    """The arguments of every registered example of `p`, example `i` drawn with seed
+    `seed + i` in `dtype` (`Example.sample`: on the host, nothing compiled)."""
+    return [example.sample(seed + i, dtype) for i, example in enumerate(p.examples)]
 
 
 def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
@@ -328,7 +306,7 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     Args:
       p: a registered primitive (its `examples` give the arguments).
       dtype: the float dtype the examples are drawn in.
-      seed: example `i` is drawn from `jax.random.key(seed + i)`.
+      seed: example `i` is drawn with seed `seed + i`.
       finite_differences: also compare with finite differences.
 
     Returns:

@@ -92,8 +92,8 @@ def _dropout_validate(x, key, rate):
                hint="; to switch dropout off at inference, do not call it")
 
 
-def _key(k, dtype):
-    return k  # the example's "sample" for the key argument is the key itself
+def _key(rng, dtype):
+    return jax.random.key(int(rng.integers(2 ** 31)))  # the example's key argument
 
 
 def _dropout_tangent(rate, keep, t):

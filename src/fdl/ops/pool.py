@@ -151,9 +151,9 @@ def _distinct(*shape: int, spread: float = 4.0):
     finite-difference step, so the max is differentiable and stays put."""
     size = int(np.prod(shape))
 
-    def sample(key, dtype):
-        ranks = jax.random.permutation(key, size).reshape(shape)
-        return ((ranks - size / 2) * (spread / size)).astype(dtype)
+    def sample(rng, dtype):
+        ranks = rng.permutation(size).reshape(shape)
+        return jnp.asarray(((ranks - size / 2) * (spread / size)).astype(jnp.dtype(dtype)))
 
     return sample
 

@@ -238,9 +238,8 @@ def _lstm_validate(x, state, wx, wh, b):
 
 
 def _pair(*shape: int, container: Callable = tuple):
-    def sample(key, dtype):
-        k1, k2 = jax.random.split(key)
-        return container((jax.random.normal(k1, shape, dtype), jax.random.normal(k2, shape, dtype)))
+    def sample(rng, dtype):
+        return container((gaussian(*shape)(rng, dtype), gaussian(*shape)(rng, dtype)))
     return sample
 
 
