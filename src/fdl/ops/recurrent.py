@@ -106,6 +106,9 @@ def rnn_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array,
     Residuals: `x, h, W_x, W_h` and `h'`.
 
     References: Elman, "Finding Structure in Time", 1990.
+
+    Tangent: `dA = dx W_x + x dW_x + dh W_h + h dW_h + db`, `dh' = (1 − h'⊙h') ⊙ dA`
+    (`…×H`).
     """
     return jnp.tanh(linear.forward(x, wx, b) + jnp.matmul(h, wh))
 
@@ -126,9 +129,16 @@ def _rnn_validate(x, h, wx, wh, b):
     _check_cell("rnn_cell", x, h, wx, wh, {"b": b}, 1, "H")
 
 
+def _rnn_tangent(residuals, t):
+    x, h, wx, wh, y = residuals
+    dx, dh, dwx, dwh, db = t
+    da = linear.forward(dx, wx, db) + jnp.matmul(x, dwx) + jnp.matmul(dh, wh) + jnp.matmul(h, dwh)
+    return (1 - y * y) * da
+
+
 rnn_cell = primitive(
     rnn_cell, _rnn_backward, save=_rnn_save, validate=_rnn_validate,
-    examples=[
+    tangent=_rnn_tangent, examples=[
         Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 5, scale=0.5), gaussian(5, 5, scale=0.5),
                  gaussian(5))),
         Example((gaussian(2, 2, 3), gaussian(2, 2, 2), gaussian(3, 2), gaussian(2, 2), gaussian(2))),
@@ -185,6 +195,12 @@ def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Arr
     References: Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997; Gers,
     Schmidhuber & Cummins, "Learning to Forget: Continual Prediction with LSTM",
     2000 (the forget gate).
+
+    Tangent, the forward pass differentiated step by step:
+    `dZ = dx W_x + x dW_x + dh W_h + h dW_h + db` (`…×4H`);
+    `di = i(1 − i) dZ_i`, `df = f(1 − f) dZ_f`, `dg = (1 − g²) dZ_g`, `do = o(1 − o) dZ_o`;
+    `dc' = df ⊙ c + f ⊙ dc + di ⊙ g + i ⊙ dg`,
+    `dh' = do ⊙ tanh(c') + o ⊙ (1 − tanh²(c')) ⊙ dc'` (`…×H` each, in `state`'s container).
     """
     h, c = state
     i, f, g, o = jnp.split(_lstm_gates(x, h, wx, wh, b), 4, axis=-1)
@@ -243,9 +259,23 @@ def _pair(*shape: int, container: Callable = tuple):
     return sample
 
 
+def _lstm_tangent(residuals, t):
+    x, state, wx, wh, gates, tc = residuals
+    h, c = state
+    dx, dstate, dwx, dwh, db = t
+    dh, dc = dstate
+    i, f, gg, o = jnp.split(gates, 4, axis=-1)
+    dz = linear.forward(dx, wx, db) + jnp.matmul(x, dwx) + jnp.matmul(dh, wh) + jnp.matmul(h, dwh)
+    dzi, dzf, dzg, dzo = jnp.split(dz, 4, axis=-1)
+    di, df = i * (1 - i) * dzi, f * (1 - f) * dzf
+    dg, do = (1 - gg * gg) * dzg, o * (1 - o) * dzo
+    dc_new = df * c + f * dc + di * gg + i * dg
+    return _like(state, do * tc + o * (1 - tc * tc) * dc_new, dc_new)
+
+
 lstm_cell = primitive(
     lstm_cell, _lstm_backward, save=_lstm_save, validate=_lstm_validate,
-    examples=[
+    tangent=_lstm_tangent, examples=[
         Example((gaussian(3, 4), _pair(3, 5), gaussian(4, 20, scale=0.5), gaussian(5, 20, scale=0.5),
                  gaussian(20))),
         Example((gaussian(2, 2, 3), _pair(2, 2, 2, container=lambda p: LSTMState(*p)),
@@ -302,6 +332,11 @@ def gru_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.A
     References: Cho et al., "Learning Phrase Representations using RNN
     Encoder–Decoder for Statistical Machine Translation", 2014 (the GRU); the
     reset-after variant as in cuDNN and PyTorch.
+
+    Tangent: `dA = dx W_x + x dW_x + db_x`, `dU = dh W_h + h dW_h + db_h` (`…×3H`);
+    `dr = r(1 − r)(dA_r + dU_r)`, `dz = z(1 − z)(dA_z + dU_z)`,
+    `dn = (1 − n²)(dA_n + dr ⊙ U_n + r ⊙ dU_n)`;
+    `dh' = (1 − z) ⊙ dn + z ⊙ dh + (h − n) ⊙ dz` (`…×H`).
     """
     gates, _ = _gru_parts(x, h, wx, wh, bx, bh)
     _, z, n = jnp.split(gates, 3, axis=-1)
@@ -331,9 +366,21 @@ def _gru_validate(x, h, wx, wh, bx, bh):
     _check_cell("gru_cell", x, h, wx, wh, {"bx": bx, "bh": bh}, 3, "3H (gates r, z, n)")
 
 
+def _gru_tangent(residuals, t):
+    x, h, wx, wh, gates, un = residuals
+    dx, dh, dwx, dwh, dbx, dbh = t
+    r, z, n = jnp.split(gates, 3, axis=-1)
+    dar, daz, dan = jnp.split(linear.forward(dx, wx, dbx) + jnp.matmul(x, dwx), 3, axis=-1)
+    dur, duz, dun = jnp.split(linear.forward(dh, wh, dbh) + jnp.matmul(h, dwh), 3, axis=-1)
+    dr = r * (1 - r) * (dar + dur)
+    dz = z * (1 - z) * (daz + duz)
+    dn = (1 - n * n) * (dan + dr * un + r * dun)
+    return (1 - z) * dn + z * dh + (h - n) * dz
+
+
 gru_cell = primitive(
     gru_cell, _gru_backward, save=_gru_save, validate=_gru_validate,
-    examples=[
+    tangent=_gru_tangent, examples=[
         Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 15, scale=0.5), gaussian(5, 15, scale=0.5),
                  gaussian(15), gaussian(15))),
         Example((gaussian(2, 2, 3), gaussian(2, 2, 2), gaussian(3, 6), gaussian(2, 6), gaussian(6),
