@@ -309,11 +309,12 @@ class Primitive:
             y, residuals = self.forward_with_residuals(*full)
             leaves, res_tree = jax.tree.flatten(residuals)
             leaves = [jnp.asarray(r) for r in leaves]
-            has = tuple(jnp.result_type(t) != float0 for t in tangents)
+            tan_leaves, tan_tree = jax.tree.flatten(tuple(tangents))
+            has = tuple(jnp.result_type(t) != float0 for t in tan_leaves)  # integer: no tangent
             dy = self._tangent_p.p.bind(
-                *leaves, *(t for t, h in zip(tangents, has) if h), levels=(),
+                *leaves, *(t for t, h in zip(tan_leaves, has) if h), levels=(),
                 static=tuple(static), res_tree=res_tree, n_res=len(leaves), has_tangent=has,
-                out_tree=jax.tree.structure(y))
+                tan_tree=tan_tree, out_tree=jax.tree.structure(y))
             return y, jax.tree.unflatten(jax.tree.structure(y), dy)
 
         f = jax.custom_jvp(self.forward, nondiff_argnums=static_argnums)
@@ -405,10 +406,10 @@ class _TangentPrimitive:
 
     # the hand-written rules on flat operands ------------------------------------
     def _rule(self, *operands: Any, static: tuple, res_tree: Any, n_res: int, has_tangent: tuple,
-              out_tree: Any) -> list:
+              tan_tree: Any, out_tree: Any) -> list:
         res = jax.tree.unflatten(res_tree, operands[:n_res])
         it = iter(operands[n_res:])
-        tangents = tuple(next(it) if t else None for t in has_tangent)
+        tangents = jax.tree.unflatten(tan_tree, [next(it) if t else None for t in has_tangent])
         dy = self.owner.tangent(*static, res, tangents)
         leaves, tree = jax.tree.flatten(dy)
         if tree != out_tree:
@@ -417,11 +418,14 @@ class _TangentPrimitive:
         return leaves
 
     def _backward(self, *operands: Any, static: tuple, res_tree: Any, n_res: int,
-                  has_tangent: tuple, out_tree: Any) -> list:
+                  has_tangent: tuple, tan_tree: Any, out_tree: Any) -> list:
         res = jax.tree.unflatten(res_tree, operands[:n_res])
         g = jax.tree.unflatten(out_tree, operands[n_res:])
         cts = self.owner._checked_backward(*static, res, g)
-        return [c for c, t in zip(cts, has_tangent) if t]
+        leaves = []  # one per tangent leaf; `None` (zero) for an argument's `None`
+        for ct, sub in zip(cts, tan_tree.children()):
+            leaves += [None] * sub.num_leaves if ct is None else sub.flatten_up_to(ct)
+        return [c for c, t in zip(leaves, has_tangent) if t]
 
     def _impl(self, *operands: Any, levels: tuple, **params: Any) -> list:
         return _vmapped(functools.partial(self._rule, **params), levels)(*operands)
