@@ -13,6 +13,10 @@ The checks
   rules vs pure autodiff, plus directional finite differences.
 * `examples(p, dtype=...)` — every registered example of a primitive, in one
   compiled program (what `fdl check` runs).
+* `jvp(f, *args)`, `adjoint(p, *args)`, `hvp(f, *args)` and `forward_examples(p)` —
+  forward mode and second order (`fdl.check.forward`): a tangent rule vs autodiff vs
+  finite differences, the hand tangent rule against the hand backward
+  (`⟨u, J v⟩ = ⟨Jᵀu, v⟩`), and Hessian-vector products forward over reverse.
 
 Each returns a `Report`: one row per (argument or pytree leaf, reference) with
 the largest absolute and relative error, the worst element's index with both
@@ -77,8 +81,10 @@ cost). Random cotangents and directions are drawn on the host.
 
 from fdl.check import fd
 from fdl.check.checks import examples, grad, jacobian, model, vjp
+from fdl.check.forward import adjoint, forward_examples, hvp, jvp
 from fdl.check.report import (AUTODIFF, FINITE_DIFFERENCES, CheckFailed, Comparison, Report,
                               compare, tolerance)
 
-__all__ = ["CheckFailed", "Comparison", "Report", "compare", "examples", "fd", "grad",
-           "jacobian", "model", "tolerance", "vjp", "AUTODIFF", "FINITE_DIFFERENCES"]
+__all__ = ["CheckFailed", "Comparison", "Report", "adjoint", "compare", "examples", "fd",
+           "forward_examples", "grad", "hvp", "jacobian", "jvp", "model", "tolerance", "vjp",
+           "AUTODIFF", "FINITE_DIFFERENCES"]
