@@ -149,9 +149,9 @@ def test_bptt_gradient_of_a_loss_both_modes(kind):
 
 
 def test_the_scan_runs_the_hand_written_rule():
-    """A cell whose backward is deliberately wrong changes the BPTT gradient, and in
-    manual mode forward-mode differentiation is refused: the scan's transpose calls
-    the cell's own VJP, not autodiff of its forward."""
+    """A cell whose backward is deliberately wrong changes the BPTT gradient: the scan's
+    transpose calls the cell's own VJP, not autodiff of its forward. A cell without a
+    tangent rule refuses forward mode in manual mode."""
     def doubled(residuals, g):
         return tuple(2 * c for c in ops.rnn_cell.backward(residuals, g))
 
@@ -164,7 +164,7 @@ def test_the_scan_runs_the_hand_written_rule():
     with fdl.gradient_mode("autodiff"):   # the wrong rule is not used in autodiff mode
         np.testing.assert_allclose(wrong_grad(params[0]), right(params[0]), rtol=1e-10)
     with pytest.raises(TypeError, match="forward-mode.*autodiff"):
-        jax.jvp(lambda wx: loss(ops.rnn_cell, wx), (params[0],), (params[0],))
+        jax.jvp(lambda wx: loss(wrong, wx), (params[0],), (params[0],))
 
 
 def test_vmap_over_sequences_equals_batched_call():
