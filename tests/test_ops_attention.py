@@ -292,7 +292,7 @@ BAD_CALLS = [
     (lambda: ops.attention(_q, _k, _v, jnp.ones((2, 3, 5))), TypeError,
      r"attention: mask must be a boolean array \(True = attend\), got dtype float64"),
     (lambda: ops.attention(_q, _k, _v, causal=1), TypeError,
-     r"attention: causal must be a bool \(static\), got 1"),
+     r"attention: causal must be True or False, got 1"),
     (lambda: ops.attention(_q.astype(jnp.int32), _k, _v), TypeError,
      r"attention: q must be a floating-point array, got dtype int32"),
     (lambda: ops.masked_softmax(_k, jnp.ones((3,), bool)), ValueError,
