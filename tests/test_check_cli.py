@@ -31,7 +31,7 @@ def test_check_streams_counted_rows_in_float32(capsys):
     assert len(rows) == n
     assert [int(re.match(r"\[\s*(\d+)/", r).group(1)) for r in rows] == list(range(1, n + 1))
     assert all(re.search(rf"/{n}\] \w+ +\d  ok   \(max rel err \S+ vs autodiff, \S+ vs finite "
-                         r"differences\)$", r) for r in rows)
+                         r"differences; tangent \S+, \S+; adjoint gap \S+\)$", r) for r in rows)
     assert rows[0].split()[2] == "linear"
     assert lines[-1] == f"3 primitives, {n} examples, float32: all passed"
     assert not jax.config.jax_enable_x64  # the run did not switch x64 on for the process

@@ -47,9 +47,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Check every registered primitive's examples; one line per example as it
-    finishes. float64 turns x64 on for the run; float32 runs in JAX's default
-    configuration (x64 off), finite differences included. Each primitive's examples
-    are one compiled program; two primitives compile at a time."""
+    finishes: the backward (vs autodiff and finite differences), the tangent rule
+    (likewise) and the adjointness of the two hand rules. float64 turns x64 on for
+    the run; float32 runs in JAX's default configuration (x64 off), finite
+    differences included. Each primitive's examples are one compiled program per
+    direction; two primitives compile at a time. A primitive without a tangent rule
+    is checked in reverse mode only, and its row says so."""
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
@@ -71,24 +74,38 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     def run(p):
         with jax.enable_x64(x64):
-            return check.examples(p, dtype=args.dtype, seed=args.seed)
+            reports = check.examples(p, dtype=args.dtype, seed=args.seed)
+            if p.tangent is None:
+                return [(r, None, None) for r in reports]
+            forward = check.forward_examples(p, dtype=args.dtype, seed=args.seed)
+            return [(r, t, a) for r, (t, a) in zip(reports, forward)]
+
+    def forward_note(tangent, adjoint) -> str:
+        if tangent is None:
+            return "; no tangent rule"
+        row = adjoint.rows[0] if adjoint.rows else None  # atol = rtol × the sums' scale
+        gap = row.max_abs * row.rtol / max(row.atol, 1e-300) if row else float("nan")
+        return (f"; tangent {tangent.worst('autodiff'):.0e}, "
+                f"{tangent.worst('finite differences'):.0e}; adjoint gap {gap:.0e}")
 
     print(f"fdl check: {len(prims)} primitives, {total} examples, {args.dtype} "
           f"(finite differences in {args.dtype})", flush=True)
     done, failed = 0, []
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, reports in zip(prims, pool.map(run, prims.values())):
-            for i, report in enumerate(reports):
+            for i, (report, tangent, adjoint) in enumerate(reports):
                 done += 1
-                verdict = "ok  " if report.passed else "FAIL"
+                bad = [r for r in (report, tangent, adjoint) if r is not None and not r.passed]
+                verdict = "FAIL" if bad else "ok  "
                 print(f"[{done:{len(str(total))}d}/{total}] {name:<{width}} {i}  {verdict} "
                       f"(max rel err {report.worst('autodiff'):.0e} vs autodiff, "
-                      f"{report.worst('finite differences'):.0e} vs finite differences)",
-                      flush=True)
-                if not report.passed:
-                    failed.append(report)
-    for report in failed:
-        print("\n" + str(report))
+                      f"{report.worst('finite differences'):.0e} vs finite differences"
+                      f"{forward_note(tangent, adjoint)})", flush=True)
+                if bad:
+                    failed.append(bad)
+    for reports in failed:
+        for report in reports:
+            print("\n" + str(report))
     print(f"\n{len(prims)} primitives, {total} examples, {args.dtype}: "
           + ("all passed" if not failed else f"{len(failed)} FAILED"))
     return 1 if failed else 0

@@ -162,7 +162,7 @@ def _forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
         dtype = jnp.result_type(*primal)
         rt = tolerance(dtype) if adj_rtol is None else adj_rtol
         adj = compare("⟨u, J v⟩ (hand tangent rule)", "⟨Jᵀu, v⟩ (hand backward)",
-                      np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), rtol=0.0,
+                      np.asarray(lhs, np.float64), np.asarray(rhs, np.float64), rtol=rt,
                       atol=rt * float(mag), dtype=jnp.result_type(lhs))
         gap = abs(float(lhs) - float(rhs)) / max(float(mag), 1e-300)
         adj_title = (title.replace("fdl.check.jvp", "fdl.check.adjoint")
@@ -216,8 +216,9 @@ def adjoint(f: Primitive | Callable, *args: Any, key: Any = None, rtol: float | 
     """Check that a primitive's hand-written tangent rule and backward are adjoint:
     `⟨u, J v⟩ = ⟨Jᵀu, v⟩` for random `u` (output-shaped) and `v` (argument-shaped).
 
-    The gap `|⟨u, J v⟩ − ⟨Jᵀu, v⟩|` is judged against `rtol·(Σ|u||J v| + Σ|Jᵀu||v|)`,
-    the scale of the two sums' rounding; `rtol` defaults to the output dtype's
+    The gap `|⟨u, J v⟩ − ⟨Jᵀu, v⟩|` is judged against `rtol·(Σ|u||J v| + Σ|Jᵀu||v|)`
+    (the scale of the two sums' rounding) plus `rtol·|⟨Jᵀu, v⟩|`; the row's `atol`
+    over its `rtol` is that scale, and the title gives the gap relative to it; `rtol` defaults to the output dtype's
     tolerance (1e-10 for float64, 1e-5 for float32). No autodiff is involved: this
     checks the two rules against each other, and catches a rule wrong in a way the
     other does not mirror.
