@@ -21,7 +21,7 @@ Modules (data flows down this list; nothing imports anything above it):
 
 from fdl import check, data, io, layers, losses, ops, optim, privacy, random, train
 from fdl import primitive  # the module; build primitives with fdl.primitive.primitive(...)
-from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, registry
+from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, hvp, registry
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "train",
     "get_gradient_mode",
     "gradient_mode",
+    "hvp",
     "losses",
     "ops",
     "primitive",
