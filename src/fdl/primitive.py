@@ -1,4 +1,4 @@
-"""Primitives: functions with a hand-written vector-Jacobian product.
+"""Primitives: functions with a hand-written vector-Jacobian product and tangent rule.
 
 The contract, once
 ------------------
@@ -29,6 +29,12 @@ A primitive is built from four parts, written in this order in its module::
   and other primitives' forwards, never `jax.grad`/`jax.vjp`.
 * Static arguments (an axis, a stride, a flag) are named in `static`; they are
   Python values fixed at trace time (`nondiff_argnums`), never traced.
+* `tangent(*static, residuals, tangents)` (optional) is the forward-mode rule, the
+  differential `dy = f'(x)[dx]` written from the same derivation: `tangents` holds
+  one tangent per non-static argument (`None` for an integer one, zeros where JAX
+  has none) and it returns `dy`, shaped like `y`. It must be linear in the
+  tangents and may call plain `jnp` and other primitives' forwards, never
+  `jax.jvp`/`jax.grad`.
 * `validate(*args)` (optional) checks shapes, dtypes and, where the values are
   concrete, the values, raising `ValueError`/`TypeError` at the public
   boundary instead of an XLA error deep inside.
@@ -37,8 +43,8 @@ A primitive is called like its forward, keywords included: `f(x, axis=-1)`.
 
 Two gradient modes
 ------------------
-*manual* (the default): calls go through `jax.custom_vjp` with the hand-written
-backward. *autodiff*: calls evaluate the plain forward, so JAX differentiates it.
+*manual* (the default): calls run the hand-written rules. *autodiff*: calls evaluate
+the plain forward, so JAX differentiates it.
 Choose with the context manager `gradient_mode`::
 
     with fdl.gradient_mode("autodiff"):
@@ -46,11 +52,21 @@ Choose with the context manager `gradient_mode`::
 
 The mode is a `jax.make_user_context` value, which is part of JAX's tracing and
 compilation cache key: a function jitted in one mode is re-traced, never reused,
-in the other. Forward-mode differentiation of a primitive (`jax.jvp`,
-`jax.jacfwd`) is not defined by a VJP rule; it works in autodiff mode and, in
-manual mode, raises a `TypeError` that says so. `jax.hessian` (forward over
-reverse) does run in manual mode: JAX differentiates the hand-written backward,
-which is right when the rule is right; use autodiff mode for an independent Hessian.
+in the other.
+
+Both directions by hand. A primitive with a `tangent` rule is a `jax.custom_jvp`
+whose tangent is a JAX primitive of its own (`fdl_<name>_tangent`), linear in the
+tangents: its implementation is the tangent rule and its *transpose* is the
+backward. So `jax.jvp`, `jax.jacfwd` and `jax.linearize` run the tangent rule, and
+`jax.grad`, `jax.vjp` and `jax.jacrev` — which JAX derives by linearising and
+transposing — run the backward, compiled to the same program as a `custom_vjp`
+would give. Under `vmap` the rule (and through the transpose, the backward) is
+mapped with `jax.vmap`. Second order composes: `jax.hessian` and `hvp` (forward
+over reverse) differentiate the hand-written backward, `jacfwd` of `jacfwd` the
+tangent rule. `fdl.check.jvp`, `fdl.check.adjoint` and `fdl.check.hvp` verify
+these. A primitive without a tangent rule is a `jax.custom_vjp` (reverse mode
+only): forward mode then raises a `TypeError` in manual mode that says to use
+autodiff mode.
 
 Registry
 --------
