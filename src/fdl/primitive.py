@@ -327,15 +327,18 @@ class Primitive:
             leaves, res_tree = jax.tree.flatten(residuals)
             leaves = [jnp.asarray(r) for r in leaves]
             tan_leaves, tan_tree = jax.tree.flatten(tuple(tangents))
-            has = tuple(jnp.result_type(t) != float0 for t in tan_leaves)  # integer: no tangent
+            # per tangent leaf: True (an operand), None (an integer argument: no tangent)
+            # or (shape, dtype) (a zero JAX knows of: the rule's own zeros, which XLA folds
+            # away, e.g. `dX W` for data `X` — an operand would cost a product)
+            has = tuple(_tangent_kind(t, float0) for t in tan_leaves)
             dy = self._tangent_p.p.bind(
-                *leaves, *(t for t, h in zip(tan_leaves, has) if h), levels=(),
+                *leaves, *(t for t, h in zip(tan_leaves, has) if h is True), levels=(),
                 static=tuple(static), res_tree=res_tree, n_res=len(leaves), has_tangent=has,
                 tan_tree=tan_tree, out_tree=jax.tree.structure(y))
             return y, jax.tree.unflatten(jax.tree.structure(y), dy)
 
         f = jax.custom_jvp(self.forward, nondiff_argnums=static_argnums)
-        f.defjvp(jvp)
+        f.defjvp(jvp, symbolic_zeros=True)
         return f
 
     def bind(self, *args: Any, **kwargs: Any) -> tuple:
@@ -386,6 +389,30 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+_KNOWN_ZEROS: list[set[int]] = []  # ids of the zero tangents of the rules being traced
+
+
+def is_zero(tangent: Any) -> bool:
+    """Whether `tangent`, given to a tangent rule, is a zero JAX knows of (the argument
+    is not being differentiated, e.g. the data `X` of `dY = dX W + X dW`). A rule may
+    skip the terms it multiplies: the result is the same, and XLA does not always
+    remove a product with zeros."""
+    return bool(_KNOWN_ZEROS) and id(tangent) in _KNOWN_ZEROS[-1]
+
+
+def _tangent_kind(t: Any, float0: Any) -> Any:
+    """True for a tangent operand, None for no tangent (an integer argument), and
+    `(shape, dtype)` for a symbolic zero of a float argument."""
+    from jax.custom_derivatives import SymbolicZero
+
+    if isinstance(t, SymbolicZero):
+        aval = t.aval
+        if aval.dtype == float0 or not jnp.issubdtype(aval.dtype, jnp.inexact):
+            return None
+        return (tuple(aval.shape), jnp.dtype(aval.dtype))
+    return True if jnp.result_type(t) != float0 else None
+
+
 def _vmapped(fn: Callable, levels: tuple) -> Callable:
     """`fn(*operands) -> list` mapped over each recorded batch level, innermost first
     (each level's outputs carry its batch axis at 0)."""
@@ -426,8 +453,15 @@ class _TangentPrimitive:
               tan_tree: Any, out_tree: Any) -> list:
         res = jax.tree.unflatten(res_tree, operands[:n_res])
         it = iter(operands[n_res:])
-        tangents = jax.tree.unflatten(tan_tree, [next(it) if t else None for t in has_tangent])
-        dy = self.owner.tangent(*static, res, tangents)
+        zeros = [jnp.zeros(*t) for t in has_tangent if t is not None and t is not True]
+        iz = iter(zeros)
+        tangents = jax.tree.unflatten(tan_tree, [
+            next(it) if t is True else None if t is None else next(iz) for t in has_tangent])
+        _KNOWN_ZEROS.append({id(z) for z in zeros})
+        try:
+            dy = self.owner.tangent(*static, res, tangents)
+        finally:
+            _KNOWN_ZEROS.pop()
         leaves, tree = jax.tree.flatten(dy)
         if tree != out_tree:
             raise TypeError(f"primitive {self.owner.name!r}: tangent rule returned a {tree}, "
@@ -442,7 +476,7 @@ class _TangentPrimitive:
         leaves = []  # one per tangent leaf; `None` (zero) for an argument's `None`
         for ct, sub in zip(cts, tan_tree.children()):
             leaves += [None] * sub.num_leaves if ct is None else sub.flatten_up_to(ct)
-        return [c for c, t in zip(leaves, has_tangent) if t]
+        return [c for c, t in zip(leaves, has_tangent) if t is True]
 
     def _impl(self, *operands: Any, levels: tuple, **params: Any) -> list:
         return _vmapped(functools.partial(self._rule, **params), levels)(*operands)

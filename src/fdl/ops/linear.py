@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as v
-from fdl.primitive import Example, gaussian, primitive
+from fdl.primitive import Example, gaussian, is_zero, primitive
 
 
 def linear(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -78,8 +78,12 @@ def _linear_validate(x, w, b):
 def _linear_tangent(residuals, t):
     x, w = residuals
     dx, dw, db = t
-    dy = jnp.matmul(dx, w) + jnp.matmul(x, dw)
-    return dy + db.reshape((1,) * (dy.ndim - 1) + db.shape)
+    dy = db.reshape((1,) * (x.ndim - 1) + db.shape)
+    if not is_zero(dx):  # data: no product with its zero tangent
+        dy = dy + jnp.matmul(dx, w)
+    if not is_zero(dw):
+        dy = dy + jnp.matmul(x, dw)
+    return jnp.broadcast_to(dy, x.shape[:-1] + w.shape[-1:]).astype(jnp.result_type(x, w, db))
 
 
 linear = primitive(
