@@ -19,7 +19,6 @@ Helpers shared by the test modules live here (``from conftest import normal``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -50,18 +49,20 @@ def _compilation_cache(config: pytest.Config) -> None:
     executable under a key of the program, its compile options, the backend and the
     JAX version, so a hit is the executable a fresh compile would build. Every program
     is cached (no minimum compile time or size). The cache lives in pytest's cache
-    directory (``.pytest_cache``; off with ``-p no:cacheprovider``) and needs the
-    ``filelock`` package: JAX locks the directory only when the cache has a size bound,
-    and without the lock one worker could read an entry another is still writing.
+    directory (``.pytest_cache``; off with ``-p no:cacheprovider``).
+
+    It has no size bound: a bound makes JAX rescan the whole directory on every write
+    (quadratic in the number of entries). Unbounded, JAX takes no lock, so a worker may
+    read an entry another is still writing; the entry is compressed, a partial one fails
+    to decompress, and JAX then warns and compiles the program itself.
     """
     cache = getattr(config, "cache", None)
-    if cache is None or importlib.util.find_spec("filelock") is None:
+    if cache is None:
         return
     settings = {
         "jax_compilation_cache_dir": str(cache.mkdir("jax-compilation-cache")),
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_persistent_cache_min_entry_size_bytes": -1,
-        "jax_compilation_cache_max_size": 2 ** 30,  # bounded: LRU eviction, file locks
     }
     for name, value in settings.items():
         jax.config.update(name, value)
