@@ -79,6 +79,7 @@ primitive: `import fdl` (or `fdl.ops` and `fdl.losses`) registers the built-in o
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import warnings
@@ -355,6 +356,13 @@ class Primitive:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         full = self.bind(*args, **kwargs)
+        recorder = _RECORDER.get()
+        if recorder is not None:  # trace time only; None unless a check is recording
+            return recorder(self, full, self._run)
+        return self._run(full)
+
+    def _run(self, full: tuple) -> Any:
+        """Evaluate on bound arguments in the gradient mode in force."""
         if _MODE.value == "autodiff":
             return self.forward(*full)
         try:
@@ -549,6 +557,58 @@ class _TangentPrimitive:
         if not parts:
             return out, [ad.Zero(ad.get_aval(o).to_tangent_aval()) for o in out]
         return out, [sum(ts) for ts in zip(*parts)]
+
+
+# --------------------------------------------------------------------------- #
+# Recording hook (for `fdl.check.model`'s bisection): consulted at trace time only
+# --------------------------------------------------------------------------- #
+
+Recorder = Callable[["Primitive", tuple, Callable[[tuple], Any]], Any]
+"""`recorder(p, args, run) -> y`: sees each primitive call `p(*args)` (bound
+arguments, defaults applied) and returns its output, normally `run(args)`."""
+
+_RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "fdl_recorder", default=None)
+_LAYER_PATH: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "fdl_layer_path", default=())
+
+
+@contextlib.contextmanager
+def recording(recorder: Recorder | None) -> Iterator[None]:
+    """Route every primitive call traced inside through `recorder` (`None`: stop).
+
+    A check's tool: `fdl.check.model` taps each call's inputs and output to find the
+    first primitive whose hand-written rule disagrees with autodiff. Calls are seen
+    when traced, so under `jit` the recorder runs once per compilation.
+    """
+    token = _RECORDER.set(recorder)
+    try:
+        yield
+    finally:
+        _RECORDER.reset(token)
+
+
+@contextlib.contextmanager
+def layer_scope(parent: str, child: str) -> Iterator[None]:
+    """Name the layer being applied: combinators wrap each child's `apply` in it.
+
+    The path (`layer_path()`) is the outermost combinator's name, then each child's
+    key (`("serial", "dense_2")`). Kept only while a recorder is on; otherwise this
+    does nothing.
+    """
+    if _RECORDER.get() is None:
+        yield
+        return
+    token = _LAYER_PATH.set((_LAYER_PATH.get() or (parent,)) + (child,))
+    try:
+        yield
+    finally:
+        _LAYER_PATH.reset(token)
+
+
+def layer_path() -> tuple[str, ...]:
+    """The names of the layers being applied, outermost first (see `layer_scope`)."""
+    return _LAYER_PATH.get()
 
 
 _REGISTRY: dict[str, Primitive] = {}

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fdl.check import fd
+from fdl.check import bisect, fd
 from fdl.check.arguments import (Leaves, arg_names, compiled, in_mode, is_float, leaves_of,
                                  name_of)
+from fdl.check.bisect import ModelReport
 from fdl.check.report import AUTODIFF, FINITE_DIFFERENCES, Comparison, Report, compare, tolerance
 from fdl.primitive import Primitive, gradient_mode
 
@@ -505,12 +506,18 @@ def model(loss_fn: Callable, params: Any, *batch: Any, rtol: float | None = None
         compilation with the manual gradient).
 
     Returns:
-      A `Report` with one row per parameter leaf.
+      A `ModelReport` (a `Report`) with one row per parameter leaf. When the
+      manual gradient differs from autodiff, its `divergence` names the first
+      primitive call on the model's path, walking back from the loss, whose
+      hand-written rule sends a cotangent that differs from autodiff's while the
+      cotangent it receives agrees: the primitive, its layer path
+      (`serial/dense_2 → linear`), the argument, the worst element and both values
+      (`fdl.check.bisect`; run only for a failing check).
     """
     leaves = leaves_of((params,), ["params"])
     title = f"fdl.check.model: {name_of(loss_fn, 'loss_fn')}, manual rules vs autodiff"
     if not leaves.values:
-        return Report(title + " — no float parameters", [])
+        return ModelReport(title + " — no float parameters", [])
     of_leaves = lambda vals: loss_fn(leaves.rebuild(vals)[0], *batch)  # noqa: E731
     with gradient_mode("autodiff"):
         out = jax.eval_shape(of_leaves, leaves.values)
@@ -534,4 +541,8 @@ def model(loss_fn: Callable, params: Any, *batch: Any, rtol: float | None = None
     scale = _ad_floor(leaves, reference, magnitude)
     rows = _ad_rows(leaves, manual, reference, scale, rtol=rtol)
     rows += _fd_rows(leaves, plan, fd.derivatives(plan, evaluated), manual, scale, rtol=fd_rtol)
-    return Report(_title(title, leaves, plan), _ordered(rows))
+    report = ModelReport(_title(title, leaves, plan), _ordered(rows))
+    if any(r.against == AUTODIFF and not r.passed for r in rows):
+        report.divergence, report.note = bisect.locate(of_leaves, leaves.values, rtol=rtol,
+                                                       jit=jit)
+    return report

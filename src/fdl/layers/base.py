@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fdl.primitive import layer_scope
+
 
 __all__ = ["PROBE", "Layer", "has_probe", "install_probe", "parallel", "residual", "serial",
            "split_key", "stateless"]
@@ -131,7 +133,8 @@ def serial(*layers: Layer, name: str = "serial") -> Layer:
               train: bool = False) -> tuple[Any, dict]:
         new_state = {}
         for n, layer, k in zip(names, layers, split_key(key, len(layers))):
-            x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
+            with layer_scope(name, n):  # names the primitives' calls for check.model
+                x, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
         return x, new_state
 
     return Layer(init, apply, name)
@@ -172,7 +175,8 @@ def parallel(*layers: Layer, combine: str = "concat", name: str = "parallel") ->
               train: bool = False) -> tuple[Any, dict]:
         outs, new_state = [], {}
         for n, layer, k in zip(names, layers, split_key(key, len(layers))):
-            y, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
+            with layer_scope(name, n):
+                y, new_state[n] = layer.apply(params[n], state[n], x, key=k, train=train)
             outs.append(y)
         if combine == "tuple":
             return tuple(outs), new_state
