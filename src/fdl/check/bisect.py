@@ -49,6 +49,8 @@ class Divergence:
       autodiff: autodiff's value there.
       rel_error: the leaf-wise relative error `max|m − r| / max|r|` of that cotangent.
       incoming_error: the same for the incoming cotangent `∂L/∂y` (within tolerance).
+      problem: what else the comparison saw (a wrong dtype, a non-finite value, a
+        hint such as a constant factor); `""` if nothing.
     """
 
     primitive: str
@@ -60,6 +62,7 @@ class Divergence:
     autodiff: float
     rel_error: float
     incoming_error: float
+    problem: str = ""
 
     @property
     def where(self) -> str:
@@ -71,7 +74,9 @@ class Divergence:
             " at (" + ", ".join(map(str, self.index)) + ("," if len(self.index) == 1 else "") + ")"
         return (f"{self.where}, ∂L/∂{self.argument}{at}: manual {self.manual:.10g}, "
                 f"autodiff {self.autodiff:.10g} (relative error {self.rel_error:.1e}; incoming "
-                f"∂L/∂y agrees to {self.incoming_error:.0e})")
+                f"∂L/∂y agrees to {self.incoming_error:.0e})"
+                + (f"; {self.problem.replace('the reference', 'autodiff')}" if self.problem
+                   else ""))
 
 
 @dataclass(repr=False)
@@ -252,6 +257,7 @@ def locate(of_leaves: Callable, values: list, *, rtol: float | None = None,
             worst = max(failed, key=lambda row: row.max_rel)
             return Divergence(call.primitive, call.path, k, worst.name, worst.index,
                               worst.value, worst.reference, worst.max_rel,
-                              max((row.max_rel for row in incoming), default=0.0)), ""
+                              max((row.max_rel for row in incoming), default=0.0),
+                              worst.problem), ""
     return None, ("not located: every primitive's cotangents agree with autodiff within "
                   "tolerance (the difference builds up across calls)")
