@@ -179,3 +179,20 @@ def test_layer_path_is_kept_only_while_recording():
     model = layers.serial(layers.Tanh(), probe)
     model.apply({"tanh_0": {}, "probe_1": {}}, {"tanh_0": {}, "probe_1": {}}, jnp.ones((2, 3)))
     assert seen == [()]
+
+
+@pytest.mark.x64
+def test_a_wrong_rule_inside_a_loop_is_not_isolated_and_the_report_says_why():
+    def loss(p, xs):
+        def step(h, x):
+            h = BAD_TANH(fdl.ops.linear(jnp.concatenate([h, x], -1), p["w"], p["b"]))
+            return h, h
+        h, _ = jax.lax.scan(step, jnp.zeros((2, 3)), xs)
+        return jnp.sum(h ** 2)
+
+    params = {"w": normal(0, 5, 3, scale=0.3), "b": jnp.zeros(3)}
+    report = check.model(loss, params, normal(1, 4, 2, 2), finite_differences=False)
+    assert not report.passed and report.divergence is None
+    assert "first divergence: not located: no call receives an agreeing cotangent" in str(report)
+    assert "the call nearest the loss that sends a diverging cotangent is scaled_tanh (∂L/∂x" \
+        in str(report)

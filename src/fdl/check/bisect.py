@@ -247,17 +247,30 @@ def locate(of_leaves: Callable, values: list, *, rtol: float | None = None,
         reference = _cotangents(of_leaves, values, calls, "autodiff", jit)
     except _Mismatch as e:
         return None, f"not located: the model's primitive calls change between traces ({e})"
+    nearest = ""  # the call nearest the loss that sends a diverging cotangent
     for k in reversed(range(len(calls))):
         call, (m_in, m_out), (r_in, r_out) = calls[k], manual[k], reference[k]
         scale = _scale(r_in, r_out)
         incoming = _compare_all(["y"] * len(r_out), m_out, r_out, rtol, scale)
         outgoing = _compare_all(call.inputs, m_in, r_in, rtol, scale)
         failed = [row for row in outgoing if not row.passed]
-        if failed and all(row.passed for row in incoming):
-            worst = max(failed, key=lambda row: row.max_rel)
+        if not failed:
+            continue
+        worst = max(failed, key=lambda row: row.max_rel)
+        incoming_error = max((row.max_rel for row in incoming), default=0.0)
+        if all(row.passed for row in incoming):
             return Divergence(call.primitive, call.path, k, worst.name, worst.index,
-                              worst.value, worst.reference, worst.max_rel,
-                              max((row.max_rel for row in incoming), default=0.0),
+                              worst.value, worst.reference, worst.max_rel, incoming_error,
                               worst.problem), ""
+        if not nearest:
+            where = "/".join(call.path) + " → " if call.path else ""
+            nearest = (f"{where}{call.primitive} (∂L/∂{worst.name} differs by "
+                       f"{worst.max_rel:.1e} relative, its incoming ∂L/∂y by {incoming_error:.1e})")
+    if nearest:
+        return None, ("not located: no call receives an agreeing cotangent and sends a "
+                      "diverging one (a call inside a loop, such as lax.scan, is tapped once "
+                      "for all its iterations, so a wrong rule whose output feeds back through "
+                      f"the loop is not isolated); the call nearest the loss that sends a "
+                      f"diverging cotangent is {nearest}")
     return None, ("not located: every primitive's cotangents agree with autodiff within "
                   "tolerance (the difference builds up across calls)")
