@@ -74,6 +74,14 @@ Every primitive built with `register=True` (the default) is recorded, when its m
 is imported, in a registry (`registry`) with example arguments, so `fdl check` and
 the test suite verify every rule without being told about it. This module imports no
 primitive: `import fdl` (or `fdl.ops` and `fdl.losses`) registers the built-in ones.
+
+Recording
+---------
+`recording(recorder)` routes every primitive call traced inside it through
+`recorder(p, args, run)`, and the layer combinators name the layer each call runs
+under (`layer_scope`, `layer_path`). `fdl.check.model` uses it, only when a check
+fails, to name the first primitive whose rule diverges from autodiff. Both are read
+at trace time; with no recorder on, a call costs one context-variable read.
 """
 
 from __future__ import annotations
