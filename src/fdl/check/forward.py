@@ -67,9 +67,15 @@ def _fd_dtype(values: list) -> Any:
     return fd.fd_dtype(jnp.result_type(*values)) if values else np.float64
 
 
+def _host_max_abs(x: Any) -> float:
+    """`max|x|` on the host (numpy): an eager `jnp` reduction would compile a program
+    per shape, which costs more than the checks' arithmetic."""
+    return float(np.max(np.abs(np.asarray(x, dtype=np.float64)), initial=0.0))
+
+
 def _steps(values: list) -> tuple[float, float]:
     dtype = _fd_dtype(values)
-    scale = max([1.0] + [float(jnp.max(jnp.abs(x), initial=0.0)) for x in values])
+    scale = max([1.0] + [_host_max_abs(x) for x in values])
     h = float(np.finfo(dtype).eps) ** (1 / 3) * scale
     return h, h / 2
 
@@ -112,8 +118,7 @@ def _rows(names: list[str], manual: list, reference: list, d1: list, d2: list,
 
 
 def _max_abs(tree: Any) -> float:
-    return max([0.0] + [float(jnp.max(jnp.abs(a), initial=0.0))
-                        for a in jax.tree_util.tree_leaves(tree)])
+    return max([0.0] + [_host_max_abs(a) for a in jax.tree_util.tree_leaves(tree)])
 
 
 # --------------------------------------------------------------------------- #
