@@ -148,8 +148,9 @@ def get_gradient_mode() -> str:
 # --------------------------------------------------------------------------- #
 
 Sampler = Callable[[np.random.Generator, Any], Any]
-"""`(rng, dtype) -> array`: draws one example argument on the host with numpy
-(nothing to compile), in `dtype`."""
+"""`(rng, dtype) -> array`: draws one example argument on the host with a numpy
+`Generator` (nothing to compile), in `dtype`. The built-in samplers also accept an int
+seed or a JAX key in place of `rng`."""
 
 
 def gaussian(*shape: int, scale: float = 1.0) -> Sampler:
@@ -158,12 +159,12 @@ def gaussian(*shape: int, scale: float = 1.0) -> Sampler:
     (Named apart from `jax.random.normal`, which draws, and the initialiser
     `fdl.layers.initializers.normal`, which makes weights: this makes a sampler.)
     """
-    return lambda rng, dtype: _cast(scale * rng.standard_normal(shape), dtype)
+    return lambda rng, dtype: _cast(scale * _host_rng(rng).standard_normal(shape), dtype)
 
 
 def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> Sampler:
     """An example argument drawn uniformly from `[low, high)`."""
-    return lambda rng, dtype: _cast(rng.uniform(low, high, shape), dtype)
+    return lambda rng, dtype: _cast(_host_rng(rng).uniform(low, high, shape), dtype)
 
 
 def positive(*shape: int, low: float = 0.5, high: float = 2.0) -> Sampler:
@@ -173,14 +174,14 @@ def positive(*shape: int, low: float = 0.5, high: float = 2.0) -> Sampler:
 
 def labels(*shape: int, classes: int) -> Sampler:
     """Integer class labels in `[0, classes)` (int32; not differentiated)."""
-    return lambda rng, dtype: _cast(rng.integers(0, classes, shape), np.int32)
+    return lambda rng, dtype: _cast(_host_rng(rng).integers(0, classes, shape), np.int32)
 
 
 def probabilities(*shape: int) -> Sampler:
     """Rows on the simplex along the last axis (e.g. soft targets)."""
 
     def sample(rng: np.random.Generator, dtype: Any) -> jax.Array:
-        z = rng.standard_normal(shape)
+        z = _host_rng(rng).standard_normal(shape)
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return _cast(e / e.sum(axis=-1, keepdims=True), dtype)
 
@@ -193,7 +194,10 @@ def _cast(values: np.ndarray, dtype: Any) -> jax.Array:
 
 
 def _host_rng(key: Any) -> np.random.Generator:
-    """A numpy generator seeded by an int or by the bits of a JAX key."""
+    """A numpy generator: `key` itself, or one seeded by an int or by the bits of a
+    JAX key (so a sampler can also be called with a key or a seed)."""
+    if isinstance(key, np.random.Generator):
+        return key
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return np.random.default_rng(int(key))
     if jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
