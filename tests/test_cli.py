@@ -65,8 +65,7 @@ def test_train_prints_per_epoch_and_resume_is_bitwise(capsys, tmp_path):
 
 @pytest.mark.parametrize("precision", [
     pytest.param("x64", marks=pytest.mark.x64),
-    pytest.param("float32", marks=[pytest.mark.float32, pytest.mark.xfail(
-        strict=False, reason="checker float32 fix in progress (#10)")]),
+    pytest.param("float32", marks=pytest.mark.float32),
 ])
 def test_check_gradients_option(capsys, precision):
     code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "1", "--checkpoint", "",
