@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 import jax
+import numpy as np
 import pytest
 
 from fdl import cli
-from fdl.check import examples
+from fdl.check import examples, forward_examples
+from fdl.check.checks import all_examples, draw
 from fdl.primitive import primitive, registry
 
 
@@ -76,3 +78,100 @@ def test_examples_one_report_per_example():
     assert len(reports) == len(registry()["conv2d"].examples)
     assert all(r.passed and "[float32; finite differences in float32]" in r.title
                for r in reports)
+
+
+# --------------------------------------------------------------------------- #
+# all_examples: the three checks of a primitive in one compiled program
+# --------------------------------------------------------------------------- #
+
+
+def _square(x):
+    """`y = x²`: `dy = 2x·dx`, `∂L/∂x = 2x·g`."""
+    return x * x
+
+
+def _square_prim(backward_factor=2.0, tangent_factor=2.0):
+    return primitive(_square, lambda x, g: (backward_factor * x * g,), save=lambda x, y: x,
+                     tangent=lambda x, t: tangent_factor * x * t[0], register=False,
+                     examples=registry()["tanh"].examples)
+
+
+def _count_compiles(fn):
+    """`fn()` and the number of XLA compilations it ran."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        return fn(), len(compiles)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("name", ["conv2d", "lstm_cell", "dropout"])
+def test_all_examples_compiles_one_program_per_primitive(name):
+    p = registry()[name]
+    draw(p, "float32", 3)  # jnp.asarray of a drawn array compiles a copy once per shape
+    results, n = _count_compiles(lambda: all_examples(p, dtype="float32", seed=3))
+    assert n == 1
+    assert len(results) == len(p.examples)
+    for vjp_report, jvp_report, adjoint_report in results:
+        assert vjp_report.passed and jvp_report.passed and adjoint_report.passed
+        assert vjp_report.rows and jvp_report.rows and len(adjoint_report.rows) == 1
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("name", ["linear", "layer_norm", "softmax_cross_entropy"])
+def test_all_examples_agrees_with_the_separate_checks(name):
+    """The fused program gives the vjp and jvp rows that `examples` and
+    `forward_examples` give on their own (same draws, same references)."""
+    p = registry()[name]
+    fused = all_examples(p, dtype="float64")
+    alone = examples(p, dtype="float64")
+    forward = forward_examples(p, dtype="float64")
+    for (v, t, a), v1, (t1, _) in zip(fused, alone, forward):
+        assert a.passed and a.title.startswith(f"fdl.check.adjoint: {name}")
+        for mine, theirs in ((v, v1), (t, t1)):
+            assert mine.title == theirs.title
+            assert [r.name for r in mine.rows] == [r.name for r in theirs.rows]
+            for r, s in zip(mine.rows, theirs.rows):
+                assert r.passed and s.passed and r.shape == s.shape
+                # the same rounding-level error, up to the row's own tolerance
+                assert abs(r.max_abs - s.max_abs) <= r.atol + r.rtol * abs(r.reference)
+                if r.index == s.index:
+                    np.testing.assert_allclose(r.reference, s.reference, rtol=1e-9)
+
+
+@pytest.mark.float32
+def test_all_examples_catches_a_wrong_backward_and_a_wrong_tangent():
+    right = all_examples(_square_prim(), dtype="float32")
+    assert all(v.passed and t.passed and a.passed for v, t, a in right)
+    wrong_backward = all_examples(_square_prim(backward_factor=1.0), dtype="float32")
+    assert all(not v.passed and t.passed and not a.passed for v, t, a in wrong_backward)
+    wrong_tangent = all_examples(_square_prim(tangent_factor=3.0), dtype="float32")
+    assert all(v.passed and not t.passed and not a.passed for v, t, a in wrong_tangent)
+
+
+@pytest.mark.float32
+def test_all_examples_without_a_tangent_rule_checks_reverse_mode_only():
+    p = primitive(_square, lambda x, g: (2 * x * g,), save=lambda x, y: x, register=False,
+                  examples=registry()["tanh"].examples)
+    results = all_examples(p, dtype="float32")
+    assert [(t, a) for _, t, a in results] == [(None, None)] * len(p.examples)
+    assert all(v.passed for v, _, _ in results)
+
+
+@pytest.mark.float32
+def test_check_cli_reports_a_wrong_tangent_rule(capsys, monkeypatch):
+    monkeypatch.setattr("fdl.primitive.registry",
+                        lambda: {"square": _square_prim(tangent_factor=3.0)})
+    code, out, _ = _run(capsys, "--dtype", "float32")
+    assert code == 1
+    n = len(registry()["tanh"].examples)
+    assert re.search(rf"\[1/{n}\] square +0  FAIL \(max rel err \S+ vs autodiff", out)
+    assert "fdl.check.jvp: _square" in out and "fdl.check.adjoint: _square" in out
+    assert out.rstrip().endswith(f"1 primitives, {n} examples, float32: {n} FAILED")

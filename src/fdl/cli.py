@@ -50,14 +50,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     finishes: the backward (vs autodiff and finite differences), the tangent rule
     (likewise) and the adjointness of the two hand rules. float64 turns x64 on for
     the run; float32 runs in JAX's default configuration (x64 off), finite
-    differences included. Each primitive's examples are one compiled program per
-    direction; two primitives compile at a time. A primitive without a tangent rule
+    differences included. Each primitive's examples, all three checks, are one
+    compiled program; two primitives compile at a time. A primitive without a tangent rule
     is checked in reverse mode only, and its row says so."""
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
 
-    from fdl import check
+    from fdl.check.checks import all_examples
     from fdl.primitive import registry
 
     prims = registry()
@@ -74,11 +74,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     def run(p):
         with jax.enable_x64(x64):
-            reports = check.examples(p, dtype=args.dtype, seed=args.seed)
-            if p.tangent is None:
-                return [(r, None, None) for r in reports]
-            forward = check.forward_examples(p, dtype=args.dtype, seed=args.seed)
-            return [(r, t, a) for r, (t, a) in zip(reports, forward)]
+            return all_examples(p, dtype=args.dtype, seed=args.seed)
 
     def forward_note(tangent, adjoint) -> str:
         if tangent is None:

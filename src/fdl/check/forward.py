@@ -90,6 +90,20 @@ def _directional(fn: Callable, vals: list, v: list, h: float) -> Any:
     return jax.tree_util.tree_map(lambda a, b: (a - b) / (2 * h), plus, minus)
 
 
+def _directional_pair(fn: Callable, vals: list, v: list, h1: float, h2: float
+                      ) -> tuple[Any, Any]:
+    """`_directional` at steps `h1` and `h2`: the four points `x ± h v` evaluated as one
+    batch (`vmap`), so the compiled program holds one copy of `fn`, not four."""
+    dtype = _fd_dtype(vals)
+    xs = [x.astype(dtype) for x in vals]
+    vs = [t.astype(dtype) for t in v]
+    steps = jnp.asarray([h1, -h1, h2, -h2], dtype)
+    outs = jax.vmap(lambda c: fn(*[x + c * t for x, t in zip(xs, vs)]))(steps)
+    d1 = jax.tree_util.tree_map(lambda o: (o[0] - o[1]) / (2 * h1), outs)
+    d2 = jax.tree_util.tree_map(lambda o: (o[2] - o[3]) / (2 * h2), outs)
+    return d1, d2
+
+
 def _out_names(tree: Any, base: str) -> list[str]:
     paths = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [base + jax.tree_util.keystr(p) for p, _ in paths]
@@ -127,24 +141,32 @@ def _max_abs(tree: Any) -> float:
 
 
 def _forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
-                 finite_differences: bool) -> tuple[Callable, tuple, Callable] | Report:
+                 finite_differences: bool, u: Any = None
+                 ) -> tuple[Callable, tuple, Callable] | Report:
     """`(program, inputs, finish)`: `finish(outputs, rtol, fd_rtol, adj_rtol)` gives the
-    jvp report and the adjointness report from one run of `program(*inputs)`."""
+    jvp report and the adjointness report from one run of `program(*inputs)`.
+
+    `u` is the adjointness test's output cotangent (default: random, salt 3). A
+    program that already has the hand backward's `Jᵀu` (the vjp check's, with the
+    same `u`) passes it as `program(vals, v, u, ju)` and the backward is not
+    traced twice."""
     leaves, manual, reference, title = _prepare(f, args, kwargs, "jvp")
     if not leaves.values:
         empty = Report(title + " — no differentiable float arguments", [])
         return empty
     v = _random_like(fd.rng(key, 2), leaves.values)
-    u = _random_like(fd.rng(key, 3), jax.eval_shape(reference, *leaves.values))
+    if u is None:
+        u = _random_like(fd.rng(key, 3), jax.eval_shape(reference, *leaves.values))
     h1, h2 = _steps(leaves.values)
 
-    def program(vals, v, u):
+    def program(vals, v, u, ju=None):
         y, dy_manual = jax.jvp(manual, vals, v)
         _, dy_reference = jax.jvp(reference, vals, v)
-        d1 = _directional(reference, vals, v, h1) if finite_differences else None
-        d2 = _directional(reference, vals, v, h2) if finite_differences else None
-        _, pull = jax.vjp(manual, *vals)
-        ju = pull(u)
+        d1, d2 = (_directional_pair(reference, vals, v, h1, h2) if finite_differences
+                  else (None, None))
+        if ju is None:
+            _, pull = jax.vjp(manual, *vals)
+            ju = pull(u)
         pairs = list(zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(dy_manual)))
         lhs = sum(jnp.vdot(a, b) for a, b in pairs)
         lhs_mag = sum(jnp.vdot(jnp.abs(a), jnp.abs(b)) for a, b in pairs)
