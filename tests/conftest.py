@@ -109,3 +109,19 @@ def run_python(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.C
     capturing text output; the test reads ``returncode``, ``stdout`` and ``stderr``."""
     return subprocess.run([sys.executable, *args], cwd=cwd, env=user_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+class FakeTerminal:
+    """A stdout that says it is a terminal and records what is written to it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass

@@ -17,6 +17,7 @@ import pytest
 
 import fdl
 from fdl.cli import main
+from conftest import FakeTerminal
 
 
 def _run(capsys, *argv):
@@ -443,25 +444,11 @@ def test_version_and_plain_text_help(capsys):
 
 
 
-class _Terminal:
-    """A stdout that says it is a terminal and records what is written to it."""
-
-    def __init__(self):
-        self.text = ""
-
-    def isatty(self):
-        return True
-
-    def write(self, s):
-        self.text += s
-
-    def flush(self):
-        pass
 
 
 @pytest.mark.float32
 def test_progress_on_a_terminal_fits_80_columns_and_epoch_lines_stay_clean(monkeypatch):
-    term = _Terminal()
+    term = FakeTerminal()
     monkeypatch.setattr(sys, "stdout", term)
     assert main(["train", "--hidden", "8", "--epochs", "3", "--checkpoint", ""]) == 0
     assert "\r[" in term.text  # the bar was drawn, in place

@@ -14,6 +14,7 @@ from fdl import layers as L
 from fdl import optim
 from fdl.primitive import primitive
 from fdl.train import NonFiniteError, Trainer, fit, per_example_grads
+from conftest import FakeTerminal
 
 KEY = jax.random.key(0)
 
@@ -373,20 +374,6 @@ def test_fit_should_stop_ends_at_an_epoch_boundary(digits):
     assert int(ts.step) == 2 * (256 // 64)
 
 
-class _FakeTerminal:
-    """A stdout that says it is a terminal and records what is written to it."""
-
-    def __init__(self):
-        self.text = ""
-
-    def isatty(self):
-        return True
-
-    def write(self, s):
-        self.text += s
-
-    def flush(self):
-        pass
 
 
 def _screen(text):
@@ -402,7 +389,7 @@ def _screen(text):
 
 @pytest.mark.float32
 def test_progress_fits_80_columns_and_never_mixes_with_epoch_lines(digits, monkeypatch):
-    term = _FakeTerminal()
+    term = FakeTerminal()
     monkeypatch.setattr("sys.stdout", term)
     trainer = _small_trainer()
     ts = trainer.init(KEY, digits.input_shape)
