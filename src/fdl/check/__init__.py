@@ -80,11 +80,12 @@ cost). Random cotangents and directions are drawn on the host.
 """
 
 from fdl.check import fd
+from fdl.check.bisect import Divergence, ModelReport
 from fdl.check.checks import examples, grad, jacobian, model, vjp
 from fdl.check.forward import adjoint, forward_examples, hvp, jvp
 from fdl.check.report import (AUTODIFF, FINITE_DIFFERENCES, CheckFailed, Comparison, Report,
                               compare, tolerance)
 
-__all__ = ["CheckFailed", "Comparison", "Report", "adjoint", "compare", "examples", "fd",
+__all__ = ["CheckFailed", "Comparison", "Divergence", "ModelReport", "Report", "adjoint", "compare", "examples", "fd",
            "forward_examples", "grad", "hvp", "jacobian", "jvp", "model", "tolerance", "vjp",
            "AUTODIFF", "FINITE_DIFFERENCES"]
