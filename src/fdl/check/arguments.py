@@ -99,13 +99,13 @@ def in_mode(fn: Callable, mode: str) -> Callable:
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
-def compiled(fn: Callable) -> Callable:
-    """`fn` compiled for one call with options that compile fast (`_FAST_COMPILE`).
-    Falls back to a plain `jax.jit` where a backend rejects the options."""
+def compiled(fn: Callable, options: dict | None = None) -> Callable:
+    """`fn` compiled for one call with options that compile fast (`options`, default
+    `_FAST_COMPILE`). Falls back to a plain `jax.jit` where a backend rejects them."""
     def call(*args):
         lowered = jax.jit(fn).lower(*args)
         try:
-            program = lowered.compile(_FAST_COMPILE)
+            program = lowered.compile(_FAST_COMPILE if options is None else options)
         except Exception:  # an unknown option on some backend: compile normally
             program = lowered.compile()
         return program(*args)

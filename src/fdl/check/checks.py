@@ -299,6 +299,14 @@ def draw(p: Primitive, dtype: Any = jnp.float64, seed: int = 0) -> list[tuple[tu
     return [example.sample(seed + i, dtype) for i, example in enumerate(p.examples)]
 
 
+def _example_jobs(p: Primitive, drawn: list, finite_differences: bool) -> list:
+    """The vjp check of each drawn example, with its rule under `jit` (a `Report` where
+    there is nothing to compare)."""
+    return [_vjp_job(p, a, k, key=None, rtol=None, fd_rtol=None,
+                     finite_differences=finite_differences, max_fd_elements=256,
+                     directions=4, with_manual=True) for a, k in drawn]
+
+
 def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
              finite_differences: bool = True) -> list[Report]:
     """Check every registered example of the primitive `p` (its rule, under `jit`,
@@ -314,9 +322,7 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
       One `Report` per example, in order.
     """
     drawn = draw(p, dtype, seed)
-    jobs = [_vjp_job(p, a, k, key=None, rtol=None, fd_rtol=None,
-                     finite_differences=finite_differences, max_fd_elements=256,
-                     directions=4, with_manual=True) for a, k in drawn]
+    jobs = _example_jobs(p, drawn, finite_differences)
     todo = [j for j in jobs if not isinstance(j, Report)]
     try:
         outputs = iter(compiled(lambda inputs: [j.program(*i) for j, i in zip(todo, inputs)])(
@@ -335,18 +341,6 @@ Checked = tuple[Report, "Report | None", "Report | None"]
 # and `fdl check` already compiles two primitives at a time. Numerics are unaffected.
 _ONE_PIECE = {**_FAST_COMPILE, "xla_cpu_parallel_codegen_split_count": 1}
 
-
-def _compiled_in_one_piece(fn: Callable) -> Callable:
-    """`compiled(fn)` with `_ONE_PIECE`'s options (plain `jax.jit` where the backend
-    rejects them)."""
-    def call(*args):
-        lowered = jax.jit(fn).lower(*args)
-        try:
-            program = lowered.compile(_ONE_PIECE)
-        except Exception:  # an option unknown to this backend: compile normally
-            program = lowered.compile()
-        return program(*args)
-    return call
 
 
 def all_examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
@@ -371,9 +365,7 @@ def all_examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     from fdl.check.forward import _forward_job, forward_examples
 
     drawn = draw(p, dtype, seed)
-    jobs = [_vjp_job(p, a, k, key=None, rtol=None, fd_rtol=None,
-                     finite_differences=finite_differences, max_fd_elements=256,
-                     directions=4, with_manual=True) for a, k in drawn]
+    jobs = _example_jobs(p, drawn, finite_differences)
     tangent = p.tangent is not None
     forward: list[Any] = [
         _forward_job(p, a, k, None, finite_differences,
@@ -395,7 +387,7 @@ def all_examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     fw_inputs = [None if forward[i] is None or isinstance(forward[i], Report)
                  else forward[i][1] for i in todo]
     try:
-        outputs = dict(zip(todo, _compiled_in_one_piece(program)(
+        outputs = dict(zip(todo, compiled(program, _ONE_PIECE)(
             [jobs[i].inputs for i in todo], fw_inputs)))
     except Exception:  # one example's rule fails to trace: check each part on its own
         backward = examples(p, dtype=dtype, seed=seed, finite_differences=finite_differences)
