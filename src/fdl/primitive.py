@@ -259,8 +259,10 @@ class Primitive:
         name: str,
         examples: Sequence[Example],
         tangent: Callable | None = None,
+        switches: Callable | None = None,
     ) -> None:
         self.name = name
+        self.switches = switches
         self.forward = forward
         self.backward = backward
         self.tangent = tangent
@@ -641,6 +643,7 @@ def primitive(
     examples: Sequence[Example] = (),
     register: bool = True,
     tangent: Callable | None = None,
+    switches: Callable | None = None,
 ) -> Primitive:
     """Build a primitive from its forward and hand-written backward.
 
@@ -664,6 +667,11 @@ def primitive(
         structure of `y`. It must be linear in the tangents (JAX transposes it to
         run `backward` in reverse mode). Without it the primitive has reverse mode
         only (`jax.custom_vjp`).
+      switches: for a non-smooth primitive, `switches(*args) -> pytree of bool/int
+        arrays` (static arguments included, as for `forward`): discrete quantities
+        that change value exactly where the derivative jumps (ReLU: `x > 0`;
+        max-pool: the argmax of each window). `fdl.check` evaluates them at its
+        finite-difference stencil points and refuses a step that changes any.
 
     Returns:
       A `Primitive`, called like `forward`.
@@ -674,7 +682,7 @@ def primitive(
             f"primitive {name!r}: pass save or fwd, not both (fwd returns the residuals itself)")
     p = Primitive(
         forward, backward, save=save, fwd=fwd, static=static, validate=validate, name=name,
-        examples=examples, tangent=tangent,
+        examples=examples, tangent=tangent, switches=switches,
     )
     if register:
         if name in _REGISTRY:
