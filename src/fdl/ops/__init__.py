@@ -21,6 +21,7 @@ from fdl.ops.luong import (
 )
 from fdl.ops.norm import batch_norm, batch_norm_inference, layer_norm, rms_norm
 from fdl.ops.pool import avg_pool2d, global_avg_pool, max_pool2d
+from fdl.ops.positional import rope, rope_angles, sinusoidal, sinusoidal_table
 from fdl.ops.recurrent import (
     LSTMState,
     gru,
@@ -30,6 +31,12 @@ from fdl.ops.recurrent import (
     rnn,
     rnn_cell,
     scan_cell,
+)
+from fdl.ops.sequence import (
+    sequence_last,
+    sequence_mask,
+    sequence_max,
+    sequence_mean,
 )
 from fdl.ops.softmax import log_softmax, softmax
 
@@ -76,4 +83,12 @@ __all__ = [
     "softmax",
     "softplus",
     "tanh",
+    "rope",
+    "rope_angles",
+    "sinusoidal",
+    "sinusoidal_table",
+    "sequence_last",
+    "sequence_mask",
+    "sequence_max",
+    "sequence_mean",
 ]
