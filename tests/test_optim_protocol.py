@@ -69,12 +69,20 @@ def test_state_is_a_chain_of_one_named_state_per_transform(name):
 def test_named_optimizers_are_short_chains_of_the_methods():
     params = params_of(jnp.float64)
     kinds = {name: [type(s) for s in build(name).init(params).states] for name in NAMES}
-    lr = optim.ScaleByLearningRateState
-    assert kinds["sgd"] == [optim.TraceState, lr]
-    assert kinds["rmsprop"] == [optim.ScaleByRmsState, optim.TraceState, lr]
-    assert kinds["adam"] == kinds["nadam"] == kinds["amsgrad"] == [optim.ScaleByAdamState, lr]
-    assert kinds["adamw"] == [optim.ScaleByAdamState, optim.AddDecayedWeightsState, lr]
-    assert kinds["lion"] == [optim.ScaleByLionState, optim.AddDecayedWeightsState, lr]
+    lr, decay = optim.ScaleByLearningRateState, optim.AddDecayedWeightsState
+    assert kinds == {
+        "sgd": [optim.TraceState, lr],
+        "ema_momentum": [optim.ScaleByEmaMomentumState, lr],
+        "adagrad": [optim.ScaleByAdagradState, lr],
+        "adadelta": [optim.ScaleByAdadeltaState, lr],
+        "rmsprop": [optim.ScaleByRmsState, optim.TraceState, lr],
+        "adam": [optim.ScaleByAdamState, lr],
+        "adamw": [optim.ScaleByAdamState, decay, lr],
+        "adamax": [optim.ScaleByAdamaxState, lr],
+        "nadam": [optim.ScaleByAdamState, lr],
+        "amsgrad": [optim.ScaleByAdamState, lr],
+        "lion": [optim.ScaleByLionState, decay, lr],
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -396,11 +404,22 @@ def test_drops_into_code_written_for_the_protocol():
     grads = [grads_of(jnp.float64, i) for i in range(3)]
     assert optim.Optimizer._fields == ("init", "update")
     out = generic_training_loop(optim.chain(optim.clip_by_global_norm(1.0), optim.adam(0.1)), params, grads)
+    # the same steps written out: clip each gradient to norm 1, then Adam's first three directions
+    adam, state, expected = optim.adam(0.1), None, params
+    state = adam.init(params)
+    for g in grads:
+        norm = float(optim.global_norm(g))
+        u, state = adam.update(jax.tree.map(lambda x: x * min(1.0, 1.0 / norm), g), state, params)
+        expected = jax.tree.map(lambda p, d: p + d, expected, u)
     assert jax.tree.structure(out) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-14)
     # update also takes params by keyword, and defaults it to None
     opt = optim.adam(0.1)
-    opt.update(grads[0], opt.init(params), params=params)
-    opt.update(grads[0], opt.init(params))
+    by_position, _ = opt.update(grads[0], opt.init(params), params)
+    for other in (opt.update(grads[0], opt.init(params), params=params)[0], opt.update(grads[0], opt.init(params))[0]):
+        for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(by_position)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ---------------------------------------------------------------------------

@@ -19,10 +19,13 @@ An optimizer (and every gradient transform) is a NamedTuple of two pure function
 * Composition: each method is one transform that turns gradients into a
   direction (`scale_by_adam`, `scale_by_rms`, `trace`, `scale_by_lion`, …, in
   `fdl.optim.methods`, with its equations), and `chain` feeds each transform's
-  output to the next. The named optimizers are short chains (`named_chain`
-  adds the input checks under the optimizer's name):
-  `adamw(η, …)` is `chain(scale_by_adam(b1, b2, eps), add_decayed_weights(λ),
-  scale_by_learning_rate(η))`.
+  output to the next. The named optimizers are short chains, registered with
+  `@register` (which builds the transforms under the optimizer's name and adds
+  the input checks): `adamw(η, …)` is `chain(scale_by_adam(b1, b2, eps),
+  add_decayed_weights(λ), scale_by_learning_rate(η))`. Adding an optimizer is a
+  transform (one idea, in `methods`) and a registered chain (in `optimizers`);
+  `OPTIMIZERS` then lists it for `get_optimizer`, the command line, checkpoints
+  and the recogniser of foreign states.
   Clipping, weight decay and gradient accumulation compose the same way:
   `chain(clip_by_global_norm(1.0), adamw(1e-3, weight_decay=1e-4))`,
   `accumulate_gradients(adam(1e-3), 4)`.
@@ -58,164 +61,25 @@ This is the shape of the JAX ecosystem's gradient transformations (an
 can be passed to code written for them, and theirs composed with `chain`.
 """
 
-import warnings
-from typing import Any
-
+from fdl.optim import hyperparams, methods, optimizers, registry, schedules, transforms
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
-from fdl.optim.hyperparams import InjectHyperparamsState, inject_hyperparams, set_hyperparams
-from fdl.optim.methods import (
-    ScaleByAdadeltaState,
-    ScaleByAdagradState,
-    ScaleByAdamaxState,
-    ScaleByAdamState,
-    ScaleByEmaMomentumState,
-    ScaleByLionState,
-    ScaleByRmsState,
-    TraceState,
-    scale_by_adadelta,
-    scale_by_adagrad,
-    scale_by_adam,
-    scale_by_adamax,
-    scale_by_ema_momentum,
-    scale_by_lion,
-    scale_by_rms,
-    trace,
-)
-from fdl.optim.optimizers import (
-    OPTIMIZERS,
-    adadelta,
-    adagrad,
-    adam,
-    adamax,
-    adamw,
-    amsgrad,
-    ema_momentum,
-    get_optimizer,
-    lion,
-    nadam,
-    named_chain,
-    rmsprop,
-    sgd,
-)
-from fdl.optim.schedules import (
-    constant_schedule,
-    cosine_decay_schedule,
-    exponential_decay_schedule,
-    linear_schedule,
-    one_cycle_schedule,
-    piecewise_constant_schedule,
-    polynomial_schedule,
-    warmup_cosine_decay_schedule,
-)
-from fdl.optim.transforms import (
-    AccumulateGradientsState,
-    AddDecayedWeightsState,
-    ClipByGlobalNormState,
-    ClipByValueState,
-    ScaleByLearningRateState,
-    accumulate_gradients,
-    add_decayed_weights,
-    clip_by_global_norm,
-    clip_by_value,
-    global_norm,
-    scale_by_learning_rate,
-)
-
-# The per-optimizer state classes that the named optimizers' states replaced:
-# name -> the transforms whose states a ChainState of that optimizer holds.
-_REMOVED_STATES = {
-    "SGDState": ("sgd", "TraceState, ScaleByLearningRateState"),
-    "EMAMomentumState": ("ema_momentum", "ScaleByEmaMomentumState, ScaleByLearningRateState"),
-    "AdagradState": ("adagrad", "ScaleByAdagradState, ScaleByLearningRateState"),
-    "AdadeltaState": ("adadelta", "ScaleByAdadeltaState, ScaleByLearningRateState"),
-    "RMSPropState": ("rmsprop", "ScaleByRmsState, TraceState, ScaleByLearningRateState"),
-    "AdamState": ("adam", "ScaleByAdamState, ScaleByLearningRateState"),
-    "AdamWState": ("adamw", "ScaleByAdamState, AddDecayedWeightsState, ScaleByLearningRateState"),
-    "AdamaxState": ("adamax", "ScaleByAdamaxState, ScaleByLearningRateState"),
-    "NAdamState": ("nadam", "ScaleByAdamState, ScaleByLearningRateState"),
-    "AMSGradState": ("amsgrad", "ScaleByAdamState, ScaleByLearningRateState"),
-    "LionState": ("lion", "ScaleByLionState, AddDecayedWeightsState, ScaleByLearningRateState"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Removed state class names: a DeprecationWarning, then `ChainState` in their place."""
-    if name in _REMOVED_STATES:
-        optimizer, parts = _REMOVED_STATES[name]
-        warnings.warn(
-            f"fdl.optim.{name} is deprecated: {optimizer}(...).init(params) returns a "
-            f"ChainState whose .states are ({parts}); {name} is now an alias of ChainState. "
-            "To read hyperparameters from the state, build the optimizer with "
-            f"fdl.optim.inject_hyperparams({optimizer})(...).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return ChainState
-    raise AttributeError(f"module 'fdl.optim' has no attribute {name!r}")
-
+from fdl.optim.hyperparams import *  # noqa: F403
+from fdl.optim.methods import *  # noqa: F403
+from fdl.optim.optimizers import *  # noqa: F403
+from fdl.optim.registry import *  # noqa: F403
+from fdl.optim.schedules import *  # noqa: F403
+from fdl.optim.transforms import *  # noqa: F403
 
 __all__ = [
-    # protocol
     "Optimizer",
     "Schedule",
     "apply_updates",
     "chain",
-    "named_chain",
     "ChainState",
-    # named optimizers
-    "sgd",
-    "ema_momentum",
-    "adagrad",
-    "adadelta",
-    "rmsprop",
-    "adam",
-    "adamw",
-    "adamax",
-    "nadam",
-    "amsgrad",
-    "lion",
-    "get_optimizer",
-    "OPTIMIZERS",
-    # methods
-    "trace",
-    "scale_by_ema_momentum",
-    "scale_by_adagrad",
-    "scale_by_adadelta",
-    "scale_by_rms",
-    "scale_by_adam",
-    "scale_by_adamax",
-    "scale_by_lion",
-    "TraceState",
-    "ScaleByEmaMomentumState",
-    "ScaleByAdagradState",
-    "ScaleByAdadeltaState",
-    "ScaleByRmsState",
-    "ScaleByAdamState",
-    "ScaleByAdamaxState",
-    "ScaleByLionState",
-    # transforms
-    "scale_by_learning_rate",
-    "add_decayed_weights",
-    "clip_by_global_norm",
-    "clip_by_value",
-    "global_norm",
-    "accumulate_gradients",
-    "ScaleByLearningRateState",
-    "AddDecayedWeightsState",
-    "ClipByGlobalNormState",
-    "ClipByValueState",
-    "AccumulateGradientsState",
-    # hyperparameters
-    "inject_hyperparams",
-    "set_hyperparams",
-    "InjectHyperparamsState",
-    # schedules
-    "constant_schedule",
-    "piecewise_constant_schedule",
-    "exponential_decay_schedule",
-    "polynomial_schedule",
-    "linear_schedule",
-    "cosine_decay_schedule",
-    "warmup_cosine_decay_schedule",
-    "one_cycle_schedule",
+    *registry.__all__,
+    *optimizers.__all__,
+    *methods.__all__,
+    *transforms.__all__,
+    *hyperparams.__all__,
+    *schedules.__all__,
 ]

@@ -7,11 +7,17 @@
 * The hyperparameter vocabulary (`check_hyperparams`): each argument name
   (`b1`, `eps`, `momentum`, …) has one rule, so every factory that takes it
   checks it the same way, naming itself.
+* `label` and `naming`: a transform built while a named optimizer is being
+  built (`with naming("adam"): scale_by_adam(…)`) writes that optimizer's name
+  in its messages, so each fact is checked once, by the transform, and the
+  user reads the name of the function they called.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +48,24 @@ class Optimizer(NamedTuple):
 
     init: Callable[[Params], OptState]
     update: Callable[..., tuple[Updates, OptState]]
+
+
+_BUILDING: ContextVar[str | None] = ContextVar("fdl_optim_building", default=None)
+
+
+def label(fn: str) -> str:
+    """The name a transform's messages carry: the named optimizer being built, else `fn`."""
+    return _BUILDING.get() or fn
+
+
+@contextmanager
+def naming(name: str) -> Iterator[None]:
+    """Transforms built inside this block name `name` in their messages (see `label`)."""
+    token = _BUILDING.set(name)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
 
 
 class ForeignStateError(TypeError):
@@ -142,19 +166,21 @@ def lift(
     state: dict[str, Any] | None = None,
     *,
     read: dict[str, Any] | None = None,
-    scalars: tuple = (),
 ) -> tuple[Updates, dict[str, Any]]:
     """Run the per-array `step` on every leaf of `grads`; return `(updates, new_state)`.
 
-    `step(g, *s, *r, *c)` gets one gradient leaf `g`, the matching leaf of each tree
-    in `state` (accumulators), then of each tree in `read` (e.g. the params, or a
-    `PerLeaf` of flags), then the `scalars` (hyperparameters: floats or scalar
-    arrays). It returns `(u, *new_s)`, or just `u` when `state` is empty.
+    `state` maps a transform's state fields to pytrees shaped like the grads (its
+    accumulators); a field whose value is `None` (optional state switched off) is
+    passed to `step` as `None` and returned as `None`. `read` maps names to
+    pytrees that are read but not updated (the params) or to a `PerLeaf` list.
+    `step(g, **fields, **reads)` receives one gradient leaf and, by name, the
+    matching leaf of each; it returns the direction `d`, or `(d, {field: new
+    leaf})` when `state` is given. Hyperparameters are closed over by `step`.
 
     Arithmetic happens in one dtype per leaf: float32 for 16-bit grads, else the
-    grads' dtype, widened to the dtype of any state or params leaf. `g`, the
-    array leaves and the array scalars are cast to it (Python floats stay weakly
-    typed); `u` comes back in the grads' dtype and each state leaf in its own.
+    grads' dtype, widened to the dtype of any state or params leaf; `g` and the
+    array leaves are cast to it. `d` comes back in the grads' dtype and each
+    state leaf in its own.
 
     Checks (at trace time, in Python): every gradient is a float array, and every
     tree in `state` and `read` has the structure of the grads and, leaf by leaf,
@@ -163,27 +189,28 @@ def lift(
     state, read = state or {}, read or {}
     check_float(fn, grads, "gradient")
     g_leaves, treedef = jax.tree.flatten(grads)
-    columns = []
-    for what, tree in list(state.items()) + list(read.items()):
+    live = {k: v for k, v in state.items() if v is not None}
+    columns = {}
+    for name, tree in list(live.items()) + list(read.items()):
         if isinstance(tree, PerLeaf):
-            columns.append(tree.items)
+            columns[name] = tree.items
         else:
-            check_like(fn, grads, tree, _describe(what))
-            columns.append(treedef.flatten_up_to(tree))
+            check_like(fn, grads, tree, _describe(name))
+            columns[name] = treedef.flatten_up_to(tree)
 
-    n_state = len(state)
-    rows = []
-    for g, *others in zip(g_leaves, *columns):
-        arrays = [x for x in others if _is_array(x)]
+    directions, new_columns = [], {k: [] for k in live}
+    for i, g in enumerate(g_leaves):
+        leaves = {k: c[i] for k, c in columns.items()}
+        arrays = [x for x in leaves.values() if _is_array(x)]
         dt = jnp.result_type(acc_dtype(g), *[x.dtype for x in arrays])
-        args = [x.astype(dt) if _is_array(x) else x for x in others]
-        cs = [c.astype(dt) if _is_array(c) else c for c in scalars]
-        out = step(g.astype(dt), *args, *cs)
-        u, new = (out[0], out[1:]) if n_state else (out, ())
-        new = [n.astype(old.dtype) for n, old in zip(new, others[:n_state])]
-        rows.append((u.astype(g.dtype), *new))
-    outputs = [treedef.unflatten([row[i] for row in rows]) for i in range(1 + n_state)]
-    return outputs[0], dict(zip(state, outputs[1:]))
+        args = {k: x.astype(dt) if _is_array(x) else x for k, x in leaves.items()}
+        out = step(g.astype(dt), **({k: None for k in state} | args))
+        d, new = out if state else (out, {})
+        directions.append(d.astype(g.dtype))
+        for k in live:
+            new_columns[k].append(new[k].astype(leaves[k].dtype))
+    updates = treedef.unflatten(directions)
+    return updates, {k: treedef.unflatten(new_columns[k]) if k in live else None for k in state}
 
 
 def _is_array(x: Any) -> bool:
@@ -266,6 +293,14 @@ def check_state(fn: str, state: Any, cls: type) -> None:
 # --------------------------------------------------------------------------
 # Counts, dtypes, learning rates
 # --------------------------------------------------------------------------
+
+
+def public_names(namespace: dict[str, Any], module: str) -> list[str]:
+    """A module's `__all__`: the public names it defines itself (not those it imports)."""
+    return [
+        name for name, value in namespace.items()
+        if not name.startswith("_") and getattr(value, "__module__", None) == module
+    ]
 
 
 def is_optimizer(x: Any) -> bool:

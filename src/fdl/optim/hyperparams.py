@@ -29,6 +29,7 @@ from fdl.optim.base import (
     check_state,
     increment,
     learning_rate_at,
+    public_names,
     scalar,
     zero_count,
 )
@@ -185,4 +186,4 @@ def set_hyperparams(state: InjectHyperparamsState, **values: Any) -> InjectHyper
     return state._replace(hyperparams=hyperparams)
 
 
-__all__ = ["InjectHyperparamsState", "inject_hyperparams", "set_hyperparams"]
+__all__ = public_names(globals(), __name__)

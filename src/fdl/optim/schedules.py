@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as V
-from fdl.optim.base import Schedule, default_float
+from fdl.optim.base import Schedule, default_float, public_names
 
 
 def _nonnegative(fn: str, name: str, value: Any) -> float:
@@ -280,13 +280,4 @@ def one_cycle_schedule(
     return schedule
 
 
-__all__ = [
-    "constant_schedule",
-    "piecewise_constant_schedule",
-    "exponential_decay_schedule",
-    "polynomial_schedule",
-    "linear_schedule",
-    "cosine_decay_schedule",
-    "warmup_cosine_decay_schedule",
-    "one_cycle_schedule",
-]
+__all__ = public_names(globals(), __name__)

@@ -31,8 +31,10 @@ from fdl.optim.base import (
     increment,
     is_optimizer,
     is_static_zero,
+    label,
     learning_rate_at,
     lift,
+    public_names,
     zero_count,
     zeros_acc,
 )
@@ -66,7 +68,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
     e.g. plain SGD with gradient clipping is
     `chain(clip_by_global_norm(1.0), scale_by_learning_rate(0.1))`.
     """
-    fn = "scale_by_learning_rate"
+    fn = label("scale_by_learning_rate")
     (learning_rate,) = check_hyperparams(fn, learning_rate=learning_rate)
 
     def init(params: Params) -> ScaleByLearningRateState:
@@ -76,7 +78,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
     def update(grads: Updates, state: ScaleByLearningRateState, params: Params = None):
         check_state(fn, state, ScaleByLearningRateState)
         lr = learning_rate_at(learning_rate, state.count, fn)
-        updates, _ = lift(fn, lambda g, lr: -lr * g, grads, scalars=(lr,))
+        updates, _ = lift(fn, lambda g: -lr * g, grads)
         return updates, ScaleByLearningRateState(increment(state.count))
 
     return Optimizer(init, update)
@@ -91,7 +93,7 @@ class AddDecayedWeightsState(NamedTuple):
     """State of `add_decayed_weights` (it keeps nothing)."""
 
 
-def resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
+def _resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
     """The mask as a flat list of bools aligned with `params`' leaves (None: all True)."""
     if mask is None:
         return None
@@ -126,11 +128,11 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
     vectors, `mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`.
     `update` needs `params` unless λ is a Python 0 (then it passes g through).
     """
-    fn = "add_decayed_weights"
+    fn = label("add_decayed_weights")
     (weight_decay,) = check_hyperparams(fn, weight_decay=weight_decay)
 
     def init(params: Params) -> AddDecayedWeightsState:
-        resolve_mask(fn, mask, params)  # fail at init on a mismatched mask
+        _resolve_mask(fn, mask, params)  # fail at init on a mismatched mask
         return AddDecayedWeightsState()
 
     def update(grads: Updates, state: AddDecayedWeightsState, params: Params = None):
@@ -143,14 +145,13 @@ def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
                 f"{fn}: weight_decay={weight_decay!r} needs the params; "
                 "call update(grads, state, params)"
             )
-        flags = resolve_mask(fn, mask, params)
+        flags = _resolve_mask(fn, mask, params)
         flags = PerLeaf([True] * len(jax.tree.leaves(grads)) if flags is None else flags)
 
-        def step(g, p, decays, wd):
-            return g + wd * p if decays else g
+        def step(g, params, decays):
+            return g + weight_decay * params if decays else g
 
-        read = {"params": params, "flags": flags}
-        updates, _ = lift(fn, step, grads, read=read, scalars=(weight_decay,))
+        updates, _ = lift(fn, step, grads, read={"params": params, "decays": flags})
         return updates, state
 
     return Optimizer(init, update)
@@ -181,7 +182,7 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
     References: Pascanu, Mikolov & Bengio, "On the difficulty of training
     recurrent neural networks", 2013.
     """
-    fn = "clip_by_global_norm"
+    fn = label("clip_by_global_norm")
     (max_norm,) = check_hyperparams(fn, max_norm=max_norm)
 
     def init(params: Params) -> ClipByGlobalNormState:
@@ -192,7 +193,7 @@ def clip_by_global_norm(max_norm: float) -> Optimizer:
         check_float(fn, grads, "gradient")
         norm = global_norm(grads)
         factor = jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1), 1)
-        updates, _ = lift(fn, lambda g, f: g * f, grads, scalars=(factor,))
+        updates, _ = lift(fn, lambda g: g * factor, grads)
         return updates, state
 
     return Optimizer(init, update)
@@ -207,7 +208,7 @@ def clip_by_value(min_value: float, max_value: float) -> Optimizer:
 
     For symmetric clipping at c, `clip_by_value(-c, c)`.
     """
-    fn = "clip_by_value"
+    fn = label("clip_by_value")
     min_value = V.finite_real(fn, "min_value", min_value)
     max_value = V.finite_real(fn, "max_value", max_value)
     if V.is_concrete(min_value) and V.is_concrete(max_value) and min_value > max_value:
@@ -220,8 +221,7 @@ def clip_by_value(min_value: float, max_value: float) -> Optimizer:
 
     def update(grads: Updates, state: ClipByValueState, params: Params = None):
         check_state(fn, state, ClipByValueState)
-        updates, _ = lift(fn, lambda g, lo, hi: jnp.clip(g, lo, hi), grads,
-                          scalars=(min_value, max_value))
+        updates, _ = lift(fn, lambda g: jnp.clip(g, min_value, max_value), grads)
         return updates, state
 
     return Optimizer(init, update)
@@ -259,7 +259,7 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
     using 1/k of the memory. The wrapped optimizer's count and schedules advance
     once per group.
     """
-    fn = "accumulate_gradients"
+    fn = label("accumulate_gradients")
     if not is_optimizer(optimizer):
         raise TypeError(
             f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}"
@@ -308,16 +308,4 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
     return Optimizer(init, update)
 
 
-__all__ = [
-    "ScaleByLearningRateState",
-    "scale_by_learning_rate",
-    "AddDecayedWeightsState",
-    "add_decayed_weights",
-    "ClipByGlobalNormState",
-    "clip_by_global_norm",
-    "global_norm",
-    "ClipByValueState",
-    "clip_by_value",
-    "AccumulateGradientsState",
-    "accumulate_gradients",
-]
+__all__ = public_names(globals(), __name__)
