@@ -28,6 +28,7 @@ of layers, so a whole model is itself a `Layer`.
 from fdl.layers import initializers
 from fdl.layers.attention import LuongAttention, MultiHeadAttention
 from fdl.layers.base import Layer, parallel, residual, serial, split_key, stateless
+from fdl.layers.combinators import Bidirectional, remat, scan_layers
 from fdl.layers.conv import AvgPool2D, Conv1D, Conv2D, GlobalAvgPool, MaxPool2D
 from fdl.layers.core import (
     ACTIVATIONS,
@@ -51,6 +52,13 @@ from fdl.layers.core import (
 from fdl.layers.embedding import Embedding
 from fdl.layers.norm import BatchNorm, LayerNorm, RMSNorm
 from fdl.layers.recurrent import GRU, LSTM, RNN
+from fdl.layers.transformer import (
+    TransformerDecoderBlock,
+    TransformerEncoderBlock,
+    TransformerLM,
+    from_torch_encoder_layer,
+    tied_logits,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -91,4 +99,12 @@ __all__ = [
     "serial",
     "split_key",
     "stateless",
+    "Bidirectional",
+    "remat",
+    "scan_layers",
+    "TransformerDecoderBlock",
+    "TransformerEncoderBlock",
+    "TransformerLM",
+    "from_torch_encoder_layer",
+    "tied_logits",
 ]

@@ -33,6 +33,7 @@ from fdl.ops.recurrent import (
     scan_cell,
 )
 from fdl.ops.sequence import (
+    reverse_sequences,
     sequence_last,
     sequence_mask,
     sequence_max,
@@ -87,6 +88,7 @@ __all__ = [
     "rope_angles",
     "sinusoidal",
     "sinusoidal_table",
+    "reverse_sequences",
     "sequence_last",
     "sequence_mask",
     "sequence_max",

@@ -79,7 +79,8 @@ def sinusoidal(x: jax.Array, offset: int = 0, base: float = 10000.0) -> jax.Arra
     Tangent: `dY = dX`.
     """
     t, d = x.shape[-2:]
-    return x + jnp.asarray(sinusoidal_table(t, d, offset, base), x.dtype)
+    table = sinusoidal_table(t, d, offset, base).reshape((1,) * (x.ndim - 2) + (t, d))
+    return x + jnp.asarray(table, x.dtype)  # explicit broadcast over the batch axes
 
 
 def _sinusoidal_backward(offset, base, residuals, g):
@@ -130,6 +131,7 @@ def _cos_sin(shape: tuple, dtype, offset: int, base: float, interleaved: bool):
     t, d = shape[-2:]
     phi = rope_angles(t, d, offset, base)
     phi = np.repeat(phi, 2, axis=-1) if interleaved else np.concatenate([phi, phi], axis=-1)
+    phi = phi.reshape((1,) * (len(shape) - 2) + (t, d))  # explicit broadcast over the batch
     return jnp.asarray(np.cos(phi), dtype), jnp.asarray(np.sin(phi), dtype)
 
 

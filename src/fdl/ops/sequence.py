@@ -30,7 +30,7 @@ from jax import lax
 from fdl import _validate as v
 from fdl.primitive import Example, gaussian, primitive
 
-__all__ = ["check_lengths", "sequence_last", "sequence_mask", "sequence_max", "sequence_mean"]
+__all__ = ["check_lengths", "reverse_sequences", "sequence_last", "sequence_mask", "sequence_max", "sequence_mean"]
 
 
 def check_lengths(fn: str, lengths: Any, batch_shape: tuple, steps: int,
@@ -279,3 +279,29 @@ def _last_tangent(residuals, t):
 sequence_last = primitive(
     sequence_last, _last_backward, save=_last_save, validate=_validate("sequence_last"),
     tangent=_last_tangent, examples=_examples())
+
+
+# --------------------------------------------------------------------------- #
+# Reversal within each length (a packed sequence's backward direction)
+# --------------------------------------------------------------------------- #
+
+
+def reverse_sequences(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    r"""Reverse each sequence within its own length: `y_t = x_{ℓ−1−t}` for `t < ℓ`,
+    `y_t = x_t` for `t ≥ ℓ` (padding stays where it is).
+
+    `X ∈ ℝ^{…×T×d}`, `ℓ` = `lengths ∈ {1…T}^{…}` (None: `T`, a plain flip of the
+    time axis). It is its own inverse. Running a recurrence forward over
+    `reverse_sequences(x, ℓ)` and reversing its outputs back is the backward direction
+    of a packed sequence: each sequence starts from its own last step, not from the
+    padding. Not a primitive: a permutation of the steps (a gather), whose VJP is the
+    inverse permutation, i.e. the same reversal, which JAX applies.
+    """
+    if lengths is None:
+        return jnp.flip(x, axis=-2)
+    steps = x.shape[-2]
+    shape = tuple(lengths.shape) + (steps,)
+    t = lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+    ell = jnp.expand_dims(lengths.astype(jnp.int32), -1)
+    index = jnp.where(t < ell, ell - 1 - t, t)
+    return jnp.take_along_axis(x, jnp.expand_dims(index, -1), axis=-2)
