@@ -70,7 +70,8 @@ def test_ema_is_one_step_of_a_moving_average():
 @pytest.mark.float32
 @pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_named_optimizers_minimise_a_quadratic_in_float32(name):
-    opt = optim.OPTIMIZERS[name](0.05 if name != "adadelta" else 1.0)
+    options = {"lars": {"trust_coefficient": 1.0}}.get(name, {})  # steps of η‖θ‖, not 0.001 η‖θ‖
+    opt = optim.OPTIMIZERS[name](0.05 if name != "adadelta" else 1.0, **options)
     steps = 2000 if name == "adadelta" else 200  # Adadelta's first steps are about √ε
     target = jnp.asarray([1.0, -2.0, 0.5], jnp.float32)
 

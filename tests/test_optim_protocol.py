@@ -25,6 +25,9 @@ def build(name, learning_rate=0.01, **options):
         "rmsprop": {"centered": True, "momentum": 0.5},
         "adamw": {"weight_decay": 0.1},
         "lion": {"weight_decay": 0.1},
+        "lamb": {"weight_decay": 0.1},
+        "lars": {"weight_decay": 0.1, "nesterov": True},
+        "adafactor": {"b1": 0.9, "weight_decay": 0.1, "min_dim_size_to_factor": 2},
     }.get(name, {})
     return optim.get_optimizer(name, learning_rate=learning_rate, **(extra | options))
 
@@ -82,6 +85,12 @@ def test_named_optimizers_are_short_chains_of_the_methods():
         "nadam": [optim.ScaleByAdamState, lr],
         "amsgrad": [optim.ScaleByAdamState, lr],
         "lion": [optim.ScaleByLionState, decay, lr],
+        "radam": [optim.ScaleByRadamState, lr],
+        "adabelief": [optim.ScaleByBeliefState, lr],
+        "lamb": [optim.ScaleByAdamState, decay, optim.ScaleByTrustRatioState, lr],
+        "lars": [decay, optim.ScaleByTrustRatioState, optim.TraceState, lr],
+        "adafactor": [optim.ScaleByFactoredRmsState, optim.ClipByBlockRmsState, optim.ScaleByEmaMomentumState,
+                      optim.ScaleByParamBlockRmsState, decay, lr],
     }
 
 
@@ -219,6 +228,9 @@ def injected(name, learning_rate=0.01, **options):
         "rmsprop": {"centered": True, "momentum": 0.5},
         "adamw": {"weight_decay": 0.1},
         "lion": {"weight_decay": 0.1},
+        "lamb": {"weight_decay": 0.1},
+        "lars": {"weight_decay": 0.1, "nesterov": True},
+        "adafactor": {"b1": 0.9, "weight_decay": 0.1, "min_dim_size_to_factor": 2},
     }.get(name, {})
     return optim.inject_hyperparams(optim.OPTIMIZERS[name])(learning_rate=learning_rate, **(extra | options))
 
@@ -438,8 +450,13 @@ BETAS = {
     "nadam": ["b1", "b2"],
     "amsgrad": ["b1", "b2"],
     "lion": ["b1", "b2"],
+    "radam": ["b1", "b2"],
+    "adabelief": ["b1", "b2"],
+    "lamb": ["b1", "b2"],
+    "lars": ["momentum"],
+    "adafactor": [],
 }
-EPS = [n for n in NAMES if n not in ("sgd", "ema_momentum", "lion")]
+EPS = [n for n in NAMES if n not in ("sgd", "ema_momentum", "lion", "lars")]  # lars: eps >= 0
 
 
 def test_validation_tables_cover_every_optimizer():

@@ -93,5 +93,5 @@ def test_the_name_applies_only_while_the_optimizer_is_built():
 def test_registered_names_are_the_named_optimizers():
     assert list(optim.OPTIMIZERS) == [
         "sgd", "ema_momentum", "adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax",
-        "nadam", "amsgrad", "lion",
+        "nadam", "amsgrad", "lion", "radam", "adabelief", "lamb", "lars", "adafactor",
     ]

@@ -61,8 +61,9 @@ This is the shape of the JAX ecosystem's gradient transformations (an
 can be passed to code written for them, and theirs composed with `chain`.
 """
 
-from fdl.optim import hyperparams, methods, optimizers, registry, schedules, transforms
+from fdl.optim import blocks, hyperparams, methods, optimizers, registry, schedules, transforms
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
+from fdl.optim.blocks import *  # noqa: F403
 from fdl.optim.hyperparams import *  # noqa: F403
 from fdl.optim.methods import *  # noqa: F403
 from fdl.optim.optimizers import *  # noqa: F403
@@ -80,6 +81,7 @@ __all__ = [
     *optimizers.__all__,
     *methods.__all__,
     *transforms.__all__,
+    *blocks.__all__,
     *hyperparams.__all__,
     *schedules.__all__,
 ]

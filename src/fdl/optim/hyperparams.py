@@ -77,8 +77,9 @@ def inject_hyperparams(
     * an argument given as a schedule (a callable `step -> value`) is evaluated
       at the count once per update, and `state.hyperparams` holds the value the
       next update applies;
-    * bools, `None` and the arguments named in `static_args` (by default `mask`,
-      a function of the params rather than a schedule) are fixed when built.
+    * bools, `None`, arguments annotated `int` (sizes, periods, iteration
+      counts) and the arguments named in `static_args` (by default `mask`, a
+      function of the params rather than a schedule) are fixed when built.
 
     Change a value between steps with `set_hyperparams` (or
     `state._replace(hyperparams=...)` with arrays of the same dtype): a jitted
@@ -95,6 +96,9 @@ def inject_hyperparams(
             f"(e.g. fdl.optim.adam), got {factory!r}"
         )
     signature = inspect.signature(factory)
+    # Arguments annotated `int` (window sizes, periods, iteration counts) shape the
+    # computation itself, so they stay Python ints.
+    structural = {n for n, p in signature.parameters.items() if p.annotation in (int, "int")}
     label = f"inject_hyperparams({getattr(factory, '__name__', 'factory')})"
 
     def build(*args: Any, **kwargs: Any) -> Optimizer:
@@ -106,7 +110,7 @@ def inject_hyperparams(
         factory(*bound.args, **bound.kwargs)  # validate now, in the factory's words
         static, numeric, schedules = {}, {}, {}
         for name, value in bound.arguments.items():
-            if name in static_args or value is None or isinstance(value, bool):
+            if name in static_args or name in structural or value is None or isinstance(value, bool):
                 static[name] = value
             elif callable(value):
                 schedules[name] = value

@@ -461,6 +461,125 @@ def scale_by_adamax(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Op
     return Optimizer(init, update)
 
 
+class ScaleByRadamState(NamedTuple):
+    """State of `scale_by_radam`.
+
+    Fields:
+      count: int32[], updates so far ($t − 1$ during the next update).
+      mu:    pytree like params, $m$ = EMA of $g$ (accumulator dtype).
+      nu:    pytree like params, $v$ = EMA of $g²$ (accumulator dtype).
+    """
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def scale_by_radam(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *, threshold: float = 5.0
+) -> Optimizer:
+    r"""Rectified Adam's scaling: Adam's adaptive step only once its variance is tractable.
+
+    $β₁$ = `b1`, $β₂$ = `b2` $∈ [0, 1)$, $ε$ = `eps` $> 0$, $ρ_{thr}$ = `threshold`:
+
+    $$ m_t = \operatorname{EMA}(m_{t−1}, g_t; β₁), \qquad v_t = \operatorname{EMA}(v_{t−1}, g_t²; β₂), \qquad m̂_t = m_t / (1 − β₁^t) $$
+    $$ ρ_∞ = \frac{2}{1 − β₂} − 1, \qquad ρ_t = ρ_∞ − \frac{2 t β₂^t}{1 − β₂^t} $$
+    $$ r_t = \sqrt{\frac{(ρ_t − 4)(ρ_t − 2) ρ_∞}{(ρ_∞ − 4)(ρ_∞ − 2) ρ_t}} $$
+    $$ d_t = r_t \frac{m̂_t}{√(v_t / (1 − β₂^t)) + ε} \quad (ρ_t > ρ_{thr}), \qquad d_t = m̂_t \quad \text{(otherwise)} $$
+
+    $ρ_t$ is the length of the simple moving average that the EMA $v_t$
+    approximates; while it is short the variance of the adaptive step is
+    large (unbounded for $ρ_t ≤ 4$), so RAdam takes momentum-SGD steps, then
+    rectifies Adam's step by $r_t → 1$. The paper switches at $ρ_t > 4$;
+    `threshold` = 5 follows PyTorch's and optax's implementations.
+
+    References: Liu, Jiang, He, Chen, Liu, Gao & Han, "On the Variance of the
+    Adaptive Learning Rate and Beyond", 2020.
+    """
+    fn = label("scale_by_radam")
+    b1, b2, eps, threshold = check_hyperparams(fn, b1=b1, b2=b2, eps=eps, threshold=threshold)
+
+    def init(params: Params) -> ScaleByRadamState:
+        check_float(fn, params, "parameter")
+        return ScaleByRadamState(zero_count(), zeros_acc(params), zeros_acc(params))
+
+    def update(grads: Updates, state: ScaleByRadamState, params: Params = None):
+        check_state(fn, state, ScaleByRadamState)
+        t = step_number(state.count)
+        c1, c2 = bias_correction(b1, t), bias_correction(b2, t)
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho = rho_inf - 2.0 * t * (1.0 - c2) / c2
+        ratio = (rho - 4.0) * (rho - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho)
+        rectified = rho > threshold
+        r = jnp.sqrt(jnp.where(rectified, ratio, 1.0))
+
+        def step(g, mu, nu):
+            mu, nu = ema(mu, g, b1), ema(nu, g * g, b2)
+            m_hat = mu / c1
+            d = jnp.where(rectified, r * m_hat / (jnp.sqrt(nu / c2) + eps), m_hat)
+            return d, {"mu": mu, "nu": nu}
+
+        d, new = lift(fn, step, grads, {"mu": state.mu, "nu": state.nu})
+        return d, ScaleByRadamState(increment(state.count), **new)
+
+    return Optimizer(init, update)
+
+
+class ScaleByBeliefState(NamedTuple):
+    """State of `scale_by_belief`.
+
+    Fields:
+      count: int32[], updates so far ($t − 1$ during the next update).
+      mu:    pytree like params, $m$ = EMA of $g$ (accumulator dtype).
+      nu:    pytree like params, $s$ = EMA of $(g − m)²$ plus $ε$ (accumulator dtype).
+    """
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def scale_by_belief(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16) -> Optimizer:
+    r"""AdaBelief's scaling: Adam with $g²$ replaced by the squared surprise $(g − m)²$.
+
+    $β₁$ = `b1`, $β₂$ = `b2` $∈ [0, 1)$, $ε$ = `eps` $> 0$ (added to $s$ every
+    step, and outside the square root):
+
+    $$ m_t = \operatorname{EMA}(m_{t−1}, g_t; β₁), \qquad s_t = \operatorname{EMA}(s_{t−1}, (g_t − m_t)²; β₂) + ε $$
+    $$ d_t = \frac{m_t / (1 − β₁^t)}{√(s_t / (1 − β₂^t)) + ε} $$
+
+    $s$ is an EMA of how far the gradient falls from its prediction $m$ (the
+    "belief"): where gradients agree with the momentum the step is large, where
+    they scatter it is small. With $g_t = m_t$ throughout, $s$ holds only the
+    added $ε$s.
+
+    References: Zhuang, Tang, Ding, Tatikonda, Dvornek, Papademetris & Duncan,
+    "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
+    Gradients", 2020.
+    """
+    fn = label("scale_by_belief")
+    b1, b2, eps = check_hyperparams(fn, b1=b1, b2=b2, eps=eps)
+
+    def init(params: Params) -> ScaleByBeliefState:
+        check_float(fn, params, "parameter")
+        return ScaleByBeliefState(zero_count(), zeros_acc(params), zeros_acc(params))
+
+    def update(grads: Updates, state: ScaleByBeliefState, params: Params = None):
+        check_state(fn, state, ScaleByBeliefState)
+        t = step_number(state.count)
+        c1, c2 = bias_correction(b1, t), bias_correction(b2, t)
+
+        def step(g, mu, nu):
+            mu = ema(mu, g, b1)
+            nu = ema(nu, (g - mu) * (g - mu), b2) + eps
+            return (mu / c1) / (jnp.sqrt(nu / c2) + eps), {"mu": mu, "nu": nu}
+
+        d, new = lift(fn, step, grads, {"mu": state.mu, "nu": state.nu})
+        return d, ScaleByBeliefState(increment(state.count), **new)
+
+    return Optimizer(init, update)
+
+
 # --------------------------------------------------------------------------
 # Lion
 # --------------------------------------------------------------------------

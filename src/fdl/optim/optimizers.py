@@ -17,14 +17,26 @@ both shapes on a mismatch), and a state made by this optimizer's `init` (a
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax.numpy as jnp
+
 from fdl.optim.base import Optimizer, ScalarOrSchedule, chain, public_names
+from fdl.optim.blocks import (
+    clip_by_block_rms,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+    scale_by_trust_ratio,
+)
 from fdl.optim.methods import (
     scale_by_adadelta,
     scale_by_adagrad,
     scale_by_adam,
     scale_by_adamax,
+    scale_by_belief,
     scale_by_ema_momentum,
     scale_by_lion,
+    scale_by_radam,
     scale_by_rms,
     trace,
 )
@@ -299,6 +311,174 @@ def lion(
     return chain(
         scale_by_lion(b1, b2), add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
+    )
+
+
+@register
+def radam(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    threshold: float = 5.0,
+) -> Optimizer:
+    r"""RAdam: Adam whose adaptive step is switched on and rectified as its variance settles.
+
+    $η_t$ = `learning_rate`, $β₁$ = `b1`, $β₂$ = `b2`, $ε$ = `eps`,
+    $ρ_{thr}$ = `threshold` (see `scale_by_radam` for $ρ_t$ and $r_t$):
+
+    $$ m̂_t = m_t / (1 − β₁^t), \qquad v̂_t = v_t / (1 − β₂^t) $$
+    $$ u_t = −η_t r_t m̂_t / (√v̂_t + ε) \quad (ρ_t > ρ_{thr}), \qquad u_t = −η_t m̂_t \quad \text{(otherwise)} $$
+
+    With the defaults the first five steps are momentum SGD, which replaces
+    Adam's warm-up. `chain(scale_by_radam(β₁, β₂, ε, threshold=ρ_thr),
+    scale_by_learning_rate(η))`.
+
+    References: Liu et al., "On the Variance of the Adaptive Learning Rate and
+    Beyond", 2020.
+    """
+    return chain(
+        scale_by_radam(b1, b2, eps, threshold=threshold), scale_by_learning_rate(learning_rate)
+    )
+
+
+@register
+def adabelief(
+    learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-16
+) -> Optimizer:
+    r"""AdaBelief: Adam that divides by the spread of the gradient around its EMA.
+
+    $η_t$ = `learning_rate`, $β₁$ = `b1`, $β₂$ = `b2` $∈ [0, 1)$, $ε$ = `eps` $> 0$:
+
+    $$ m_t = β₁ m_{t−1} + (1 − β₁) g_t, \qquad s_t = β₂ s_{t−1} + (1 − β₂)(g_t − m_t)² + ε $$
+    $$ u_t = −η_t \frac{m_t / (1 − β₁^t)}{√(s_t / (1 − β₂^t)) + ε} $$
+
+    `chain(scale_by_belief(β₁, β₂, ε), scale_by_learning_rate(η))`.
+
+    References: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the
+    Belief in Observed Gradients", 2020.
+    """
+    return chain(scale_by_belief(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+@register
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    *,
+    mask: Mask = None,
+) -> Optimizer:
+    r"""LAMB: AdamW's direction, rescaled per layer to the layer's norm (a trust ratio).
+
+    $η_t$ = `learning_rate`, $β₁$ = `b1`, $β₂$ = `b2`, $ε$ = `eps`,
+    $λ$ = `weight_decay`; for each leaf (layer) $θ$:
+
+    $$ r_t = \frac{m_t / (1 − β₁^t)}{√(v_t / (1 − β₂^t)) + ε} + λ θ_{t−1} $$
+    $$ u_t = −η_t \frac{‖θ_{t−1}‖}{‖r_t‖} r_t \qquad (\text{ratio } 1 \text{ where either norm is } 0) $$
+
+    with $m$, $v$ Adam's moments. Every layer moves by $η_t ‖θ‖$, so one
+    learning rate suits layers of very different gradient scales (batches of
+    tens of thousands). `mask` selects the leaves that decay.
+    `chain(scale_by_adam(β₁, β₂, ε), add_decayed_weights(λ, mask),
+    scale_by_trust_ratio(), scale_by_learning_rate(η))`.
+
+    References: You, Li, Reddi, Hseu, Kumar, Bhojanapalli, Song, Demmel,
+    Keutzer & Hsieh, "Large Batch Optimization for Deep Learning: Training BERT
+    in 76 minutes", 2020.
+    """
+    return chain(
+        scale_by_adam(b1, b2, eps), add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(), scale_by_learning_rate(learning_rate),
+    )
+
+
+@register
+def lars(
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    *,
+    nesterov: bool = False,
+    mask: Mask = None,
+) -> Optimizer:
+    r"""LARS: SGD with momentum on gradients rescaled per layer by a trust ratio.
+
+    $η_t$ = `learning_rate`, $μ$ = `momentum`, $λ$ = `weight_decay`,
+    $c$ = `trust_coefficient`, $ε$ = `eps` $≥ 0$; for each leaf (layer) $θ$:
+
+    $$ a_t = g_t + λ θ_{t−1}, \qquad a'_t = \frac{c ‖θ_{t−1}‖}{‖a_t‖ + ε} a_t \quad (\text{ratio } 1 \text{ where either norm is } 0) $$
+    $$ v_t = μ v_{t−1} + a'_t, \qquad u_t = −η_t v_t $$
+
+    (with `nesterov=True`, $u_t = −η_t (a'_t + μ v_t)$). The paper's local
+    learning rate is $c‖θ‖/(‖g‖ + λ‖θ‖)$; we divide by $‖g + λθ‖$ instead (as
+    optax does), which is the same where $g$ and $θ$ are aligned and never
+    larger. `mask` selects the leaves that decay *and* are rescaled (commonly
+    all but biases and normalisation scales).
+    `chain(add_decayed_weights(λ, mask), scale_by_trust_ratio(c, ε, mask=mask),
+    trace(μ, nesterov=…), scale_by_learning_rate(η))`.
+
+    References: You, Gitman & Ginsburg, "Large Batch Training of Convolutional
+    Networks", 2017.
+    """
+    return chain(
+        add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(trust_coefficient, eps, mask=mask),
+        trace(momentum, nesterov=nesterov), scale_by_learning_rate(learning_rate),
+    )
+
+
+def _relative_step(count: Any) -> Any:
+    r"""Adafactor's $ρ_t = \min(10^{−2}, 1/√t)$ at `count` $= t − 1$."""
+    return jnp.minimum(1e-2, 1.0 / jnp.sqrt(count + 1.0))
+
+
+@register
+def adafactor(
+    learning_rate: ScalarOrSchedule | None = None,
+    decay_exponent: float = 0.8,
+    eps: float = 1e-30,
+    clipping_threshold: float = 1.0,
+    min_scale: float = 1e-3,
+    weight_decay: float = 0.0,
+    *,
+    b1: float | None = None,
+    multiply_by_parameter_scale: bool = True,
+    min_dim_size_to_factor: int = 128,
+    mask: Mask = None,
+) -> Optimizer:
+    r"""Adafactor: factored second moments, update clipping and a relative step size.
+
+    $ρ_t$ = `learning_rate`, or $\min(10^{−2}, 1/√t)$ when it is None (the
+    paper's relative step); $d$ = `clipping_threshold`, $ε₂$ = `min_scale`,
+    $λ$ = `weight_decay`, $β₁$ = `b1` (None: no momentum):
+
+    $$ U_t = g_t / √V̂_t \quad \text{(factored for matrices, see } \texttt{scale\_by\_factored\_rms}\text{)} $$
+    $$ Û_t = U_t / \max(1, \operatorname{RMS}(U_t)/d), \qquad M_t = β₁ M_{t−1} + (1 − β₁) Û_t \quad (\text{else } M_t = Û_t) $$
+    $$ α_t = \max(ε₂, \operatorname{RMS}(θ_{t−1})) \, ρ_t \quad \text{(multiply\_by\_parameter\_scale)}, \qquad α_t = ρ_t \quad \text{(otherwise)} $$
+    $$ u_t = −α_t M_t − ρ_t λ θ_{t−1} $$
+
+    RMS is over each leaf. Second moments of an $n×m$ matrix cost $n + m$
+    numbers, not $nm$. `chain(scale_by_factored_rms(c, ε₁,
+    min_dim_size_to_factor), clip_by_block_rms(d), [scale_by_ema_momentum(β₁)],
+    [scale_by_param_block_rms(ε₂)], add_decayed_weights(λ, mask),
+    scale_by_learning_rate(ρ))`.
+
+    References: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with
+    Sublinear Memory Cost", 2018.
+    """
+    return chain(
+        scale_by_factored_rms(decay_exponent, eps, min_dim_size_to_factor),
+        clip_by_block_rms(clipping_threshold),
+        *([] if b1 is None else [scale_by_ema_momentum(b1)]),
+        *([scale_by_param_block_rms(min_scale)] if multiply_by_parameter_scale else []),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(_relative_step if learning_rate is None else learning_rate),
     )
 
 
