@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fdl import cli
-from fdl.check import examples, forward_examples
-from fdl.check.checks import all_examples, draw
+from fdl.check import examples
+from fdl.check.registered import draw
 from fdl.primitive import primitive, registry
 
 
@@ -73,15 +73,22 @@ def test_check_fails_with_exit_1_and_the_report(capsys, monkeypatch):
 
 
 @pytest.mark.float32
-def test_examples_one_report_per_example():
-    reports = examples(registry()["conv2d"], dtype="float32")
-    assert len(reports) == len(registry()["conv2d"].examples)
-    assert all(r.passed and "[float32; finite differences in float32]" in r.title
-               for r in reports)
+def test_examples_vjp_only_one_report_per_example():
+    results = examples(registry()["conv2d"], dtype="float32", checks=("vjp",))
+    assert len(results) == len(registry()["conv2d"].examples)
+    assert all(r.vjp.passed and "[float32; finite differences in float32]" in r.vjp.title
+               for r in results)
+    assert all(r.jvp is None and r.adjoint is None for r in results)
+
+
+def test_examples_rejects_an_unknown_check():
+    with pytest.raises(ValueError, match=r"check.examples: checks must be a non-empty "
+                       r"selection of \('vjp', 'jvp', 'adjoint'\), got \('hessian',\)"):
+        examples(registry()["tanh"], checks=("hessian",))
 
 
 # --------------------------------------------------------------------------- #
-# all_examples: the three checks of a primitive in one compiled program
+# examples: the three checks of a primitive in one compiled program
 # --------------------------------------------------------------------------- #
 
 
@@ -113,10 +120,10 @@ def _count_compiles(fn):
 
 @pytest.mark.float32
 @pytest.mark.parametrize("name", ["conv2d", "lstm_cell", "dropout"])
-def test_all_examples_compiles_one_program_per_primitive(name):
+def test_examples_compiles_one_program_per_primitive(name):
     p = registry()[name]
     draw(p, "float32", 3)  # jnp.asarray of a drawn array compiles a copy once per shape
-    results, n = _count_compiles(lambda: all_examples(p, dtype="float32", seed=3))
+    results, n = _count_compiles(lambda: examples(p, dtype="float32", seed=3))
     assert n == 1
     assert len(results) == len(p.examples)
     for vjp_report, jvp_report, adjoint_report in results:
@@ -126,13 +133,14 @@ def test_all_examples_compiles_one_program_per_primitive(name):
 
 @pytest.mark.x64
 @pytest.mark.parametrize("name", ["linear", "layer_norm", "softmax_cross_entropy"])
-def test_all_examples_agrees_with_the_separate_checks(name):
-    """The fused program gives the vjp and jvp rows that `examples` and
-    `forward_examples` give on their own (same draws, same references)."""
+def test_examples_agrees_with_the_separate_checks(name):
+    """The fused program gives the vjp and jvp rows that the vjp-only and the
+    forward-only selections give on their own (same draws, same references)."""
     p = registry()[name]
-    fused = all_examples(p, dtype="float64")
-    alone = examples(p, dtype="float64")
-    forward = forward_examples(p, dtype="float64")
+    fused = examples(p, dtype="float64")
+    alone = [r.vjp for r in examples(p, dtype="float64", checks=("vjp",))]
+    forward = [(r.jvp, r.adjoint) for r in examples(p, dtype="float64",
+                                                    checks=("jvp", "adjoint"))]
     for (v, t, a), v1, (t1, _) in zip(fused, alone, forward):
         assert a.passed and a.title.startswith(f"fdl.check.adjoint: {name}")
         for mine, theirs in ((v, v1), (t, t1)):
@@ -147,20 +155,20 @@ def test_all_examples_agrees_with_the_separate_checks(name):
 
 
 @pytest.mark.float32
-def test_all_examples_catches_a_wrong_backward_and_a_wrong_tangent():
-    right = all_examples(_square_prim(), dtype="float32")
+def test_examples_catches_a_wrong_backward_and_a_wrong_tangent():
+    right = examples(_square_prim(), dtype="float32")
     assert all(v.passed and t.passed and a.passed for v, t, a in right)
-    wrong_backward = all_examples(_square_prim(backward_factor=1.0), dtype="float32")
+    wrong_backward = examples(_square_prim(backward_factor=1.0), dtype="float32")
     assert all(not v.passed and t.passed and not a.passed for v, t, a in wrong_backward)
-    wrong_tangent = all_examples(_square_prim(tangent_factor=3.0), dtype="float32")
+    wrong_tangent = examples(_square_prim(tangent_factor=3.0), dtype="float32")
     assert all(v.passed and not t.passed and not a.passed for v, t, a in wrong_tangent)
 
 
 @pytest.mark.float32
-def test_all_examples_without_a_tangent_rule_checks_reverse_mode_only():
+def test_examples_without_a_tangent_rule_checks_reverse_mode_only():
     p = primitive(_square, lambda x, g: (2 * x * g,), save=lambda x, y: x, register=False,
                   examples=registry()["tanh"].examples)
-    results = all_examples(p, dtype="float32")
+    results = examples(p, dtype="float32")
     assert [(t, a) for _, t, a in results] == [(None, None)] * len(p.examples)
     assert all(v.passed for v, _, _ in results)
 

@@ -45,7 +45,7 @@ def test_registry_is_populated():
 @pytest.mark.parametrize("p", PRIMITIVES)
 def test_float64_rule_matches_autodiff_and_finite_differences(p):
     """Every example's rule under jit vs autodiff and finite differences, one program."""
-    reports = check.examples(p, dtype=jnp.float64)
+    reports = [r.vjp for r in check.examples(p, dtype=jnp.float64, checks=("vjp",))]
     assert len(reports) == len(p.examples)
     for i, report in enumerate(reports):
         assert report.passed, f"example {i}:\n{report}"

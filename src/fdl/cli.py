@@ -57,7 +57,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     import jax
 
-    from fdl.check.checks import all_examples
+    from fdl.check import examples
     from fdl.primitive import registry
 
     prims = registry()
@@ -74,7 +74,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     def run(p):
         with jax.enable_x64(x64):
-            return all_examples(p, dtype=args.dtype, seed=args.seed)
+            return examples(p, dtype=args.dtype, seed=args.seed)
 
     def forward_note(tangent, adjoint) -> str:
         if tangent is None:

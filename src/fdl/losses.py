@@ -307,9 +307,14 @@ def _huber_tangent(delta, reduction, r, t):
     return _reduce(jnp.clip(r, -delta, delta) * (dp - dt), reduction)
 
 
+def _huber_switches(pred, target, delta, reduction):
+    """Switches: `|r| ≤ δ`, where the quadratic meets the linear piece (`ℓ''` jumps)."""
+    return jnp.abs(pred - target) <= delta
+
+
 huber = primitive(
     huber, _huber_backward, save=_huber_save, static=("delta", "reduction"),
-    validate=_huber_validate,
+    validate=_huber_validate, switches=_huber_switches,
     tangent=_huber_tangent,
     examples=[Example((gaussian(4, 3, scale=2.0), gaussian(4, 3), 1.0, "mean")),
               Example((gaussian(8, scale=2.0), gaussian(8), 0.5, "sum"))],

@@ -11,12 +11,24 @@ The checks
   finite differences.
 * `model(loss_fn, params, *batch)` — a whole model's gradient with the manual
   rules vs pure autodiff, plus directional finite differences.
-* `examples(p, dtype=...)` — every registered example of a primitive, in one
-  compiled program (what `fdl check` runs).
-* `jvp(f, *args)`, `adjoint(p, *args)`, `hvp(f, *args)` and `forward_examples(p)` —
-  forward mode and second order (`fdl.check.forward`): a tangent rule vs autodiff vs
-  finite differences, the hand tangent rule against the hand backward
-  (`⟨u, J v⟩ = ⟨Jᵀu, v⟩`), and Hessian-vector products forward over reverse.
+* `jvp(f, *args)`, `adjoint(p, *args)` and `hvp(f, *args)` — forward mode and second
+  order (`fdl.check.forward`): a tangent rule vs autodiff vs finite differences, the
+  hand tangent rule against the hand backward (`⟨u, J v⟩ = ⟨Jᵀu, v⟩`), and
+  Hessian-vector products forward over reverse.
+* `examples(p, dtype=..., seed=...)` — every registered example of a primitive, its
+  `vjp`, `jvp` and `adjoint` checks (or those chosen with `checks=`), in one compiled
+  program (what `fdl check` runs).
+
+The modules: `report` (comparisons and the table), `arguments` (a call's arguments
+as named leaves), `fd` (finite differences: planning, evaluation, switching points),
+`rows` (what the checks share), `reverse` (`vjp`), `derivations` (`grad`,
+`jacobian`), `forward`, `models` (`model`) with `bisect`, and `registered` (the
+registry runner); each imports only those before it.
+
+A check compares a hand-written rule with autodiff. Given a function with no fdl
+primitive (`vjp`, `jvp`, `hvp`, `model`), or a derivation that is JAX's own
+(`grad(f, jax.grad(f), x)`), there is nothing to compare: the report says "compared
+nothing: no hand-written rule ran" and does not pass.
 
 Each returns a `Report`: one row per (argument or pytree leaf, reference) with
 the largest absolute and relative error, the worst element's index with both
@@ -81,11 +93,14 @@ cost). Random cotangents and directions are drawn on the host.
 
 from fdl.check import fd
 from fdl.check.bisect import Divergence, ModelReport
-from fdl.check.checks import examples, grad, jacobian, model, vjp
-from fdl.check.forward import adjoint, forward_examples, hvp, jvp
+from fdl.check.derivations import grad, jacobian
+from fdl.check.forward import adjoint, hvp, jvp
+from fdl.check.models import model
+from fdl.check.registered import Checked, examples
 from fdl.check.report import (AUTODIFF, FINITE_DIFFERENCES, CheckFailed, Comparison, Report,
                               compare, tolerance)
+from fdl.check.reverse import vjp
 
-__all__ = ["CheckFailed", "Comparison", "Divergence", "ModelReport", "Report", "adjoint", "compare", "examples", "fd",
-           "forward_examples", "grad", "hvp", "jacobian", "jvp", "model", "tolerance", "vjp",
-           "AUTODIFF", "FINITE_DIFFERENCES"]
+__all__ = ["CheckFailed", "Checked", "Comparison", "Divergence", "ModelReport", "Report",
+           "adjoint", "compare", "examples", "fd", "grad", "hvp", "jacobian", "jvp", "model",
+           "tolerance", "vjp", "AUTODIFF", "FINITE_DIFFERENCES"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +12,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fdl.primitive import Primitive, gradient_mode
+from fdl.modes import gradient_mode
+from fdl.primitive import Primitive
 
 
 @dataclass
@@ -99,14 +102,35 @@ def in_mode(fn: Callable, mode: str) -> Callable:
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
+# Compiled programs by the text of their lowering: a check run again on arguments of
+# the same shapes (another initialisation of the same model) skips XLA. Small: a check's
+# programs are small, and only the last few are likely to come back.
+_PROGRAMS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_KEEP = 16
+
+
 def compiled(fn: Callable, options: dict | None = None) -> Callable:
     """`fn` compiled for one call with options that compile fast (`options`, default
-    `_FAST_COMPILE`). Falls back to a plain `jax.jit` where a backend rejects them."""
+    `_FAST_COMPILE`). Falls back to a plain `jax.jit` where a backend rejects them.
+
+    The last `_KEEP` programs are kept, keyed by their lowered text (which holds the
+    constants `fn` closes over, so only the same computation matches) and the options:
+    the same check on new values of the same shapes compiles nothing."""
     def call(*args):
         lowered = jax.jit(fn).lower(*args)
-        try:
-            program = lowered.compile(_FAST_COMPILE if options is None else options)
-        except Exception:  # an unknown option on some backend: compile normally
-            program = lowered.compile()
+        opts = _FAST_COMPILE if options is None else options
+        key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), str(lowered.in_tree),
+               str(lowered.out_tree), tuple(sorted(opts.items())), jax.default_backend())
+        program = _PROGRAMS.get(key)
+        if program is None:
+            try:
+                program = lowered.compile(opts)
+            except Exception:  # an unknown option on some backend: compile normally
+                program = lowered.compile()
+            _PROGRAMS[key] = program
+            while len(_PROGRAMS) > _KEEP:
+                _PROGRAMS.popitem(last=False)
+        else:
+            _PROGRAMS.move_to_end(key)
         return program(*args)
     return call

@@ -12,8 +12,8 @@ wrong rule: every call nearer the loss agreed, so its input was right and its
 output is not.
 
 The taps cost nothing unless a check fails: they are traced only then, through
-`fdl.primitive.recording`, and the layer combinators name each call's layer path
-through `fdl.primitive.layer_scope`.
+`fdl.recording.recording`, and the layer combinators name each call's layer path
+through `fdl.recording.layer_scope`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 
 from fdl.check.arguments import compiled, in_mode
 from fdl.check.report import AUTODIFF, Comparison, Report, compare
-from fdl.primitive import Primitive, layer_path, recording
+from fdl.primitive import Primitive
+from fdl.recording import layer_path, recording
 
 _FLOOR = 100.0  # × ε × the call's largest cotangent: roundoff of a backward
 
@@ -131,7 +132,7 @@ class _Mismatch(Exception):
 
 
 class _Recorder:
-    """`recorder(p, args, run)` for `fdl.primitive.recording`: records each call and,
+    """`recorder(p, args, run)` for `fdl.recording.recording`: records each call and,
     given perturbations `eps[k] = (ε_args, ε_y)`, adds them to call `k`."""
 
     def __init__(self, eps: Sequence[tuple[list, list]] | None = None) -> None:

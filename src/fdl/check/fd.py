@@ -24,11 +24,26 @@ each pair of those an error estimate
 — the observed disagreement of two step sizes (truncation and rounding as they
 are at this point) plus the bound on rounding, `F` being the magnitude of `f`'s
 value (`|f|`, or `Σ|u||y|` for `⟨u, f(x)⟩`). The rung with the smallest `E_l` is
-used: a large step where `f` is smooth, a smaller one where it curves fast or a
-kink (ReLU at 0) lies within the larger steps. Its `E_l` is the estimated error of
-that finite difference; a check's tolerance against finite differences is
-`FD_SAFETY·E_l` plus the value's own rounding. Near a kink closer than the
-smallest rung no step is good; the estimate is then large and says so.
+used: a large step where `f` is smooth, a smaller one where it curves fast. Its
+`E_l` is the estimated error of that finite difference; a check's tolerance against
+finite differences is `FD_SAFETY·E_l` plus the value's own rounding.
+
+Switching points: steps that do not cross a kink
+------------------------------------------------
+A non-smooth primitive declares its switches (`fdl.primitive(..., switches=...)`:
+ReLU's `x > 0`, max-pool's arg-max per window), discrete values that change exactly
+where its derivative jumps. `probe` traces the differenced function once, abstractly,
+under `fdl.recording.recording` to see whether any primitive with switches is called.
+If one is, the ladder goes on down to the dtype's limit, `h ≥ 2·ε^{1/2}·s` (`LEVELS`
+rungs become 9 in float32, 18 in float64), and the compiled program evaluates
+every call's switches at the centre and at each stencil point: a rung whose `x ± h v`
+changes any switch value (a *flip*) is refused, and only the extrapolations whose
+three rungs flip none compete. A direction with no such triple down to the limit
+is *not differentiable within reach*: the check then says how many switching
+points the smallest step crosses and does not judge that direction against finite
+differences (autodiff still is). Switches computed inside a loop body, an inner
+`jit` or a `vmap` of the differenced function belong to another trace and are not
+seen (`Probe.hidden` counts those calls).
 
 Precision
 ---------
@@ -50,7 +65,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LEVELS = 5  # rungs of the step ladder h_0 … h_0/16
+from fdl.primitive import Primitive
+from fdl.recording import recording
+
+LEVELS = 5  # rungs of the step ladder h_0 … h_0/16 (a smooth function)
 FD_SAFETY = 4.0  # tolerance = FD_SAFETY × the estimated finite-difference error
 _ROUNDING = 3.0  # rounding of a Richardson pair: (8 + 1)/3 · ε·F/h
 _BATCH_ELEMENTS = 2 ** 22  # stencil rows × leaf elements evaluated in one vmap step
@@ -73,6 +91,110 @@ def rng(key: jax.Array | None, salt: int) -> np.random.Generator:
     return np.random.default_rng([*np.asarray(key, dtype=np.uint32).ravel().tolist(), salt])
 
 
+def levels(dtype: Any, switches: bool) -> int:
+    """Rungs of the ladder: `LEVELS` for a smooth function; with switching points,
+    enough halvings of `h_0 = 2·ε^{1/5}` that the last extrapolation (three rungs)
+    starts at the limit `2·ε^{1/2}` (9 rungs in float32, 18 in float64)."""
+    if not switches:
+        return LEVELS
+    eps = float(np.finfo(dtype).eps)
+    return max(LEVELS, 3 + int(np.floor(np.log2(eps ** 0.2 / eps ** 0.5))))
+
+
+# --------------------------------------------------------------------------- #
+# Switching points, seen through the recording hook
+# --------------------------------------------------------------------------- #
+
+
+def _trace() -> Any:
+    """The JAX trace in force (a private attribute: `None` where it is missing, and
+    then every switch is taken as belonging to the differenced function's trace)."""
+    try:
+        from jax._src import core
+        return core.trace_ctx.trace
+    except (ImportError, AttributeError):  # pragma: no cover - another JAX
+        return None
+
+
+class Switches:
+    """A recorder for `fdl.recording.recording`: counts the primitive calls traced
+    and keeps the switch values of those that declare them (`calls`, `values`: one
+    list of arrays per call with switches, `hidden`: calls with switches traced in an
+    inner trace — a loop body, an inner `jit` or `vmap` — whose values cannot leave it)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.values: list[jax.Array] = []
+        self.hidden = 0
+        self.names: set[str] = set()
+        self.trace = _trace()
+
+    def __call__(self, p: Primitive, full: tuple, run: Callable[[tuple], Any]) -> Any:
+        self.calls += 1
+        if p.switches is not None:
+            if _trace() is self.trace:
+                self.values += [jnp.asarray(s) for s in jax.tree_util.tree_leaves(p.switches(*full))]
+                self.names.add(p.name)
+            else:
+                self.hidden += 1
+        return run(full)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one abstract trace of a function saw: `calls` primitive calls, `switches`
+    switch arrays (of the primitives `names`), `hidden` calls whose switches are out of
+    reach (see `Switches`)."""
+
+    calls: int
+    switches: int
+    hidden: int
+    names: tuple[str, ...] = ()
+    out: Any = None  # the function's output shape and dtype (`jax.ShapeDtypeStruct`s)
+
+
+def probe(fun: Callable, *args: Any) -> Probe:
+    """Trace `fun(*args)` abstractly (`jax.eval_shape`: nothing is compiled or run)
+    under a `Switches` recorder."""
+    def traced(*a):
+        rec = Switches()
+        with recording(rec):
+            out = fun(*a)
+        found.append(rec)
+        return out
+
+    found: list[Switches] = []
+    out = jax.eval_shape(traced, *args)
+    rec = found[0]
+    return Probe(rec.calls, len(rec.values), rec.hidden, tuple(sorted(rec.names)), out)
+
+
+def _with_switches(fun: Callable) -> Callable:
+    """`fun(args) -> (out, switches)`: the switch values its primitive calls produced."""
+    def run(args):
+        rec = Switches()
+        with recording(rec):
+            out = fun(args)
+        return out, rec.values
+    return run
+
+
+def _flips(switches: list[jax.Array]) -> jax.Array:
+    """Per stencil row (all rows but the first, the centre): how many switch elements
+    differ from the centre's."""
+    total = None
+    for s in switches:
+        moved = (s[1:] != s[:1]).reshape(s.shape[0] - 1, -1)
+        count = jnp.sum(moved, axis=1, dtype=jnp.int32)
+        total = count if total is None else total + count
+    return total
+
+
+# --------------------------------------------------------------------------- #
+# The plan (host), the evaluation (traced), the derivatives (host)
+# --------------------------------------------------------------------------- #
+
+
 @dataclass
 class Plan:
     """Which leaves are differenced, and how (host data; nothing compiled).
@@ -81,9 +203,11 @@ class Plan:
     `"directions"`; `count[i]` the number of directions (`n` for elements);
     `random[i]` the random unit directions `(count, *x.shape)` of a `"directions"`
     leaf (the first replaced by the gradient's own when `gradient`); `dtypes[i]` the
-    dtype of the differences. `rows` holds one `(leaf, direction, point)` per
-    function evaluation, `point = 2l` for `+h_l` and `2l + 1` for `−h_l`, grouped by
-    leaf and direction; `batch` is the `lax.map` batch size (`None`: one `vmap`).
+    dtype of the differences; `levels[i]` the rungs of its ladder. `rows` holds one
+    `(leaf, direction, point)` per function evaluation, `point = 2l` for `+h_l` and
+    `2l + 1` for `−h_l`, grouped by leaf and direction; with `switches`, a first row
+    `(−1, 0, 0)` is the centre (nothing moved), whose switch values every other row's
+    are compared with. `batch` is the `lax.map` batch size (`None`: one `vmap`).
     """
 
     kinds: list[str | None]
@@ -93,6 +217,8 @@ class Plan:
     gradient: bool
     rows: np.ndarray
     batch: int | None
+    levels: list[int]
+    switches: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -104,11 +230,14 @@ class Plan:
 
 
 def plan(values: Sequence[jax.Array], max_fd_elements: int, directions: int,
-         key: jax.Array | None, enabled: bool, gradient: bool) -> Plan:
-    """Plan finite differences for the leaves `values`."""
+         key: jax.Array | None, enabled: bool, gradient: bool,
+         switches: bool = False) -> Plan:
+    """Plan finite differences for the leaves `values`; `switches`: the differenced
+    function calls a primitive with switching points (`probe`), so the ladders go down
+    to the dtype's limit and the program counts flips."""
     generator = rng(key, 2)
-    p = Plan([], [], [], [], gradient, np.zeros((0, 3), np.int32), None)
-    rows = []
+    p = Plan([], [], [], [], gradient, np.zeros((0, 3), np.int32), None, [], switches)
+    rows = [np.zeros((1, 3), np.int64) - np.array([[1, 0, 0]])] if switches else []
     for i, leaf in enumerate(values):
         dtype = fd_dtype(leaf.dtype)
         kind, count, random = None, 0, None
@@ -123,26 +252,30 @@ def plan(values: Sequence[jax.Array], max_fd_elements: int, directions: int,
         p.count.append(count)
         p.random.append(random)
         p.dtypes.append(dtype)
+        p.levels.append(levels(dtype, switches))
         if kind is not None:
-            d, pt = np.meshgrid(np.arange(count), np.arange(2 * LEVELS), indexing="ij")
+            d, pt = np.meshgrid(np.arange(count), np.arange(2 * p.levels[-1]), indexing="ij")
             rows.append(np.stack([np.full(d.size, i), d.ravel(), pt.ravel()], axis=1))
-    if rows:
-        p.rows = np.concatenate(rows).astype(np.int32)
-        per_row = sum(int(v.size) for v in values)
-        if p.rows.shape[0] * per_row > _BATCH_ELEMENTS:
-            p.batch = max(1, _BATCH_ELEMENTS // max(1, per_row))
+    if not p.enabled:
+        p.switches = False
+        return p
+    p.rows = np.concatenate(rows).astype(np.int32)
+    per_row = sum(int(v.size) for v in values)
+    if p.rows.shape[0] * per_row > _BATCH_ELEMENTS:
+        p.batch = max(1, _BATCH_ELEMENTS // max(1, per_row))
     return p
 
 
 def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
-             gradients: Sequence[jax.Array] | None = None) -> tuple:
+             gradients: Sequence[jax.Array] | None = None) -> tuple | None:
     """Traceable: `fun(leaves) -> (out, magnitude)` at every stencil point of `p`.
 
     `inputs` is `p.inputs()`, passed in as arguments of the compiled check;
     `gradients` the reference gradient per leaf (its direction is the first of a
     `"directions"` leaf), or `None`. Returns `((outs, magnitudes), steps,
-    directions)`: the outputs per row, the step ladder `(count, LEVELS)` and the
-    directions used per differenced leaf (`None` for elements).
+    directions, flips)`: the outputs per row, the step ladder `(count, levels)` and
+    the directions used per differenced leaf (`None` for elements), and with
+    `p.switches` the number of switch elements each row changes (else `None`).
     """
     if not p.enabled:
         return None
@@ -152,7 +285,7 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     steps, dirs = [], []
     for j, x in enumerate(xs):
         kind, dt = p.kinds[j], p.dtypes[j]
-        ladder = 2 * float(np.finfo(dt).eps) ** 0.2 * 0.5 ** np.arange(LEVELS)
+        ladder = 2 * float(np.finfo(dt).eps) ** 0.2 * 0.5 ** np.arange(p.levels[j])
         v = None
         if kind is None:
             steps.append(None)
@@ -189,11 +322,17 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
             args.append(jnp.where(leaf == j, moved, x))
         return fun(args)
 
+    one = _with_switches(at_row) if p.switches else at_row
     if p.batch is None:
-        out = jax.vmap(at_row)(rows)
+        out = jax.vmap(one)(rows)
     else:
-        out = jax.lax.map(at_row, rows, batch_size=p.batch)
-    return out, steps, dirs
+        out = jax.lax.map(one, rows, batch_size=p.batch)
+    flips = None
+    if p.switches:
+        out, switches = out
+        flips = _flips(switches) if switches else jnp.zeros(rows.shape[0] - 1, jnp.int32)
+        out = jax.tree_util.tree_map(lambda a: a[1:], out)
+    return out, steps, dirs, flips
 
 
 @dataclass
@@ -202,13 +341,20 @@ class Derivatives:
 
     `value`, `error`, `step`: the derivative along each direction, its estimated
     error and the step used, each `(count, *out_shape)`; `directions` the unit
-    directions `(count, *x.shape)`, or `None` for element by element.
+    directions `(count, *x.shape)`, or `None` for element by element. With switching
+    points: `avoided[k]` the switch elements the largest step `h_0` changes along
+    direction `k` (which the step used does not), and `crossed[k]` the number the
+    smallest step changes where no step is free of them (`0` where one is: a
+    direction with `crossed > 0` is not differentiable within reach and its `error`
+    is infinite); `None` without switching points.
     """
 
     value: np.ndarray
     error: np.ndarray
     step: np.ndarray
     directions: np.ndarray | None
+    avoided: np.ndarray | None = None
+    crossed: np.ndarray | None = None
 
 
 def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
@@ -217,28 +363,43 @@ def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
     out: list[Derivatives | None] = [None] * len(p.kinds)
     if evaluated is None:
         return out
-    (ys, mags), steps, dirs = evaluated
+    (ys, mags), steps, dirs, flips = evaluated
     ys, mags = np.asarray(ys, dtype=np.float64), np.asarray(mags, dtype=np.float64)
+    flips = None if flips is None else np.asarray(flips)
     out_shape = ys.shape[1:]
     start = 0
     for j, kind in enumerate(p.kinds):
         if kind is None:
             continue
-        c, n = p.count[j], p.count[j] * 2 * LEVELS
-        y = ys[start:start + n].reshape((c, LEVELS, 2) + out_shape)
-        magnitude = mags[start:start + n].reshape(c, 2 * LEVELS).max(axis=1)
+        c, lv = p.count[j], p.levels[j]
+        n = c * 2 * lv
+        y = ys[start:start + n].reshape((c, lv, 2) + out_shape)
+        magnitude = mags[start:start + n].reshape(c, 2 * lv).max(axis=1)
+        flipped = None if flips is None else flips[start:start + n].reshape(c, lv, 2).max(axis=2)
         start += n
         eps = float(np.finfo(p.dtypes[j]).eps)
-        h = np.asarray(steps[j], dtype=np.float64)  # (c, LEVELS)
+        h = np.asarray(steps[j], dtype=np.float64)  # (c, levels)
         expand = (slice(None), slice(None)) + (None,) * len(out_shape)
         d = (y[:, :, 0] - y[:, :, 1]) / (2 * h[expand])
-        r = (4 * d[:, 1:] - d[:, :-1]) / 3  # (c, LEVELS - 1, *out)
-        noise = _ROUNDING * eps * magnitude[:, None] / h[:, :-1]  # (c, LEVELS - 1)
+        r = (4 * d[:, 1:] - d[:, :-1]) / 3  # (c, levels - 1, *out)
+        noise = _ROUNDING * eps * magnitude[:, None] / h[:, :-1]  # (c, levels - 1)
         e = np.abs(r[:, :-1] - r[:, 1:]) + noise[:, :-1][expand]
         e = np.where(np.isnan(e), np.inf, e)
+        avoided = crossed = None
+        if flipped is not None:  # E_l uses rungs l, l+1, l+2: each must flip nothing
+            clean = flipped == 0
+            usable = clean[:, :-2] & clean[:, 1:-1] & clean[:, 2:]  # (c, levels - 2)
+            e = np.where(usable[expand], e, np.inf)
+            reachable = usable.any(axis=1)
+            avoided = np.where(reachable, flipped[:, 0], 0)
+            crossed = np.where(reachable, 0, np.maximum(flipped[:, -1], 1))
         best = np.argmin(e, axis=1)[:, None]
+        if flipped is not None:  # unreachable: the smallest rungs, infinite error
+            best = np.where(reachable.reshape((c,) + (1,) * (best.ndim - 1)), best,
+                            e.shape[1] - 1)
         pick = lambda a: np.take_along_axis(a, best, axis=1)[:, 0]  # noqa: E731
         hb = np.broadcast_to(h[:, :-2][expand], e.shape)
         out[j] = Derivatives(pick(r[:, :-1]), pick(e), pick(hb),
-                             None if dirs[j] is None else np.asarray(dirs[j], np.float64))
+                             None if dirs[j] is None else np.asarray(dirs[j], np.float64),
+                             avoided, crossed)
     return out

@@ -12,8 +12,9 @@
   same in autodiff mode vs finite differences of autodiff gradients along `v`. A
   backward that is right at first order but wrong in its own derivative (a residual
   treated as a constant) passes `vjp` and fails here.
-* `forward_examples(p)` — `jvp` and `adjoint` of every registered example of `p`, in
-  one compiled program (what `fdl check` runs beside `examples`).
+
+A function that calls no fdl primitive has no hand-written rule: its `jvp` and `hvp`
+reports say "compared nothing" and do not pass.
 
 Finite differences along `v` take two steps `h` and `h/2` (`h = ε^{1/3}·max(1, max|x|)`
 in the dtype they are taken in: float64 with x64 on, else the arguments'); the
@@ -33,9 +34,11 @@ import numpy as np
 from fdl.check import fd
 from fdl.check.arguments import Leaves, arg_names, compiled, in_mode, leaves_of, name_of
 from fdl.check.report import AUTODIFF, FINITE_DIFFERENCES, Comparison, Report, compare, tolerance
-from fdl.primitive import Primitive, gradient_mode
+from fdl.check.rows import NOTHING, no_rule
+from fdl.modes import gradient_mode
+from fdl.primitive import Primitive
 
-__all__ = ["adjoint", "forward_examples", "hvp", "jvp"]
+__all__ = ["adjoint", "hvp", "jvp"]
 
 
 def _prepare(f: Primitive | Callable, args: tuple, kwargs: dict, what: str
@@ -140,7 +143,7 @@ def _max_abs(tree: Any) -> float:
 # --------------------------------------------------------------------------- #
 
 
-def _forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
+def forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
                  finite_differences: bool, u: Any = None
                  ) -> tuple[Callable, tuple, Callable] | Report:
     """`(program, inputs, finish)`: `finish(outputs, rtol, fd_rtol, adj_rtol)` gives the
@@ -199,6 +202,20 @@ def _forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
     return program, (leaves.values, v, u), finish
 
 
+def _nothing(f: Primitive | Callable, args: tuple, kwargs: dict) -> str:
+    """`NOTHING` when `f` is a function that runs no hand-written rule (its manual and
+    autodiff modes are the same computation), else `""`."""
+    if isinstance(f, Primitive):
+        return ""
+    fn = lambda *a: f(*a, **kwargs)  # noqa: E731
+    try:
+        with gradient_mode("autodiff"):
+            seen = fd.probe(fn, *args)
+    except Exception:  # arguments eval_shape cannot take: assume a rule ran
+        return ""
+    return NOTHING if no_rule(fn, args, seen) else ""
+
+
 def _no_tangent(f: Any, what: str) -> Report | None:
     if isinstance(f, Primitive) and f.tangent is None:
         return Report(f"fdl.check.{what}: {f.name} — no tangent rule (reverse mode only; "
@@ -231,11 +248,13 @@ def jvp(f: Primitive | Callable, *args: Any, key: Any = None, rtol: float | None
     missing = _no_tangent(f, "jvp")
     if missing is not None:
         return missing
-    job = _forward_job(f, args, kwargs, key, finite_differences)
+    job = forward_job(f, args, kwargs, key, finite_differences)
     if isinstance(job, Report):
         return job
     program, inputs, finish = job
-    return finish(compiled(program)(*inputs), rtol, fd_rtol)[0]
+    report = finish(compiled(program)(*inputs), rtol, fd_rtol)[0]
+    report.problem = _nothing(f, args, kwargs)
+    return report
 
 
 def adjoint(f: Primitive | Callable, *args: Any, key: Any = None, rtol: float | None = None,
@@ -256,33 +275,11 @@ def adjoint(f: Primitive | Callable, *args: Any, key: Any = None, rtol: float | 
     missing = _no_tangent(f, "adjoint")
     if missing is not None:
         return missing
-    job = _forward_job(f, args, kwargs, key, False)
+    job = forward_job(f, args, kwargs, key, False)
     if isinstance(job, Report):
         return Report(job.title.replace("fdl.check.jvp", "fdl.check.adjoint"), [])
     program, inputs, finish = job
     return finish(compiled(program)(*inputs), adj_rtol=rtol)[1]
-
-
-def forward_examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
-                     finite_differences: bool = True) -> list[tuple[Report, Report]]:
-    """`(jvp report, adjointness report)` for every registered example of `p`, all
-    examples in one compiled program (example `i` drawn with seed `seed + i`)."""
-    from fdl.check.checks import draw
-
-    missing = _no_tangent(p, "jvp")
-    if missing is not None:
-        return [(missing, _no_tangent(p, "adjoint"))] * max(1, len(p.examples))
-    jobs = [_forward_job(p, a, k, None, finite_differences) for a, k in draw(p, dtype, seed)]
-    todo = [j for j in jobs if not isinstance(j, Report)]
-    outputs = iter(compiled(lambda inputs: [j[0](*i) for j, i in zip(todo, inputs)])(
-        [j[1] for j in todo]))
-    out = []
-    for j in jobs:
-        if isinstance(j, Report):
-            out.append((j, Report(j.title.replace("fdl.check.jvp", "fdl.check.adjoint"), [])))
-        else:
-            out.append(j[2](next(outputs)))
-    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -350,4 +347,5 @@ def hvp(f: Callable, *args: Any, v: Any = None, key: Any = None, rtol: float | N
                  list(d1) if finite_differences else none,
                  list(d2) if finite_differences else none, magnitude, leaves.values,
                  rtol=rtol, fd_rtol=fd_rtol, h=h1, finite_differences=finite_differences)
-    return Report(f"{title} (forward over reverse, random direction)", rows)
+    return Report(f"{title} (forward over reverse, random direction)", rows,
+                  _nothing(f, args, kwargs))

@@ -67,6 +67,9 @@ class Comparison:
       problem: why the values could not be compared or fail regardless of the
         tolerance (shape or dtype mismatch, non-finite values); `""` if none.
       step: the finite-difference step used at `index` (`None` for other rows).
+      note: what the row did not judge or had to avoid, which does not fail it
+        (finite differences that stepped around switching points, directions not
+        differentiable within reach); `""` if nothing.
     """
 
     name: str
@@ -83,6 +86,7 @@ class Comparison:
     passed: bool
     problem: str = ""
     step: float | None = None
+    note: str = ""
 
     def describe(self) -> str:
         """One sentence: where and by how much this row fails (or that it passed)."""
@@ -96,7 +100,8 @@ class Comparison:
             f"{self.reference:.12g} (abs err {self.max_abs:.3g}, rel err {self.max_rel:.3g}; "
             f"tolerance rtol {self.rtol:.1g}, atol {self.atol:.2g}{step})"
         )
-        return f"{text}; {self.problem}" if self.problem else text
+        text = f"{text}; {self.problem}" if self.problem else text
+        return f"{text}; {self.note}" if self.note else text
 
 
 def _idx(index: tuple | None) -> str:
@@ -107,15 +112,21 @@ def _idx(index: tuple | None) -> str:
 
 @dataclass
 class Report:
-    """The outcome of a check: a list of `Comparison` rows and a title."""
+    """The outcome of a check: a list of `Comparison` rows and a title.
+
+    `problem` says why the check fails whatever its rows say (`"compared nothing: no
+    hand-written rule ran"` when the two sides are the same computation); `""` if
+    nothing.
+    """
 
     title: str
     rows: list[Comparison]
+    problem: str = ""
 
     @property
     def passed(self) -> bool:
-        """True when every row passed (and there is at least one row)."""
-        return bool(self.rows) and all(r.passed for r in self.rows)
+        """True when every row passed, there is at least one row, and no `problem`."""
+        return bool(self.rows) and not self.problem and all(r.passed for r in self.rows)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -150,8 +161,12 @@ class Report:
         fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
         lines = [self.title, fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, body)]
         failures = self.failures
+        lines += [f"note: {r.name} vs {r.against}: {r.note}" for r in self.rows if r.note]
         if not self.rows:
             lines.append("FAILED: nothing was compared (no differentiable float argument)")
+        elif self.problem:
+            lines.append(f"FAILED: {self.problem}")
+            lines += ["  " + r.describe() for r in failures]
         elif failures:
             lines.append(f"FAILED: {len(failures)} of {len(self.rows)} comparisons")
             lines += ["  " + r.describe() for r in failures]

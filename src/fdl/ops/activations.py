@@ -60,8 +60,13 @@ def _relu_tangent(y, t):
     return jnp.where(y > 0, dx, jnp.zeros_like(dx))
 
 
+def _positive(x, *static):
+    """Switches: the sign of `x`, where `f'` jumps (ReLU, leaky ReLU) or `f''` does (ELU)."""
+    return x > 0
+
+
 relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"),
-                 tangent=_relu_tangent, examples=_SHAPES)
+                 tangent=_relu_tangent, examples=_SHAPES, switches=_positive)
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
@@ -93,6 +98,7 @@ leaky_relu = primitive(
     leaky_relu, _leaky_relu_backward, save=_save_x, static=("negative_slope",),
     validate=_leaky_relu_validate, tangent=_leaky_relu_tangent,
     examples=[Example((gaussian(4, 5), 0.01)), Example((gaussian(3, 2), 0.2))],
+    switches=_positive,
 )
 
 
@@ -293,4 +299,5 @@ def _elu_tangent(alpha, y, t):
 elu = primitive(
     elu, _elu_backward, save=_save_y, static=("alpha",), validate=_elu_validate,
     tangent=_elu_tangent, examples=[Example((gaussian(4, 5), 1.0)), Example((gaussian(2, 3), 0.5))],
+    switches=_positive,
 )

@@ -172,9 +172,16 @@ def _max_pool2d_tangent(window, stride, padding, residuals, t):
     return dy
 
 
+def _max_pool2d_switches(x, window, stride, padding):
+    """Switches: each window's arg-max offset, which moves where `∂Y/∂X` jumps."""
+    y = max_pool2d.forward(x, window, stride, padding)
+    return _max_pool2d_save(x, window, stride, padding, y)[0]
+
+
 max_pool2d = primitive(
     max_pool2d, _max_pool2d_backward, save=_max_pool2d_save,
     static=("window", "stride", "padding"), validate=_max_pool2d_validate,
+    switches=_max_pool2d_switches,
     tangent=_max_pool2d_tangent, examples=[
         Example((_distinct(2, 4, 4, 3), 2, None, "VALID")),
         Example((_distinct(2, 5, 5, 2), 3, 1, "SAME")),  # overlapping windows
