@@ -31,7 +31,7 @@ extensions = [
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "design.md", "**/.ipynb_checkpoints", "README.md"]
+exclude_patterns = ["_build", "_generated", "design.md", "**/.ipynb_checkpoints", "README.md"]
 
 # MyST: $…$ and $$…$$ maths, ::: fences, heading anchors for in-page links
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]

@@ -190,9 +190,32 @@ class _Converter:
             base += "^{" + "".join(sup) + "}"
         return base
 
+    def command(self) -> str:
+        """A TeX command written in the source (`\\frac{a}{b}`, `\\text{…}`,
+        `\\qquad`, `\\{`): kept, its brace arguments read as TeX groups (verbatim
+        for the text-like commands)."""
+        s, i = self.s, self.i
+        m = re.match(r"\\([A-Za-z]+|.)", s[i:])
+        if not m:
+            self.i += 1
+            return "\\"
+        name = m.group(1)
+        self.i += m.end()
+        out = "\\" + name
+        verbatim = name in VERBATIM_COMMANDS
+        while self.i < len(s) and s[self.i] == "{" and name.isalpha():
+            j = _matching(s, self.i, "{", "}")
+            inner = s[self.i + 1:j]
+            out += "{" + (_unicode_text(inner) if verbatim else to_tex(inner)) + "}"
+            self.i = j + 1
+        return out + (" " if name.isalpha() and not out.endswith("}") else "")
+
     def step(self) -> None:
         s, i = self.s, self.i
         c = s[i]
+        if c == "\\":
+            self.out.append(self.scripts(self.command()))
+            return
         if c == "√":
             self.i += 1
             while self.i < len(s) and s[self.i] == " ":
@@ -244,6 +267,16 @@ class _Converter:
             return
         self.i += 1
         self.out.append(SYMBOLS.get(c, c))
+
+
+VERBATIM_COMMANDS = {"text", "textrm", "texttt", "textit", "textbf", "operatorname",
+                     "mathrm", "mathbf", "mathit", "mathsf", "mathtt", "mathcal", "label"}
+
+
+def _unicode_text(text: str) -> str:
+    """The argument of `\\text{…}`: Unicode letters are fine there; maths symbols
+    that MathJax's text mode would not render are left to it anyway."""
+    return text.replace("−", "-")
 
 
 def _subscript_word(run: str) -> str:
