@@ -13,7 +13,8 @@ from conftest import normal
 import fdl
 from fdl import check, layers, losses
 from fdl.check.bisect import Divergence
-from fdl.primitive import layer_path, primitive
+from fdl.primitive import primitive
+from fdl.recording import layer_path
 
 
 # --- planted bugs --------------------------------------------------------------------

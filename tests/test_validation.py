@@ -359,7 +359,8 @@ import pathlib  # noqa: E402
 
 import fdl  # noqa: E402
 
-_ORDER = ["_validate", "random", "primitive", "ops", "losses", "check", "layers", "optim",
+_ORDER = ["_validate", "random", "modes", "recording", "_samplers", "_tangent", "primitive",
+          "hessian", "ops", "losses", "check", "layers", "optim",
           "data", "io", "train", "privacy", "parallel", "models", "cli"]
 
 
@@ -429,16 +430,13 @@ def test_activation_alias_is_deprecated_for_get_activation():
 
 
 @pytest.mark.float32
-def test_example_sampler_normal_is_deprecated_for_gaussian():
+def test_example_samplers_accept_a_key_or_a_seed():
     import fdl.primitive as P
 
-    with pytest.warns(DeprecationWarning, match=r"use fdl\.primitive\.gaussian"):
-        sampler = P.normal
-    assert sampler is P.gaussian
     x = P.gaussian(3, 2, scale=2.0)(jax.random.key(0), jnp.float32)
     assert x.shape == (3, 2) and x.dtype == jnp.float32
-    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
-        P.nothing  # noqa: B018
+    np.testing.assert_array_equal(P.gaussian(4)(7, jnp.float32), P.gaussian(4)(7, jnp.float32))
+    assert not hasattr(P, "normal")  # the old name of gaussian is gone, no shim
 
 
 @pytest.mark.float32

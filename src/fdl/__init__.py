@@ -21,7 +21,9 @@ Modules (data flows down this list; nothing imports anything above it):
 
 from fdl import check, data, io, layers, losses, ops, optim, privacy, random, train
 from fdl import primitive  # the module; build primitives with fdl.primitive.primitive(...)
-from fdl.primitive import Example, Primitive, gradient_mode, get_gradient_mode, hvp, registry
+from fdl.hessian import hvp
+from fdl.modes import gradient_mode, get_gradient_mode
+from fdl.primitive import Example, Primitive, registry
 
 __version__ = "0.1.0"
 

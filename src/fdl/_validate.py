@@ -6,7 +6,9 @@ given, and where it helps, the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from typing import Any
 
 import jax
@@ -36,10 +38,13 @@ def floating(fn: str, name: str, x: Any) -> None:
 
 
 def integer(fn: str, name: str, x: Any) -> None:
-    """`x` must be an integer array."""
+    """`x` must be an integer array (labels, ids)."""
+    if not hasattr(x, "shape") and not isinstance(x, int):
+        raise TypeError(f"{fn}: {name} must be an integer array, got {type(x).__name__}")
     dt = _dtype(x)
     if not jnp.issubdtype(dt, jnp.integer):
-        raise TypeError(f"{fn}: {name} must be an integer array, got dtype {dt}")
+        raise TypeError(f"{fn}: {name} must be an integer array, got dtype {dt}; "
+                        f"cast it first, e.g. {name}.astype(jnp.int32)")
 
 
 def ndim_at_least(fn: str, name: str, x: Any, n: int, what: str = "") -> None:
@@ -289,3 +294,223 @@ def int_at_least(fn: str, name: str, value: Any, minimum: int) -> int:
 def as_written(value: Any) -> str:
     """A scalar as users wrote it: `0.1` for a Python float, the float value for an array."""
     return repr(value) if isinstance(value, float) else repr(float(value))
+
+
+# ---------------------------------------------------------------------------
+# Declarative shape specs: one line per primitive, the messages written here once
+# ---------------------------------------------------------------------------
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
+_MARKERS = ("int", "optional")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Term:
+    coefficient: int
+    name: str | None  # None: a literal size
+
+
+@dataclasses.dataclass(frozen=True)
+class _Arg:
+    """One argument's spec, parsed from its pattern (see `shapes`)."""
+
+    name: str
+    written: str  # the pattern as written, shown in messages
+    integer: bool
+    optional: bool
+    tokens: tuple[tuple[_Term, ...] | None, ...]  # None: the ellipsis
+
+    @property
+    def ellipsis(self) -> int | None:
+        return self.tokens.index(None) if None in self.tokens else None
+
+
+def _parse(name: str, pattern: str) -> _Arg:
+    dims, _, _note = pattern.partition(",") if "," in pattern else pattern.partition(":")
+    words = dims.split()
+    markers = [w for w in words if w in _MARKERS]
+    body = "".join(w for w in words if w not in _MARKERS).replace("...", "…")
+    tokens: list[tuple[_Term, ...] | None] = []
+    for text in body.split("×") if body else []:
+        if text == "…":
+            tokens.append(None)
+            continue
+        terms = []
+        for part in text.split("+"):
+            m = re.fullmatch(r"(\d*)(.*)", part)
+            if not part or (not m[1] and not m[2]):
+                raise ValueError(f"shapes: cannot read {text!r} in {name}={pattern!r}")
+            terms.append(_Term(int(m[1] or 1), m[2] or None) if m[2] else _Term(int(m[1]), None))
+        tokens.append(tuple(terms))
+    if tokens.count(None) > 1:
+        raise ValueError(f"shapes: at most one … in {name}={pattern!r}")
+    written = re.sub(r"^\s*((int|optional)\s+)+", "", pattern).strip()
+    return _Arg(name, written, "int" in markers, "optional" in markers, tuple(tokens))
+
+
+def _simple(token: tuple[_Term, ...]) -> str | None:
+    """The dimension a token binds (`"d_in"`), or None for a sum, multiple or literal."""
+    (t,) = token if len(token) == 1 else (None,)
+    return t.name if t is not None and t.coefficient == 1 and t.name else None
+
+
+def _text(token: tuple[_Term, ...]) -> str:
+    return "+".join(f"{t.coefficient if t.coefficient != 1 or not t.name else ''}"
+                    f"{t.name or ''}" for t in token)
+
+
+class Shapes:
+    """A primitive's argument specs (built by `shapes`); `spec(**arguments) -> dims`
+    checks the arguments it names and returns the sizes bound to the dimension names.
+    """
+
+    def __init__(self, fn: str, args: dict[str, str]) -> None:
+        self.fn = fn
+        self.args = tuple(_parse(n, p) for n, p in args.items())
+        self.names = tuple(a.name for a in self.args)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{a.name}={a.written!r}" for a in self.args)
+        return f"shapes({self.fn!r}, {inner})"
+
+    def __call__(self, **arguments: Any) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        owner: dict[str, tuple[str, tuple[int, ...], int, _Arg]] = {}  # dim -> who bound it
+        lead: tuple[str, tuple[int, ...], _Arg, tuple[int, ...]] | None = None
+        for arg in self.args:
+            if arg.name not in arguments:
+                continue
+            x = arguments[arg.name]
+            if x is None and arg.optional:
+                continue
+            (integer if arg.integer else floating)(self.fn, arg.name, x)
+            shape = tuple(int(d) for d in jnp.shape(x))
+            self._rank(arg, shape)
+            e = arg.ellipsis
+            sizes = self._positions(arg, shape)  # token index -> size
+            if e is not None:
+                covered = shape[e:len(shape) - (len(arg.tokens) - e - 1)]
+                if lead is None:
+                    lead = (arg.name, shape, arg, covered)
+                elif covered != lead[3]:
+                    self._lead_mismatch(lead, arg, shape)
+            for i, token in enumerate(arg.tokens):
+                if token is None:
+                    continue
+                expected = self._value(token, dims)
+                if expected is None:  # first sight of a name: bind it
+                    name = _simple(token)
+                    if name is not None:
+                        dims[name] = sizes[i]
+                        owner[name] = (arg.name, shape, self._index(arg, i), arg)
+                    continue
+                if expected != sizes[i]:
+                    self._mismatch(arg, shape, i, token, dims, owner, lead)
+        return dims
+
+    # pieces -------------------------------------------------------------------------
+    def _rank(self, arg: _Arg, shape: tuple[int, ...]) -> None:
+        named = len(arg.tokens) - (arg.ellipsis is not None)
+        if arg.ellipsis is not None and len(shape) < named:
+            raise ValueError(f"{self.fn}: {arg.name} must have at least {named} dimension(s) "
+                             f"({arg.written}), got shape {shape}")
+        if arg.ellipsis is None and len(shape) != named:
+            what = f" ({arg.written})" if arg.written else ", a scalar"
+            raise ValueError(f"{self.fn}: {arg.name} must have {named} dimension(s){what}, "
+                             f"got shape {shape}")
+
+    @staticmethod
+    def _index(arg: _Arg, i: int) -> int:
+        """Token `i`'s axis, negative when it follows the ellipsis."""
+        e = arg.ellipsis
+        return i if e is None or i < e else i - len(arg.tokens)
+
+    def _positions(self, arg: _Arg, shape: tuple[int, ...]) -> dict[int, int]:
+        return {i: shape[self._index(arg, i)] for i, t in enumerate(arg.tokens) if t is not None}
+
+    @staticmethod
+    def _value(token: tuple[_Term, ...], dims: dict[str, int]) -> int | None:
+        if any(t.name is not None and t.name not in dims for t in token):
+            return None
+        return sum(t.coefficient * (dims[t.name] if t.name else 1) for t in token)
+
+    @staticmethod
+    def _axis_words(arg: _Arg, index: int, ndim: int) -> str:
+        if index < 0 or (arg.ellipsis is None and index == ndim - 1 and ndim > 1):
+            k = -index if index < 0 else 1
+            return "last" if k == 1 else f"{_ORDINALS[k - 1]} to last"
+        return _ORDINALS[index] if index < len(_ORDINALS) else f"#{index + 1}"
+
+    def _lead_mismatch(self, lead: tuple, arg: _Arg, shape: tuple[int, ...]) -> None:
+        a_name, a_shape, a_arg, _ = lead
+        if len(a_arg.tokens) == 1 and len(arg.tokens) == 1:  # both "…": the same shape
+            raise ValueError(f"{self.fn}: {a_name} and {arg.name} must have the same shape, got "
+                             f"{a_name} {a_shape} and {arg.name} {shape}")
+        where = ("leading (batch) dimensions" if a_arg.ellipsis == 0 and arg.ellipsis == 0
+                 else "dimensions at …")
+        raise ValueError(f"{self.fn}: {a_name} {a_shape} and {arg.name} {shape} must share their "
+                         f"{where} ({a_name}: {a_arg.written}, {arg.name}: {arg.written})")
+
+    def _mismatch(self, arg: _Arg, shape: tuple[int, ...], i: int, token: tuple[_Term, ...],
+                  dims: dict[str, int], owner: dict, lead: tuple | None) -> None:
+        names = [t.name for tok in arg.tokens if tok is not None for t in tok if t.name]
+        binders = [owner[n] for n in dict.fromkeys(names) if n in owner and owner[n][0] != arg.name]
+        sources = " and ".join(dict.fromkeys(f"{b[0]} {b[1]}" for b in binders))
+        values = [self._value(t, dims) if t is not None else None for t in arg.tokens]
+        if all(v is not None for v, t in zip(values, arg.tokens) if t is not None) and (
+                arg.ellipsis is None or (lead is not None and lead[0] != arg.name)):
+            e = arg.ellipsis
+            expected = tuple(values) if e is None else (
+                tuple(values[:e]) + lead[3] + tuple(values[e + 1:]))
+            raise ValueError(f"{self.fn}: {arg.name} must have shape {expected} ({arg.written}) "
+                             f"for {sources}, got {shape}")
+        index = self._index(arg, i)
+        name = _simple(token)
+        if name is not None:
+            a_name, a_shape, a_index, a_arg = owner[name]
+            raise ValueError(
+                f"{self.fn}: {a_name} has {name} = {dims[name]} (shape {a_shape}) but {arg.name} "
+                f"has {name} = {shape[index]} (shape {shape}); the "
+                f"{self._axis_words(a_arg, a_index, len(a_shape))} dimension of {a_name} must "
+                f"equal the {self._axis_words(arg, index, len(shape))} of {arg.name}")
+        terms = [t for t in token if t.name]
+        worked = "+".join(f"{t.coefficient if t.coefficient != 1 else ''}{dims[t.name]}"
+                          for t in terms)
+        raise ValueError(
+            f"{self.fn}: {arg.name} must have {_text(token)} = "
+            f"{worked + ' = ' if len(terms) > 1 or terms[0].coefficient != 1 else ''}"
+            f"{self._value(token, dims)} in its {self._axis_words(arg, index, len(shape))} "
+            f"dimension for {sources}, got shape {shape} ({arg.written})")
+
+
+def shapes(fn: str, /, **args: str) -> Shapes:
+    """A declarative spec of array arguments' shapes and dtypes, for `primitive(spec=…)`.
+
+    `shapes("linear", x="…×d_in", w="d_in×d_out", b="d_out")` says that `w` is a
+    matrix, `b` a vector, `x` has at least one dimension, and the sizes with the same
+    name agree: the last of `x`, the first of `w`; the second of `w` and the size of `b`.
+    A pattern is dimensions joined by `×`:
+
+    * a name (`d_in`, `H`, `d̄`) binds the size where it first appears (arguments are
+      checked in the order given) and must match it everywhere after;
+    * `…` stands for any number of dimensions (at most one per pattern); the `…` of
+      all arguments must stand for the same dimensions (the shared batch axes);
+    * a multiple or a sum of names already bound (`4H`, `d+d̄`) or a literal (`2`)
+      is checked, never bound; `""` is a scalar;
+    * the words `int` (an integer array: labels, ids) and `optional` (`None` is
+      allowed) may lead; every other argument must be floating-point;
+    * text after a comma or colon is a note shown with the pattern
+      (`"V×d: one row per id"`).
+
+    Arguments the spec does not name are not checked by it (static arguments,
+    masks that broadcast). Messages name the function, the argument, what was
+    expected and what was given:
+
+    * `linear: w must have 2 dimension(s) (d_in×d_out), got shape (3,)`
+    * `linear: x has d_in = 3 (shape (5, 3)) but w has d_in = 4 (shape (4, 4)); the
+      last dimension of x must equal the first of w`
+    * `linear: b must have shape (5,) (d_out) for w (3, 5), got (4,)`
+    """
+    if not args:
+        raise ValueError(f"shapes: {fn}: name at least one argument")
+    return Shapes(fn, args)

@@ -48,7 +48,7 @@ from fdl._validate import first_out_of_range
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer, apply_updates
-from fdl.primitive import get_gradient_mode
+from fdl.modes import get_gradient_mode
 
 __all__ = [
     "History",

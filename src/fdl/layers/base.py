@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fdl.primitive import layer_scope
+from fdl.recording import layer_scope
 
 
 __all__ = ["PROBE", "Layer", "has_probe", "install_probe", "parallel", "residual", "serial",
