@@ -61,7 +61,7 @@ This is the shape of the JAX ecosystem's gradient transformations (an
 can be passed to code written for them, and theirs composed with `chain`.
 """
 
-from fdl.optim import blocks, hyperparams, methods, optimizers, registry, schedules, transforms
+from fdl.optim import blocks, hyperparams, methods, optimizers, registry, schedules, transforms, wrappers
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
 from fdl.optim.blocks import *  # noqa: F403
 from fdl.optim.hyperparams import *  # noqa: F403
@@ -70,6 +70,7 @@ from fdl.optim.optimizers import *  # noqa: F403
 from fdl.optim.registry import *  # noqa: F403
 from fdl.optim.schedules import *  # noqa: F403
 from fdl.optim.transforms import *  # noqa: F403
+from fdl.optim.wrappers import *  # noqa: F403
 
 __all__ = [
     "Optimizer",
@@ -82,6 +83,7 @@ __all__ = [
     *methods.__all__,
     *transforms.__all__,
     *blocks.__all__,
+    *wrappers.__all__,
     *hyperparams.__all__,
     *schedules.__all__,
 ]
