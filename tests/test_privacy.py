@@ -317,6 +317,16 @@ def _scale_layer():
     return Layer(init, apply, "scale")
 
 
+def _bare_array():
+    """A layer whose params are a bare array, not a dict of arrays."""
+    def init(key, shape):
+        return tuple(shape), jnp.ones(shape[-1:]), {}
+
+    def apply(params, state, x, *, key=None, train=False):
+        return x * params[None], state
+    return Layer(init, apply, "bare")
+
+
 def _hand_dense(features):
     """Dense-shaped params {'w', 'b'}, but not fdl.layers.Dense (probe ignored)."""
     dense = L.Dense(features)
@@ -360,11 +370,16 @@ def _merge_batch():
 
 ERRORS = [
     ("unsupported", lambda: L.serial(L.Dense(4), _scale_layer(), L.Dense(3)),
-     r"params\['scale_1'\]\['scale'\] \(shape \(4,\)\) belongs to a layer the ghost-norm "
-     r"path does not support.*would be\s+missed.*fdl.train.per_example_grads"),
+     r"the layer with params\['scale_1'\] belongs to a layer that has no ghost-norm rule "
+     r"\(it does not read the probe; rules exist for Dense, Conv1D.*would not be counted; "
+     r"use fdl.train.per_example_grads"),
     ("not-dense", lambda: L.serial(L.Dense(4), L.Tanh(), _hand_dense(3)),
-     r"the layer with params\['hand_dense_2'\] looks like a Dense layer's.*does not apply "
-     r"fdl.layers.Dense"),
+     r"the layer with params\['hand_dense_2'\] belongs to a layer that has no ghost-norm rule"),
+    ("batch-norm", lambda: L.serial(L.Dense(4), L.BatchNorm(), L.Dense(3)),
+     r"the layer with params\['batch_norm_1'\] belongs to a layer that has no ghost-norm rule"),
+    ("bare-array", lambda: L.serial(L.Dense(4), _bare_array(), L.Dense(3)),
+     r"params\['bare_1'\] \(shape \(4,\)\) is not held in a layer's params dict.*the norm "
+     r"would be wrong; use fdl.train.per_example_grads"),
     ("shared", lambda: L.serial(_twice(4), L.Dense(3)),
      r"the layer with params\['twice_0'\] is used 2 times \(shared weights\)"),
     ("scan", lambda: L.serial(_scanned(4), L.Dense(3)),

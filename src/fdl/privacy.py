@@ -11,11 +11,14 @@ The contract
     updates, opt_state = optimizer.update(out.grads, opt_state, params)
     params = fdl.optim.apply_updates(params, updates)
 
-* `model` is a `fdl.layers.Layer` whose parameters all belong to
-  `fdl.layers.Dense` layers (on `N×d_in` or sequence `N×T×d_in` inputs);
-  parameter-free layers (activations, Flatten, Dropout) and the combinators
-  `serial`/`parallel`/`residual` may be used freely. Any other parameter, a
-  Dense layer applied twice (shared weights) or inside a loop, raises
+* `model` is a `fdl.layers.Layer` whose parameters all belong to layers with a
+  ghost-norm rule: `Dense` (on `N×d_in` or sequence `N×T×d_in` inputs),
+  `Conv1D`, `Conv2D`, `Embedding`, `LayerNorm`, `RMSNorm`,
+  `MultiHeadAttention`, `RNN`, `LSTM`, `GRU` (`fdl.ops.ghost_linear` and
+  `fdl.ops.ghost`); parameter-free layers (activations, pools, Flatten,
+  Dropout) and the combinators `serial`/`parallel`/`residual` may be used
+  freely. Any other parameter (BatchNorm's, whose batch statistics mix the
+  examples), a layer applied twice (shared weights) or inside a loop, raises
   `ValueError` naming the parameter — never a silently wrong norm. Use
   `fdl.train.per_example_grads` (`vmap`) for other models.
 * `loss(outputs, y) -> ℓ ∈ ℝ^N` gives one loss per example (default: softmax
@@ -31,12 +34,14 @@ Symbols: `N` examples, `θ` all parameters, `gᵢ = ∇_θ ℓᵢ` the per-examp
 gradient, `C` = `clip_norm`, `σ` = `noise_multiplier`.
 
 1. *Ghost norms* — one forward and one backward of `L = Σᵢ ℓᵢ`, no per-example
-   gradient formed. Every Dense layer gets a zero `probe ∈ ℝ^N` (installed with
-   `fdl.layers.base.install_probe`, the slot the layers expose) and runs
-   `fdl.ops.ghost_linear`, whose backward has the layer's input `X` and
+   gradient formed. Every layer with parameters gets a zero `probe ∈ ℝ^N`
+   (installed with `fdl.layers.base.install_probe`, the slot the layers expose)
+   and runs its ghost primitive, whose backward has the layer's input `X` and
    output cotangent `G = ∂L/∂Y` (`Gᵢ = ∂ℓᵢ/∂Yᵢ`) and returns, as the probe's
-   cotangent, `‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖² = ‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²` (for sequences
-   `⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²`). Then `‖gᵢ‖ = (Σ_layers ·)^{1/2}`.
+   cotangent, the layer's `Σ_θ ‖∂ℓᵢ/∂θ‖²`: for Dense
+   `‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²`, for a weight used at `T` positions (sequences,
+   unfolded convolutions, recurrent steps) `⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²`
+   (`fdl.ops.ghost` derives each). Then `‖gᵢ‖ = (Σ_layers ·)^{1/2}`.
 2. *Clip factors* `cᵢ = min(1, C/‖gᵢ‖)`, so `‖cᵢ gᵢ‖ ≤ C` (Abadi et al.'s
    `gᵢ / max(1, ‖gᵢ‖/C)`).
 3. *Clipped sum* by a second backward, of `Σᵢ cᵢ ℓᵢ` with the `cᵢ` held constant
@@ -46,8 +51,9 @@ gradient, `C` = `clip_norm`, `σ` = `noise_multiplier`.
    explicit `key`, independently for every parameter. (Abadi et al. divide by the
    expected lot size `L`; here the lot is the batch, `L = N`.)
 
-Cost: one forward and two backwards, about 1.5 ordinary steps, against `N`
-materialised gradients of `|θ|` numbers each for `vmap`. Because each clipped
+Cost: one forward and two backwards (the first needs no parameter gradients, the
+second no norms; XLA drops what is unused), about 1.5 ordinary steps plus the
+norms, against `N` materialised gradients of `|θ|` numbers each for `vmap`. Because each clipped
 gradient has norm `≤ C`, the sum changes by at most `C` when one example is
 added or removed, and Gaussian noise of standard deviation `σC` makes the step
 `(ε, δ)`-differentially private; accounting for `ε` over many steps (the moments
@@ -102,7 +108,7 @@ def _per_example_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Arr
 
 
 # --------------------------------------------------------------------------- #
-# Probes: where they go, and proof that each is used exactly once by Dense
+# Probes: where they go, and proof that each is used exactly once by a ghost rule
 # --------------------------------------------------------------------------- #
 
 
@@ -110,27 +116,30 @@ def _where(path: tuple) -> str:
     return "params" + "".join(f"[{k!r}]" for k in path)
 
 
-def _is_dense(node: dict) -> bool:
-    if set(node) != {"w", "b"}:
-        return False
-    w, b = node["w"], node["b"]
-    return (hasattr(w, "ndim") and hasattr(b, "ndim") and w.ndim == 2 and b.ndim == 1
-            and jnp.issubdtype(w.dtype, jnp.floating) and tuple(b.shape) == (w.shape[1],))
+_SUPPORTED = ("Dense, Conv1D, Conv2D, Embedding, LayerNorm, RMSNorm, MultiHeadAttention, "
+              "RNN, LSTM, GRU")
+
+
+def _is_layer(node: dict) -> bool:
+    """A layer's own params: a non-empty dict of arrays, at least one floating."""
+    leaves = list(node.values())
+    return (bool(leaves) and all(hasattr(a, "ndim") and hasattr(a, "dtype") for a in leaves)
+            and any(jnp.issubdtype(a.dtype, jnp.floating) for a in leaves))
 
 
 def _unsupported(fn: str, path: str, leaf: Any, more: int) -> ValueError:
     also = f" ({more} more such parameter(s))" if more else ""
     return ValueError(
-        f"{fn}: {path} (shape {tuple(leaf.shape)}) belongs to a layer the ghost-norm path "
-        "does not support: only fdl.layers.Dense parameters {'w': (d_in, d_out), "
-        "'b': (d_out,)} are counted, so this parameter's per-example gradient would be "
-        f"missed and the norm would be wrong{also}; {_FALLBACK}")
+        f"{fn}: {path} (shape {tuple(jnp.shape(leaf))}) is not held in a layer's params dict "
+        "(a dict of arrays, as every fdl.layers layer keeps them), so no ghost-norm rule "
+        f"can count its per-example gradient and the norm would be wrong{also}; {_FALLBACK}")
 
 
 def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
-    """`params` with a zero `probe ∈ ℝ^N` added to every Dense layer's dict.
+    """`params` with a zero `probe ∈ ℝ^N` added to every layer's params dict (a dict
+    of arrays); whether the layer reads it is checked by `_check_probe_uses`.
 
-    Raises `ValueError` for any float leaf outside a Dense layer's dict.
+    Raises `ValueError` for any float leaf outside such a dict.
     """
     bad: list[tuple[str, Any]] = []
 
@@ -139,7 +148,7 @@ def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
             if PROBE in node:
                 raise ValueError(f"{fn}: {_where(path)} already holds a {PROBE!r} entry; "
                                  "pass the model's own params (the probes are added here)")
-            if _is_dense(node):
+            if _is_layer(node):
                 return install_probe(node, n)
             return {k: walk(c, path + (k,)) for k, c in node.items()}
         for p, leaf in jax.tree_util.tree_flatten_with_path(node)[0]:
@@ -171,9 +180,9 @@ def _consumers(jaxpr: Any, var: Any) -> list[str]:
 
 
 def _check_probe_uses(fn: str, losses_of: Callable, probed: PyTree) -> None:
-    """Each probe must be read once, by `ghost_linear`: not ignored (a layer that is
-    not Dense but has Dense-shaped params), not twice (shared weights: ‖a + b‖ is not
-    ‖a‖ + ‖b‖), not inside a loop or conditional (the same, per iteration)."""
+    """Each probe must be read once, by a ghost rule: not ignored (a layer without a
+    ghost-norm rule), not twice (shared weights: ‖a + b‖ is not ‖a‖ + ‖b‖), not
+    inside a loop or conditional (the same, per iteration)."""
     closed = jax.make_jaxpr(lambda p: losses_of(p)[0])(probed)
     leaves = jax.tree_util.tree_flatten_with_path(probed)[0]
     for (path, _), var in zip(leaves, closed.jaxpr.invars):
@@ -184,8 +193,9 @@ def _check_probe_uses(fn: str, losses_of: Callable, probed: PyTree) -> None:
         if len(uses) == 1 and uses[0] in _RULES:
             continue
         if not uses:
-            why = ("looks like a Dense layer's ({'w', 'b'}) but its layer does not apply "
-                   "fdl.layers.Dense, so its per-example gradient would not be counted")
+            why = ("belongs to a layer that has no ghost-norm rule (it does not read the "
+                   f"probe; rules exist for {_SUPPORTED}), so its per-example gradient "
+                   "would not be counted")
         elif len(uses) > 1:
             why = (f"is used {len(uses)} times (shared weights): its per-example gradient "
                    "is a sum over the uses, whose norm is not given by the uses' norms")
@@ -267,7 +277,8 @@ def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, 
     per-example gradients (ghost norms: step 1 in `fdl.privacy`).
 
     Args:
-      model: a `fdl.layers.Layer` whose parameters are all Dense layers'.
+      model: a `fdl.layers.Layer` whose parameters all belong to layers with a
+        ghost-norm rule (see `fdl.privacy`).
       params, state: the model's parameters and state.
       x, y: a batch (axis 0 of `x` indexes the `N` examples) and its targets.
       loss: `loss(outputs, y) -> (N,)` per-example losses.
@@ -278,7 +289,7 @@ def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, 
 
     Raises:
       ValueError: a parameter the ghost-norm path does not count, a shared or looped
-        Dense layer, or a loss that does not return one value per example.
+        layer, or a loss that does not return one value per example.
     """
     _, norms, _, _ = _ghost_pass("per_example_grad_norms", model, params, state, x, y,
                                  loss, key, train)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape
+from fdl.ops import ghost
+from fdl.layers.base import PROBE, Layer, Shape, has_probe
 from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = ["LuongAttention", "MultiHeadAttention"]
@@ -91,6 +92,11 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
         _check_features(fn, "x_kv", x_kv, params["wk"].shape[0], "S, d_kv")
         weights = {n: params[n] for n in ("wq", "wk", "wv", "wo")}
         biases = {n: params[n] for n in ("bq", "bk", "bv", "bo") if n in params}
+        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            y = ghost.ghost_multi_head_attention(x_q, x_kv, **weights, probe=params[PROBE],
+                                                 num_heads=num_heads, mask=mask,
+                                                 causal=causal, **biases)
+            return y, state
         y = ops.multi_head_attention(x_q, x_kv, **weights, num_heads=num_heads, mask=mask,
                                      causal=causal, **biases)
         return y, state

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape, stateless
+from fdl.ops import ghost
+from fdl.layers.base import PROBE, Layer, Shape, has_probe, stateless
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import Padding, explicit_padding
 
@@ -43,6 +44,7 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
     v.padding(fn, padding, nd)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
     op = ops.conv2d if nd == 2 else ops.conv1d
+    ghost_op = ghost.ghost_conv2d if nd == 2 else ghost.ghost_conv1d  # with a probe
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         shape = v.input_shape(fn, input_shape, f"({', '.join(layout)})", rank=len(layout))
@@ -60,6 +62,8 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
                 f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
                 f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
                 "input_shape passed to init")
+        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            return ghost_op(x, params["w"], params["b"], params[PROBE], s, padding, d)
         return op(x, params["w"], params["b"], s, padding, d)
 
     return stateless(fn.lower(), apply, init=init)

@@ -19,7 +19,8 @@ from jax import lax
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape, stateless
+from fdl.ops import ghost
+from fdl.layers.base import PROBE, Layer, Shape, has_probe, stateless
 
 __all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
@@ -103,6 +104,9 @@ def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("LayerNorm", x, params["gamma"].shape[0], "features")
+        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            return ghost.ghost_layer_norm(x, params["gamma"], params["beta"], params[PROBE],
+                                          eps)
         return ops.layer_norm(x, params["gamma"], params["beta"], eps)
 
     return stateless("layer_norm", apply, init=init)
@@ -123,6 +127,8 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("RMSNorm", x, params["gamma"].shape[0], "features")
+        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            return ghost.ghost_rms_norm(x, params["gamma"], params[PROBE], eps)
         return ops.rms_norm(x, params["gamma"], eps)
 
     return stateless("rms_norm", apply, init=init)

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape
+from fdl.ops import ghost
+from fdl.layers.base import PROBE, Layer, Shape, has_probe
 from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = ["GRU", "LSTM", "RNN"]
@@ -60,7 +61,13 @@ def _sequence_layer(name: str, hidden: int, gates: int, bias_names: tuple[str, .
                 "input_shape passed to init")
         if initial_state is None:
             initial_state = zero_state(jnp.zeros(x.shape[:-2] + (hidden,), params["wh"].dtype))
-        hs, final = run(x, initial_state, params, reverse=reverse)
+        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            ghost_run = {"RNN": ghost.ghost_rnn, "LSTM": ghost.ghost_lstm, "GRU": ghost.ghost_gru}
+            hs, final = ghost_run[name](x, initial_state, params["wx"], params["wh"],
+                                        *(params[n] for n in bias_names), params[PROBE],
+                                        reverse=reverse)
+        else:
+            hs, final = run(x, initial_state, params, reverse=reverse)
         if return_sequences:
             return hs, state
         return (final[0] if isinstance(final, (tuple, list)) else final), state
