@@ -82,6 +82,35 @@ TABLE = [
         np_one_cycle(0.5, 10, 0.5, 10.0, 100.0, "linear"),
     ),
 ]
+
+
+def np_sgdr(init, t0, mult, alpha):
+    def lr(t):
+        start, period = 0, t0
+        while t >= start + period:
+            start, period = start + period, period * mult
+        return np_cosine(init, alpha * init, (t - start) / period)
+
+    return lr
+
+
+def np_join(t):
+    # linear warm-up 0 -> 1 over 4 steps until step 4, then exponential decay on its own clock
+    # until 10, then a constant
+    if t < 4:
+        return 1.0 * min(t, 4) / 4
+    if t < 10:
+        return 2.0 * 0.5 ** ((t - 4) / 2)
+    return 0.05
+
+
+TABLE += [
+    ("sgdr", optim.sgdr_schedule(1.0, 5, alpha=0.1), np_sgdr(1.0, 5, 1, 0.1)),
+    ("sgdr_doubling", optim.sgdr_schedule(0.5, 3, period_mult=2), np_sgdr(0.5, 3, 2, 0.0)),
+    ("join", optim.join_schedules(
+        [optim.linear_schedule(0.0, 1.0, 4), optim.exponential_decay_schedule(2.0, 0.5, 2),
+         optim.constant_schedule(0.05)], [4, 10]), np_join),
+]
 IDS = [row[0] for row in TABLE]
 STEPS = range(0, 25)
 
@@ -122,9 +151,59 @@ def test_float32_default_dtype_when_x64_is_off():
         assert schedule(jnp.asarray(3, jnp.int32)).dtype == jnp.float32
 
 
+def test_sgdr_restarts_at_the_period_starts():
+    s = optim.sgdr_schedule(1.0, 3, period_mult=2, alpha=0.0)
+    # periods 3, 6, 12: restarts at 0, 3, 9, 21
+    assert [float(s(t)) for t in (0, 3, 9, 21)] == [1.0, 1.0, 1.0, 1.0]
+    assert float(s(2)) == pytest.approx(0.25) and float(s(6)) == pytest.approx(0.5)
+    # far past the last restart an int32 count can reach, still a value in [0, 1]
+    assert 0.0 <= float(s(jnp.asarray(2**31 - 1, jnp.int32))) <= 1.0
+
+
+def plateau_reference(values, factor, patience, threshold, cooldown, min_scale):
+    """PyTorch's ReduceLROnPlateau (mode min, relative threshold), transcribed."""
+    scale, best, bad, cool, out = 1.0, math.inf, 0, 0, []
+    for y in values:
+        if y < best * (1 - threshold):
+            best, bad = y, 0
+        else:
+            bad += 1
+        if cool > 0:
+            cool, bad = cool - 1, 0
+        if bad > patience:
+            scale, bad, cool = max(scale * factor, min_scale), 0, cooldown
+        out.append(scale)
+    return out
+
+
+def test_reduce_on_plateau_follows_the_metric():
+    values = [5.0, 4.0, 4.0, 3.9999, 4.1, 4.2, 3.0, 3.0, 3.0, 3.0, 2.0, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5]
+    settings = dict(factor=0.5, patience=2, threshold=1e-3, cooldown=1, min_scale=0.1)
+    opt = optim.reduce_on_plateau(optim.sgd(0.1), **settings)
+    g = {"x": jnp.asarray([1.0, -2.0])}
+    state = opt.init(g)
+    observe = jax.jit(optim.observe_metric)
+    for y, want in zip(values, plateau_reference(values, **settings)):
+        state = observe(state, y)
+        assert float(state.scale) == want
+        u, state = opt.update(g, state)
+        np.testing.assert_allclose(np.asarray(u["x"]), -0.1 * want * np.asarray(g["x"]), rtol=1e-15)
+    assert float(state.scale) == 0.125 and observe._cache_size() == 1
+    with pytest.raises(TypeError, match=re.escape("observe_metric: state must be the ReduceOnPlateauState")):
+        optim.observe_metric(optim.sgd(0.1).init(g), 1.0)
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
+        (lambda: optim.sgdr_schedule(1.0, 0), ValueError, "sgdr_schedule: first_period must be an int >= 1, got 0"),
+        (lambda: optim.sgdr_schedule(1.0, 5, period_mult=1.5), TypeError, "sgdr_schedule: period_mult must be an int, got 1.5"),
+        (lambda: optim.join_schedules([optim.constant_schedule(1.0)], [3]), ValueError,
+         "join_schedules: schedules must have one more entry than boundaries, got 1 boundaries and 1 schedules"),
+        (lambda: optim.join_schedules([optim.constant_schedule(1.0), 0.1], [3]), TypeError,
+         "join_schedules: schedules[1] must be a schedule (step -> value), got 0.1"),
+        (lambda: optim.reduce_on_plateau(optim.sgd(0.1), factor=1.0), ValueError,
+         "reduce_on_plateau: factor must be in (0, 1), got 1.0"),
         (lambda: optim.constant_schedule(-1.0), ValueError, "constant_schedule: value must be a finite number >= 0, got -1.0"),
         (lambda: optim.piecewise_constant_schedule([5, 3], [1.0, 0.5, 0.1]), ValueError,
          "piecewise_constant_schedule: boundaries must be strictly increasing, got [5, 3]"),

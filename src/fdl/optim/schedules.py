@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fdl import _validate as V
-from fdl.optim.base import Schedule, default_float, public_names
+from fdl.optim.base import Optimizer, Schedule, default_float, is_optimizer, public_names
 
 
 def _nonnegative(fn: str, name: str, value: Any) -> float:
@@ -278,6 +278,198 @@ def one_cycle_schedule(
         return jnp.where(t <= up_steps, up, down)
 
     return schedule
+
+
+def sgdr_schedule(
+    init_value: float, first_period: int, *, period_mult: int = 1, alpha: float = 0.0
+) -> Schedule:
+    r"""Cosine annealing with warm restarts (SGDR).
+
+    $η_0$ = `init_value`, $T_0$ = `first_period`, $m$ = `period_mult` (an int
+    $≥ 1$), $α$ = `alpha` $∈ [0, 1]$. Period $i = 0, 1, …$ lasts $T_i = T_0 m^i$
+    steps and starts at $s_i = T_0 (m^i − 1)/(m − 1)$ ($s_i = i T_0$ for
+    $m = 1$); for $s_i ≤ t < s_{i+1}$:
+
+    $$ η(t) = η_0 \left( α + (1 − α) \, ½ \left(1 + \cos(π (t − s_i)/T_i)\right) \right) $$
+
+    so the rate restarts at $η_0$ at every $s_i$ and decays towards $α η_0$.
+
+    References: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with
+    Warm Restarts", 2017.
+    """
+    fn = "sgdr_schedule"
+    init_value = _nonnegative(fn, "init_value", init_value)
+    first_period = _int_at_least(fn, "first_period", first_period, 1)
+    period_mult = _int_at_least(fn, "period_mult", period_mult, 1)
+    alpha = _finite(fn, "alpha", alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{fn}: alpha must be in [0, 1], got {alpha!r}")
+    starts, periods = [0], [first_period]  # every restart an int32 step count can reach
+    while period_mult > 1 and starts[-1] + periods[-1] < 2**31:
+        starts.append(starts[-1] + periods[-1])
+        periods.append(periods[-1] * period_mult)
+
+    def schedule(step: Any) -> jax.Array:
+        t = _t(step)
+        if period_mult == 1:
+            index = jnp.floor(t / first_period)
+            start, period = index * first_period, float(first_period)
+        else:
+            index = sum((t >= b).astype(jnp.int32) for b in starts[1:])
+            start = jnp.asarray(starts, default_float())[index]
+            period = jnp.asarray(periods, default_float())[index]
+        return _cosine(init_value, alpha * init_value, (t - start) / period)
+
+    return schedule
+
+
+def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    r"""One schedule after another: schedule $i$ runs from boundary $b_{i−1}$, on its own clock.
+
+    With boundaries $b_0 < … < b_{n−1}$ (ints $≥ 0$, $b_{−1} = 0$) and $n + 1$
+    schedules $η_0, …, η_n$:
+
+    $$ η(t) = η_i(t − b_{i−1}) \qquad b_{i−1} ≤ t < b_i $$
+
+    E.g. a linear warm-up then SGDR:
+    `join_schedules([linear_schedule(0, 0.1, 500), sgdr_schedule(0.1, 1000)], [500])`.
+    """
+    fn = "join_schedules"
+    schedules = list(schedules)
+    for i, s in enumerate(schedules):
+        if not callable(s):
+            raise TypeError(f"{fn}: schedules[{i}] must be a schedule (step -> value), got {s!r}")
+    boundaries = [_int_at_least(fn, f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
+    if len(schedules) != len(boundaries) + 1:
+        raise ValueError(
+            f"{fn}: schedules must have one more entry than boundaries, got "
+            f"{len(boundaries)} boundaries and {len(schedules)} schedules"
+        )
+    if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
+
+    def schedule(step: Any) -> jax.Array:
+        step = jnp.asarray(step)
+        value = schedules[0](step)
+        for b, s in zip(boundaries, schedules[1:]):
+            value = jnp.where(step >= b, s(step - b), value)
+        return jnp.asarray(value, default_float())
+
+    return schedule
+
+
+# --------------------------------------------------------------------------
+# A schedule driven by a metric
+# --------------------------------------------------------------------------
+
+
+class ReduceOnPlateauState(NamedTuple):
+    """State of `reduce_on_plateau`.
+
+    Fields:
+      scale:         float[], $s$, the factor the updates are multiplied by (starts at 1).
+      best:          float[], the best metric reported (starts at +∞).
+      bad_steps:     int32[], reports since the last improvement.
+      cooldown_left: int32[], reports left before bad ones count again.
+      settings:      dict of scalars: `factor`, `patience`, `threshold`, `cooldown`,
+                     `min_scale`, as built (read by `observe_metric`).
+      inner_state:   the wrapped optimizer's state.
+    """
+
+    scale: jax.Array
+    best: jax.Array
+    bad_steps: jax.Array
+    cooldown_left: jax.Array
+    settings: dict
+    inner_state: Any
+
+
+def reduce_on_plateau(
+    optimizer: Optimizer,
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    cooldown: int = 0,
+    min_scale: float = 0.0,
+) -> Optimizer:
+    r"""Scale `optimizer`'s updates down by `factor` when a metric stops improving.
+
+    The updates are $s \, u_t$. $s$ changes only when a metric (e.g. the
+    validation loss; lower is better) is reported with
+    `state = observe_metric(state, value)`. With $f$ = `factor` $∈ (0, 1)$,
+    $p$ = `patience`, $τ$ = `threshold` (relative), $c$ = `cooldown`,
+    $s_{min}$ = `min_scale`, each reported value $y$ does, in order:
+
+    $$ y < \text{best} · (1 − τ) \;⇒\; \text{best} ← y, \; \text{bad} ← 0, \qquad \text{otherwise bad} ← \text{bad} + 1 $$
+    $$ \text{cooldown} > 0 \;⇒\; \text{cooldown} ← \text{cooldown} − 1, \; \text{bad} ← 0 $$
+    $$ \text{bad} > p \;⇒\; s ← \max(f s, s_{min}), \; \text{bad} ← 0, \; \text{cooldown} ← c $$
+
+    This is PyTorch's `ReduceLROnPlateau` (mode "min", relative threshold),
+    with its counters in the state.
+    """
+    fn = "reduce_on_plateau"
+    if not is_optimizer(optimizer):
+        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    factor = _positive(fn, "factor", factor)
+    if factor >= 1.0:
+        raise ValueError(f"{fn}: factor must be in (0, 1), got {factor!r}")
+    settings = {
+        "factor": factor,
+        "patience": _int_at_least(fn, "patience", patience, 0),
+        "threshold": _nonnegative(fn, "threshold", threshold),
+        "cooldown": _int_at_least(fn, "cooldown", cooldown, 0),
+        "min_scale": _nonnegative(fn, "min_scale", min_scale),
+    }
+
+    def init(params: Any) -> ReduceOnPlateauState:
+        zero, real = jnp.zeros([], jnp.int32), default_float()
+        fixed = {k: jnp.asarray(v, jnp.int32 if isinstance(v, int) else real) for k, v in settings.items()}
+        return ReduceOnPlateauState(
+            jnp.ones([], real), jnp.full([], jnp.inf, real), zero, zero, fixed, optimizer.init(params)
+        )
+
+    def update(grads: Any, state: ReduceOnPlateauState, params: Any = None):
+        _check_plateau_state(fn, state)
+        updates, inner = optimizer.update(grads, state.inner_state, params)
+        updates = jax.tree.map(lambda u: (u * state.scale).astype(u.dtype), updates)
+        return updates, state._replace(inner_state=inner)
+
+    return Optimizer(init, update)
+
+
+def observe_metric(state: ReduceOnPlateauState, value: Any) -> ReduceOnPlateauState:
+    """Report a metric (lower is better) to a `reduce_on_plateau` state; return the new state.
+
+    A pure function of scalars: it may run inside `jit`. A NaN metric counts as
+    no improvement.
+    """
+    fn = "observe_metric"
+    _check_plateau_state(fn, state)
+    if jnp.shape(value) != ():
+        raise ValueError(f"{fn}: value must be a scalar metric, got shape {jnp.shape(value)}")
+    k = state.settings
+    value = jnp.asarray(value, state.best.dtype)
+    better = value < state.best * (1 - k["threshold"])
+    best = jnp.where(better, value, state.best)
+    bad = jnp.where(better, 0, state.bad_steps + 1)
+    cooling = state.cooldown_left > 0
+    cooldown = jnp.where(cooling, state.cooldown_left - 1, state.cooldown_left)
+    bad = jnp.where(cooling, 0, bad)
+    reduce = bad > k["patience"]
+    scale = jnp.where(reduce, jnp.maximum(state.scale * k["factor"], k["min_scale"]), state.scale)
+    return state._replace(
+        scale=scale.astype(state.scale.dtype), best=best,
+        bad_steps=jnp.where(reduce, 0, bad).astype(jnp.int32),
+        cooldown_left=jnp.where(reduce, k["cooldown"], cooldown).astype(jnp.int32),
+    )
+
+
+def _check_plateau_state(fn: str, state: Any) -> None:
+    if not isinstance(state, ReduceOnPlateauState):
+        raise TypeError(
+            f"{fn}: state must be the ReduceOnPlateauState made by reduce_on_plateau(...).init(params), "
+            f"got {type(state).__name__}"
+        )
 
 
 __all__ = public_names(globals(), __name__)
