@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -55,11 +56,12 @@ def test_train_prints_per_epoch_and_resume_is_bitwise(capsys, tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     code, out, _ = _run(capsys, "train", *SMALL, "--epochs", "4", "--checkpoint", str(a))
     assert code == 0 and len(re.findall(r"^epoch [1-4]/4 ", out, re.M)) == 4
-    assert "test acc" in out
+    assert "test acc" in out and re.search(r"\(4 epochs, \d+\.\d s\)\n", out), out
     assert _run(capsys, "train", *SMALL, "--epochs", "2", "--checkpoint", str(b))[0] == 0
     # options left out are taken from the checkpoint; it is continued in place
     code, out, _ = _run(capsys, "train", "--epochs", "4", "--resume", str(b))
     assert code == 0 and f"resumed from {b} at epoch 2" in out
+    assert re.search(r"\(2 epochs after the 2 resumed, 4 in all, \d+\.\d s\)\n", out), out
     _assert_same_state(a, b)
     assert fdl.io.load_metadata(b)["epoch"] == 4
 
@@ -85,10 +87,24 @@ def _idx(path, magic_type, dims, data, gz=False):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--data", "/no/such/dir"], "/no/such/dir"),
     (["train", "--batch-size", "0"], "--batch-size: expected an int ≥ 1, got '0'"),
-    (["train", "--lr", "nan"], "--lr: expected a number > 0, got 'nan'"),
-    (["train", "--lr", "-1"], "--lr: expected a number > 0, got '-1'"),
+    (["train", "--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
+    (["train", "--lr", "-1"], "--lr: expected a finite number > 0, got '-1'"),
+    (["train", "--lr", "inf"], "--lr: expected a finite number > 0, got 'inf'"),
+    (["train", "--seed", str(2**63)],
+     f"--seed: expected an int in [0, {2**63 - 1}], got '{2**63}'"),
+    (["train", "--seed", str(2**64)], "--seed: expected an int in [0, "),
+    (["train", "--epochs", str(2**31)],
+     f"--epochs: expected an int in [0, {2**31 - 1}], got '{2**31}'"),
+    (["train", "--hidden", ""], "--hidden: expected comma-separated layer sizes such as 512 "
+                                "or 256,128, got ''; pass --hidden none for no hidden layer"),
+    (["train", "--coordinator", "10.0.0.1"], "--coordinator: expected HOST:PORT with a port "
+                                             "in [1, 65535], such as 10.0.0.1:1234, got "
+                                             "'10.0.0.1'"),
+    (["train", "--coordinator", "host:99999"], "expected HOST:PORT with a port in [1, 65535]"),
+    (["train", "--coordinator-timeout", "0"], "--coordinator-timeout: expected a finite "
+                                              "number of seconds > 0, got '0'"),
     (["train", "--dropout", "1"], "--dropout: expected a probability in [0, 1), got '1'"),
-    (["train", "--epochs", "-2"], "--epochs: expected an int ≥ 0, got '-2'"),
+    (["train", "--epochs", "-2"], f"--epochs: expected an int in [0, {2**31 - 1}], got '-2'"),
     (["train", "--save-every", "0"], "--save-every: expected an int ≥ 1, got '0'"),
     (["train", "--save-every", "2", "--checkpoint", ""], "--save-every needs a checkpoint"),
     (["train", "--num-classes", "x"], "--num-classes: expected an int ≥ 1, got 'x'"),
@@ -152,8 +168,10 @@ def test_checkpoint_path_problems_are_found_before_training(capsys, tmp_path):
     err = _refused(capsys, "train", "--checkpoint", str(tmp_path))
     assert "is a directory; give a file name such as" in err
     (tmp_path / "afile").write_text("x")
-    err = _refused(capsys, "train", "--checkpoint", str(tmp_path / "afile" / "ck.npz"))
-    assert "afile is not a directory" in err
+    for where in (tmp_path / "afile" / "ck.npz", tmp_path / "afile" / "sub" / "ck.npz"):
+        err = _refused(capsys, "train", "--checkpoint", str(where))
+        assert err.strip() == (f"error: --checkpoint {where}: {tmp_path / 'afile'} is a file, "
+                               "not a directory; choose another path")
 
 
 @pytest.mark.float32
@@ -464,3 +482,103 @@ def test_progress_on_a_terminal_fits_80_columns_and_epoch_lines_stay_clean(monke
     assert all(re.fullmatch(r"epoch \d/3  loss \S+  train acc \S+  test loss \S+  "
                             r"test acc \S+", line) for line in epochs), screen
     assert all(len(line) <= 80 for line in screen) and not any("[#" in line for line in screen)
+
+
+# --------------------------------------------------------------------------------- #
+# faults: too little memory, an unreachable coordinator, a diverged checkpoint
+# --------------------------------------------------------------------------------- #
+
+@pytest.mark.float32
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(capsys):
+    """A hidden layer of 10⁸ units (7.5·10⁹ parameters) once hung forever at 0% CPU: the
+    estimate (state + gradients + updates) is compared with the memory there is."""
+    err = _refused(capsys, "train", "--hidden", "100000000", "--checkpoint", "")
+    assert re.fullmatch(r"error: the model has 7,500,000,010 parameters; training it needs at "
+                        r"least 150\.0 GB \(parameters, optimizer state, gradients\) but only "
+                        r"\d+\.\d (GB|MB) is free \(.+\); pass smaller --hidden sizes\n", err), err
+
+
+@pytest.mark.float32
+def test_an_allocation_that_fails_ends_the_run_with_one_line_not_a_hang(tmp_path):
+    """The estimate passes (the host has the memory) but the process may not use it (an
+    address-space limit of 2 GB): the failed allocation ends the run at once, exit 1."""
+    trainer = fdl.train.Trainer(fdl.layers.mlp([2_000_000], 10), fdl.optim.adam(1e-3))
+    needed = trainer.memory_needed(trainer.abstract_state((64,)))
+    if fdl.train.available_memory()[0] < needed:
+        pytest.skip(f"needs {needed / 1e9:.1f} GB of free memory to pass the estimate")
+    limit = 2 * 10**9
+    launch = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, "
+              f"({limit}, {limit})); os.execv(sys.argv[1], sys.argv[1:])")
+    command = _fdl_command()
+    if len(command) == 1:
+        command = [sys.executable, *command]  # execv needs the interpreter for a script
+    proc = subprocess.run([sys.executable, "-c", launch, *command, "train", "--hidden",
+                           "2000000", "--epochs", "1", "--checkpoint", ""], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: out of memory: ") and "RESOURCE_EXHAUSTED" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "compiling the training and evaluation programs ... failed\n" in proc.stdout
+
+
+def _closed_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.mark.float32
+def test_an_unreachable_coordinator_gives_up_after_the_timeout_with_one_line(tmp_path):
+    port = _closed_port()
+    proc = subprocess.run([*_fdl_command(), "train", "--coordinator", f"127.0.0.1:{port}",
+                           "--num-processes", "2", "--process-id", "1",
+                           "--coordinator-timeout", "1", "--checkpoint", ""], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (f"error: --coordinator 127.0.0.1:{port}: the 2 processes did not all "
+                           "connect within 1 s (this is process 1); check that process 0 runs "
+                           "at that address and is reachable from here, that every process "
+                           "was started, or raise --coordinator-timeout\n")
+
+
+@pytest.mark.float32
+def test_ctrl_c_while_waiting_for_the_coordinator_is_a_quiet_exit_130(tmp_path):
+    proc = subprocess.Popen([*_fdl_command(), "train", "--coordinator",
+                             f"127.0.0.1:{_closed_port()}", "--num-processes", "2",
+                             "--process-id", "1", "--checkpoint", ""], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(8)  # start-up (importing JAX) and into the wait
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "interrupted\n", err
+
+
+@pytest.mark.float32
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_leaf(capsys, tmp_path,
+                                                                 adam_checkpoint):
+    state = fdl.io.load(adam_checkpoint)
+    meta = fdl.io.load_metadata(adam_checkpoint)
+    w = np.array(state.params["dense_1"]["w"])
+    w[3, 2] = np.nan
+    w[0, 0] = np.inf
+    params = state.params | {"dense_1": state.params["dense_1"] | {"w": w}}
+    ck = tmp_path / "diverged.npz"
+    fdl.io.save(ck, state._replace(params=params), metadata=meta)
+    before = ck.read_bytes()
+    err = _refused(capsys, "train", "--epochs", "5", "--resume", str(ck))
+    assert err == (f"error: the checkpoint {ck} holds non-finite values (2 of the 512 in "
+                   ".params['dense_1']['w']): the run had diverged, and resuming it would "
+                   "train on NaN; resume an earlier checkpoint or start a new run (lower "
+                   "--lr)\n")
+    assert ck.read_bytes() == before
+
+
+@pytest.mark.float32
+def test_no_hidden_layer_says_so_in_the_banner(capsys):
+    code, out, _ = _run(capsys, "train", "--hidden", "none", "--epochs", "1", "--checkpoint", "")
+    assert code == 0
+    assert "MLP 64 → 10 (no hidden layer: logistic regression); adam lr 0.001; 1 epoch" in out

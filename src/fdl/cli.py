@@ -14,8 +14,10 @@ compiles anything, so a mistake costs seconds, not a run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import select
 import signal
 import sys
 import tempfile
@@ -118,6 +120,9 @@ _DEFAULTS: dict[str, Any] = {"data": "digits", "hidden": [512], "activation": "r
                              "batch_size": 64, "seed": 0, "num_classes": None}
 DEFAULT_CHECKPOINT = "fdl-checkpoint.npz"
 DEFAULT_EPOCHS = 40
+DEFAULT_COORDINATOR_TIMEOUT = 60.0  # seconds
+_INT32_MAX = 2**31 - 1  # the state counts steps and epochs in int32
+_SEED_MAX = 2**63 - 1  # jax.random.key takes a seed that fits an int64
 _EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
 
 
@@ -150,8 +155,12 @@ def _show(name: str, value: Any) -> str:
 
 
 def _int_list(text: str) -> list[int]:
-    if text.strip() in ("", "none"):
+    if text.strip() == "none":
         return []
+    if not text.strip():  # '' is a typo far more often than a request for no hidden layer
+        raise argparse.ArgumentTypeError(
+            "expected comma-separated layer sizes such as 512 or 256,128, got ''; pass "
+            "--hidden none for no hidden layer (logistic regression)")
     try:
         sizes = [int(t) for t in text.split(",")]
     except ValueError:
@@ -165,24 +174,35 @@ def _int_list(text: str) -> list[int]:
 def _number(kind: type, low: float, *, low_open: bool = False, high: float | None = None,
             high_open: bool = False, what: str = "") -> Callable[[str], Any]:
     """An argparse type: a finite ``kind`` in the given range, else a one-line error."""
+    show = (lambda v: str(v) if isinstance(v, int) else f"{v:g}")
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    span = f"in {lo}{low:g}, {high:g}{hi}" if high is not None else \
-        (f"> {low:g}" if low_open else f"≥ {low:g}")
+    span = f"in {lo}{show(low)}, {show(high)}{hi}" if high is not None else \
+        (f"> {show(low)}" if low_open else f"≥ {show(low)}")
+    what = what or kind.__name__
+    if kind is float and high is None:  # 'inf' is > 0: say that it must be finite
+        what = what.replace("a number", "a finite number")
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__} {span}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {what} {span}, got {text!r}") from None
         ok = math.isfinite(value) and (value > low if low_open else value >= low)
         if high is not None:
             ok = ok and (value < high if high_open else value <= high)
         if not ok:
-            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__} {span}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what} {span}, got {text!r}")
         return value
     return parse
+
+
+def _address(text: str) -> str:
+    """An argparse type: ``HOST:PORT`` with a port in [1, 65535]."""
+    host, sep, port = text.rpartition(":")
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in [1, 65535], "
+                                         f"such as 10.0.0.1:1234, got {text!r}")
+    return text
 
 
 def _same_data(a: str, b: str) -> bool:
@@ -231,9 +251,14 @@ def _check_writable(path: str, flag: str, example: str) -> None:
                          f"{os.path.join(path, example)}")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        what = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise UsageError(f"{flag} {path}: the directory {directory} {what}; create it "
-                         f"(mkdir -p {directory}) or choose another path")
+        parent = directory
+        while not os.path.exists(parent):  # the part of the path that exists
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):  # a file where a directory should be
+            raise UsageError(f"{flag} {path}: {parent} is a file, not a directory; "
+                             "choose another path")
+        raise UsageError(f"{flag} {path}: the directory {directory} does not exist; create "
+                         f"it (mkdir -p {directory}) or choose another path")
     try:  # the only reliable test: write a file there (permissions, read-only mounts)
         fd, probe = tempfile.mkstemp(prefix=".fdl-write-test.", dir=directory)
         os.close(fd)
@@ -291,9 +316,12 @@ def _architecture(settings: dict[str, Any], input_shape: tuple, num_classes: int
 def _banner(dataset: Any, settings: dict[str, Any], target: int) -> list[str]:
     sizes = [" × ".join(map(str, dataset.input_shape)), *map(str, settings["hidden"]),
              str(dataset.num_classes)]
-    model = f"MLP {' → '.join(sizes)}, {settings['activation']}"
-    if settings["dropout"] and settings["hidden"]:
-        model += f", dropout {settings['dropout']:g}"
+    if not settings["hidden"]:  # no hidden layer: no activation, no dropout
+        model = f"MLP {' → '.join(sizes)} (no hidden layer: logistic regression)"
+    else:
+        model = f"MLP {' → '.join(sizes)}, {settings['activation']}"
+        if settings["dropout"]:
+            model += f", dropout {settings['dropout']:g}"
     return [f"fdl train: {dataset.name}, {dataset.x_train.shape[0]} training / "
             f"{dataset.x_test.shape[0]} test examples, {dataset.num_classes} classes",
             f"{model}; {settings['optimizer']} lr {settings['lr']:g}; {target} "
@@ -369,6 +397,53 @@ class _Signals:
         raise _Interrupted(signum)
 
 
+def _join_hosts(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize``, bounded by --coordinator-timeout and stoppable.
+
+    The C++ client blocks without looking at signals (Ctrl-C is ignored) and, when its
+    own timeout expires, aborts with a stack trace. So a watchdog thread (the call
+    releases the GIL) ends the process first, with one line: after the timeout
+    (exit 1), or at once on SIGINT or SIGTERM (exit 128 + the signal), which it sees
+    through the signal wake-up file descriptor."""
+    import jax
+
+    timeout, address = args.coordinator_timeout, args.coordinator
+    wake_r, wake_w = os.pipe()
+    done_r, done_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    try:
+        previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: no signals arrive here anyway
+        previous = None
+
+    def watch() -> None:
+        ready = select.select([wake_r, done_r], [], [], timeout)[0]
+        if done_r in ready:
+            return
+        if wake_r in ready:
+            _note("interrupted")
+            os._exit(128 + os.read(wake_r, 1)[0])
+        _note(f"error: --coordinator {address}: the {args.num_processes} processes did not "
+              f"all connect within {timeout:g} s (this is process {args.process_id}); check "
+              "that process 0 runs at that address and is reachable from here, that every "
+              "process was started, or raise --coordinator-timeout")
+        os._exit(1)
+
+    watchdog = threading.Thread(target=watch, name="fdl-coordinator-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        jax.distributed.initialize(coordinator_address=address,
+                                   num_processes=args.num_processes, process_id=args.process_id,
+                                   initialization_timeout=math.ceil(timeout) + 30)
+    finally:
+        os.write(done_w, b"x")
+        watchdog.join()
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        for fd in (wake_r, wake_w, done_r, done_w):
+            os.close(fd)
+
+
 def _start_devices(args: argparse.Namespace) -> int:
     """Join the other hosts (`--coordinator`) and make `--devices` host devices on a CPU;
     returns the number of devices each batch is split across (checked to exist)."""
@@ -382,8 +457,7 @@ def _start_devices(args: argparse.Namespace) -> int:
         if args.process_id >= args.num_processes:
             raise UsageError(f"--process-id {args.process_id} must be below --num-processes "
                              f"{args.num_processes}")
-        jax.distributed.initialize(coordinator_address=args.coordinator,
-                                   num_processes=args.num_processes, process_id=args.process_id)
+        _join_hosts(args)
     wanted = args.devices
     if wanted is not None and wanted > 1 and args.coordinator is None:
         try:  # N host devices for a CPU run (ignored by GPU/TPU backends); possible only
@@ -399,178 +473,296 @@ def _start_devices(args: argparse.Namespace) -> int:
     return wanted
 
 
+@dataclasses.dataclass
+class _Run:
+    """What `fdl train` resolved before any work (step 1), shared by the later steps."""
+
+    args: argparse.Namespace
+    out: _Console
+    signals: _Signals
+    target: int  # the total number of epochs, counting a resumed checkpoint's
+    devices: int  # each batch is split across this many
+    meta: dict[str, Any]  # the resumed checkpoint's metadata ({} for a new run)
+    settings: dict[str, Any]  # _DEFAULTS, then the checkpoint's, then the command line's
+    checkpoint: str  # '' when --checkpoint ''
+    plot: str  # '' without --plot
+    dataset: Any  # standardised
+    started: float  # time.perf_counter() at the start
+    key: Any = None  # the run's PRNG key (step 2)
+    saved_meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # (step 2)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    """``fdl train`` in three steps, all under the signal handler: resolve the options
+    and the resume, build the trainer, run the loop."""
     with _Signals() as signals:
-        return _train(args, signals)
+        run = _resolve(args, signals)
+        trainer, abstract, ts = _build(run)
+        return _loop(run, trainer, abstract, ts)
 
 
-def _train(args: argparse.Namespace, signals: _Signals) -> int:
-    t_start = time.perf_counter()
-    out = _Console(args.quiet)
+# -- step 1: everything the command line and the files say, before any work -- #
+
+def _resolve(args: argparse.Namespace, signals: _Signals) -> _Run:
+    """Options, the resumed checkpoint's settings, the output paths and the data,
+    each checked (a mistake is a :class:`UsageError` now, not after training)."""
+    started = time.perf_counter()
     target = DEFAULT_EPOCHS if args.epochs is None else args.epochs
-
-    # 1. everything the command line and the files say, checked before any work
-    import jax
-
     devices = _start_devices(args)  # before anything touches a device
+    from fdl import io
 
-    from fdl import check, data, io, layers, losses, optim
-    from fdl import random as fdl_random
-    from fdl.train import NonFiniteError, Trainer, fit
-
-    meta: Any = io.load_metadata(args.resume) if args.resume else None
+    meta = io.load_metadata(args.resume) if args.resume else None
+    meta = meta if isinstance(meta, dict) else {}
     settings = _resolve_settings(args, _recorded_settings(meta))
-    done_before = meta.get("epoch") if isinstance(meta, dict) else None
-    if isinstance(done_before, int) and done_before >= target:
-        raise UsageError(
-            f"the checkpoint {args.resume} has already trained {done_before} epochs and "
-            f"--epochs is the total ({target}); pass --epochs N with N > {done_before} to "
-            "train further")
+    done = meta.get("epoch")
+    if isinstance(done, int) and done >= target:
+        raise _no_epochs_left(args.resume, done, target)
     checkpoint = _checkpoint_path(args)
     if args.save_every and not checkpoint:
         raise UsageError("--save-every needs a checkpoint file; drop --checkpoint '' or "
                          "--save-every")
     plot = _plot_path(args, checkpoint)
-    dataset, _ = data.standardize_dataset(
-        data.load(settings["data"], flatten=True, num_classes=settings["num_classes"]))
-    n_train = dataset.x_train.shape[0]
-    if settings["batch_size"] > n_train:
-        raise UsageError(f"--batch-size {settings['batch_size']} is larger than the training "
-                         f"set ({n_train} examples)")
-    if settings["batch_size"] % devices:
-        raise UsageError(f"--batch-size {settings['batch_size']} must be a multiple of "
-                         f"--devices {devices} (each device takes an equal share of a batch)")
-    arch = _architecture(settings, dataset.input_shape, dataset.num_classes)
-    recorded_arch = meta.get("architecture") if isinstance(meta, dict) else None
-    if isinstance(recorded_arch, dict) and recorded_arch.get("input_shape") not in (
-            None, arch["input_shape"]):
+    dataset = _dataset(settings, devices)
+    recorded = meta.get("architecture")
+    shape = recorded.get("input_shape") if isinstance(recorded, dict) else None
+    if shape not in (None, list(dataset.input_shape)):
         raise UsageError(
             f"the checkpoint {args.resume} was trained on inputs of shape "
-            f"{' × '.join(map(str, recorded_arch['input_shape']))}, the data "
-            f"{settings['data']} has {' × '.join(map(str, dataset.input_shape))}; pass "
-            "the --data it was trained on")
-    model = layers.mlp(settings["hidden"], dataset.num_classes,
-                       activation=settings["activation"], dropout=settings["dropout"])
-    optimizer = optim.get_optimizer(settings["optimizer"], learning_rate=settings["lr"])
-    if devices > 1 or args.shard_params or jax.process_count() > 1:
+            f"{' × '.join(map(str, shape))}, the data {settings['data']} has "
+            f"{' × '.join(map(str, dataset.input_shape))}; pass the --data it was trained on")
+    return _Run(args, _Console(args.quiet), signals, target, devices, meta, settings,
+                checkpoint, plot, dataset, started)
+
+
+def _no_epochs_left(resume: str, done: int, target: int) -> UsageError:
+    return UsageError(f"the checkpoint {resume} has already trained {done} epochs and "
+                      f"--epochs is the total ({target}); pass --epochs N with N > {done} "
+                      "to train further")
+
+
+def _dataset(settings: dict[str, Any], devices: int) -> Any:
+    """The data set, standardised on its training split, and the batch size checked
+    against it and the device count."""
+    from fdl import data
+
+    dataset, _ = data.standardize_dataset(
+        data.load(settings["data"], flatten=True, num_classes=settings["num_classes"]))
+    n_train, batch = dataset.x_train.shape[0], settings["batch_size"]
+    if batch > n_train:
+        raise UsageError(f"--batch-size {batch} is larger than the training set "
+                         f"({n_train} examples)")
+    if batch % devices:
+        raise UsageError(f"--batch-size {batch} must be a multiple of --devices {devices} "
+                         "(each device takes an equal share of a batch)")
+    return dataset
+
+
+# -- step 2: the trainer, its key, the resumed state -------------------------- #
+
+def _build(run: _Run) -> tuple[Any, Any, Any]:
+    """The trainer (one device or data parallel), the shapes of its state (checked to
+    fit in memory) and the resumed state (``None`` for a new run)."""
+    import jax
+
+    from fdl import layers, losses, optim
+
+    s = run.settings
+    model = layers.mlp(s["hidden"], run.dataset.num_classes, activation=s["activation"],
+                       dropout=s["dropout"])
+    optimizer = optim.get_optimizer(s["optimizer"], learning_rate=s["lr"])
+    if run.devices > 1 or run.args.shard_params or jax.process_count() > 1:
         from fdl.parallel import DataParallel, make_mesh
 
-        trainer = DataParallel(model, optimizer, make_mesh(devices),
-                               shard_params=args.shard_params,
+        trainer = DataParallel(model, optimizer, make_mesh(run.devices),
+                               shard_params=run.args.shard_params,
                                loss=losses.softmax_cross_entropy)
     else:
+        from fdl.train import Trainer
+
         trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
-    # fdl's seed → key: its fast generator on one device; threefry across several
-    # (JAX cannot partition philox, see fdl.parallel)
-    # (JAX cannot partition philox, see fdl.parallel); a resumed run keeps its generator
-    impl = meta.get("key_impl") if isinstance(meta, dict) else None
+    run.key = key = jax.random.key(s["seed"], impl=_key_impl(run, trainer))
+    abstract = trainer.abstract_state(run.dataset.input_shape, key=key)
+    try:
+        trainer.check_memory(abstract)
+    except MemoryError as e:
+        raise UsageError(str(e).removeprefix("Trainer: ").replace(
+            "use smaller layers", "pass smaller --hidden sizes")) from None
+    run.saved_meta = {
+        "architecture": _architecture(s, run.dataset.input_shape, run.dataset.num_classes),
+        "optimizer": s["optimizer"], "lr": s["lr"], "data": s["data"],
+        "dataset": run.dataset.name, "seed": s["seed"], "batch_size": s["batch_size"],
+        "epochs": run.target, "key_impl": str(jax.random.key_impl(key))}
+    return trainer, abstract, _resumed_state(run, abstract)
+
+
+def _key_impl(run: _Run, trainer: Any) -> str:
+    """The generator of the run's key: a resumed run keeps its own (when the trainer
+    can run it), a new one takes the trainer's (fdl's fast one on one device,
+    threefry across several: see fdl.parallel)."""
+    impl = run.meta.get("key_impl")
     if impl is None:
-        impl = fdl_random.IMPL if type(trainer) is Trainer else "threefry2x32"
-    elif impl == "philox2x32" and type(trainer) is not Trainer:
-        raise UsageError(f"the checkpoint {args.resume} was trained on one device with the "
-                         "philox2x32 generator, which JAX cannot split across devices; "
+        return trainer.default_key_impl
+    if not trainer.supports_key_impl(impl):
+        raise UsageError(f"the checkpoint {run.args.resume} was trained on one device with "
+                         f"the {impl} generator, which JAX cannot split across devices; "
                          "resume it without --devices")
-    key = jax.random.key(settings["seed"], impl=impl)
-    abstract = trainer.abstract_state(dataset.input_shape, key=key)
-    ts = io.load(args.resume, like=abstract) if args.resume else None
-    if ts is not None and int(ts.epoch) >= target:
-        raise UsageError(f"the checkpoint {args.resume} has already trained {int(ts.epoch)} "
-                         f"epochs and --epochs is the total ({target}); pass --epochs N "
-                         f"with N > {int(ts.epoch)} to train further")
-    meta_out = {"architecture": arch, "optimizer": settings["optimizer"],
-                "lr": settings["lr"], "data": settings["data"], "dataset": dataset.name,
-                "seed": settings["seed"], "batch_size": settings["batch_size"],
-                "epochs": target, "key_impl": str(jax.random.key_impl(key))}
+    return impl
 
-    # 2. the run
-    for text in _banner(dataset, settings, target):
+
+def _resumed_state(run: _Run, abstract: Any) -> Any:
+    """The --resume checkpoint loaded into the trainer's state (``None`` without
+    --resume), refused when it has no epochs left or holds NaN or inf."""
+    if not run.args.resume:
+        return None
+    from fdl import io
+    from fdl.train import non_finite_leaves
+
+    ts = io.load(run.args.resume, like=abstract)
+    if int(ts.epoch) >= run.target:
+        raise _no_epochs_left(run.args.resume, int(ts.epoch), run.target)
+    bad = non_finite_leaves(ts)
+    if bad:
+        name, count, size = bad[0]
+        raise UsageError(f"the checkpoint {run.args.resume} holds non-finite values "
+                         f"({count} of the {size} in {name}{_more(len(bad) - 1)}): the run "
+                         "had diverged, and resuming it would train on NaN; resume an "
+                         "earlier checkpoint or start a new run (lower --lr)")
+    return ts
+
+
+def _more(n: int) -> str:
+    return f", and {n} more arra{'y' if n == 1 else 'ies'}" if n else ""
+
+
+# -- step 3: the loop, under the signal handler -------------------------------- #
+
+def _loop(run: _Run, trainer: Any, abstract: Any, ts: Any) -> int:
+    """Compile, optionally check the gradients, train to ``run.target`` epochs (a
+    signal or a closed stdout stops at an epoch boundary), save, report."""
+    import jax
+
+    out = run.out
+    for text in _banner(run.dataset, run.settings, run.target):
         out.line(text)
-    if isinstance(trainer, Trainer) and type(trainer) is not Trainer:
-        out.line(f"data parallel: each batch split across {devices} "
-                 f"{jax.default_backend()} devices"
-                 + (", parameters and optimizer state sharded" if args.shard_params else ""))
+    if trainer.placement():
+        out.line(trainer.placement())
     if ts is not None:
-        out.line(f"resumed from {args.resume} at epoch {int(ts.epoch)}")
-    x_train, y_train, x_test, y_test = jax.device_put(
-        (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test))
-    out.line("compiling the training and evaluation programs ...", end="")
-    t_compile = time.perf_counter()
-    # the epoch and evaluation programs compile in background threads while init
-    # compiles here
-    trainer.compile(abstract if ts is None else ts, x_train, y_train,
-                    batch_size=settings["batch_size"], x_test=x_test, y_test=y_test,
-                    wait=False)
-    if ts is None:
-        ts = trainer.init(key, dataset.input_shape)
-    trainer.compile(ts, x_train, y_train, batch_size=settings["batch_size"], x_test=x_test,
-                    y_test=y_test)  # waits for the background compilation
-    out.line(f" done ({time.perf_counter() - t_compile:.1f} s)")
+        out.line(f"resumed from {run.args.resume} at epoch {int(ts.epoch)}")
+    d = run.dataset
+    data = jax.device_put((d.x_train, d.y_train, d.x_test, d.y_test))
+    ts = _compile(run, trainer, abstract, ts, data)
+    if run.args.check_gradients:
+        _check_gradients(run, trainer, ts)
+    start = int(ts.epoch)
+    ts, history = _fit(run, trainer, ts, data)
+    if int(ts.epoch) < run.target:  # stopped early: a signal or a closed stdout
+        return _stopped(run, ts, history, start)
+    final = trainer.evaluate(ts, data[2], data[3])
+    ran = int(ts.epoch) - start
+    what = f"{ran} epochs" + (f" after the {start} resumed, {int(ts.epoch)} in all"
+                              if start else "")
+    out.line(f"test accuracy {final['accuracy']:.4f}  test loss {final['loss']:.4f}  "
+             f"({what}, {time.perf_counter() - run.started:.1f} s)", result=True)
+    if run.checkpoint:
+        _save(run, ts, test_accuracy=final["accuracy"])
+        out.line(f"checkpoint saved to {run.checkpoint}", result=True)
+    if run.plot:
+        _plot(history, run.plot)
+        out.line(f"plot saved to {run.plot}", result=True)
+    return _EXIT_BROKEN_PIPE if out.closed else 0
 
-    if args.check_gradients:
-        x0, y0 = dataset.x_train[: min(32, n_train)], dataset.y_train[: min(32, n_train)]
-        report = check.model(lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, train=False)[0],
-                             ts.params)
-        out.line(str(report), result=True)
-        if not report.passed:
-            raise Failure("the gradient check failed; not training")
 
-    start_epoch = int(ts.epoch)
+def _compile(run: _Run, trainer: Any, abstract: Any, ts: Any, data: tuple) -> Any:
+    """Compile the epoch and evaluation programs in background threads while the
+    initial state is made (a new run); returns the state."""
+    x_train, y_train, x_test, y_test = data
+    batch = run.settings["batch_size"]
+    run.out.line("compiling the training and evaluation programs ...", end="")
+    t0 = time.perf_counter()
+    try:
+        trainer.compile(abstract if ts is None else ts, x_train, y_train, batch_size=batch,
+                        x_test=x_test, y_test=y_test, wait=False)
+        if ts is None:
+            ts = trainer.init(run.key, run.dataset.input_shape)
+        trainer.compile(ts, x_train, y_train, batch_size=batch, x_test=x_test,
+                        y_test=y_test)  # waits for the background compilation
+    except BaseException:
+        run.out.line(" failed")  # end the line before the error on stderr
+        raise
+    run.out.line(f" done ({time.perf_counter() - t0:.1f} s)")
+    return ts
 
-    def save(state: Any, **extra: Any) -> None:
-        from fdl.parallel import save_state  # gathers a sharded state; process 0 writes
 
-        try:
-            save_state(checkpoint, state, metadata=meta_out | {"epoch": int(state.epoch)} | extra)
-        except OSError as e:
-            raise Failure(f"could not save the checkpoint to {checkpoint}: "
-                          f"{e.strerror or e}") from None
+def _check_gradients(run: _Run, trainer: Any, ts: Any) -> None:
+    """--check-gradients: the model's manual rules vs autodiff on 32 examples."""
+    from fdl import check
 
-    width = len(str(target))
+    n = min(32, run.dataset.x_train.shape[0])
+    x0, y0 = run.dataset.x_train[:n], run.dataset.y_train[:n]
+    report = check.model(lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, train=False)[0],
+                         ts.params)
+    run.out.line(str(report), result=True)
+    if not report.passed:
+        raise Failure("the gradient check failed; not training")
+
+
+def _fit(run: _Run, trainer: Any, ts: Any, data: tuple) -> tuple[Any, Any]:
+    """``fdl.train.fit`` to the target epoch, printing each epoch and saving every
+    --save-every epochs; a first signal (or a closed stdout) stops it at the next epoch
+    boundary."""
+    from fdl.train import NonFiniteError, fit
+
+    x_train, y_train, x_test, y_test = data
+    width, every = len(str(run.target)), run.args.save_every
 
     def on_epoch(epoch: int, rec: dict, state: Any) -> None:
-        out.line(f"epoch {epoch:{width}d}/{target}  loss {rec['train_loss']:.4f}  "
-                 f"train acc {rec['train_accuracy']:.4f}  test loss {rec['test_loss']:.4f}  "
-                 f"test acc {rec['test_accuracy']:.4f}")
-        if checkpoint and args.save_every and epoch % args.save_every == 0 and epoch < target:
-            save(state)
+        run.out.line(f"epoch {epoch:{width}d}/{run.target}  loss {rec['train_loss']:.4f}  "
+                     f"train acc {rec['train_accuracy']:.4f}  test loss "
+                     f"{rec['test_loss']:.4f}  test acc {rec['test_accuracy']:.4f}")
+        if run.checkpoint and every and epoch % every == 0 and epoch < run.target:
+            _save(run, state)
 
-    signals.defer = True
+    run.signals.defer = True
     try:
-        ts, history = fit(trainer, ts, x_train, y_train, epochs=target - start_epoch,
-                          batch_size=settings["batch_size"], x_test=x_test, y_test=y_test,
-                          on_epoch=on_epoch, progress=not args.quiet,
-                          should_stop=lambda: signals.signum is not None or out.closed)
+        return fit(trainer, ts, x_train, y_train, epochs=run.target - int(ts.epoch),
+                   batch_size=run.settings["batch_size"], x_test=x_test, y_test=y_test,
+                   on_epoch=on_epoch, progress=not run.args.quiet,
+                   should_stop=lambda: run.signals.signum is not None or run.out.closed)
     except NonFiniteError as e:
         raise UsageError(f"{e} (the last checkpoint written, if any, is unchanged)") from None
 
-    epoch = int(ts.epoch)
-    if epoch < target:  # stopped early: a signal or a closed stdout
-        why = (f"stopped by {signal.Signals(signals.signum).name}" if signals.signum
-               else "stdout was closed")
-        if epoch == start_epoch:
-            kept = f"; {args.resume} is unchanged" if args.resume else "; nothing to save"
-            _note(f"{why} before epoch {epoch + 1}{kept}")
-        elif checkpoint:
-            save(ts)
-            again = "" if target == DEFAULT_EPOCHS else f" --epochs {target}"
-            _note(f"{why} after epoch {epoch}/{target}; checkpoint saved to {checkpoint} "
-                  f"(continue with: fdl train --resume {checkpoint}{again})")
-        else:
-            _note(f"{why} after epoch {epoch}/{target}; no checkpoint (--checkpoint '')")
-        if plot and len(history):
-            _plot(history, plot)
-        return 128 + signals.signum if signals.signum else _EXIT_BROKEN_PIPE
 
-    final = trainer.evaluate(ts, x_test, y_test)
-    out.line(f"test accuracy {final['accuracy']:.4f}  test loss {final['loss']:.4f}  "
-             f"({epoch} epochs, {time.perf_counter() - t_start:.1f} s)", result=True)
-    if checkpoint:
-        save(ts, test_accuracy=final["accuracy"])
-        out.line(f"checkpoint saved to {checkpoint}", result=True)
-    if plot:
-        _plot(history, plot)
-        out.line(f"plot saved to {plot}", result=True)
-    return _EXIT_BROKEN_PIPE if out.closed else 0
+def _stopped(run: _Run, ts: Any, history: Any, start: int) -> int:
+    """After a signal or a closed stdout: save what was trained, say how to continue,
+    exit 128 + the signal (141 for the closed pipe)."""
+    signum, epoch, target = run.signals.signum, int(ts.epoch), run.target
+    why = f"stopped by {signal.Signals(signum).name}" if signum else "stdout was closed"
+    if epoch == start:
+        kept = f"; {run.args.resume} is unchanged" if run.args.resume else "; nothing to save"
+        _note(f"{why} before epoch {epoch + 1}{kept}")
+    elif run.checkpoint:
+        _save(run, ts)
+        again = "" if target == DEFAULT_EPOCHS else f" --epochs {target}"
+        _note(f"{why} after epoch {epoch}/{target}; checkpoint saved to {run.checkpoint} "
+              f"(continue with: fdl train --resume {run.checkpoint}{again})")
+    else:
+        _note(f"{why} after epoch {epoch}/{target}; no checkpoint (--checkpoint '')")
+    if run.plot and len(history):
+        _plot(history, run.plot)
+    return 128 + signum if signum else _EXIT_BROKEN_PIPE
+
+
+def _save(run: _Run, state: Any, **extra: Any) -> None:
+    """Save ``state`` to the run's checkpoint (gathered from the devices; process 0
+    writes); a failed save is a :class:`Failure` and leaves the previous file intact."""
+    from fdl.parallel import save_state
+
+    try:
+        save_state(run.checkpoint, state,
+                   metadata=run.saved_meta | {"epoch": int(state.epoch)} | extra)
+    except OSError as e:
+        raise Failure(f"could not save the checkpoint to {run.checkpoint}: "
+                      f"{e.strerror or e}") from None
 
 
 def _plot(history: Any, path: str) -> None:
@@ -631,12 +823,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="optimizer (default adam)")
     t.add_argument("--lr", type=_number(float, 0, low_open=True, what="a number"),
                    default=None, help="learning rate (default 1e-3)")
-    t.add_argument("--epochs", type=_number(int, 0, what="an int"), default=None,
+    t.add_argument("--epochs", type=_number(int, 0, high=_INT32_MAX, what="an int"), default=None,
                    help=f"total epochs, counting those of a resumed checkpoint "
                    f"(default {DEFAULT_EPOCHS})")
     t.add_argument("--batch-size", type=_number(int, 1, what="an int"), default=None,
                    help="examples per step (default 64)")
-    t.add_argument("--seed", type=_number(int, 0, what="an int"), default=None,
+    t.add_argument("--seed", type=_number(int, 0, high=_SEED_MAX, what="an int"), default=None,
                    help="seed of the initialisation, shuffling and dropout (default 0)")
     t.add_argument("--checkpoint", default=None,
                    help=f"where to save the state (default {DEFAULT_CHECKPOINT}, or the "
@@ -657,9 +849,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--shard-params", action="store_true",
                    help="with --devices: store parameters and optimizer state split across "
                    "the devices (FSDP style) instead of replicated")
-    t.add_argument("--coordinator", metavar="HOST:PORT",
+    t.add_argument("--coordinator", metavar="HOST:PORT", type=_address,
                    help="several hosts: the address of process 0 (jax.distributed); give "
                    "--num-processes and --process-id too")
+    t.add_argument("--coordinator-timeout", type=_number(float, 0, low_open=True,
+                                                         what="a number of seconds"),
+                   default=DEFAULT_COORDINATOR_TIMEOUT, metavar="SECONDS",
+                   help="several hosts: give up when the other processes have not all "
+                   f"connected within this time (default {DEFAULT_COORDINATOR_TIMEOUT:g})")
     t.add_argument("--num-processes", type=_number(int, 1, what="an int"), default=None,
                    help="several hosts: how many processes take part")
     t.add_argument("--process-id", type=_number(int, 0, what="an int"), default=None,
@@ -737,6 +934,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("FDL_DEBUG"):
             raise
+        if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e):
+            # an allocation failed (an estimate that cannot fit is refused before: exit 2)
+            _note(f"error: out of memory: {_one_line(e) or type(e).__name__} (try a "
+                  "smaller --batch-size or smaller --hidden sizes)")
+            return 1
         _note(f"error: unexpected {type(e).__name__}: {_one_line(e)} (a bug in fdl? rerun "
               "with FDL_DEBUG=1 for the traceback and report it)")
         return 1

@@ -54,7 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fdl import io
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer
-from fdl.train import Trainer, TrainState
+from fdl.train import Trainer, TrainState, _allocated, _nbytes
 
 __all__ = ["DataParallel", "make_mesh", "param_spec", "save_state"]
 
@@ -149,6 +149,33 @@ class DataParallel(Trainer):
 
     # -- where things live ---------------------------------------------------
 
+    @property
+    def default_key_impl(self) -> str:
+        """threefry2x32: JAX cannot partition philox2x32 (see :meth:`supports_key_impl`)."""
+        return "threefry2x32"
+
+    def supports_key_impl(self, impl: str) -> bool:
+        """Not philox2x32, which this JAX cannot compile across devices."""
+        return impl != "philox2x32"
+
+    def placement(self) -> str:
+        """How batches (and, with `shard_params`, the state) are split."""
+        return (f"data parallel: each batch split across {self.n} {jax.default_backend()} "
+                "devices" + (", parameters and optimizer state sharded"
+                             if self.shard_params else ""))
+
+    def memory_needed(self, ts: TrainState) -> int:
+        """`Trainer.memory_needed` per device: a sharded leaf counts its shard."""
+        def per_device(leaf: Any, sharding: NamedSharding) -> int:
+            return _nbytes(leaf, tuple(sharding.shard_shape(tuple(leaf.shape))))
+        shardings = self.state_shardings(ts)
+        sizes = jax.tree_util.tree_map(per_device, ts, shardings)
+        params = jax.tree_util.tree_map(per_device, ts.params, shardings.params)
+        return sum(jax.tree_util.tree_leaves(sizes)) + 2 * sum(jax.tree_util.tree_leaves(params))
+
+    def _devices_sharing_memory(self) -> int:
+        return sum(d.process_index == jax.process_index() for d in self.mesh.devices.flat)
+
     def state_shardings(self, ts: TrainState) -> TrainState:
         """The `NamedSharding` of every leaf of `ts` (a state or its shapes)."""
         def place(leaf: Any) -> NamedSharding:
@@ -172,12 +199,13 @@ class DataParallel(Trainer):
         """A fresh state, created directly in its place on the mesh."""
         self._check_key(key)
         shape = tuple(int(d) for d in input_shape)
+        self.check_memory(self.abstract_state(shape, key=key))
         signature = (shape, str(key.dtype))  # the key's implementation shapes the state
         if signature not in self._placed_inits:
             shardings = self.state_shardings(Trainer.abstract_state(self, shape, key=key))
             self._placed_inits[signature] = jax.jit(self._init_impl, static_argnums=(1,),
                                                     out_shardings=shardings)
-        return self._placed_inits[signature](key, shape)
+        return _allocated(lambda: self._placed_inits[signature](key, shape))
 
     def place(self, ts: TrainState) -> TrainState:
         """Move a state (e.g. loaded from a checkpoint to the host) onto the mesh."""

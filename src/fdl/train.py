@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl import losses
+from fdl import random as fdl_random
 from fdl._validate import first_out_of_range
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
@@ -54,9 +56,12 @@ __all__ = [
     "History",
     "compiler_options",
     "NonFiniteError",
+    "OutOfMemoryError",
     "TrainState",
     "Trainer",
+    "available_memory",
     "fit",
+    "non_finite_leaves",
     "per_example_grads",
 ]
 
@@ -85,6 +90,67 @@ class TrainState(NamedTuple):
 
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or gradient (the message says where)."""
+
+
+class OutOfMemoryError(MemoryError):
+    """The training state does not fit in the memory there is (raised before allocating
+    when the estimate says so, or when an allocation fails)."""
+
+
+class ConsumedStateError(RuntimeError):
+    """A :class:`TrainState` whose buffers a training call already consumed (donated)."""
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def available_memory() -> tuple[int, str] | None:
+    """The memory one device of JAX's default backend can still allocate, in bytes,
+    and where that figure comes from; ``None`` where neither JAX nor the system says.
+
+    On an accelerator: the device's allocator limit minus what is in use
+    (``Device.memory_stats()``). On the CPU: the host's ``MemAvailable``
+    (``/proc/meminfo``), else free physical pages (``os.sysconf``).
+    """
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return free, f"{device.platform} device {device.id}'s limit less its use"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "the host's MemAvailable"
+    except OSError:
+        pass
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return int(pages) * int(size), "free host memory"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _nbytes(leaf: Any, shape: tuple[int, ...] | None = None) -> int:
+    """Bytes of one array (or ``jax.ShapeDtypeStruct``); ``shape`` overrides its own."""
+    shape = tuple(jnp.shape(leaf)) if shape is None else shape
+    return math.prod(shape) * leaf.dtype.itemsize  # (a key dtype has an itemsize too)
+
+
+def non_finite_leaves(tree: PyTree) -> list[tuple[str, int, int]]:
+    """``(leaf name, how many elements are NaN or ±inf, its size)`` for every float leaf
+    of ``tree`` that is not all finite (in leaf order; ``[]`` when all are). Computed on
+    the host: use it on a loaded checkpoint, not inside ``jit``."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        count = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
+        if count:
+            bad.append((jax.tree_util.keystr(path), count, int(np.size(leaf))))
+    return bad
 
 
 @functools.cache
@@ -176,14 +242,64 @@ class Trainer:
         self._pending: list[Future] = []  # compilations started by compile(wait=False)
         self._compiled: set = set()  # signatures already compiled by compile()
 
+    # -- where it runs --------------------------------------------------------
+
+    @property
+    def default_key_impl(self) -> str:
+        """The ``jax.random`` implementation of the keys made for this trainer from a seed
+        (``fdl train --seed``): fdl's fast generator, :data:`fdl.random.IMPL`."""
+        return fdl_random.IMPL
+
+    def supports_key_impl(self, impl: str) -> bool:
+        """Whether this trainer can run a state whose key has implementation ``impl``
+        (one device: any)."""
+        return True
+
+    def placement(self) -> str:
+        """One line saying where the state and batches live ("" on one device)."""
+        return ""
+
+    def memory_needed(self, ts: TrainState) -> int:
+        """Bytes one device holds to train ``ts`` (a state or its shapes): the whole
+        state, plus the gradients and the updates (one params-sized tree each). A lower
+        bound: activations and XLA's scratch space come on top."""
+        params = sum(_nbytes(a) for a in jax.tree_util.tree_leaves(ts.params))
+        return sum(_nbytes(a) for a in jax.tree_util.tree_leaves(ts)) + 2 * params
+
+    def _devices_sharing_memory(self) -> int:
+        """How many of the devices this process uses share one memory (CPU devices share
+        the host's)."""
+        return 1
+
+    def check_memory(self, ts: TrainState) -> None:
+        """Refuse, before anything is allocated, a state that cannot fit: raises
+        :class:`OutOfMemoryError` when :meth:`memory_needed` exceeds the memory that
+        :func:`available_memory` reports (nothing is checked where it reports nothing)."""
+        free = available_memory()
+        if free is None:
+            return
+        shared = self._devices_sharing_memory() if jax.default_backend() == "cpu" else 1
+        need = self.memory_needed(ts) * shared
+        if need > free[0]:
+            n_params = sum(math.prod(jnp.shape(a)) for a in jax.tree_util.tree_leaves(ts.params))
+            raise OutOfMemoryError(
+                f"Trainer: the model has {n_params:,} parameters; training it needs at least "
+                f"{_gb(need)} (parameters, optimizer state, gradients) but "
+                f"only {_gb(free[0])} is free ({free[1]}); use smaller layers")
+
     # -- pieces --------------------------------------------------------------
 
     def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         """A fresh :class:`TrainState`: params from ``key``, optimizer state, step 0.
 
-        Runs as one compiled program (not op by op), which keeps start-up short.
+        Runs as one compiled program (not op by op), which keeps start-up short. The
+        state's memory is checked first (:meth:`check_memory`) and the call waits for
+        the allocation, so a model too large for the device raises
+        :class:`OutOfMemoryError` here, never later.
         """
-        return self._init(key, tuple(int(d) for d in input_shape))
+        shape = tuple(int(d) for d in input_shape)
+        self.check_memory(self.abstract_state(shape, key=key))
+        return _allocated(lambda: self._init(key, shape))
 
     def abstract_state(self, input_shape: tuple[int, ...], *, key: Any = None) -> TrainState:
         """The shapes and dtypes of ``init(key, input_shape)`` (``jax.ShapeDtypeStruct``
@@ -362,6 +478,18 @@ class Trainer:
             what = f"the gradient of params{bad[0]} was not finite" if bad else "non-finite values"
         return (f"training stopped at step {step}: {what}. Lower the learning rate, check the "
                 "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
+
+
+def _allocated(make: Callable[[], Any]) -> Any:
+    """``make()``, waited for, with an allocation failure raised as
+    :class:`OutOfMemoryError` (an asynchronous one left pending would surface later,
+    in another program, or not at all)."""
+    try:
+        return jax.block_until_ready(make())
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise OutOfMemoryError(f"Trainer.init: {str(e).splitlines()[0]}") from None
 
 
 def _signature(tree: PyTree) -> tuple:
