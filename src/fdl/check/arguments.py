@@ -109,28 +109,34 @@ _PROGRAMS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _KEEP = 16
 
 
-def compiled(fn: Callable, options: dict | None = None) -> Callable:
-    """`fn` compiled for one call with options that compile fast (`options`, default
-    `_FAST_COMPILE`). Falls back to a plain `jax.jit` where a backend rejects them.
+def compile_program(fn: Callable, *args: Any, options: dict | None = None) -> Any:
+    """`fn` lowered for `args` and compiled with options that compile fast (`options`,
+    default `_FAST_COMPILE`; a backend that rejects them compiles normally): the
+    executable, called with arguments shaped like `args`.
 
-    The last `_KEEP` programs are kept, keyed by their lowered text (which holds the
+    The last `_KEEP` executables are kept, keyed by their lowered text (which holds the
     constants `fn` closes over, so only the same computation matches) and the options:
     the same check on new values of the same shapes compiles nothing."""
+    lowered = jax.jit(fn).lower(*args)
+    opts = _FAST_COMPILE if options is None else options
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), str(lowered.in_tree),
+           str(lowered.out_tree), tuple(sorted(opts.items())), jax.default_backend())
+    program = _PROGRAMS.get(key)
+    if program is None:
+        try:
+            program = lowered.compile(opts)
+        except Exception:  # an unknown option on some backend: compile normally
+            program = lowered.compile()
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > _KEEP:
+            _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(key)
+    return program
+
+
+def compiled(fn: Callable, options: dict | None = None) -> Callable:
+    """`fn` compiled for one call (`compile_program`) and called."""
     def call(*args):
-        lowered = jax.jit(fn).lower(*args)
-        opts = _FAST_COMPILE if options is None else options
-        key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), str(lowered.in_tree),
-               str(lowered.out_tree), tuple(sorted(opts.items())), jax.default_backend())
-        program = _PROGRAMS.get(key)
-        if program is None:
-            try:
-                program = lowered.compile(opts)
-            except Exception:  # an unknown option on some backend: compile normally
-                program = lowered.compile()
-            _PROGRAMS[key] = program
-            while len(_PROGRAMS) > _KEEP:
-                _PROGRAMS.popitem(last=False)
-        else:
-            _PROGRAMS.move_to_end(key)
-        return program(*args)
+        return compile_program(fn, *args, options=options)(*args)
     return call
