@@ -20,8 +20,9 @@ and post-norm (`pre_norm=False`, the original transformer):
 `X ← Norm₁(X + Drop(MHA(X)))`, `X ← Norm₂(X + Drop(FFN(X)))`.
 
 Variable length: `apply(..., lengths=ℓ)` (int `N`, each in `[1, T]`) masks keys past
-each sequence's length; a padded position's output is zero, so it passes zero gradient
-and never reaches a valid position. `mask=` (boolean, broadcast to `N×T×S`, True =
+each sequence's length; padded positions are zeroed on the way in (so even a NaN there
+cannot reach a valid position through `0 · NaN` in `P V`) and their output is zero, so
+they pass zero gradient. `mask=` (boolean, broadcast to `N×T×S`, True =
 attend) may be given instead or as well.
 
 Parameters are named after PyTorch's `nn.TransformerEncoderLayer`
@@ -265,6 +266,7 @@ def TransformerEncoderBlock(d_model: int, num_heads: int, d_ff: int, *, dropout:
         check_lengths(fn, lengths, (n,), t)
         _needs_key(fn, key, train, (dropout, attention_dropout))
         m = _padding_mask(lengths, mask, t, t, (n,))
+        x = _zero_padding(x, lengths)  # padding (even NaN) never meets a weight of 0 in P V
         k_att, k1, k_ff, k2 = split_key(key, 4)
 
         def attn(h):
@@ -367,6 +369,7 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
         n, t, _ = x.shape
         check_lengths(fn, lengths, (n,), t)
         _needs_key(fn, key, train, (dropout, attention_dropout))
+        x = _zero_padding(x, lengths)  # padding (even NaN) never meets a weight of 0 in P V
         ks, k1, kc, k2, k_ff, k3 = split_key(key, 6)
         nrm = functools.partial(_norm, norm, eps)
 
@@ -383,7 +386,7 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
             s = memory.shape[1]
             check_lengths(fn, memory_lengths, (n,), s, "memory_lengths")
             m = _padding_mask(lengths, None, t, s, (n,), memory_lengths, self_attention=False)
-            y = _attend(params["cross_attn"], h, memory, num_heads, m, False, False,
+            y = _attend(params["cross_attn"], h, _zero_padding(memory, memory_lengths), num_heads, m, False, False,
                         attention_dropout, kc, train)
             return _drop(y, dropout, k2, train)
 
@@ -477,6 +480,7 @@ def TransformerLM(vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_
         if jnp.ndim(ids) != 2:
             raise ValueError(f"{fn}: ids must be (batch, T) integer token ids, got shape "
                              f"{tuple(jnp.shape(ids))}")
+        _needs_key(fn, key, train, (dropout, attention_dropout))
         table = params["embed"]["table"]
         x = ops.embedding(ids, table)
         if scale != 1.0:
