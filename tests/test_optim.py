@@ -172,7 +172,7 @@ ALL_OPTIMIZER_NAMES = sorted(optim.OPTIMIZERS)
 
 
 # The optimizers whose trajectories tests/test_optim_recent.py checks the same way.
-RECENT = {"radam", "adabelief", "lamb", "lars", "adafactor"}
+RECENT = {"radam", "adabelief", "lamb", "lars", "adafactor", "muon", "schedule_free_adamw"}
 
 
 def test_cases_cover_every_optimizer():
@@ -422,6 +422,8 @@ CONVERGENCE = {
     "lamb": lambda: optim.lamb(optim.cosine_decay_schedule(2e-2, STEPS)),
     "lars": lambda: optim.lars(optim.cosine_decay_schedule(1.0, STEPS), trust_coefficient=0.01),
     "adafactor": lambda: optim.adafactor(optim.cosine_decay_schedule(2e-2, STEPS), multiply_by_parameter_scale=False),
+    "muon": lambda: optim.muon(optim.cosine_decay_schedule(2e-2, STEPS)),  # scalars: all Adam
+    "schedule_free_adamw": lambda: optim.schedule_free_adamw(optim.cosine_decay_schedule(2e-2, STEPS)),
 }
 
 

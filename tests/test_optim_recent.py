@@ -111,6 +111,52 @@ def ref_adafactor(c, eps1, d, eps2, lam, b1, min_dim, relative):
     return Ref(init, step)
 
 
+def np_orthogonalize(m, steps, eps):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    transpose = m.shape[0] > m.shape[1]
+    x = m.T if transpose else m
+    x = x / (np.linalg.norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transpose else x
+
+
+def ref_muon(mu, lam, nesterov, steps, eps, adam_lr_factor):
+    """Muon for matrices, Adam (β₁ = 0.9, β₂ = 0.999, ε = 1e-8) for the other leaves."""
+
+    def step(g, p, s, t, eta):
+        if p.ndim == 2:
+            buf = mu * s["buf"] + (1 - mu) * g
+            m = (1 - mu) * g + mu * buf if nesterov else buf
+            d = np_orthogonalize(m, steps, eps) * math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+            return -eta * (d + lam * p), {**s, "buf": buf}
+        m = 0.9 * s["m"] + 0.1 * g
+        v = 0.999 * s["v"] + 0.001 * g**2
+        d = (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        return -eta * adam_lr_factor * (d + lam * p), {**s, "m": m, "v": v}
+
+    return Ref(lambda p: {k: np.zeros_like(p) for k in ("buf", "m", "v")}, step)
+
+
+def ref_schedule_free(b1, b2, eps, lam, warmup, power):
+    def init(p):
+        return {"z": p.copy(), "x": p.copy(), "v": np.zeros_like(p), "lr_max": 0.0, "wsum": 0.0}
+
+    def step(g, y, s, t, eta):
+        v = b2 * s["v"] + (1 - b2) * g**2
+        gamma = eta * (min(1.0, t / warmup) if warmup else 1.0) * math.sqrt(1 - b2**t)
+        lr_max = max(s["lr_max"], gamma)
+        wsum = s["wsum"] + lr_max**power
+        c = lr_max**power / wsum if wsum > 0 else 0.0
+        z = s["z"] - gamma * (g / (np.sqrt(v) + eps) + lam * y)
+        x = (1 - c) * s["x"] + c * z
+        y_next = (1 - b1) * z + b1 * x
+        return y_next - y, {"z": z, "x": x, "v": v, "lr_max": lr_max, "wsum": wsum}
+
+    return Ref(init, step)
+
+
 # (id, build(learning_rate) -> Optimizer, reference)
 CASES = [
     ("radam", lambda lr: optim.radam(lr, b1=0.8, b2=0.95, eps=1e-6), ref_radam(0.8, 0.95, 1e-6, 5.0)),
@@ -129,25 +175,39 @@ CASES = [
      ref_adafactor(0.7, 1e-20, 0.5, None, 0.0, 0.9, 4, False)),
     ("adafactor_relative_step", lambda lr: optim.adafactor(None, min_dim_size_to_factor=4, eps=1e-20),
      ref_adafactor(0.8, 1e-20, 1.0, 1e-3, 0.0, None, 4, True)),
+    ("muon", lambda lr: optim.muon(lr, momentum=0.9, weight_decay=0.1), ref_muon(0.9, 0.1, True, 5, 1e-7, 1.0)),
+    ("muon_plain_momentum",
+     lambda lr: optim.muon(lr, nesterov=False, ns_steps=3, adam_learning_rate=lambda t: 0.5 * (
+         optim.warmup_cosine_decay_schedule(0.03, 10, 80)(t) if callable(lr) else lr)),
+     ref_muon(0.95, 0.0, False, 3, 1e-7, 0.5)),
+    ("schedule_free_adamw", lambda lr: optim.schedule_free_adamw(lr, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.1),
+     ref_schedule_free(0.8, 0.95, 1e-6, 0.1, 0, 2.0)),
+    ("schedule_free_adamw_warmup", lambda lr: optim.schedule_free_adamw(lr, warmup_steps=7, weight_lr_power=1.0),
+     ref_schedule_free(0.9, 0.999, 1e-8, 0.0, 7, 1.0)),
 ]
-NAMES = {"radam", "adabelief", "lamb", "lars", "adafactor"}
+NAMES = {"radam", "adabelief", "lamb", "lars", "adafactor", "muon", "schedule_free_adamw"}
+
+
+def case_name(case_id):
+    return next(n for n in sorted(NAMES, key=len, reverse=True) if case_id.startswith(n))
 
 
 def test_cases_cover_the_recent_optimizers():
-    assert {c[0].split("_")[0] for c in CASES} == NAMES
+    assert {case_name(c[0]) for c in CASES} == NAMES
     assert NAMES <= set(optim.OPTIMIZERS)
 
 
 def make_params(seed=0):
     rng = np.random.default_rng(seed)
-    # a stack of two 4×5 matrices (factored by Adafactor with min_dim 4), a vector
-    return {"w": jnp.asarray(rng.normal(size=(2, 4, 5))), "b": jnp.asarray(rng.normal(size=(5,)))}
+    # a stack of two 4×5 matrices (factored by Adafactor with min_dim 4), a matrix, a vector
+    return {"w": jnp.asarray(rng.normal(size=(2, 4, 5))), "m": jnp.asarray(rng.normal(size=(6, 4))),
+            "b": jnp.asarray(rng.normal(size=(5,)))}
 
 
 def make_grads(n, seed=1):
     rng = np.random.default_rng(seed)
-    return [{"w": jnp.asarray(rng.normal(size=(2, 4, 5))), "b": jnp.asarray(0.1 * rng.normal(size=(5,)))}
-            for _ in range(n)]
+    return [{"w": jnp.asarray(rng.normal(size=(2, 4, 5))), "m": jnp.asarray(rng.normal(size=(6, 4))),
+             "b": jnp.asarray(0.1 * rng.normal(size=(5,)))} for _ in range(n)]
 
 
 def warmup_cosine(step):
@@ -292,3 +352,56 @@ def test_matches_optax(name, ours, theirs):
         for k in p:
             np.testing.assert_allclose(np.asarray(got[step][k]), np.asarray(p[k]), rtol=1e-9, atol=1e-12,
                                        err_msg=f"{name}: leaf {k!r} differs from optax after step {step + 1}")
+
+
+def test_muon_messages_name_muons_own_arguments():
+    with pytest.raises(ValueError, match=re.escape("muon: adam_b1 must be in [0, 1), got 1.0")):
+        optim.muon(0.1, adam_b1=1.0)
+    with pytest.raises(ValueError, match=re.escape("muon: adam_learning_rate must be a finite number >= 0")):
+        optim.muon(0.1, adam_learning_rate=-1.0)
+    with pytest.raises(ValueError, match=re.escape("muon: eps must be a finite number > 0, got 0.0")):
+        optim.muon(0.1, eps=0.0)
+    p = make_params()
+    opt = optim.muon(0.1, labels={"w": "muon", "m": "muon", "b": "adam"})
+    with pytest.raises(ValueError, match=re.escape(
+        "muon: Muon orthogonalises matrices, but the leaf at ['w'] has shape (2, 4, 5); give the other "
+        "leaves another optimizer (muon's labels do)"
+    )):
+        opt.update(p, opt.init(p), p)
+
+
+def test_orthogonalize_makes_the_singular_values_near_one_and_keeps_the_vectors():
+    rng = np.random.default_rng(3)
+    u, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    v, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    sigma = np.array([3.0, 1.0, 0.5, 0.2, 0.05])
+    m = u[:, :5] @ np.diag(sigma) @ v.T  # 8×5: the tall case, orthogonalised through its transpose
+    x = np.asarray(optim.orthogonalize(jnp.asarray(m), 5))
+    s = np.linalg.svd(x, compute_uv=False)
+    assert np.all((s > 0.6) & (s < 1.25)), s
+    # the same singular vectors: Uᵀ X V is diagonal
+    inner = u[:, :5].T @ x @ v
+    np.testing.assert_allclose(inner - np.diag(np.diag(inner)), 0.0, atol=1e-12)
+    assert np.all(np.diag(inner) > 0)
+    np.testing.assert_allclose(np.sort(np.diag(inner)), np.sort(s), rtol=1e-12)
+
+
+def test_schedule_free_evaluates_at_the_average():
+    params, grads_seq = make_params(), make_grads(30)
+    opt = optim.schedule_free_adamw(0.05, b1=0.9)
+    state = opt.init(params)
+    p = params
+    for g in grads_seq:
+        u, state = opt.update(g, state, p)
+        p = optim.apply_updates(p, u)
+    x, z = optim.schedule_free_eval_params(state), state.states[0].z
+    for k in p:  # y = (1 − β₁) z + β₁ x, and x ≠ y
+        np.testing.assert_allclose(np.asarray(p[k]), 0.1 * np.asarray(z[k]) + 0.9 * np.asarray(x[k]), rtol=1e-12)
+        assert not np.allclose(np.asarray(p[k]), np.asarray(x[k]))
+    wrapped = optim.ema_params(opt, 0.9).init(params)
+    assert optim.schedule_free_eval_params(wrapped) is not None
+    with pytest.raises(ValueError, match=re.escape(
+        "schedule_free_eval_params: state must hold exactly one ScheduleFreeState (from schedule_free_adamw), "
+        "found 0 in a ChainState"
+    )):
+        optim.schedule_free_eval_params(optim.adam(0.1).init(params))

@@ -94,4 +94,5 @@ def test_registered_names_are_the_named_optimizers():
     assert list(optim.OPTIMIZERS) == [
         "sgd", "ema_momentum", "adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax",
         "nadam", "amsgrad", "lion", "radam", "adabelief", "lamb", "lars", "adafactor",
+        "muon", "schedule_free_adamw",
     ]

@@ -61,13 +61,26 @@ This is the shape of the JAX ecosystem's gradient transformations (an
 can be passed to code written for them, and theirs composed with `chain`.
 """
 
-from fdl.optim import blocks, hyperparams, methods, optimizers, registry, schedules, transforms, wrappers
+from fdl.optim import (
+    blocks,
+    hyperparams,
+    methods,
+    optimizers,
+    orthogonal,
+    registry,
+    schedule_free,
+    schedules,
+    transforms,
+    wrappers,
+)
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
 from fdl.optim.blocks import *  # noqa: F403
 from fdl.optim.hyperparams import *  # noqa: F403
 from fdl.optim.methods import *  # noqa: F403
 from fdl.optim.optimizers import *  # noqa: F403
+from fdl.optim.orthogonal import *  # noqa: F403
 from fdl.optim.registry import *  # noqa: F403
+from fdl.optim.schedule_free import *  # noqa: F403
 from fdl.optim.schedules import *  # noqa: F403
 from fdl.optim.transforms import *  # noqa: F403
 from fdl.optim.wrappers import *  # noqa: F403
@@ -80,6 +93,8 @@ __all__ = [
     "ChainState",
     *registry.__all__,
     *optimizers.__all__,
+    *orthogonal.__all__,
+    *schedule_free.__all__,
     *methods.__all__,
     *transforms.__all__,
     *blocks.__all__,

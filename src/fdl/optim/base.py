@@ -50,18 +50,26 @@ class Optimizer(NamedTuple):
     update: Callable[..., tuple[Updates, OptState]]
 
 
-_BUILDING: ContextVar[str | None] = ContextVar("fdl_optim_building", default=None)
+_BUILDING: ContextVar[tuple[str, dict[str, str]] | None] = ContextVar(
+    "fdl_optim_building", default=None
+)
 
 
 def label(fn: str) -> str:
     """The name a transform's messages carry: the named optimizer being built, else `fn`."""
-    return _BUILDING.get() or fn
+    building = _BUILDING.get()
+    return building[0] if building else fn
 
 
 @contextmanager
-def naming(name: str) -> Iterator[None]:
-    """Transforms built inside this block name `name` in their messages (see `label`)."""
-    token = _BUILDING.set(name)
+def naming(name: str, **arguments: str) -> Iterator[None]:
+    """Transforms built inside this block name `name` in their messages (see `label`).
+
+    `arguments` renames hyperparameters in those messages, for an optimizer that
+    passes its own argument to a transform under the transform's name (`muon`'s
+    `adam_b1` is `scale_by_adam`'s `b1`): `naming("muon", b1="adam_b1")`.
+    """
+    token = _BUILDING.set((name, arguments))
     try:
         yield
     finally:
@@ -426,8 +434,12 @@ def check_hyperparams(fn: str, **values: Any) -> tuple:
 
     Names without a rule must be finite real scalars.
     """
+    building = _BUILDING.get()
+    shown = building[1] if building else {}
+
     def check(name: str, value: Any) -> Any:
         rule = _RULES.get(name)
-        return rule(fn, name, value) if rule else V.finite_real(fn, name, value)
+        written = shown.get(name, name)
+        return rule(fn, written, value) if rule else V.finite_real(fn, written, value)
 
     return tuple(check(name, value) for name, value in values.items())

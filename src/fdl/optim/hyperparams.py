@@ -64,7 +64,7 @@ def _is_number(value: Any) -> bool:
 
 
 def inject_hyperparams(
-    factory: Callable[..., Optimizer], *, static_args: Sequence[str] = ("mask",)
+    factory: Callable[..., Optimizer], *, static_args: Sequence[str] = ("mask", "labels")
 ) -> Callable[..., Optimizer]:
     """Wrap an optimizer factory so its numeric hyperparameters live in the state.
 
@@ -78,8 +78,8 @@ def inject_hyperparams(
       at the count once per update, and `state.hyperparams` holds the value the
       next update applies;
     * bools, `None`, arguments annotated `int` (sizes, periods, iteration
-      counts) and the arguments named in `static_args` (by default `mask`, a
-      function of the params rather than a schedule) are fixed when built.
+      counts) and the arguments named in `static_args` (by default `mask` and
+      `labels`, functions of the params rather than schedules) are fixed when built.
 
     Change a value between steps with `set_hyperparams` (or
     `state._replace(hyperparams=...)` with arrays of the same dtype): a jitted

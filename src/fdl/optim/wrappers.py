@@ -131,7 +131,8 @@ class PartitionState(NamedTuple):
 
     Fields:
       inner_states: dict label -> the state of that group's transform, which
-                    sees the group's leaves as a list, in the params' leaf order.
+                    sees the params' tree with `None` in place of the other
+                    groups' leaves.
     """
 
     inner_states: dict
@@ -180,8 +181,9 @@ def partition(transforms: dict[Hashable, Optimizer], labels: Labels) -> Optimize
 
     `transforms` maps a label to an optimizer; `labels` gives each leaf its
     label (a pytree shaped like the params, or a function of the params, e.g.
-    `by_path(…)`). Each transform sees only its group's leaves, as a list in
-    the params' leaf order, and keeps its own state: for leaf $i$ with label
+    `by_path(…)`). Each transform sees the params' tree with `None` in place
+    of the other groups' leaves (so its messages name the leaf paths), and
+    keeps its own state for its own leaves only: for leaf $i$ with label
     $ℓ_i$, $u_i$ = the $i$-th output of `transforms[`$ℓ_i$`]`. E.g. AdamW for
     the matrices and Adam without decay for the rest:
     `partition({"decay": adamw(1e-3), "rest": adam(1e-3)},
@@ -197,11 +199,13 @@ def partition(transforms: dict[Hashable, Optimizer], labels: Labels) -> Optimize
         leaves = _resolve_labels(fn, labels, params, transforms)
         return {name: [i for i, n in enumerate(leaves) if n == name] for name in transforms}
 
-    def pick(tree: Any, index: list) -> list | None:
+    def pick(tree: Any, index: list) -> Any:
+        """`tree` with None in place of the leaves outside `index`."""
         if tree is None:
             return None
-        leaves = jax.tree.leaves(tree)
-        return [leaves[i] for i in index]
+        leaves, treedef = jax.tree.flatten(tree)
+        keep = set(index)
+        return treedef.unflatten([x if i in keep else None for i, x in enumerate(leaves)])
 
     def init(params: Params) -> PartitionState:
         check_float(fn, params, "parameter")
@@ -222,7 +226,7 @@ def partition(transforms: dict[Hashable, Optimizer], labels: Labels) -> Optimize
             u, new_states[name] = transforms[name].update(
                 pick(grads, index), state.inner_states[name], pick(params, index)
             )
-            for i, leaf in zip(index, u):
+            for i, leaf in zip(index, jax.tree.leaves(u)):
                 out[i] = leaf
         return treedef.unflatten(out), PartitionState(new_states)
 
