@@ -6,6 +6,7 @@ and gzipped, including broken ones.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.resources
@@ -492,3 +493,18 @@ def test_public_api():
         "standardize_dataset", "train_test_split"}
     for name in data.__all__:
         assert getattr(data, name).__doc__
+
+
+@pytest.mark.parametrize("split", ["x_train", "x_test"])
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_standardize_dataset_refuses_non_finite_inputs(split, bad):
+    ds = data.load_digits(flatten=True)
+    x = getattr(ds, split).copy()
+    x[5, 10] = bad
+    with pytest.raises(ValueError, match=rf"^standardize_dataset: digits: {split}\[5, 10\] is "
+                                         rf"{bad} \(1 non-finite values in all\); inputs must "
+                                         "be finite: drop or impute those examples first$"):
+        data.standardize_dataset(dataclasses.replace(ds, **{split: x}))
+    if split == "x_train":
+        with pytest.raises(ValueError, match=rf"^fit_standardizer: x_train\[5, 10\] is {bad}"):
+            data.fit_standardizer(x)

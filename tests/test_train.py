@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import jax
 import jax.numpy as jnp
@@ -330,12 +331,12 @@ def test_fit_rejects_out_of_range_labels_up_front(digits, split, bad, message):
 @pytest.mark.float32
 def test_fit_stops_at_the_first_non_finite_evaluation_and_keeps_the_state(digits):
     x_test = np.array(digits.x_test[:64])
-    x_test[3, 5] = np.nan  # (tanh: ReLU would map the NaN to 0)
-    trainer = Trainer(L.mlp([32], 10, activation="tanh"), optim.adam(3e-3))
+    x_test[3, :] = 3e38  # finite (fit refuses NaN inputs), but the first layer overflows
+    trainer = Trainer(L.mlp([32], 10), optim.adam(3e-3))
     ts = trainer.init(KEY, digits.input_shape)
     seen = []
     with pytest.raises(NonFiniteError, match=r"evaluation after epoch 1 gave a non-finite "
-                                             r"test loss \(nan\)") as err:
+                                             r"test loss \((nan|inf)\)") as err:
         fit(trainer, ts, digits.x_train[:256], digits.y_train[:256], epochs=5, batch_size=64,
             x_test=x_test, y_test=digits.y_test[:64], progress=False,
             on_epoch=lambda e, r, s: seen.append(e))
@@ -356,7 +357,7 @@ def test_fit_non_finite_training_error_carries_state_and_history(digits):
     trainer = Trainer(L.mlp([16], 10, activation="tanh"), optim.adam(3e-3))
     ts = trainer.init(KEY, digits.input_shape)
     ts, _ = fit(trainer, ts, x, digits.y_train[:128], epochs=1, batch_size=128, progress=False)
-    x[0, 0] = np.inf
+    x[0, :] = 3e38  # finite (fit refuses NaN and inf inputs), but the first layer overflows
     with pytest.raises(NonFiniteError, match="training stopped at step 1") as err:
         fit(trainer, ts, x, digits.y_train[:128], epochs=3, batch_size=128, progress=False)
     assert int(err.value.state.step) == 1 and len(err.value.history) == 0
@@ -412,3 +413,117 @@ def test_progress_fits_80_columns_and_never_mixes_with_epoch_lines(digits, monke
     fit(trainer, trainer.init(KEY, digits.input_shape), digits.x_train[:256],
         digits.y_train[:256], epochs=2, batch_size=64, on_epoch=on_epoch)
     assert "\r" not in plain.getvalue() and plain.getvalue().count("epoch") == 2
+
+
+# --------------------------------------------------------------------------------- #
+# bad input and faults: each one clear line before any work
+# --------------------------------------------------------------------------------- #
+
+@pytest.mark.float32
+def test_reusing_a_state_that_fit_consumed_says_so(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    new, _ = fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+                 progress=False)
+    consumed = ("this TrainState was consumed by an earlier fit, Trainer.epoch or "
+                "Trainer.step call, which donate the state they are given to reuse its "
+                "memory; continue from the state that call returned (ts, history = "
+                "fit(...)), or keep a copy before it (saved = jax.tree.map(jnp.copy, ts))")
+    with pytest.raises(fdl.train.ConsumedStateError, match=r"^fit: " + re.escape(consumed)):
+        fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+            progress=False)
+    with pytest.raises(ValueError, match=r"^Trainer\.epoch: this TrainState was consumed"):
+        trainer.epoch(ts, digits.x_train, digits.y_train, batch_size=64)
+    with pytest.raises(ValueError, match=r"^Trainer\.step: this TrainState was consumed"):
+        trainer.step(ts, digits.x_train[:64], digits.y_train[:64])
+    with pytest.raises(ValueError, match=r"^Trainer\.evaluate: this TrainState was consumed"):
+        trainer.evaluate(ts, digits.x_test, digits.y_test)
+    saved = jax.tree.map(jnp.copy, new)  # the way the message gives works
+    fit(trainer, new, digits.x_train, digits.y_train, epochs=1, batch_size=64, progress=False)
+    assert trainer.evaluate(saved, digits.x_test, digits.y_test)["accuracy"] > 0.5
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("given, missing", [("x_test", "y_test"), ("y_test", "x_test")])
+def test_fit_refuses_half_of_the_test_split(digits, given, missing):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=rf"^fit: {given} was given without {missing}; pass "
+                                         "both to evaluate after every epoch, or neither$"):
+        fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+            progress=False, **{given: getattr(digits, given)})
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("split", ["x_train", "x_test"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_fit_refuses_non_finite_inputs_naming_the_first(digits, split, bad):
+    data = {"x_train": digits.x_train.copy(), "x_test": digits.x_test.copy()}
+    data[split][7, 3] = bad
+    data[split][9, 0] = bad
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=rf"^fit: {split}\[7, 3\] is {bad} \(2 non-finite "
+                                         r"values in all\); inputs must be finite"):
+        fit(trainer, ts, data["x_train"], digits.y_train, epochs=1, batch_size=64,
+            x_test=data["x_test"], y_test=digits.y_test, progress=False)
+
+
+@pytest.mark.float32
+def test_fit_refuses_float_class_labels(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=r"^fit: y_train holds float32 values of shape "
+                                         r"\(1438,\), one per example, but the model has 10 "
+                                         r"outputs per example: class labels must be integers "
+                                         r"\(y_train\.astype\(np\.int32\)\)"):
+        fit(trainer, ts, digits.x_train, digits.y_train.astype(np.float32), epochs=1,
+            batch_size=64, progress=False)
+
+
+@pytest.mark.float32
+def test_one_hot_targets_train_and_count_accuracy_like_integer_labels(digits):
+    """One-hot targets give the same loss as their integer labels, and the accuracy
+    (not NaN) of the rows whose largest output is the target's class."""
+    eye = np.eye(10, dtype=np.float32)
+    runs = {}
+    for kind, (y_train, y_test) in {"int": (digits.y_train, digits.y_test),
+                                    "onehot": (eye[digits.y_train], eye[digits.y_test])}.items():
+        trainer = _small_trainer(dropout=0.0)
+        ts = trainer.init(KEY, digits.input_shape)
+        _, runs[kind] = fit(trainer, ts, digits.x_train, y_train, epochs=3, batch_size=64,
+                            x_test=digits.x_test, y_test=y_test, progress=False)
+    for metric in ("train_accuracy", "test_accuracy"):
+        assert runs["onehot"][metric] == runs["int"][metric]
+        assert 0.8 < runs["onehot"][metric][-1] <= 1, runs["onehot"][metric]
+    np.testing.assert_allclose(runs["onehot"]["train_loss"], runs["int"]["train_loss"],
+                               rtol=1e-5)
+
+
+@pytest.mark.float32
+def test_a_model_too_large_for_memory_is_refused_by_init_before_allocating():
+    trainer = Trainer(L.serial(L.Dense(100_000_000), L.Dense(10)), optim.adam(1e-3))
+    with pytest.raises(fdl.train.OutOfMemoryError,
+                       match=r"^Trainer: the model has 7,500,000,010 parameters; training it "
+                             r"needs at least 150\.0 GB \(parameters, optimizer state, "
+                             r"gradients\) but only \d+\.\d (GB|MB) is free \(.+\); use "
+                             r"smaller layers$"):
+        trainer.init(KEY, (64,))
+
+
+@pytest.mark.float32
+def test_memory_needed_counts_the_state_gradients_and_updates():
+    trainer = Trainer(L.serial(L.Dense(3), L.Dense(2)), optim.adam(1e-3))  # 4·3+3 + 3·2+2
+    ts = trainer.abstract_state((4,))
+    n_params = 4 * 3 + 3 + 3 * 2 + 2
+    state = sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(ts))
+    assert state >= 3 * 4 * n_params  # params, and Adam's two moments
+    assert trainer.memory_needed(ts) == state + 2 * 4 * n_params
+
+
+@pytest.mark.float32
+def test_non_finite_leaves_names_each_bad_leaf():
+    tree = {"a": jnp.array([1.0, jnp.nan, jnp.inf]), "b": jnp.ones(2), "c": jnp.arange(3),
+            "d": {"e": jnp.array([-jnp.inf])}}
+    assert fdl.train.non_finite_leaves(tree) == [("['a']", 2, 3), ("['d']['e']", 1, 1)]
+    assert fdl.train.non_finite_leaves({"b": jnp.ones(2)}) == []

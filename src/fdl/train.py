@@ -55,6 +55,7 @@ from fdl.modes import get_gradient_mode
 __all__ = [
     "History",
     "compiler_options",
+    "ConsumedStateError",
     "NonFiniteError",
     "OutOfMemoryError",
     "TrainState",
@@ -97,8 +98,20 @@ class OutOfMemoryError(MemoryError):
     when the estimate says so, or when an allocation fails)."""
 
 
-class ConsumedStateError(RuntimeError):
+class ConsumedStateError(ValueError):
     """A :class:`TrainState` whose buffers a training call already consumed (donated)."""
+
+
+def _check_not_consumed(ts: Any, where: str) -> None:
+    """Refuse a state whose buffers an earlier :meth:`Trainer.step`, :meth:`Trainer.epoch`
+    or :func:`fit` donated (XLA would say only "Buffer has been deleted or donated")."""
+    for leaf in jax.tree_util.tree_leaves(ts):
+        if isinstance(leaf, jax.Array) and leaf.is_deleted():
+            raise ConsumedStateError(
+                f"{where}: this TrainState was consumed by an earlier fit, Trainer.epoch or "
+                "Trainer.step call, which donate the state they are given to reuse its "
+                "memory; continue from the state that call returned (ts, history = fit(...)), "
+                "or keep a copy before it (saved = jax.tree.map(jnp.copy, ts))")
 
 
 def _gb(n: float) -> str:
@@ -189,8 +202,15 @@ def _leaf_names(tree: PyTree) -> list[str]:
 
 
 def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The share of rows whose largest output is the label: integer labels (one per row
+    of outputs), or one-hot / probability targets of the outputs' shape, whose largest
+    entry is the class. NaN for any other target (a regression's)."""
     if jnp.issubdtype(labels.dtype, jnp.integer) and logits.ndim == labels.ndim + 1:
         return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+    if jnp.issubdtype(labels.dtype, jnp.floating) and logits.shape == labels.shape \
+            and logits.ndim >= 2:
+        hits = jnp.argmax(logits, axis=-1) == jnp.argmax(labels, axis=-1)
+        return jnp.mean(hits.astype(jnp.float32))
     return jnp.array(jnp.nan, jnp.float32)
 
 
@@ -429,7 +449,9 @@ class Trainer:
 
     def step(self, ts: TrainState, x: jax.Array, y: jax.Array
              ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One jitted optimizer step on one batch (``ts`` is donated: do not reuse it)."""
+        """One jitted optimizer step on one batch (``ts`` is donated: do not reuse it;
+        reusing it raises :class:`ConsumedStateError`)."""
+        _check_not_consumed(ts, "Trainer.step")
         ts, m = self._step(ts, x, y)
         if not bool(m["all_finite"]):  # one scalar transfer, no eager op
             raise NonFiniteError(self._describe_bad(int(ts.step) - 1, m["finite"], ts.params))
@@ -439,12 +461,13 @@ class Trainer:
               ) -> tuple[TrainState, dict[str, float]]:
         """One epoch: shuffle, then every step, as one compiled ``lax.scan``.
 
-        ``ts`` is donated. Returns the new state and the epoch's mean training
+        ``ts`` is donated (reusing it raises :class:`ConsumedStateError`). Returns the new state and the epoch's mean training
         loss and accuracy. Raises :class:`NonFiniteError` at the first non-finite
         step (the state returned in the error's ``state`` attribute is the last
         good one).
         """
         self._check_batch_size(x, batch_size)
+        _check_not_consumed(ts, "Trainer.epoch")
         self._wait_for_compilation()
         ts, m = self._epoch(ts, x, y, batch_size=batch_size)
         bad_step = int(m["bad_step"])
@@ -456,6 +479,7 @@ class Trainer:
 
     def evaluate(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, float]:
         """Loss and accuracy of the model in inference mode (``train=False``)."""
+        _check_not_consumed(ts, "Trainer.evaluate")
         self._wait_for_compilation()
         m = self._evaluate(ts, x, y)
         return {k: float(v) for k, v in m.items()}
@@ -549,13 +573,19 @@ def _check_fit_labels(trainer: Trainer, ts: TrainState, x: Any, y: Any, name: st
     """Integer labels for a classifier must index its outputs: checked on the host,
     because under ``jit`` a label of -1 or 12 is an all-zero one-hot that trains on
     nothing (or makes every evaluation NaN) instead of failing."""
-    if not jnp.issubdtype(jnp.result_type(y), jnp.integer) or jnp.ndim(x) < 1:
+    if jnp.ndim(x) < 1:
         return
     one = jax.ShapeDtypeStruct((1, *jnp.shape(x)[1:]), jnp.result_type(x))
     out = jax.eval_shape(lambda p, s, xb: trainer.model.apply(p, s, xb)[0],
                          ts.params, ts.model_state, one)
     if len(out.shape) != jnp.ndim(y) + 1:  # not one label per row of logits
         return
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        raise ValueError(f"fit: {name} holds {jnp.result_type(y)} values of shape "
+                         f"{jnp.shape(y)}, one per example, but the model has "
+                         f"{out.shape[-1]} outputs per example: class labels must be "
+                         f"integers ({name}.astype(np.int32)), or give targets of the "
+                         "outputs' shape (one-hot or probabilities)")
     n = out.shape[-1]
     bad = first_out_of_range(y, n)
     if bad is not None:
@@ -567,6 +597,21 @@ def _check_fit_labels(trainer: Trainer, ts: TrainState, x: Any, y: Any, name: st
                          "there are classes")
 
 
+def _check_finite_inputs(x: Any, name: str) -> None:
+    """Float inputs must be finite: one NaN input makes its example's loss and every
+    gradient NaN (checked on the host, once, before anything compiles)."""
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+        return
+    values = np.asarray(x)
+    finite = np.isfinite(values)
+    if not finite.all():
+        index = np.unravel_index(int(np.argmin(finite)), finite.shape)
+        raise ValueError(f"fit: {name}[{', '.join(map(str, index))}] is "
+                         f"{values[index]} ({finite.size - int(finite.sum())} "
+                         "non-finite values in all); inputs must be finite: drop or impute "
+                         "those examples first")
+
+
 def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs: int,
         batch_size: int, x_test: Any = None, y_test: Any = None,
         on_epoch: Callable[[int, dict[str, float], TrainState], None] | None = None,
@@ -575,9 +620,12 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
     """Train for ``epochs`` more epochs (counted from ``ts.epoch``), evaluating on the
     test split after each.
 
-    Integer labels of a classifier (one label per row of the model's outputs) are
-    checked first, on the host: a label outside ``[0, outputs)`` raises ``ValueError``
-    before anything compiles.
+    Checked first, on the host, before anything compiles (each a ``ValueError``): the
+    inputs are finite; labels of a classifier (one per row of the model's outputs) are
+    integers in ``[0, outputs)``; ``x_test`` and ``y_test`` come together; ``ts`` was not
+    consumed by an earlier call (:class:`ConsumedStateError`). Targets of the outputs'
+    shape (one-hot or probabilities) are accepted too: their accuracy counts the rows
+    whose largest output is the target's largest entry.
 
     Args:
       trainer, ts: the :class:`Trainer` and the state to continue from (donated).
@@ -604,9 +652,16 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
+    if (x_test is None) != (y_test is None):
+        given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
+        raise ValueError(f"fit: {given} was given without {missing}; pass both to evaluate "
+                         "after every epoch, or neither")
+    _check_not_consumed(ts, "fit")
+    _check_finite_inputs(x_train, "x_train")
     _check_fit_labels(trainer, ts, x_train, y_train, "y_train")
-    has_test = x_test is not None and y_test is not None
+    has_test = x_test is not None
     if has_test:
+        _check_finite_inputs(x_test, "x_test")
         _check_fit_labels(trainer, ts, x_test, y_test, "y_test")
     x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
     if has_test:

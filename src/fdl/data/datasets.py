@@ -38,7 +38,8 @@ import numpy as np
 
 from fdl.data.idx import read_idx
 from fdl.data.labels import check_labels
-from fdl.data.split import Standardizer, fit_standardizer, standardize, train_test_split
+from fdl.data.split import (Standardizer, _check_finite, fit_standardizer, standardize,
+                            train_test_split)
 
 # Standard MNIST file stems; each may also end in ".gz". The second spelling (a dot
 # before "idx") is how some mirrors rename them.
@@ -247,8 +248,14 @@ def standardize_dataset(dataset: Dataset, *, axis: int | tuple[int, ...] | None 
 
     Returns the standardised ``Dataset`` and the fitted ``Standardizer`` (keep it to
     standardise new inputs the same way). ``axis`` as in :func:`fit_standardizer`.
+    NaN or ±inf inputs in either split raise ``ValueError`` naming the first.
     """
-    stats = fit_standardizer(dataset.x_train, axis=axis)
+    try:
+        stats = fit_standardizer(dataset.x_train, axis=axis)
+        _check_finite("fit_standardizer", "x_test", np.asarray(dataset.x_test))
+    except ValueError as e:
+        raise ValueError(f"standardize_dataset: {dataset.name}: "
+                         + str(e).removeprefix("fit_standardizer: ")) from None
     standardized = dataclasses.replace(dataset, x_train=standardize(dataset.x_train, stats),
                                        x_test=standardize(dataset.x_test, stats))
     return standardized, stats

@@ -15,7 +15,8 @@ Contract
     so nothing about the test data leaks into training. ``mean`` and ``std`` keep the
     reduced axes as size 1, so they broadcast against a batch without rank promotion.
     A feature whose training std is below ``eps`` (a border pixel that is always 0)
-    gets std 1: it is centred, not blown up.
+    gets std 1: it is centred, not blown up. NaN or ±inf training inputs are refused
+    (one would make its whole feature NaN).
 
 Everything here runs on the host with numpy and returns numpy arrays.
 """
@@ -115,6 +116,19 @@ class Standardizer(NamedTuple):
     std: np.ndarray
 
 
+def _check_finite(function: str, name: str, x: np.ndarray) -> None:
+    """Refuse NaN or ±inf inputs: one of them makes its whole feature's mean and std
+    NaN, so every example would be NaN in that feature after standardising."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    finite = np.isfinite(x)
+    if not finite.all():
+        index = np.unravel_index(int(np.argmin(finite)), x.shape)
+        raise ValueError(f"{function}: {name}[{', '.join(map(str, index))}] is {x[index]} "
+                         f"({x.size - int(finite.sum())} non-finite values in all); inputs "
+                         "must be finite: drop or impute those examples first")
+
+
 def fit_standardizer(x_train: np.ndarray, *, axis: int | tuple[int, ...] | None = 0,
                      eps: float = 1e-6) -> Standardizer:
     """Fit per-feature mean and standard deviation on the training inputs.
@@ -134,6 +148,7 @@ def fit_standardizer(x_train: np.ndarray, *, axis: int | tuple[int, ...] | None 
                          f"axis 0, got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"fit_standardizer: x_train must be numeric, got dtype {x.dtype}")
+    _check_finite("fit_standardizer", "x_train", x)
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
     mean = x.mean(axis=axis, dtype=np.float64, keepdims=True)
     std = x.std(axis=axis, dtype=np.float64, keepdims=True)
