@@ -6,9 +6,11 @@ Usage:
     python benchmarks/bench.py --quick               # smoke run (~2 min)
     python benchmarks/bench.py --only A,B --json out.json --markdown out.md
 
-Sections (`--only` takes their names): `peak` (float32 matmul peak), `A`, `B`, `C`
-(MLP training steps), `CNN` (a small convnet's training step), `digits` (epoch as one
-`lax.scan` vs a Python loop of jitted steps; wall time to 97% test accuracy) and
+Sections (`--only` takes their names): `peak` (float32 matmul peak of JAX, numpy and
+torch), `A`, `B`, `C` (MLP training steps), `CNN` (a small convnet's training step),
+`LSTM` (an LSTM language model's step), `transformer` (a transformer encoder's step),
+`dp` (DP-SGD on the CNN: ghost norms vs vmap vs an ordinary step), `digits` (epoch as
+one `lax.scan` vs a Python loop of jitted steps; wall time to 97% test accuracy) and
 `perex` (per-example gradient norms). `peak` is added whenever a step section is
 selected, since every step row is reported as a fraction of it.
 
@@ -44,7 +46,7 @@ import jax  # noqa: E402
 import report  # noqa: E402
 import sections  # noqa: E402
 from configs import CPU_CONFIGS, GPU_CONFIGS  # noqa: E402
-from harness import ALL_PEERS, Settings, environment, loadavg  # noqa: E402
+from harness import ALL_PEERS, Settings, environment, loadavg, peak_rss_mib  # noqa: E402
 from peers import load_peers  # noqa: E402
 from sections import SECTIONS, STEP_SECTIONS  # noqa: E402
 
@@ -69,12 +71,15 @@ def run(chosen: Sequence[str] = SECTIONS, settings: Settings | None = None, *,
             peak = secs["peak"]["peak_gflops"]
         elif name in STEP_SECTIONS:
             secs[name] = sections.section_step(configs[name], settings, mods, peak)
+        elif name == "dp":
+            secs["dp"] = sections.section_dp(configs["CNN"], settings)
         elif name == "digits":
             secs["digits"] = sections.section_digits(settings)
         elif name == "perex":
             secs["perex"] = sections.section_perex(settings, mods)
         else:
             raise ValueError(f"unknown section {name!r}; choose from {SECTIONS}")
+        secs[name]["peak_rss_mib"] = peak_rss_mib()
     results["targets"] = report.evaluate_targets(secs)
     results["seconds"] = time.perf_counter() - t0
     results["environment"]["loadavg_at_end"] = loadavg()
@@ -115,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown peers {sorted(unknown)}; choose from {ALL_PEERS}")
     chosen = _sections(p, a.only)
     if a.quick and not a.only:
-        chosen = [s for s in chosen if s not in ("C", "CNN")]
-        settings.note("--quick: sections C and CNN skipped (run them with --only C,CNN)")
+        slow = ("C", "CNN", "LSTM", "transformer", "dp")
+        chosen = [s for s in chosen if s not in slow]
+        settings.note(f"--quick: sections {', '.join(slow)} skipped (run them with "
+                      f"--only {','.join(slow)})")
     command = "python " + shlex.join([os.path.relpath(__file__),
                                       *(sys.argv[1:] if argv is None else argv)])
     results = run(chosen, settings, command=command,

@@ -7,7 +7,10 @@ CPU and, larger, for a GPU; each knows its FLOPs per training step:
 
 * MLP: `6·batch·Σ d_in·d_out` (forward 2, backward 4: the usual convention, which
   also counts the input gradient of the first layer that no variant computes);
-* CNN: 3× the forward FLOPs of its convolutions and dense layer.
+* CNN: 3× the forward FLOPs of its convolutions and dense layer;
+* LSTM language model and transformer encoder: 3× the forward FLOPs of their matmuls
+  (embedding lookups, element-wise work and softmaxes not counted); XLA's own count of
+  each compiled step is reported beside it.
 
 Images are NHWC, as in fdl; `nchw_dense` reorders the CNN's dense weights for the
 frameworks that flatten NCHW.
@@ -75,17 +78,76 @@ class CNNConfig:
         return (self.hw, self.hw, self.in_channels)
 
 
+@dataclass(frozen=True)
+class LSTMConfig:
+    """A character-level language model: embedding `vocab → embed`, one LSTM of
+    `hidden` units over `steps` steps, dense `hidden → vocab` at every step; the loss
+    is the cross-entropy of the next token, averaged over batch and steps."""
+
+    name: str
+    vocab: int
+    embed: int
+    hidden: int
+    steps: int
+    batch: int
+
+    @property
+    def flops(self) -> float:
+        n, h = self.batch * self.steps, self.hidden
+        fwd = 2 * n * (self.embed * 4 * h + h * 4 * h + h * self.vocab)
+        return 3.0 * fwd
+
+    @property
+    def label(self) -> str:
+        return (f"LSTM LM: embedding {self.vocab}→{self.embed}, LSTM {self.hidden} over "
+                f"{self.steps} steps, dense to {self.vocab} every step, batch {self.batch}")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A transformer encoder classifier: dense `features → d`, `blocks` pre-norm blocks
+    (layer norm → `heads`-head self-attention → residual; layer norm → dense `d → mlp`
+    → GELU → dense `mlp → d` → residual), mean over the tokens, dense `d → classes`."""
+
+    name: str
+    features: int
+    d: int
+    heads: int
+    mlp: int
+    blocks: int
+    tokens: int
+    classes: int
+    batch: int
+
+    @property
+    def flops(self) -> float:
+        n, t, d = self.batch * self.tokens, self.tokens, self.d
+        per_block = 2 * n * (4 * d * d + 2 * d * self.mlp) + 2 * 2 * self.batch * t * t * d
+        fwd = 2 * n * self.features * d + self.blocks * per_block + 2 * self.batch * d * self.classes
+        return 3.0 * fwd
+
+    @property
+    def label(self) -> str:
+        return (f"transformer encoder: {self.blocks} pre-norm blocks, d {self.d}, {self.heads} "
+                f"heads, MLP {self.d}-{self.mlp}-{self.d} GELU, mean-pool, dense {self.classes}; "
+                f"batch {self.batch}×{self.tokens} tokens")
+
+
 CPU_CONFIGS: dict[str, Any] = {
     "A": MLPConfig("A", (784, 1024, 10), 128),
     "B": MLPConfig("B", (784, 1024, 1024, 10), 256),
     "C": MLPConfig("C", (784, 4096, 4096, 10), 1024),
     "CNN": CNNConfig("CNN", 28, 1, (32, 64), 10, 128),
+    "LSTM": LSTMConfig("LSTM", 96, 128, 512, 64, 32),
+    "transformer": TransformerConfig("transformer", 32, 256, 4, 1024, 2, 64, 10, 32),
 }
 GPU_CONFIGS: dict[str, Any] = {
     "A": MLPConfig("A", (784, 4096, 10), 4096),
     "B": MLPConfig("B", (784, 4096, 4096, 10), 4096),
     "C": MLPConfig("C", (784, 8192, 8192, 10), 8192),
     "CNN": CNNConfig("CNN", 28, 1, (64, 128), 10, 2048),
+    "LSTM": LSTMConfig("LSTM", 96, 256, 1024, 128, 256),
+    "transformer": TransformerConfig("transformer", 32, 512, 8, 2048, 2, 128, 10, 256),
 }
 
 

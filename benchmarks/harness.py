@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import re
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -182,16 +183,41 @@ def jit_runner(name: str, group: str, step: Callable, state: Any, x: Any, y: Any
 
 
 def xla_cost(compiled: Any) -> dict:
-    """What XLA says about a compiled program: FLOPs, bytes accessed, and op counts
-    (fusions, dots, copies, transposes) from its optimised HLO — noise-free evidence
-    for comparing two variants' programs."""
+    """What XLA says about a compiled program: FLOPs, bytes accessed, op counts
+    (fusions, dots, copies, transposes, convolutions) from its optimised HLO, and its
+    memory (`compiled.memory_analysis()`: temporaries, arguments, outputs, bytes) —
+    noise-free evidence for comparing two variants' programs."""
     ca = compiled.cost_analysis()
     ca = (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
     hlo = compiled.as_text()
     ops = re.findall(r"= \S+ ([a-z][\w-]*)\(", hlo)
-    count = {k: ops.count(k) for k in ("fusion", "dot", "copy", "transpose", "while")}
+    count = {k: ops.count(k) for k in ("fusion", "dot", "convolution", "copy", "transpose",
+                                       "while")}
+    count["all"] = len(ops)
     return {"flops": ca.get("flops"), "bytes_accessed": ca.get("bytes accessed"),
-            "transcendentals": ca.get("transcendentals"), "hlo_ops": count}
+            "transcendentals": ca.get("transcendentals"), "hlo_ops": count,
+            "memory": memory_analysis(compiled)}
+
+
+def memory_analysis(compiled: Any) -> dict | None:
+    """XLA's memory for one compiled program, in bytes: `temp` (scratch buffers live
+    during the step: the activations and residuals the backward keeps), `argument`,
+    `output`, `alias` (outputs written into donated arguments)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if m is None:
+        return None
+    return {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0)
+            for k in ("temp", "argument", "output", "alias", "generated_code")}
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (`getrusage`), MiB: monotone over a
+    run, so a section's value bounds every row measured up to its end."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 1024.0
 
 
 # --------------------------------------------------------------------------- #

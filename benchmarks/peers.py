@@ -2,7 +2,8 @@
 
 * `jax` — `jax.value_and_grad` and a hand-written Adam over a list of `(w, b)`;
 * `stax` — `jax.example_libraries.stax` with `example_libraries.optimizers.adam`;
-* `flax` — a `flax.linen` module with `optax.adam`;
+* `flax` — a `flax.linen` module with `optax.adam` (the sequence rows, in
+  `peers_seq`, use Flax NNX);
 * `equinox` — an `equinox.Module`, partitioned once, its arrays through `jax.jit`,
   with `optax.adam`;
 * `torch` — PyTorch eager: `nn.Sequential`, `torch.optim.Adam` (default
@@ -60,6 +61,8 @@ def load_peers(settings: Settings, notes: list[str]) -> dict[str, Any]:
                 mods[name] = importlib.import_module(module)
             except ImportError:
                 notes.append(f"{name}: skipped (not installed: pip install 'fdl[bench]')")
+    if "flax" in mods:  # the sequence rows use Flax NNX (the MLP and CNN rows linen)
+        mods["nnx"] = importlib.import_module("flax.nnx")
     if "torch" in wanted:
         _load_torch(mods, notes)
     return mods
@@ -115,9 +118,10 @@ def torch_sync(torch: Any) -> None:
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-    """Softmax cross-entropy on integer labels, mean over the batch (plain JAX)."""
+    """Softmax cross-entropy on integer labels, mean over the batch (and the steps of
+    a sequence: logits `N×…×K`, labels `N×…`) (plain JAX)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+    return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
 
 
 def adam_init(params: Any) -> tuple:

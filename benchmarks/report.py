@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness import find
-from sections import LOOP, NOOP_LOOP, SCAN, STEP_SECTIONS
+from sections import DP_GHOST, DP_VMAP, LOOP, NOOP_LOOP, SCAN, STEP_SECTIONS
 
 
 def _row(section: dict | None, variant: str) -> dict | None:
@@ -64,7 +64,7 @@ def evaluate_targets(sections: dict[str, dict]) -> list[dict]:
     def add(name: str, met: bool | None, detail: str) -> None:
         out.append({"target": name, "met": met, "detail": detail})
 
-    for s in ("A", "B", "C"):
+    for s in STEP_SECTIONS:
         if s not in sections:
             continue
         r = _row(sections.get(s), "fdl")
@@ -88,9 +88,31 @@ def evaluate_targets(sections: dict[str, dict]) -> list[dict]:
     elif r is not None:
         add("C: fdl ≥ 80% of float32 matmul peak", r["pct_of_peak"] >= 80.0,
             f"{r['pct_of_peak']:.1f}%")
+    for s in ("CNN", "LSTM", "transformer"):
+        r = _row(sections.get(s), "fdl")
+        if r is not None and r.get("vs_torch") is not None:
+            v = r["vs_torch"]
+            add(f"{s}: fdl step ≤ 1.2× PyTorch eager", v <= 1.2,
+                f"{v:.2f}×{_iqr(r, 'vs_torch')}")
+    _dp_targets(sections.get("dp"), add)
     _digits_targets(sections, add)
     _perex_targets(sections.get("perex"), add)
     return out
+
+
+def _dp_targets(d: dict | None, add: Any) -> None:
+    if d is None:
+        return
+    name = "CNN: DP-SGD step (ghost norms) ≤ 2× an ordinary step"
+    r = _row(d, DP_GHOST)
+    if r is None or r.get("vs_plain_step") is None:
+        add(name, None, "not measured")
+        return
+    vm = _row(d, DP_VMAP)
+    extra = (f"; the vmap-materialised DP-SGD step: {vm['vs_plain_step']:.2f}×"
+             if vm and vm.get("vs_plain_step") is not None else "")
+    add(name, r["vs_plain_step"] <= 2.0,
+        f"{r['vs_plain_step']:.2f}×{_iqr(r, 'vs_plain_step')}{extra}")
 
 
 def _digits_targets(sections: dict[str, dict], add: Any) -> None:
@@ -171,8 +193,22 @@ def _peak_md(s: dict) -> list[str]:
                    [[r["variant"], r["dtype"], _ms(r["median_s"]), _iqr_ms(r),
                      f"{r['gflops']:.1f}", f"{r['flops'] / r['min_s'] / 1e9:.1f}"]
                     for r in s["rows"]])
-    return [table, "\nPeak used for \"% of peak\": the JAX matmul's median, "
-            + ", ".join(f"{k} {g:.1f} GFLOP/s" for k, g in s["peak_gflops"].items()) + "."]
+    fastest = {k: f for k, f in (s.get("fastest") or {}).items() if f}
+    return [table, "\nPeak used for \"% of peak\": the fastest matmul of any library in this "
+            "run, " + ", ".join(f"{k} {f['gflops']:.1f} GFLOP/s ({f['variant']})"
+                               for k, f in fastest.items())
+            + "; \"% of JAX peak\" uses the JAX matmul's median, "
+            + ", ".join(f"{k} {g:.1f} GFLOP/s" for k, g in s["peak_gflops"].items()
+                        if not k.endswith("_any")) + "."]
+
+
+def _mib(b: Any) -> str:
+    return "–" if b is None else f"{b / 2 ** 20:.1f}"
+
+
+def _memory(xla: dict) -> str:
+    m = xla.get("memory")
+    return f"{_mib(m['temp'])} / {_mib(m['argument'])} / {_mib(m['output'])}" if m else "–"
 
 
 def _step_md(s: dict) -> list[str]:
@@ -182,26 +218,39 @@ def _step_md(s: dict) -> list[str]:
                 if xla_flops else "") + "). Per-step time over "
              f"{s['rows'][0]['rounds'] if s['rows'] else 0} interleaved rounds; "
              "\"% of peak\" is against "
-             + ("the float32 matmul interleaved in these rounds (first row)."
-                if s.get("peak_interleaved") else "the peak section's JAX matmul.")
-             + "\n")
+             + ("the float32 matmul interleaved in these rounds (first row) or the fastest "
+                "library's, whichever is faster."
+                if s.get("peak_interleaved") else
+                "the fastest float32 matmul of any library in the peak section, \"% JAX\" "
+                "against JAX's.")
+             + " XLA memory: the compiled step's temporaries / arguments / outputs, MiB "
+             "(`compiled.memory_analysis()`); XLA GFLOP: `compiled.cost_analysis()`.\n")
     head = ["variant", "dtype", "median ms", "IQR ms", "min ms", "GFLOP/s", "% of peak",
-            "vs fastest JAX peer", "vs fdl autodiff", "compile s", "loss₀",
-            "XLA MB accessed", "fusions/copies"]
+            "% JAX", "vs fastest JAX peer", "vs torch", "vs fdl autodiff", "compile s",
+            "loss₀", "XLA GFLOP", "XLA temp / arg / out MiB", "fusions/copies"]
     body = []
     for r in s["rows"]:
         xla = r.get("xla") or {}
-        mb = None if xla.get("bytes_accessed") is None else xla["bytes_accessed"] / 1e6
         ops = xla.get("hlo_ops")
         body.append([
             f"**{r['variant']}**" if r["group"] == "fdl" else r["variant"], r["dtype"],
             _ms(r["median_s"]), _iqr_ms(r), _ms(r["min_s"]),
             _f(r.get("gflops"), ".1f"), _f(r.get("pct_of_peak"), ".0f", "%"),
-            _f(r.get("vs_fastest_jax_peer"), ".2f", "×"),
+            _f(r.get("pct_of_jax_peak"), ".0f", "%"),
+            _f(r.get("vs_fastest_jax_peer"), ".2f", "×"), _f(r.get("vs_torch"), ".2f", "×"),
             _f(r.get("vs_fdl_autodiff"), ".3f", "×"),
-            _f(r.get("compile_s"), ".2f"), _f(r.get("loss0"), ".4f"), _f(mb, ".1f"),
-            f"{ops['fusion']}/{ops['copy']}" if ops else "–"])
+            _f(r.get("compile_s"), ".2f"), _f(r.get("loss0"), ".4f"),
+            _f(None if xla.get("flops") is None else xla["flops"] / 1e9, ".3g"),
+            _memory(xla), f"{ops['fusion']}/{ops['copy']}" if ops else "–"])
     return [intro, _table(head, body)]
+
+
+def _dp_md(s: dict) -> list[str]:
+    return [_table(["variant", "median ms", "IQR ms", "min ms", "× the ordinary step",
+                    "XLA temp / arg / out MiB", "first call s"],
+                   [[r["variant"], _ms(r["median_s"]), _iqr_ms(r), _ms(r["min_s"]),
+                     _f(r.get("vs_plain_step"), ".2f", "×"), _memory(r.get("xla") or {}),
+                     _f(r["first_call_s"], ".2f")] for r in s["rows"]])]
 
 
 def _digits_md(s: dict, peak: float | None) -> list[str]:
@@ -263,13 +312,17 @@ def to_markdown(results: dict) -> str:
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     secs = results["sections"]
     bodies = [("peak", _peak_md)] + [(n, _step_md) for n in STEP_SECTIONS] + [
-        ("digits", lambda s: _digits_md(s, _peak(secs))), ("perex", _perex_md)]
+        ("dp", _dp_md), ("digits", lambda s: _digits_md(s, _peak(secs))),
+        ("perex", _perex_md)]
     for name, body in bodies:
         if name in secs:
             s = secs[name]
             out.append(f"\n### {s['title']}\n")
             out += body(s)
             out += [f"- {n}" for n in s["notes"]]
+            if s.get("peak_rss_mib") is not None:
+                out.append(f"- Peak process memory (getrusage, whole process so far) after "
+                           f"this section: {s['peak_rss_mib']:.0f} MiB.")
     out.append("\n### Targets\n")
     if not results["targets"]:
         out.append("(none for the sections run)")

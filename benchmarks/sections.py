@@ -1,11 +1,17 @@
 """The sections of the report; each measures one question and returns its rows.
 
-* `peak` — float32 (and, with bfloat16 rows, bfloat16) matmul throughput in JAX and
-  `torch.mm`: the reference every step row is reported against ("% of peak").
-* `A`, `B`, `C`, `CNN` — one training step of the configurations in `configs`: fdl's
-  rows (`fdl_runners`) and the peers' (`peers`), with ratios to the fastest JAX peer
-  and to fdl's autodiff mode, and a check that every float32 row starts from the same
-  loss. In `C` (the %-of-peak target) the matmul is interleaved in the same rounds.
+* `peak` — float32 (and, with bfloat16 rows, bfloat16) matmul throughput in JAX,
+  numpy (its BLAS) and `torch.mm`: the reference every step row is reported against
+  ("% of peak": of the fastest float32 matmul any installed library reaches in the
+  run, named in the report; JAX's own as a second column).
+* `A`, `B`, `C`, `CNN`, `LSTM`, `transformer` — one training step of the
+  configurations in `configs`: fdl's rows (`fdl_runners`) and the peers' (`peers`,
+  `peers_seq`), with ratios to the fastest JAX peer and to fdl's autodiff mode, XLA's
+  FLOPs and memory of each compiled step, and a check that every float32 row starts
+  from the same loss. In `C` (the %-of-peak target) the matmul is interleaved in the
+  same rounds.
+* `dp` — DP-SGD on the CNN: a step with `fdl.privacy.dp_sgd_grads` (ghost norms) vs
+  one with `vmap`-materialised per-example gradients vs the ordinary step.
 * `digits` — the `fdl train` MLP: an epoch as one `lax.scan` vs Python loops of
   jitted steps (and a jitted no-op step: bare dispatch), an in-process fit to 97%
   test accuracy, and `python -m fdl.cli train` from process start with a cold and a
@@ -32,14 +38,17 @@ import numpy as np
 import fdl
 from fdl import layers as L
 
-from configs import CPU_CONFIGS, CNNConfig, MLPConfig, batch, copy
-from fdl_runners import fdl_cnn, fdl_mlp, fdl_runners, weighted_layers
-from harness import Runner, Settings, find, looped, measure, set_ratio, short
+from configs import (B1, B2, EPS, LR, CPU_CONFIGS, CNNConfig, LSTMConfig, MLPConfig,
+                     TransformerConfig, batch, copy)
+from fdl_runners import (Pending, fdl_cnn, fdl_lstm, fdl_mlp, fdl_runners, fdl_step,
+                         fdl_transformer, weighted_layers)
+from harness import Runner, Settings, find, jit_runner, looped, measure, set_ratio, short
 from peers import (build_peers, cnn_peers, cross_entropy, jax_mlp, mlp_peers, torch_device,
                    torch_sync)
+from peers_seq import lstm_params, lstm_peers, transformer_params, transformer_peers
 
-SECTIONS = ("peak", "A", "B", "C", "CNN", "digits", "perex")
-STEP_SECTIONS = ("A", "B", "C", "CNN")
+SECTIONS = ("peak", "A", "B", "C", "CNN", "LSTM", "transformer", "dp", "digits", "perex")
+STEP_SECTIONS = ("A", "B", "C", "CNN", "LSTM", "transformer")
 REF = "ref"  # the group of the matmul interleaved into a step section
 NOOP_LOOP = "Python loop of a jitted no-op step (dispatch overhead only)"
 SCAN = "epoch as one lax.scan (Trainer.epoch)"
@@ -77,12 +86,32 @@ def _torch_matmul_runner(torch: Any, an: np.ndarray, bn: np.ndarray, dtype: Any)
                   flops=2.0 * n ** 3)
 
 
+def _numpy_matmul_runner(an: np.ndarray, bn: np.ndarray) -> Runner:
+    def run(k: int) -> None:
+        for _ in range(k):
+            np.matmul(an, bn)
+
+    n = an.shape[0]
+    return Runner(f"numpy.matmul {n}x{n} (BLAS)", "numpy", run, flops=2.0 * n ** 3)
+
+
+def fastest_matmul(rows: list[dict], dtype: str = "float32") -> dict | None:
+    """The fastest matmul row of `dtype` (any library): `{"gflops", "variant"}`."""
+    same = [r for r in rows if r["dtype"] == dtype and r.get("gflops")]
+    best = max(same, key=lambda r: r["gflops"], default=None)
+    return {"gflops": best["gflops"], "variant": best["variant"]} if best else None
+
+
 def section_peak(settings: Settings, mods: dict) -> dict:
     """float32 (and, with bf16 rows, bfloat16) matmul throughput: the reference peak."""
     n = settings.peak_n
     notes: list[str] = []
     dtypes = [jnp.float32] + ([jnp.bfloat16] if settings.bf16 else [])
     runners = [matmul_runner(n, dt) for dt in dtypes]
+    if jax.default_backend() == "cpu":  # numpy's BLAS runs on the host
+        rng = np.random.default_rng(0)
+        runners.append(_numpy_matmul_runner(
+            *(rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))))
     if "torch" in mods:
         torch = mods["torch"]
         rng = np.random.default_rng(0)
@@ -91,8 +120,13 @@ def section_peak(settings: Settings, mods: dict) -> dict:
                     [torch.float32] + ([torch.bfloat16] if settings.bf16 else [])]
     rows = measure(runners, settings, notes=notes)
     peak = {r["dtype"]: r["gflops"] for r in rows if r["group"] == "jax"}
-    return {"title": f"float32 matmul peak ({n}x{n}, jitted, median over rounds)", "rows": rows,
-            "peak_gflops": peak, "notes": notes}
+    fastest = {dt: fastest_matmul(rows, dt) for dt in peak}
+    for dt, f in fastest.items():  # "% of peak" is of the fastest library's matmul
+        if f:
+            peak[dt + "_any"] = f["gflops"]
+    return {"title": f"matmul peak ({n}x{n}; JAX jitted, numpy's BLAS, torch.mm; median over "
+                     "rounds)", "rows": rows, "peak_gflops": peak, "fastest": fastest,
+            "notes": notes}
 
 
 # --------------------------------------------------------------------------- #
@@ -125,18 +159,55 @@ def cnn_runners(cfg: CNNConfig, mods: dict, settings: Settings, notes: list[str]
     return runners + build_peers(cnn_peers(cfg, mods, p, xn, yn), mods, notes)
 
 
+def lstm_runners(cfg: LSTMConfig, mods: dict, settings: Settings, notes: list[str]
+                 ) -> list[Runner]:
+    """fdl's rows (`Embedding`, `LSTM`, `Dense`) and the peers' for the LSTM LM step."""
+    model = fdl_lstm(cfg)
+    _, params, model_state = model.init(jax.random.key(0), (cfg.steps,))
+    rng = np.random.default_rng(4)
+    text = rng.integers(0, cfg.vocab, (cfg.batch, cfg.steps + 1), dtype=np.int32)
+    xn, yn = text[:, :-1], text[:, 1:]  # predict the next token
+    runners = fdl_runners(model, params, model_state, jnp.asarray(xn), jnp.asarray(yn),
+                          flops=cfg.flops, bf16=settings.bf16, input_shape=(cfg.steps,))
+    return runners + build_peers(lstm_peers(cfg, mods, lstm_params(params), xn, yn), mods,
+                                 notes)
+
+
+def transformer_runners(cfg: TransformerConfig, mods: dict, settings: Settings,
+                        notes: list[str]) -> list[Runner]:
+    """fdl's rows (its transformer blocks; pending until they exist) and the peers'."""
+    xn, yn = batch(5, (cfg.tokens, cfg.features), cfg.classes, cfg.batch)
+    runners: list[Runner] = []
+    try:
+        model = fdl_transformer(cfg)
+        shape = (cfg.tokens, cfg.features)
+        _, params, model_state = model.init(jax.random.key(0), shape)
+        runners = fdl_runners(model, params, model_state, jnp.asarray(xn), jnp.asarray(yn),
+                              flops=cfg.flops, bf16=settings.bf16, input_shape=shape)
+        notes.append("fdl's rows start from fdl's own initialisation, the peers' from "
+                     "transformer_params: their first losses differ by the draw")
+    except Pending as e:
+        notes.append(str(e))
+    peers = transformer_peers(cfg, mods, transformer_params(cfg), xn, yn)
+    return runners + build_peers(peers, mods, notes)
+
+
+_BUILD = {MLPConfig: mlp_runners, CNNConfig: cnn_runners, LSTMConfig: lstm_runners,
+          TransformerConfig: transformer_runners}
+
+
 def section_step(cfg: Any, settings: Settings, mods: dict, peak: dict[str, float]) -> dict:
     """One training step of `cfg` in every variant; ratios and % of `peak` per row."""
     notes: list[str] = []
-    build = mlp_runners if isinstance(cfg, MLPConfig) else cnn_runners
     n = settings.peak_n
-    runners = build(cfg, mods, settings, notes)
+    runners = _BUILD[type(cfg)](cfg, mods, settings, notes)
     if cfg.name == "C":  # the %-of-peak target: measure the peak in the same rounds
         runners.insert(0, matmul_runner(n, group=REF, name=f"matmul {n}x{n} (peak, interleaved)"))
     rows = measure(runners, settings, notes=notes)
     here = next((r for r in rows if r["group"] == REF), None)
     if here is not None:  # the peak under this section's own conditions
-        peak = dict(peak, float32=here["gflops"])
+        peak = dict(peak, float32=here["gflops"],
+                    float32_any=max(here["gflops"], peak.get("float32_any") or 0.0))
     add_ratios(rows, peak)
     check_losses(rows, notes)
     return {"title": f"{cfg.name}: {cfg.label}", "config": cfg.__dict__ | {"flops": cfg.flops},
@@ -157,8 +228,11 @@ def add_ratios(rows: list[dict], peak: dict[str, float]) -> None:
             set_ratio(r, "vs_fastest_jax_peer", fastest)
             set_ratio(r, "vs_fdl_autodiff", auto if dt == "float32" else None)
             r["fastest_jax_peer"] = fastest["variant"] if fastest else None
-            p = peak.get(dt)
+            torch_row = next((t for t in same if t["group"] == "torch"), None)
+            set_ratio(r, "vs_torch", torch_row if r["group"] != "torch" else None)
+            p, pj = peak.get(dt + "_any") or peak.get(dt), peak.get(dt)
             r["pct_of_peak"] = 100.0 * r["gflops"] / p if p and "gflops" in r else None
+            r["pct_of_jax_peak"] = 100.0 * r["gflops"] / pj if pj and "gflops" in r else None
             if r["group"] == REF:
                 r["vs_fastest_jax_peer"] = r["vs_fdl_autodiff"] = None
 
@@ -174,6 +248,73 @@ def check_losses(rows: list[dict], notes: list[str]) -> None:
             if abs(r["loss0"] - ref) > 1e-4 * max(1.0, abs(ref)):
                 notes.append(f"{r['variant']}: first-step loss {r['loss0']:.6f} differs from "
                              f"fdl's {ref:.6f}: the variants may not compute the same model")
+
+
+# --------------------------------------------------------------------------- #
+# dp
+# --------------------------------------------------------------------------- #
+
+DP_PLAIN = "ordinary step (grad + Adam)"
+DP_GHOST = "DP-SGD, ghost norms (fdl.privacy.dp_sgd_grads) + Adam"
+DP_VMAP = "DP-SGD, vmap per-example grads (fdl.train.per_example_grads) + Adam"
+
+
+def section_dp(cfg: CNNConfig, settings: Settings, *, clip_norm: float = 1.0,
+               noise_multiplier: float = 1.0) -> dict:
+    """DP-SGD steps on the CNN: ghost norms vs materialised per-example gradients, both
+    against the ordinary step (same model, batch, Adam; float32, manual rules)."""
+    notes: list[str] = []
+    model = fdl_cnn(cfg)
+    _, params, st = model.init(jax.random.key(0), cfg.input_shape)
+    xn, yn = batch(2, cfg.input_shape, cfg.classes, cfg.batch)
+    x, y = jnp.asarray(xn), jnp.asarray(yn)
+    opt = fdl.optim.adam(LR, B1, B2, EPS)
+    trainer = fdl.train.Trainer(model, opt, loss=fdl.losses.softmax_cross_entropy)
+
+    def finish(grads, loss, params, opt_state, key):
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (fdl.optim.apply_updates(params, updates), opt_state, key), loss
+
+    def ghost_step(state, x, y):
+        params, opt_state, key = state
+        key, k = jax.random.split(key)
+        out = fdl.privacy.dp_sgd_grads(model, params, st, x, y, key=k, clip_norm=clip_norm,
+                                       noise_multiplier=noise_multiplier)
+        return finish(out.grads, out.loss, params, opt_state, key)
+
+    def one_loss(p, xb, yb):
+        return fdl.losses.softmax_cross_entropy(model.apply(p, st, xb)[0], yb)
+
+    def vmap_step(state, x, y):
+        params, opt_state, key = state
+        key, k = jax.random.split(key)
+        per = fdl.train.per_example_grads(one_loss, params, x, y)
+        c = fdl.privacy.clip_factors(global_norms(per), clip_norm)
+        leaves, tree = jax.tree.flatten(per)
+        noise = jax.random.split(k, len(leaves))
+        grads = jax.tree.unflatten(tree, [
+            (jnp.tensordot(c, g, 1) + noise_multiplier * clip_norm
+             * jax.random.normal(kk, g.shape[1:], g.dtype)) / x.shape[0]
+            for g, kk in zip(leaves, noise)])
+        return finish(grads, one_loss(params, x, y), params, opt_state, key)
+
+    def state() -> tuple:
+        p = copy(params)
+        return p, opt.init(p), jax.random.key(1)
+
+    p0 = copy(params)
+    runners = [
+        jit_runner(DP_PLAIN, "fdl", fdl_step(trainer, st), (p0, opt.init(p0)), x, y,
+                   flops=cfg.flops),
+        jit_runner(DP_GHOST, "fdl", jax.jit(ghost_step, donate_argnums=0), state(), x, y),
+        jit_runner(DP_VMAP, "fdl", jax.jit(vmap_step, donate_argnums=0), state(), x, y)]
+    rows = measure(runners, settings, notes=notes)
+    plain = find(rows, DP_PLAIN)
+    for r in rows:
+        set_ratio(r, "vs_plain_step", plain)
+    return {"title": f"DP-SGD on {cfg.label} (clip norm {clip_norm}, noise multiplier "
+                     f"{noise_multiplier}; float32, manual rules)", "rows": rows,
+            "notes": notes}
 
 
 # --------------------------------------------------------------------------- #
