@@ -527,3 +527,20 @@ def test_non_finite_leaves_names_each_bad_leaf():
             "d": {"e": jnp.array([-jnp.inf])}}
     assert fdl.train.non_finite_leaves(tree) == [("['a']", 2, 3), ("['d']['e']", 1, 1)]
     assert fdl.train.non_finite_leaves({"b": jnp.ones(2)}) == []
+
+
+@pytest.mark.float32
+def test_an_example_without_its_batch_axis_is_named_as_such(digits):
+    """Was: "input has shape (64,) (64 features) but the layer was built for 64 features"."""
+    trainer = Trainer(L.serial(L.Dense(32), L.Relu(), L.Dense(10)), optim.adam(1e-3))
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=r"^Dense: input has shape \(64,\), one example without "
+                                         r"the batch axis; expected \(batch, …, 64\): pass "
+                                         r"x\[None\] \(a batch of one\), or jax\.vmap the model "
+                                         r"over examples$"):
+        trainer.model.apply(ts.params, ts.model_state, digits.x_test[0])
+    out, _ = trainer.model.apply(ts.params, ts.model_state, digits.x_test[0][None])
+    assert out.shape == (1, 10)
+    with pytest.raises(ValueError, match=r"^Dense: input has shape \(63,\) \(63 features\) but "
+                                         r"the layer was built for 64 features"):
+        trainer.model.apply(ts.params, ts.model_state, digits.x_test[0][:63])

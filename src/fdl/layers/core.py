@@ -61,6 +61,11 @@ def Dense(features: int, *, w_init: str | Initializer = "glorot_uniform",
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
         d_in = params["w"].shape[0]
+        if jnp.ndim(x) < 2 and jnp.shape(x) == (d_in,):  # the right features, no batch axis
+            raise ValueError(
+                f"Dense: input has shape {tuple(jnp.shape(x))}, one example without the batch "
+                f"axis; expected (batch, …, {d_in}): pass x[None] (a batch of one), or "
+                "jax.vmap the model over examples")
         if jnp.ndim(x) < 2 or x.shape[-1] != d_in:
             raise ValueError(
                 f"Dense: input has shape {tuple(jnp.shape(x))} ({jnp.shape(x)[-1] if jnp.ndim(x) else 0} "
