@@ -157,7 +157,11 @@ def _describe(value: Any) -> str:
     import numpy as np
 
     if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"{np.dtype(value.dtype).name}[{', '.join(map(str, value.shape))}]"
+        try:
+            dtype = np.dtype(value.dtype).name
+        except TypeError:  # a typed PRNG key: key<fry>
+            dtype = str(value.dtype)
+        return f"{dtype}[{', '.join(map(str, value.shape))}]"
     return repr(value)
 
 
@@ -384,7 +388,13 @@ def write_pages(outdir: Path, prims: dict[str, Any] | None = None) -> list[str]:
     outdir.mkdir(parents=True, exist_ok=True)
     results = check_all(prims)
     for name, p in prims.items():
-        _write(outdir / f"{name}.md", page(name, p, results[name]))
+        try:
+            text = page(name, p, results[name])
+        except Exception as e:  # noqa: BLE001 - the page says so and the build fails
+            results[name] = e
+            text = f"# {name}\n\n```{{error}}\nThe page could not be generated: " \
+                   f"{type(e).__name__}: {e}\n```\n"
+        _write(outdir / f"{name}.md", text)
     _write(outdir / "index.md", index_page(results, prims))
     for stale in set(outdir.glob("*.md")) - {outdir / f"{n}.md" for n in [*prims, "index"]}:
         stale.unlink()

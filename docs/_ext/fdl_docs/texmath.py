@@ -262,6 +262,21 @@ class _Converter:
         if c in GREEK or c in _DIGITS or _IDENT.match(c):
             self.out.append(self.scripts(self.atom()))
             return
+        if c == " ":
+            # a space between two factors is a product: keep it visible (G Wᵀ, X dW)
+            j = i
+            while j < len(s) and s[j] == " ":
+                j += 1
+            prev = self.out[-1].rstrip() if self.out else ""
+            nxt = s[j] if j < len(s) else ""
+            self.i = j
+            if (prev and (prev[-1].isalnum() or prev[-1] in ")}]'") and not prev.endswith(
+                    ("\\qquad", "\\quad")) and nxt and (
+                    nxt.isalnum() or nxt in GREEK or nxt in "√∂(" or nxt in LETTERLIKE)):
+                self.out.append(r"\,")
+            else:
+                self.out.append(" ")
+            return
         if c in SUPERSCRIPTS or c in SUBSCRIPTS:  # a script with no base
             self.out.append(self.scripts("{}"))
             return
