@@ -23,6 +23,7 @@ pre-activation, `∂L/∂b = 1ᵀ ∂L/∂A`, `∂L/∂X = ∂L/∂A W_xᵀ`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -33,6 +34,7 @@ from jax import lax
 from fdl import _validate as v
 from fdl.ops.activations import sigmoid
 from fdl.ops.linear import linear
+from fdl.ops.sequence import check_lengths, reverse_sequences, sequence_mask
 from fdl.primitive import Example, gaussian, primitive
 
 __all__ = ["LSTMState", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell", "scan_cell"]
@@ -400,7 +402,7 @@ def _hidden(state: Any) -> Any:
 
 
 def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
-              reverse: bool = False) -> tuple[jax.Array, Any]:
+              reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, Any]:
     r"""Run `state_t = cell(x_t, state_{t−1}, *params)` over the time axis.
 
     Args:
@@ -411,10 +413,21 @@ def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
       *params: the cell's parameters, shared by every step.
       reverse: run from `t = T` down to `1` (for the backward half of a
         bidirectional RNN); `hs` stays in input order.
+      lengths: optional int array `…` (each in `[1, T]`): the number of valid
+        steps of each sequence. A step `t ≥ ℓ` keeps the state, `s_t = s_{t−1}`,
+        and outputs zero, so it receives no gradient; `reverse=True` then runs each
+        sequence from its own last step `ℓ−1` down to `0` (a packed sequence's
+        backward direction: `reverse_sequences`, a forward masked scan, and back).
 
     Returns:
       `(hs, state_T)`: `hs ∈ ℝ^{…×T×H}` holds each step's `h` (the state, or
-      its first entry for a pair), `state_T` the final state.
+      its first entry for a pair), `state_T` the final state (with `lengths`, each
+      sequence's own after its last valid step).
+
+    With lengths each step is `s_t = m_t ? cell(x_t, s_{t−1}) : s_{t−1}` and
+    `h_t = m_t ? h(cell(…)) : 0` with the mask `m_t = [t < ℓ]`, a select whose VJP
+    sends the state's cotangent around a padded step untouched and gives the cell's
+    backward a zero cotangent there.
 
     Gradient (BPTT): the scan's transpose calls the cell's VJP at `t = T, …, 1`,
     feeding `∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}` returned by step
@@ -422,6 +435,13 @@ def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
     by hand beyond the cell; the transposes between batch-first and time-major
     layouts are layout changes JAX inverts exactly.
     """
+    if lengths is not None:
+        if reverse:  # each sequence backwards from its own last step
+            hs, final = scan_cell(cell, reverse_sequences(xs, lengths), state0, *params,
+                                  lengths=lengths)
+            return reverse_sequences(hs, lengths), final
+        return _masked_scan(cell, xs, state0, params, lengths)
+
     def step(state, x_t):
         state = cell(x_t, state, *params)
         return state, _hidden(state)
@@ -430,7 +450,25 @@ def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
     return jnp.moveaxis(hs, 0, -2), final
 
 
-def _check_sequence(fn: str, xs, h0, wx, params: tuple) -> None:
+def _masked_scan(cell: Callable, xs: jax.Array, state0: Any, params: tuple,
+                 lengths: jax.Array) -> tuple[jax.Array, Any]:
+    """The forward scan with steps `t ≥ ℓ` keeping the state and outputting zero."""
+    def select(m_t, new, old):
+        return jnp.where(jnp.broadcast_to(m_t[..., None], new.shape), new, old)
+
+    def step(state, inputs):
+        x_t, m_t = inputs
+        new = cell(x_t, state, *params)
+        h = _hidden(new)
+        out = select(m_t, h, jnp.zeros_like(h))
+        return jax.tree.map(functools.partial(select, m_t), new, state), out
+
+    mask = jnp.moveaxis(sequence_mask(lengths, xs.shape[-2]), -1, 0)  # T×…
+    final, hs = lax.scan(step, state0, (jnp.moveaxis(xs, -2, 0), mask))
+    return jnp.moveaxis(hs, 0, -2), final
+
+
+def _check_sequence(fn: str, xs, h0, wx, params: tuple, lengths=None) -> None:
     v.floating(fn, "xs", xs)
     v.ndim_at_least(fn, "xs", xs, 2, "…×T×D, batch-first")
     v.floating(fn, "h0", h0)
@@ -448,39 +486,44 @@ def _check_sequence(fn: str, xs, h0, wx, params: tuple) -> None:
         raise TypeError(f"{fn}: the initial state has dtype {jnp.result_type(h0)} but the "
                         f"step computes in {computes} (from xs and the weights); the scan "
                         f"carry must keep one dtype: cast the state to {computes}")
+    check_lengths(fn, lengths, _shape(xs)[:-2], xs.shape[-2])
 
 
 def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
-        reverse: bool = False) -> tuple[jax.Array, jax.Array]:
+        reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Elman RNN over a sequence: `scan_cell` of `rnn_cell`.
 
     `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
     `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
+    `lengths` (int `…`, each in `[1, T]`): see `scan_cell` (padded steps keep the
+    state, output zero, receive no gradient; `h_T` is each sequence's own last).
     """
-    _check_sequence("rnn", xs, h0, wx, (wx, wh, b))
-    return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse)
+    _check_sequence("rnn", xs, h0, wx, (wx, wh, b), lengths)
+    return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse, lengths=lengths)
 
 
 def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
-         reverse: bool = False) -> tuple[jax.Array, Any]:
+         reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """LSTM over a sequence: `scan_cell` of `lstm_cell`.
 
     `xs ∈ ℝ^{…×T×D}` (batch-first), `state0 = (h0, c0)` with `h0, c0 ∈ ℝ^{…×H}`;
     returns `(hs, (h_T, c_T))` with `hs ∈ ℝ^{…×T×H}` (the `h` of every step)
     and the final state in `state0`'s container. Gradient: BPTT through the
-    cell's rule ∂L/∂(x, (h, c), W, b).
+    cell's rule ∂L/∂(x, (h, c), W, b). `lengths`: as in `rnn` (`scan_cell`).
     """
     _check_lstm_state("lstm", state0)
-    _check_sequence("lstm", xs, state0[0], wx, (wx, wh, b))
-    return scan_cell(lstm_cell, xs, state0, wx, wh, b, reverse=reverse)
+    _check_sequence("lstm", xs, state0[0], wx, (wx, wh, b), lengths)
+    return scan_cell(lstm_cell, xs, state0, wx, wh, b, reverse=reverse, lengths=lengths)
 
 
 def gru(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
-        bh: jax.Array, *, reverse: bool = False) -> tuple[jax.Array, jax.Array]:
+        bh: jax.Array, *, reverse: bool = False,
+        lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """GRU (reset-after variant) over a sequence: `scan_cell` of `gru_cell`.
 
     `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
-    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule.
+    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule. `lengths`: as in
+    `rnn` (`scan_cell`).
     """
-    _check_sequence("gru", xs, h0, wx, (wx, wh, bx, bh))
-    return scan_cell(gru_cell, xs, h0, wx, wh, bx, bh, reverse=reverse)
+    _check_sequence("gru", xs, h0, wx, (wx, wh, bx, bh), lengths)
+    return scan_cell(gru_cell, xs, h0, wx, wh, bx, bh, reverse=reverse, lengths=lengths)
