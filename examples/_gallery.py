@@ -1,7 +1,8 @@
 """What every gallery example shares: its command line, its table printing, its figure.
 
 Each example is ``main(argv=None) -> dict``: it parses ``--quick`` (the test mode,
-seconds), ``--full`` (the complete experiment) and ``--out DIR`` (where the PNG goes),
+seconds), ``--full`` (the complete experiment) and ``--out DIR`` (where the PNG goes;
+default ``runs/``, created if missing and ignored by git, never the current directory),
 prints the numbers behind its figure and returns them. matplotlib is optional: without
 it the numbers are still printed and a one-line note says the figure was skipped.
 """
@@ -17,17 +18,22 @@ import jax
 
 # XLA's quickest compile settings: in --quick mode the runs are tiny and compiling
 # dominates (a 7× slower program that compiles 4× faster)
+DEFAULT_OUT = "runs"  # where figures go without --out (in .gitignore)
+
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def parse(description: str, argv: Sequence[str] | None,
           extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """Parse the common flags (plus any the example adds through ``extra``)."""
-    parser = argparse.ArgumentParser(description=description.strip().splitlines()[0])
+    first_paragraph = " ".join(description.strip().split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(description=first_paragraph)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="test mode: a few seconds")
     mode.add_argument("--full", action="store_true", help="the complete experiment")
-    parser.add_argument("--out", default=".", help="directory for the PNG figure")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"directory for the PNG figure (default {DEFAULT_OUT}, created if "
+                        "missing)")
     parser.add_argument("--no-figure", action="store_true", help="print numbers only")
     if extra is not None:
         extra(parser)

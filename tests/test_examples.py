@@ -13,7 +13,9 @@ import re
 
 import pytest
 
+import fdl
 from conftest import ROOT, run_python
+from fdl.cli import main
 
 EXAMPLES = ROOT / "examples"
 
@@ -40,14 +42,37 @@ def test_mlp_digits_quick_checks_gradients_trains_to_95_percent_and_restores(tmp
     path = tmp_path / "mlp_digits.npz"
     assert path.is_file()
     assert _number_after(f"saved {path} - restored state's test accuracy", out) == accuracy
+    # `fdl train` continues it: the same layer names, the settings in its metadata
+    code = main(["train", "--resume", str(path), "--epochs", "11", "--quiet"])
+    assert code == 0
+    assert fdl.io.load_metadata(path)["epoch"] == 11
+    assert main(["train", "--resume", str(path), "--epochs", "12", "--optimizer", "sgd"]) == 2
+
+
+@pytest.mark.float32
+def test_mlp_digits_writes_into_runs_by_default_and_its_help_is_whole_sentences(tmp_path):
+    module = _load_mlp_digits()
+    args = module.parse([])
+    assert args.out == "runs" and args.epochs == 40
+    proc = run_python([str(EXAMPLES / "mlp_digits.py"), "--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    description = proc.stdout.split("\n\n")[1]
+    assert " ".join(description.split()) == ("The whole fdl pipeline in one file: data, model, "
+                                             "gradient check, training, evaluation, checkpoint.")
+    assert "(default runs, created if missing)" in " ".join(proc.stdout.split())
+
+
+def _load_mlp_digits():
+    spec = importlib.util.spec_from_file_location("mlp_digits", EXAMPLES / "mlp_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.float32
 def test_mlp_digits_flags_change_the_model_and_the_check_still_passes(tmp_path):
     """The course's questions (add a layer, swap ReLU for tanh) run through ``main``."""
-    spec = importlib.util.spec_from_file_location("mlp_digits", EXAMPLES / "mlp_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_mlp_digits()
     r = module.main(["--hidden", "64,32", "--activation", "tanh", "--epochs", "2",
                      "--out", str(tmp_path)])
     assert r["check_passed"] and r["epochs"] == 2 and len(r["train_loss"]) == 2

@@ -219,3 +219,34 @@ def test_quick_and_full_are_exclusive():
     with pytest.raises(SystemExit):
         _gallery.parse("doc", ["--quick", "--full"])
     assert _gallery.pick(_gallery.parse("doc", ["--full"]), 1, 2, 3) == 3
+
+
+@pytest.mark.float32
+def test_figures_go_to_runs_by_default_not_the_current_directory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    load("01_single_neuron")
+    import _gallery
+
+    monkeypatch.chdir(tmp_path)
+    args = _gallery.parse("A title.\n\nMore text.", [])
+    assert args.out == "runs"
+
+    def draw(plt):
+        fig, _ = plt.subplots(figsize=(1, 1))
+        return fig
+
+    assert _gallery.save_figure(args, "x.png", draw) == os.path.join("runs", "x.png")
+    assert os.listdir(tmp_path) == ["runs"] and os.listdir(tmp_path / "runs") == ["x.png"]
+    assert capsys.readouterr().out == "wrote runs/x.png\n"
+
+
+@pytest.mark.float32
+def test_the_help_describes_the_example_in_whole_sentences(capsys):
+    load("01_single_neuron")
+    import _gallery
+
+    with pytest.raises(SystemExit):
+        _gallery.parse("A title: with a colon,\nwrapped over lines.\n\nDetails.", ["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "A title: with a colon, wrapped over lines. options:" in help_text
+    assert "(default runs, created if missing)" in help_text
