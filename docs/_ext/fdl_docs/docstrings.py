@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from fdl_docs.texmath import split_inline, to_tex
+from fdl_docs.texmath import MATHS_CHARS, split_inline, to_tex
 
 SECTION = re.compile(r"^(Args|Arguments|Returns|Raises|Attributes|Yields|Note|Notes|"
                      r"Example|Examples|Warning)\s*:\s*$")
@@ -172,7 +172,10 @@ def _is_maths_block(lines: list[str]) -> bool:
     text = "\n".join(lines)
     if re.search(r"^\s*(def |class |import |from |with |for |return |@|>>>)", text, re.M):
         return False
-    return any(k == "maths" for line in lines for k, _ in split_inline(line.strip()))
+    if any(k == "maths" for line in lines for k, _ in split_inline(line.strip())):
+        return True
+    # equations written bare (no $ or backticks): maths symbols and an equals sign
+    return "=" in text and any(c in MATHS_CHARS for c in text)
 
 
 def _is_prose_block(lines: list[str]) -> bool:

@@ -20,6 +20,7 @@ Conventions read from the docstrings:
 from __future__ import annotations
 
 import re
+import unicodedata
 
 SUPERSCRIPTS = {
     "⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6", "⁷": "7",
@@ -270,8 +271,8 @@ class _Converter:
             prev = self.out[-1].rstrip() if self.out else ""
             nxt = s[j] if j < len(s) else ""
             self.i = j
-            if (prev and (prev[-1].isalnum() or prev[-1] in ")}]'") and not prev.endswith(
-                    ("\\qquad", "\\quad")) and nxt and (
+            if (prev and (prev[-1].isalnum() or prev[-1] in ")}]'") and not _OPERATOR.search(
+                    prev) and nxt and (
                     nxt.isalnum() or nxt in GREEK or nxt in "√∂(" or nxt in LETTERLIKE)):
                 self.out.append(r"\,")
             else:
@@ -313,10 +314,17 @@ def _matching(s: str, i: int, open_: str, close: str) -> int:
     return len(s)
 
 
+_OPERATOR = re.compile(r"\\(" + "|".join(sorted(
+    {v.strip()[1:] for v in SYMBOLS.values() if re.fullmatch(r"\\[A-Za-z]+ ?", v)}
+    - {"partial", "ell", "infty", "nabla", "top", "dots", "cdots"} | {"quad", "qquad"}))
+    + r")$")
+
+
 def to_tex(text: str) -> str:
     """TeX for one maths span written with Unicode (`∂L/∂W = Xᵀ G`)."""
     if not text:
         return ""
+    text = unicodedata.normalize("NFD", text)  # Ĝ is G and a combining circumflex
     return re.sub(r" {2,}", " ", _Converter(text).run()).strip()
 
 
