@@ -1,4 +1,5 @@
-"""README.md is tested: every ```python block runs as written and prints what it claims.
+"""README.md is tested: every ```python block runs as written and prints what it claims,
+and the command-line block pastes in order (each line parsed, its checkpoint checked).
 
 Each block runs alone, in a fresh interpreter, in an empty directory, with no
 ``JAX_*`` settings: the user's default configuration (float32 unless the snippet
@@ -16,8 +17,12 @@ three or four of the 359 held-out digits).
 from __future__ import annotations
 
 import re
+import shlex
+from pathlib import Path
 
 import pytest
+
+from fdl import cli
 
 from conftest import ROOT, run_python
 
@@ -91,3 +96,39 @@ def test_ci_runs_the_readmes_test_command_exactly():
     assert len(commands) == 1, commands
     command = commands[0].strip()
     assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def _command_line_blocks(text: str) -> list[list[str]]:
+    """The ```bash blocks of the README's "The command line" section, as lines."""
+    section = text.split("## The command line", 1)[1].split("\n## ", 1)[0]
+    return [b.strip().splitlines() for b in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_the_command_line_block_pastes_in_order_after_the_set_up(tmp_path, monkeypatch):
+    """Every `fdl train` line of the first block, in order, after the set-up's run: the
+    parser accepts it and its checkpoint is neither refused as existing nor missing when
+    resumed (each run's file is created before the next line is checked). The lines
+    are checked with the CLI's own functions, not run: each would train for a minute."""
+    monkeypatch.chdir(tmp_path)
+    Path("fdl-checkpoint.npz").write_bytes(b"the set-up's run")  # `.venv/bin/fdl train`
+    lines = _command_line_blocks(README.read_text(encoding="utf-8"))[0]
+    assert lines[0].startswith("source .venv/bin/activate")
+    trains = [shlex.split(line, comments=True) for line in lines if line.startswith("fdl train")]
+    assert len(trains) >= 4
+    for argv in trains:
+        args = cli._parser().parse_args(argv[1:])
+        assert args.resume is None or Path(args.resume).exists(), argv
+        checkpoint = cli._checkpoint_path(args)  # raises UsageError when it would refuse
+        if checkpoint:
+            Path(checkpoint).write_bytes(b"written")
+    for line in lines:
+        if line.startswith("fdl ") and not line.startswith("fdl train"):
+            with pytest.raises(SystemExit) as exit_:
+                cli._parser().parse_args(shlex.split(line, comments=True)[1:] + ["--help"])
+            assert exit_.value.code == 0
+
+
+def test_the_data_lines_parse():
+    for line in _command_line_blocks(README.read_text(encoding="utf-8"))[1]:
+        args = cli._parser().parse_args(shlex.split(line, comments=True)[1:])
+        assert args.data and args.checkpoint
