@@ -190,13 +190,38 @@ def xla_cost(compiled: Any) -> dict:
     ca = compiled.cost_analysis()
     ca = (ca[0] if isinstance(ca, (list, tuple)) else ca) or {}
     hlo = compiled.as_text()
-    ops = re.findall(r"= \S+ ([a-z][\w-]*)\(", hlo)
+    # one instruction per line, `[ROOT] %name = TYPE opcode(…`; TYPE may be a tuple with spaces
+    ops = re.findall(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = .*?\s([a-z][\w-]*)\(", hlo, re.M)
     count = {k: ops.count(k) for k in ("fusion", "dot", "convolution", "copy", "transpose",
                                        "while")}
     count["all"] = len(ops)
     return {"flops": ca.get("flops"), "bytes_accessed": ca.get("bytes accessed"),
             "transcendentals": ca.get("transcendentals"), "hlo_ops": count,
-            "memory": memory_analysis(compiled)}
+            "loop_body_kernels": loop_body_kernels(hlo), "memory": memory_analysis(compiled)}
+
+
+_NOT_KERNELS = frozenset({"parameter", "get-tuple-element", "tuple", "constant", "bitcast",
+                          "after-all", "opt-barrier"})
+
+
+def loop_body_kernels(hlo: str) -> dict | None:
+    """The instructions of the outermost `while` loop's body that do work (fusions, dots,
+    copies, …; not parameters, tuples, constants or bitcasts), by opcode: what one
+    iteration of a scanned epoch launches. `None` without a loop."""
+    m = re.search(r"\swhile\(.*?body=%?([\w.\-]+)", hlo)
+    if m is None:
+        return None
+    block = re.search(r"^%?" + re.escape(m.group(1)) + r" .*?\{\n(.*?)^\}", hlo, re.M | re.S)
+    if block is None:
+        return None
+    ops = re.findall(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = .*?\s([a-z][\w-]*)\(", block.group(1),
+                     re.M)
+    kernels: dict[str, int] = {}
+    for op in ops:
+        if op not in _NOT_KERNELS:
+            kernels[op] = kernels.get(op, 0) + 1
+    kernels["total"] = sum(kernels.values())
+    return kernels
 
 
 def memory_analysis(compiled: Any) -> dict | None:

@@ -42,7 +42,8 @@ from configs import (B1, B2, EPS, LR, CPU_CONFIGS, CNNConfig, LSTMConfig, MLPCon
                      TransformerConfig, batch, copy)
 from fdl_runners import (Pending, fdl_cnn, fdl_lstm, fdl_mlp, fdl_runners, fdl_step,
                          fdl_transformer, weighted_layers)
-from harness import Runner, Settings, find, jit_runner, looped, measure, set_ratio, short
+from harness import (Runner, Settings, find, jit_runner, looped, measure, set_ratio, short,
+                     xla_cost)
 from peers import (build_peers, cnn_peers, cross_entropy, jax_mlp, mlp_peers, torch_device,
                    torch_sync)
 from peers_seq import lstm_params, lstm_peers, transformer_params, transformer_peers
@@ -400,6 +401,11 @@ def section_digits(settings: Settings) -> dict:
     result = {"title": f"digits MLP 64-512-10, batch {size}, {n_batches} steps per epoch: "
                        "time per epoch", "rows": rows, "notes": notes,
               "steps_per_epoch": n_batches, "flops_per_step": flops}
+    try:  # the kernels of one compiled epoch: what the per-step path launches
+        result["epoch_xla"] = xla_cost(
+            trainer._epoch.lower(template, x, y, batch_size=size).compile())
+    except Exception as e:
+        notes.append(f"compiled epoch: no XLA cost analysis ({type(e).__name__}: {short(e)})")
     result["fit"] = fit_to_97(notes)
     if settings.cli:
         result["cli"] = cli_runs(settings, result["fit"], notes)
