@@ -52,7 +52,9 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
 
     Params: `wq (d_q, D)`, `wk (d_kv, D)`, `wv (d_kv, D)`, `wo (D, out)` and,
     with `use_bias`, `bq`, `bk`, `bv` (`D`), `bo` (`out`). `apply`
-    takes `mask=` (boolean, broadcast to `N×T×S`; a padding mask is `N×1×S`).
+    takes `mask=` (boolean, broadcast to `N×T×S`; a padding mask is `N×1×S`) and/or
+    `lengths=` (int `N`: the queries' lengths, and the keys' too when `S = T`) and
+    `kv_lengths=` (the keys'); a padded query's output is zero.
     """
     fn = "MultiHeadAttention"
     v.positive_int(fn, "num_heads", num_heads)
@@ -85,7 +87,9 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
         return (t, out), params, {}
 
     def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
-              train: bool = False, mask: jax.Array | None = None) -> tuple[jax.Array, dict]:
+              train: bool = False, mask: jax.Array | None = None,
+              lengths: jax.Array | None = None,
+              kv_lengths: jax.Array | None = None) -> tuple[jax.Array, dict]:
         x_q, x_kv = (x if isinstance(x, (tuple, list)) else (x, x))
         _check_features(fn, "x_q" if x_q is not x_kv else "x", x_q, params["wq"].shape[0],
                         "T, d_q")
@@ -93,12 +97,16 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
         weights = {n: params[n] for n in ("wq", "wk", "wv", "wo")}
         biases = {n: params[n] for n in ("bq", "bk", "bv", "bo") if n in params}
         if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+            if lengths is not None or kv_lengths is not None:
+                raise ValueError(f"{fn}: per-example gradient norms (fdl.privacy) are not "
+                                 "available with lengths=; pass a boolean mask= instead")
             y = ghost.ghost_multi_head_attention(x_q, x_kv, **weights, probe=params[PROBE],
                                                  num_heads=num_heads, mask=mask,
                                                  causal=causal, **biases)
             return y, state
         y = ops.multi_head_attention(x_q, x_kv, **weights, num_heads=num_heads, mask=mask,
-                                     causal=causal, **biases)
+                                     causal=causal, **biases, lengths=lengths,
+                                     kv_lengths=kv_lengths)
         return y, state
 
     return Layer(init, apply, "multi_head_attention")
@@ -123,7 +131,8 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
 
     Params (batch-first, transposes of the paper's matrices): `w_a (d, d̄)`
     (general) or `w_a (d+d̄, d_a)` and `v_a (d_a,)` (concat); `w_c (d̄+d, out)`.
-    `apply` takes `mask=` (boolean `N×S`, True = real source position).
+    `apply` takes `mask=` (boolean `N×S`, True = real source position) and/or
+    `lengths=` (int `N`, the source lengths).
 
     References: Luong, Pham & Manning, "Effective Approaches to Attention-based
     Neural Machine Translation", 2015.
@@ -158,7 +167,8 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
         return (((out,), (s,)) if return_weights else (out,)), params, {}
 
     def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
-              train: bool = False, mask: jax.Array | None = None) -> tuple[Any, dict]:
+              train: bool = False, mask: jax.Array | None = None,
+              lengths: jax.Array | None = None) -> tuple[Any, dict]:
         if not isinstance(x, (tuple, list)) or len(x) != 2:
             raise TypeError(f"{fn}: x must be the pair (h_t, h_bar), got {type(x).__name__}")
         h_t, h_bar = x
@@ -169,7 +179,7 @@ def LuongAttention(kind: str = "general", out_features: int | None = None, *,
                              "check the input_shape passed to init")
         score = {"dot": (), "general": ("w_a",), "concat": ("w_a", "v_a")}[kind]
         context, weights = ops.luong_attention(h_t, h_bar, *(params[n] for n in score),
-                                               kind=kind, mask=mask)
+                                               kind=kind, mask=mask, lengths=lengths)
         h_tilde = ops.luong_attentional_state(context, h_t, params["w_c"])
         return ((h_tilde, weights) if return_weights else h_tilde), state
 

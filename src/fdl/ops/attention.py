@@ -37,6 +37,7 @@ from jax import lax
 
 from fdl import _validate as v
 from fdl.ops.linear import linear
+from fdl.ops.sequence import check_lengths, padding_mask, sequence_mask
 from fdl.ops.softmax import softmax
 from fdl.primitive import Example, gaussian, primitive
 
@@ -323,7 +324,8 @@ def multi_head_attention(
     x_q: jax.Array, x_kv: jax.Array, wq: jax.Array, wk: jax.Array, wv: jax.Array,
     wo: jax.Array, num_heads: int, mask: jax.Array | None = None, causal: bool = False, *,
     bq: jax.Array | None = None, bk: jax.Array | None = None, bv: jax.Array | None = None,
-    bo: jax.Array | None = None,
+    bo: jax.Array | None = None, lengths: jax.Array | None = None,
+    kv_lengths: jax.Array | None = None,
 ) -> jax.Array:
     r"""Multi-head attention: project, split into heads, attend, merge, project.
 
@@ -343,6 +345,13 @@ def multi_head_attention(
     heads; `causal` as in `attention`. A fully masked query row yields
     `b_o` (zero heads, then the output projection).
 
+    Padded batches: `lengths ∈ {1…T}^{…}` (int) are the queries' lengths and
+    `kv_lengths ∈ {1…S}^{…}` the keys'; `kv_lengths` defaults to `lengths` when
+    `S = T` (self-attention; pass it explicitly for a cross-attention with `S = T`).
+    Keys `s ≥ ℓ'` get weight exactly 0 and a padded query `t ≥ ℓ` outputs exactly
+    **0** (its heads are zero and the output row, `b_o` included, is set to 0), so it
+    passes zero gradient. Both combine with `mask` (logical and).
+
     Gradient: a composition of primitives, so `∂L/∂·` is the chain of their
     rules — `linear` (`∂L/∂X = G Wᵀ`, `∂L/∂W = Xᵀ G`, `∂L/∂b = 1ᵀ G`) for the
     four projections and `attention` per head (`dV = Pᵀ dO`, …). The
@@ -352,6 +361,14 @@ def multi_head_attention(
     References: Vaswani et al., "Attention Is All You Need", 2017.
     """
     _mha_validate(x_q, x_kv, wq, wk, wv, wo, num_heads, mask, causal, bq, bk, bv, bo)
+    fn, t, s = "multi_head_attention", x_q.shape[-2], x_kv.shape[-2]
+    check_lengths(fn, lengths, _shape(x_q)[:-2], t)
+    check_lengths(fn, kv_lengths, _shape(x_kv)[:-2], s, "kv_lengths")
+    if kv_lengths is None and s == t:
+        kv_lengths = lengths
+    pad = padding_mask(lengths, kv_lengths, t, s)
+    if pad is not None:
+        mask = pad if mask is None else jnp.broadcast_to(mask, pad.shape) & pad
     q = linear(x_q, wq, _zeros_bias(wq) if bq is None else bq)
     k = linear(x_kv, wk, _zeros_bias(wk) if bk is None else bk)
     val = linear(x_kv, wv, _zeros_bias(wv) if bv is None else bv)
@@ -359,7 +376,11 @@ def multi_head_attention(
         mask = jnp.expand_dims(mask, -3)
     heads = attention(_split_heads(q, num_heads), _split_heads(k, num_heads),
                       _split_heads(val, num_heads), mask, causal)
-    return linear(_merge_heads(heads), wo, _zeros_bias(wo) if bo is None else bo)
+    y = linear(_merge_heads(heads), wo, _zeros_bias(wo) if bo is None else bo)
+    if lengths is None:
+        return y
+    valid = jnp.broadcast_to(sequence_mask(lengths, t)[..., None], y.shape)
+    return jnp.where(valid, y, jnp.zeros_like(y))  # a padded query outputs 0
 
 
 def _mha_validate(x_q, x_kv, wq, wk, wv, wo, num_heads, mask, causal, bq, bk, bv, bo):

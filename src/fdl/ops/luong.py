@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from fdl import _validate as v
 from fdl.ops.attention import _check_mask, _shape, masked_softmax
+from fdl.ops.sequence import check_lengths, sequence_mask
 from fdl.primitive import Example, gaussian, primitive
 
 __all__ = [
@@ -422,14 +423,16 @@ luong_attentional_state = primitive(
 
 
 def luong_attention(h_t: jax.Array, h_bar: jax.Array, *score_params: jax.Array,
-                    kind: str = "dot", mask: jax.Array | None = None
-                    ) -> tuple[jax.Array, jax.Array]:
+                    kind: str = "dot", mask: jax.Array | None = None,
+                    lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     r"""Luong global attention: `(context, weights)` for decoder state `h_t`.
 
     Symbols: `h_t ∈ ℝ^{…×d}` (`h_t`, the decoder state at step `t`),
     `h̄ ∈ ℝ^{…×S×d̄}` (`h_bar`, the encoder states), `mask ∈ {True,False}^{…×S}`
     (True = real source position; `None` = all), `kind` and `score_params`
-    as in `luong_score`.
+    as in `luong_score`. `lengths ∈ {1…S}^{…}` (int) gives the source lengths
+    instead of (or as well as) `mask`: positions `s ≥ ℓ` get weight exactly 0 and
+    no gradient.
 
         `score_s = score(h_t, h̄_s)`                  (…×S)
         `α = masked_softmax(score, mask)`            (…×S, `weights`)
@@ -457,6 +460,10 @@ def luong_attention(h_t: jax.Array, h_bar: jax.Array, *score_params: jax.Array,
     Neural Machine Translation", 2015.
     """
     scores = luong_score(h_t, h_bar, *score_params, kind=kind)
+    check_lengths("luong_attention", lengths, _shape(scores)[:-1], scores.shape[-1])
+    if lengths is not None:
+        by_length = sequence_mask(lengths, scores.shape[-1])
+        mask = by_length if mask is None else jnp.broadcast_to(mask, by_length.shape) & by_length
     if mask is not None:
         _check_mask("luong_attention", mask, _shape(scores), "scores (…×S)")
     weights = masked_softmax(scores, mask)

@@ -30,7 +30,7 @@ from jax import lax
 from fdl import _validate as v
 from fdl.primitive import Example, gaussian, primitive
 
-__all__ = ["check_lengths", "reverse_sequences", "sequence_last", "sequence_mask", "sequence_max", "sequence_mean"]
+__all__ = ["check_lengths", "padding_mask", "reverse_sequences", "sequence_last", "sequence_mask", "sequence_max", "sequence_mean"]
 
 
 def check_lengths(fn: str, lengths: Any, batch_shape: tuple, steps: int,
@@ -305,3 +305,21 @@ def reverse_sequences(x: jax.Array, lengths: jax.Array | None = None) -> jax.Arr
     ell = jnp.expand_dims(lengths.astype(jnp.int32), -1)
     index = jnp.where(t < ell, ell - 1 - t, t)
     return jnp.take_along_axis(x, jnp.expand_dims(index, -1), axis=-2)
+
+
+def padding_mask(lengths: jax.Array | None, kv_lengths: jax.Array | None, steps: int,
+                 kv_steps: int) -> jax.Array | None:
+    """The attention mask `…×T×S` of padded batches: query `t` of a sequence of length
+    `ℓ` and key `s` of a source of length `ℓ'` attend iff `t < ℓ` and `s < ℓ'`
+    (`lengths` masks queries, `kv_lengths` keys; either may be None; both None: None).
+    A padded query's row is all False, so attention gives it zero weights."""
+    if lengths is None and kv_lengths is None:
+        return None
+    out = None
+    if kv_lengths is not None:
+        out = sequence_mask(kv_lengths, kv_steps)[..., None, :]
+    if lengths is not None:
+        rows = sequence_mask(lengths, steps)[..., :, None]
+        out = rows if out is None else rows & out
+    shape = jnp.broadcast_shapes(out.shape[:-2], out.shape[:-2]) + (steps, kv_steps)
+    return jnp.broadcast_to(out, shape)
