@@ -280,12 +280,13 @@ _W = dict(wq=normal(3, 4, 8), wk=normal(4, 4, 8), wv=normal(5, 4, 8), wo=normal(
 
 BAD_CALLS = [
     (lambda: ops.attention(_q, normal(1, 2, 5, 3), _v), ValueError,
-     r"attention: q and k must have the same feature size d .* got q \(2, 3, 4\) \(d=4\) and k "
-     r"\(2, 5, 3\) \(d=3\)"),
+     r"attention: k must have shape \(2, 5, 4\) \(…×S×d\) for q \(2, 3, 4\), got \(2, 5, 3\)"),
     (lambda: ops.attention(_q, _k, _v[:, :4]), ValueError,
-     r"attention: k and v must have the same number of source positions S, got k \(2, 5, 4\)"),
+     r"attention: k has S = 5 \(shape \(2, 5, 4\)\) but v has S = 4 \(shape \(2, 4, 3\)\); the "
+     r"second to last dimension of k must equal the second to last of v"),
     (lambda: ops.attention(_q, _k[:1], _v[:1]), ValueError,
-     r"attention: q, k and v must share their leading \(batch\) dimensions"),
+     r"attention: q \(2, 3, 4\) and k \(1, 5, 4\) must share their leading \(batch\) dimensions "
+     r"\(the … in q ∈ …×T×d, k ∈ …×S×d\)"),
     (lambda: ops.attention(_q, _k, _v, jnp.ones((2, 5), bool)), ValueError,
      r"attention: mask of shape \(2, 5\) does not broadcast to the scores .* shape \(2, 3, 5\); "
      r"a key-padding mask of shape \(N, S\) must be given as mask\[:, None, :\]"),
@@ -305,11 +306,13 @@ BAD_CALLS = [
     (lambda: ops.multi_head_attention(_q, _k, **_W, num_heads=2.0), TypeError,
      r"multi_head_attention: num_heads must be an int, got 2.0"),
     (lambda: ops.multi_head_attention(_q, normal(1, 2, 5, 6), **_W, num_heads=2), ValueError,
-     r"multi_head_attention: x_kv has 6 features \(shape \(2, 5, 6\)\) but wk expects 4"),
+     r"multi_head_attention: wk must have shape \(6, 8\) \(d_kv×D\) for x_kv \(2, 5, 6\) and wq "
+     r"\(4, 8\), got \(4, 8\)"),
     (lambda: ops.multi_head_attention(_q, _k, **{**_W, "wo": normal(6, 6, 4)}, num_heads=2),
-     ValueError, r"multi_head_attention: wo expects 6 inputs .* but wv produces 8"),
+     ValueError, r"multi_head_attention: wv has D_v = 8 \(shape \(4, 8\)\) but wo has D_v = 6 "
+                 r"\(shape \(6, 4\)\); the last dimension of wv must equal the first of wo"),
     (lambda: ops.multi_head_attention(_q, _k, **_W, num_heads=2, bq=normal(0, 4)), ValueError,
-     r"multi_head_attention: bq must have shape \(8,\) to match wq \(4, 8\), got \(4,\)"),
+     r"multi_head_attention: bq must have shape \(8,\) \(D\) for wq \(4, 8\), got \(4,\)"),
     (lambda: ops.luong_score(_q[:, 0], _k, kind="bilinear"), ValueError,
      r"luong_score: kind must be one of \('dot', 'general', 'concat'\), got 'bilinear'"),
     (lambda: ops.luong_score(_q[:, 0], _k, kind="general"), TypeError,
@@ -318,18 +321,20 @@ BAD_CALLS = [
      r"luong_dot_score: h_t and h_bar must have the same size d, got h_t \(2, 4\) \(d=4\) and "
      r"h_bar \(2, 5, 3\) \(d̄=3\); use the 'general' or 'concat' score"),
     (lambda: ops.luong_dot_score(_q[:1, 0], _k), ValueError,
-     r"luong_dot_score: h_t \(\(1, 4\)\) and h_bar \(\(2, 5, 4\)\) must share their leading"),
+     r"luong_dot_score: h_t \(1, 4\) and h_bar \(2, 5, 4\) must share their leading \(batch\) "
+     r"dimensions"),
     (lambda: ops.luong_general_score(_q[:, 0], _v, normal(0, 3, 4)), ValueError,
-     r"luong_general_score: w must have shape \(d, d̄\) = \(4, 3\) .* got \(3, 4\)"),
+     r"luong_general_score: w must have shape \(4, 3\) \(d×d̄\) for h_t \(2, 4\) and h_bar "
+     r"\(2, 5, 3\), got \(3, 4\)"),
     (lambda: ops.luong_concat_score(_q[:, 0], _k, normal(0, 5, 6), normal(1, 6)), ValueError,
-     r"luong_concat_score: w must have d\+d̄ = 4\+4 = 8 rows .* got w of shape \(5, 6\) "
-     r"\(fdl's layout is the transpose of the paper's W_a\)"),
+     r"luong_concat_score: w must have d\+d̄ = 4\+4 = 8 in its first dimension .* got shape "
+     r"\(5, 6\) \(d\+d̄×d_a, fdl's layout is the transpose of the paper's W_a\)"),
     (lambda: ops.luong_concat_score(_q[:, 0], _k, normal(0, 8, 6), normal(1, 5)), ValueError,
-     r"luong_concat_score: v_a must have shape \(d_a,\) = \(6,\) to match w \(8, 6\), got \(5,\)"),
+     r"luong_concat_score: v_a must have shape \(6,\) \(d_a\) for w \(8, 6\), got \(5,\)"),
     (lambda: ops.luong_context(normal(0, 2, 4), _k), ValueError,
-     r"luong_context: weights must have shape h_bar.shape\[:-1\] = \(2, 5\) \(…×S\), got \(2, 4\)"),
+     r"luong_context: weights must have shape \(2, 5\) \(…×S\) for h_bar \(2, 5, 4\), got \(2, 4\)"),
     (lambda: ops.luong_attentional_state(_q[:, 0], _q[:, 0], normal(0, 6, 3)), ValueError,
-     r"luong_attentional_state: w_c must have d̄\+d = 4\+4 = 8 rows"),
+     r"luong_attentional_state: w_c must have d̄\+d = 4\+4 = 8 in its first dimension"),
     (lambda: ops.luong_attention(_q[:, 0], _k, mask=jnp.ones((2, 4), bool)), ValueError,
      r"luong_attention: mask of shape \(2, 4\) does not broadcast to the scores \(…×S\) shape "
      r"\(2, 5\)"),

@@ -131,8 +131,10 @@ C3 = jnp.ones(3)
          r"batch_norm: x must have at least 2 dimension\(s\) \(N×…×C, channels last\), "
          r"got shape \(3,\)"),
         (batch_norm, (X, jnp.ones(4), C3), ValueError,
-         r"batch_norm: gamma must have shape \(3,\), one per channel .* got shape \(4,\)"),
-        (batch_norm, (X, C3, jnp.ones((1, 3))), ValueError, r"batch_norm: beta must have shape"),
+         r"batch_norm: gamma must have shape \(3,\) \(C: one per channel\) for x \(4, 3\), "
+         r"got \(4,\)"),
+        (batch_norm, (X, C3, jnp.ones((1, 3))), ValueError,
+         r"batch_norm: beta must have 1 dimension\(s\) \(C: one per channel\), got shape \(1, 3\)"),
         (batch_norm, (X, C3, C3, 0.0), ValueError, r"batch_norm: eps must be > 0, got 0.0"),
         (batch_norm, (jnp.ones((1, 3)), C3, C3), ValueError,
          r"batch_norm: batch statistics need more than one value per channel"),
@@ -143,7 +145,7 @@ C3 = jnp.ones(3)
         (batch_norm_inference, (X, C3, C3, jnp.ones(2), C3), ValueError,
          r"batch_norm_inference: mean must have shape \(3,\)"),
         (layer_norm, (X, jnp.ones(4), C3), ValueError,
-         r"layer_norm: gamma must have shape \(3,\), one per feature"),
+         r"layer_norm: gamma must have shape \(3,\) \(d: one per feature\) for x \(4, 3\)"),
         (layer_norm, (X, C3, C3, float("inf")), ValueError, r"layer_norm: eps must be finite"),
         (rms_norm, (X, C3, -1e-6), ValueError, r"rms_norm: eps must be > 0"),
         (rms_norm, (X, jnp.ones(3, jnp.int32)), TypeError,

@@ -184,12 +184,11 @@ _RNN, _LSTM, _GRU = _params("rnn"), _params("lstm"), _params("gru")
 
 BAD_CALLS = [
     (lambda: ops.rnn_cell(_x, _h, normal(0, D + 1, H), *_RNN[1:]), ValueError,
-     r"rnn_cell: wx must have shape \(3, 5\) \(D×H\) for x \(2, 3\) and hidden size H=5, "
-     r"got \(4, 5\)"),
+     r"rnn_cell: wx must have shape \(3, 5\) \(D×H\) for x \(2, 3\) and h \(2, 5\), got \(4, 5\)"),
     (lambda: ops.rnn_cell(_x, _h[:1], *_RNN), ValueError,
      r"rnn_cell: x \(2, 3\) and h \(1, 5\) must share their leading \(batch\) dimensions"),
     (lambda: ops.rnn_cell(_x, _h, *_RNN[:2], normal(0, H + 1)), ValueError,
-     r"rnn_cell: b must have shape \(5,\) \(H\), got \(6,\)"),
+     r"rnn_cell: b must have shape \(5,\) \(H\) for h \(2, 5\), got \(6,\)"),
     (lambda: ops.lstm_cell(_x, _h, *_LSTM), TypeError,
      r"lstm_cell: state must be a pair \(h, c\) \(a tuple or LSTMState\), got ArrayImpl"),
     (lambda: ops.lstm_cell(_x, (_h, _h, _h), *_LSTM), TypeError,
@@ -197,16 +196,18 @@ BAD_CALLS = [
     (lambda: ops.lstm_cell(_x, (_h, _h[:, :2]), *_LSTM), ValueError,
      r"lstm_cell: h and c in state must have the same shape, got h \(2, 5\) and c \(2, 2\)"),
     (lambda: ops.lstm_cell(_x, (_h, _h), *_RNN), ValueError,
-     r"lstm_cell: wx must have shape \(3, 20\) \(D×4H \(gates i, f, g, o\)\)"),
+     r"lstm_cell: wx must have shape \(3, 20\) \(D×4H, gates i, f, g, o\) for x \(2, 3\) and h "
+     r"\(2, 5\), got \(3, 5\)"),
     (lambda: ops.gru_cell(_x, _h, *_GRU[:3], normal(0, 5)), ValueError,
-     r"gru_cell: bh must have shape \(15,\) \(3H \(gates r, z, n\)\), got \(5,\)"),
+     r"gru_cell: bh must have shape \(15,\) \(3H, gates r, z, n\) for h \(2, 5\), got \(5,\)"),
     (lambda: ops.gru_cell(_x.astype(jnp.int32), _h, *_GRU), TypeError,
      r"gru_cell: x must be a floating-point array, got dtype int32"),
     (lambda: ops.rnn(_x, _h, *_RNN), ValueError,
-     r"rnn: the initial state must have shape xs.shape\[:-2\] \+ \(H,\) = \(\) \+ \(H,\) for xs "
-     r"of shape \(2, 3\) \(batch-first …×T×D\), got \(2, 5\)"),
+     r"rnn: xs \(2, 3\) and h0 \(2, 5\) must share their leading \(batch\) dimensions \(the … in "
+     r"xs ∈ …×T×D, h0 ∈ …×H\)"),
     (lambda: ops.gru(_xs, _h, normal(0, D + 1, 3 * H), *_GRU[1:]), ValueError,
-     r"gru: xs has 3 features \(shape \(2, 4, 3\), …×T×D\) but wx expects 4"),
+     r"gru: xs has D = 3 \(shape \(2, 4, 3\)\) but wx has D = 4 \(shape \(4, 15\)\); the last "
+     r"dimension of xs must equal the first of wx"),
     (lambda: ops.lstm(_xs.astype(jnp.float64), (_h.astype(jnp.float32),) * 2,
                       *(w.astype(jnp.float64) for w in _LSTM)), TypeError,
      r"lstm: the initial state has dtype float32 but the step computes in float64 .* cast the "

@@ -41,11 +41,11 @@ SHAPE_AND_DTYPE_CASES = {
     "linear x rank": (lambda: ops.linear(F(), F(3, 4), F(4)), ValueError,
                       r"linear: x must have at least 1 dimension\(s\).*got shape \(\)"),
     "linear inner dim": (lambda: ops.linear(F(2, 3), F(4, 5), F(5)), ValueError,
-                         r"linear: x has 3 features \(shape \(2, 3\)\) but w expects 4 "
-                         r"\(shape \(4, 5\)\)"),
+                         r"linear: x has d_in = 3 \(shape \(2, 3\)\) but w has d_in = 4 "
+                         r"\(shape \(4, 5\)\); the last dimension of x must equal the first of w"),
     "linear bias size": (lambda: ops.linear(F(2, 3), F(3, 5), F(4)), ValueError,
-                         r"linear: b has shape \(4,\) but w has 5 outputs .*must have "
-                         r"shape \(5,\)"),
+                         r"linear: b must have shape \(5,\) \(d_out\) for w \(3, 5\), got "
+                         r"\(4,\)"),
     "linear int x": (lambda: ops.linear(I(2, 3), F(3, 5), F(5)), TypeError,
                      r"linear: x must be a floating-point array, got dtype int32"),
     "linear int w": (lambda: ops.linear(F(2, 3), I(3, 5), F(5)), TypeError,
@@ -206,13 +206,13 @@ def test_shape_checks_fire_inside_jit(case):
 
 
 def test_shape_checks_fire_on_traced_arguments():
-    with pytest.raises(ValueError, match=r"linear: x has 3 features"):
+    with pytest.raises(ValueError, match=r"linear: x has d_in = 3"):
         jax.jit(ops.linear)(F(2, 3), F(4, 5), F(5))
     with pytest.raises(ValueError, match=r"integer labels must have shape"):
         jax.jit(losses.softmax_cross_entropy)(F(2, 3), I(3))
     with pytest.raises(ValueError, match=r"mse: pred and target must have the same shape"):
         jax.grad(losses.mse)(F(2, 3), F(3, 2))
-    with pytest.raises(ValueError, match=r"linear: x has 3 features"):
+    with pytest.raises(ValueError, match=r"linear: x has d_in = 3"):
         jax.vmap(ops.linear, in_axes=(0, None, None))(F(7, 2, 3), F(4, 5), F(5))
 
 

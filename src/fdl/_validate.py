@@ -37,13 +37,14 @@ def floating(fn: str, name: str, x: Any) -> None:
         )
 
 
-def integer(fn: str, name: str, x: Any) -> None:
-    """`x` must be an integer array (labels, ids)."""
+def integer(fn: str, name: str, x: Any, what: str = "") -> None:
+    """`x` must be an integer array (labels, ids; `what` says which, in brackets)."""
+    extra = f" ({what})" if what else ""
     if not hasattr(x, "shape") and not isinstance(x, int):
-        raise TypeError(f"{fn}: {name} must be an integer array, got {type(x).__name__}")
+        raise TypeError(f"{fn}: {name} must be an integer array{extra}, got {type(x).__name__}")
     dt = _dtype(x)
     if not jnp.issubdtype(dt, jnp.integer):
-        raise TypeError(f"{fn}: {name} must be an integer array, got dtype {dt}; "
+        raise TypeError(f"{fn}: {name} must be an integer array{extra}, got dtype {dt}; "
                         f"cast it first, e.g. {name}.astype(jnp.int32)")
 
 
@@ -315,7 +316,9 @@ class _Arg:
     """One argument's spec, parsed from its pattern (see `shapes`)."""
 
     name: str
-    written: str  # the pattern as written, shown in messages
+    written: str  # the pattern as written (no markers), shown in messages
+    dims: str  # the dimensions alone, as written
+    note: str  # the text after the comma or colon
     integer: bool
     optional: bool
     tokens: tuple[tuple[_Term, ...] | None, ...]  # None: the ellipsis
@@ -345,7 +348,8 @@ def _parse(name: str, pattern: str) -> _Arg:
     if tokens.count(None) > 1:
         raise ValueError(f"shapes: at most one … in {name}={pattern!r}")
     written = re.sub(r"^\s*((int|optional)\s+)+", "", pattern).strip()
-    return _Arg(name, written, "int" in markers, "optional" in markers, tuple(tokens))
+    return _Arg(name, written, body, _note.strip(), "int" in markers, "optional" in markers,
+                tuple(tokens))
 
 
 def _simple(token: tuple[_Term, ...]) -> str | None:
@@ -383,7 +387,10 @@ class Shapes:
             x = arguments[arg.name]
             if x is None and arg.optional:
                 continue
-            (integer if arg.integer else floating)(self.fn, arg.name, x)
+            if arg.integer:
+                integer(self.fn, arg.name, x, arg.note)
+            else:
+                floating(self.fn, arg.name, x)
             shape = tuple(int(d) for d in jnp.shape(x))
             self._rank(arg, shape)
             e = arg.ellipsis
@@ -448,8 +455,9 @@ class Shapes:
                              f"{a_name} {a_shape} and {arg.name} {shape}")
         where = ("leading (batch) dimensions" if a_arg.ellipsis == 0 and arg.ellipsis == 0
                  else "dimensions at …")
-        raise ValueError(f"{self.fn}: {a_name} {a_shape} and {arg.name} {shape} must share their "
-                         f"{where} ({a_name}: {a_arg.written}, {arg.name}: {arg.written})")
+        raise ValueError(f"{self.fn}: {a_name} {a_shape} and {arg.name} {shape} must share "
+                         f"their {where} (the … in {a_name} ∈ {a_arg.dims}, {arg.name} ∈ "
+                         f"{arg.dims})")
 
     def _mismatch(self, arg: _Arg, shape: tuple[int, ...], i: int, token: tuple[_Term, ...],
                   dims: dict[str, int], owner: dict, lead: tuple | None) -> None:
@@ -462,8 +470,9 @@ class Shapes:
             e = arg.ellipsis
             expected = tuple(values) if e is None else (
                 tuple(values[:e]) + lead[3] + tuple(values[e + 1:]))
-            raise ValueError(f"{self.fn}: {arg.name} must have shape {expected} ({arg.written}) "
-                             f"for {sources}, got {shape}")
+            for_ = f" for {sources}" if sources else ""
+            raise ValueError(f"{self.fn}: {arg.name} must have shape {expected} ({arg.written})"
+                             f"{for_}, got {shape}")
         index = self._index(arg, i)
         name = _simple(token)
         if name is not None:
@@ -480,7 +489,7 @@ class Shapes:
             f"{self.fn}: {arg.name} must have {_text(token)} = "
             f"{worked + ' = ' if len(terms) > 1 or terms[0].coefficient != 1 else ''}"
             f"{self._value(token, dims)} in its {self._axis_words(arg, index, len(shape))} "
-            f"dimension for {sources}, got shape {shape} ({arg.written})")
+            f"dimension{' for ' + sources if sources else ''}, got shape {shape} ({arg.written})")
 
 
 def shapes(fn: str, /, **args: str) -> Shapes:

@@ -77,9 +77,6 @@ def _mse_backward(reduction, r, g):
 
 
 def _mse_validate(pred, target, reduction):
-    v.floating("mse", "pred", pred)
-    v.floating("mse", "target", target)
-    v.same_shape("mse", "pred", pred, "target", target)
     _check_reduction("mse", reduction)
 
 
@@ -89,7 +86,8 @@ def _mse_tangent(reduction, r, t):
 
 
 mse = primitive(
-    mse, _mse_backward, save=_mse_save, static=("reduction",), validate=_mse_validate,
+    mse, _mse_backward, save=_mse_save, static=("reduction",),
+    spec=v.shapes("mse", pred="…", target="…"), validate=_mse_validate,
     tangent=_mse_tangent, examples=[Example((gaussian(4, 3), gaussian(4, 3), "mean")),
               Example((gaussian(5), gaussian(5), "sum")),
               Example((gaussian(2, 3), gaussian(2, 3), "none"))],
@@ -144,8 +142,6 @@ def _ce_backward(reduction, residuals, g):
 
 def _ce_validate(logits, targets, reduction):
     fn = "softmax_cross_entropy"
-    v.floating(fn, "logits", logits)
-    v.ndim_at_least(fn, "logits", logits, 1, "…×classes")
     _check_reduction(fn, reduction)
     k = logits.shape[-1]
     if jnp.issubdtype(jnp.result_type(targets), jnp.integer):
@@ -193,7 +189,7 @@ def _ce_tangent(reduction, residuals, t):
 
 softmax_cross_entropy = primitive(
     softmax_cross_entropy, _ce_backward, save=_ce_save, static=("reduction",),
-    validate=_ce_validate,
+    spec=v.shapes("softmax_cross_entropy", logits="…×classes"), validate=_ce_validate,
     tangent=_ce_tangent, examples=[Example((gaussian(5, 4), labels(5, classes=4), "mean")),
               Example((gaussian(5, 4, scale=3.0), probabilities(5, 4), "mean")),
               Example((gaussian(2, 3, 6), labels(2, 3, classes=6), "sum")),
@@ -234,9 +230,6 @@ def _bce_backward(reduction, residuals, g):
 
 def _bce_validate(logits, targets, reduction):
     fn = "sigmoid_binary_cross_entropy"
-    v.floating(fn, "logits", logits)
-    v.floating(fn, "targets", targets)
-    v.same_shape(fn, "logits", logits, "targets", targets)
     _check_reduction(fn, reduction)
     if v.is_concrete(targets) and targets.size:
         t = np.asarray(targets)
@@ -256,6 +249,7 @@ def _bce_tangent(reduction, residuals, t):
 
 sigmoid_binary_cross_entropy = primitive(
     sigmoid_binary_cross_entropy, _bce_backward, save=_bce_save, static=("reduction",),
+    spec=v.shapes("sigmoid_binary_cross_entropy", logits="…", targets="…"),
     validate=_bce_validate,
     tangent=_bce_tangent,
     examples=[Example((gaussian(4, 3, scale=2.0), uniform(4, 3, low=0.0, high=1.0), "mean")),
@@ -295,9 +289,6 @@ def _huber_backward(delta, reduction, r, g):
 
 
 def _huber_validate(pred, target, delta, reduction):
-    v.floating("huber", "pred", pred)
-    v.floating("huber", "target", target)
-    v.same_shape("huber", "pred", pred, "target", target)
     v.finite_number("huber", "delta", delta, low=0, low_inclusive=False)
     _check_reduction("huber", reduction)
 
@@ -314,7 +305,8 @@ def _huber_switches(pred, target, delta, reduction):
 
 huber = primitive(
     huber, _huber_backward, save=_huber_save, static=("delta", "reduction"),
-    validate=_huber_validate, switches=_huber_switches,
+    spec=v.shapes("huber", pred="…", target="…"), validate=_huber_validate,
+    switches=_huber_switches,
     tangent=_huber_tangent,
     examples=[Example((gaussian(4, 3, scale=2.0), gaussian(4, 3), 1.0, "mean")),
               Example((gaussian(8, scale=2.0), gaussian(8), 0.5, "sum"))],

@@ -9,7 +9,7 @@ through a whole one, under test)::
     from fdl.primitive import Example, gaussian, is_zero, primitive
 
     def scale(x: jax.Array, w: jax.Array) -> jax.Array:           # 1. forward
-        r'''Feature-wise scaling $Y = X ⊙ w$, $X ∈ ℝ^{N×d}$, $w ∈ ℝ^d$, $Y ∈ ℝ^{N×d}$.
+        r'''Feature-wise scaling $Y = X ⊙ w$ ($X ∈ ℝ^{N×d}$, $w ∈ ℝ^d$).
 
         Derivation ($G = ∂L/∂Y ∈ ℝ^{N×d}$): $Y_{ni} = X_{ni} w_i$, so
         $∂L/∂X = G ⊙ w$ (each row times $w$) and $∂L/∂w = Σ_n G_n ⊙ X_n$.

@@ -26,12 +26,6 @@ from fdl.primitive import Example, gaussian, primitive
 _SHAPES = [Example((gaussian(4, 5),)), Example((gaussian(2, 3, 2),)), Example((gaussian(1),))]
 
 
-def _float_x(fn):
-    def check(x, *static):
-        v.floating(fn, "x", x)
-    return check
-
-
 def _save_x(x, *rest):
     return x
 
@@ -65,7 +59,7 @@ def _positive(x, *static):
     return x > 0
 
 
-relu = primitive(relu, _relu_backward, save=_save_y, validate=_float_x("relu"),
+relu = primitive(relu, _relu_backward, save=_save_y, spec=v.shapes("relu", x="…"),
                  tangent=_relu_tangent, examples=_SHAPES, switches=_positive)
 
 
@@ -85,7 +79,6 @@ def _leaky_relu_backward(negative_slope, x, g):
 
 
 def _leaky_relu_validate(x, negative_slope):
-    v.floating("leaky_relu", "x", x)
     v.finite_number("leaky_relu", "negative_slope", negative_slope)
 
 
@@ -96,7 +89,8 @@ def _leaky_relu_tangent(negative_slope, x, t):
 
 leaky_relu = primitive(
     leaky_relu, _leaky_relu_backward, save=_save_x, static=("negative_slope",),
-    validate=_leaky_relu_validate, tangent=_leaky_relu_tangent,
+    spec=v.shapes("leaky_relu", x="…"), validate=_leaky_relu_validate,
+    tangent=_leaky_relu_tangent,
     examples=[Example((gaussian(4, 5), 0.01)), Example((gaussian(3, 2), 0.2))],
     switches=_positive,
 )
@@ -121,7 +115,7 @@ def _tanh_tangent(y, t):
     return (1 - y * y) * dx
 
 
-tanh = primitive(tanh, _tanh_backward, save=_save_y, validate=_float_x("tanh"),
+tanh = primitive(tanh, _tanh_backward, save=_save_y, spec=v.shapes("tanh", x="…"),
                  tangent=_tanh_tangent, examples=_SHAPES)
 
 
@@ -148,7 +142,7 @@ def _sigmoid_tangent(y, t):
 
 
 sigmoid = primitive(
-    sigmoid, _sigmoid_backward, save=_save_y, validate=_float_x("sigmoid"),
+    sigmoid, _sigmoid_backward, save=_save_y, spec=v.shapes("sigmoid", x="…"),
     tangent=_sigmoid_tangent, examples=_SHAPES
 )
 
@@ -173,7 +167,7 @@ def _softplus_tangent(x, t):
 
 
 softplus = primitive(
-    softplus, _softplus_backward, save=_save_x, validate=_float_x("softplus"),
+    softplus, _softplus_backward, save=_save_x, spec=v.shapes("softplus", x="…"),
     tangent=_softplus_tangent, examples=_SHAPES
 )
 
@@ -214,7 +208,6 @@ def _gelu_backward(approximate, x, g):
 
 
 def _gelu_validate(x, approximate):
-    v.floating("gelu", "x", x)
     v.flag("gelu", "approximate", approximate)
 
 
@@ -230,7 +223,8 @@ def _gelu_tangent(approximate, x, t):
 
 
 gelu = primitive(
-    gelu, _gelu_backward, save=_save_x, static=("approximate",), validate=_gelu_validate,
+    gelu, _gelu_backward, save=_save_x, static=("approximate",), spec=v.shapes("gelu", x="…"),
+    validate=_gelu_validate,
     tangent=_gelu_tangent,
     examples=[Example((gaussian(4, 5), False)), Example((gaussian(4, 5), True)),
               Example((gaussian(2, 1, 3), True))],
@@ -262,7 +256,7 @@ def _silu_tangent(x, t):
     return s * (1 + x * (1 - s)) * dx
 
 
-silu = primitive(silu, _silu_backward, save=_save_x, validate=_float_x("silu"),
+silu = primitive(silu, _silu_backward, save=_save_x, spec=v.shapes("silu", x="…"),
                  tangent=_silu_tangent, examples=_SHAPES)
 
 
@@ -287,7 +281,6 @@ def _elu_backward(alpha, y, g):
 
 
 def _elu_validate(x, alpha):
-    v.floating("elu", "x", x)
     v.finite_number("elu", "alpha", alpha, low=0, low_inclusive=False)
 
 
@@ -297,7 +290,8 @@ def _elu_tangent(alpha, y, t):
 
 
 elu = primitive(
-    elu, _elu_backward, save=_save_y, static=("alpha",), validate=_elu_validate,
+    elu, _elu_backward, save=_save_y, static=("alpha",), spec=v.shapes("elu", x="…"),
+    validate=_elu_validate,
     tangent=_elu_tangent, examples=[Example((gaussian(4, 5), 1.0)), Example((gaussian(2, 3), 0.5))],
     switches=_positive,
 )

@@ -133,8 +133,6 @@ def _masked_softmax_backward(p, g):
 
 
 def _masked_softmax_validate(x, mask):
-    v.floating("masked_softmax", "x", x)
-    v.ndim_at_least("masked_softmax", "x", x, 1, "…×S")
     _check_mask("masked_softmax", mask, _shape(x), "x")
 
 
@@ -151,8 +149,8 @@ def _masked_softmax_tangent(p, t):
 
 masked_softmax = primitive(
     masked_softmax, _masked_softmax_backward, save=_masked_softmax_save,
+    tangent=_masked_softmax_tangent, spec=v.shapes("masked_softmax", x="…×S"),
     validate=_masked_softmax_validate,
-    tangent=_masked_softmax_tangent,
     examples=[Example((gaussian(4, 5, scale=2.0), _fixed(_PAD_MASK))),
               Example((gaussian(2, 3, 4), None)),
               Example((gaussian(2, 4, 5), _fixed(_PAD_MASK[None]))),
@@ -239,32 +237,11 @@ def _attention_backward(causal, residuals, g):
 
 def _attention_validate(q, k, v_, mask, causal):
     fn = "attention"
-    for name, a in (("q", q), ("k", k), ("v", v_)):
-        v.floating(fn, name, a)
-    v.ndim_at_least(fn, "q", q, 2, "…×T×d")
-    v.ndim_at_least(fn, "k", k, 2, "…×S×d")
-    v.ndim_at_least(fn, "v", v_, 2, "…×S×d_v")
-    lead = _shape(q)[:-2]
-    if _shape(k)[:-2] != lead or _shape(v_)[:-2] != lead:
-        raise ValueError(
-            f"{fn}: q, k and v must share their leading (batch) dimensions, got q "
-            f"{_shape(q)}, k {_shape(k)}, v {_shape(v_)}"
-        )
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(
-            f"{fn}: q and k must have the same feature size d (last dimension), got q "
-            f"{_shape(q)} (d={q.shape[-1]}) and k {_shape(k)} (d={k.shape[-1]})"
-        )
     if q.shape[-1] == 0:
         raise ValueError(f"{fn}: the feature size d must be ≥ 1 (scores are scaled by "
                          f"1/√d), got q of shape {_shape(q)}")
-    if v_.shape[-2] != k.shape[-2]:
-        raise ValueError(
-            f"{fn}: k and v must have the same number of source positions S, got k "
-            f"{_shape(k)} (S={k.shape[-2]}) and v {_shape(v_)} (S={v_.shape[-2]})"
-        )
     v.flag(fn, "causal", causal)
-    scores = lead + (q.shape[-2], k.shape[-2])
+    scores = _shape(q)[:-1] + (k.shape[-2],)
     _check_mask(fn, mask, scores, "scores (…×T×S)",
                 "; a key-padding mask of shape (N, S) must be given as mask[:, None, :]")
 
@@ -289,8 +266,9 @@ def _attention_tangent(causal, residuals, t):
 
 attention = primitive(
     attention, _attention_backward, save=_attention_save, static=("causal",),
-    validate=_attention_validate,
-    tangent=_attention_tangent, examples=[
+    tangent=_attention_tangent,
+    spec=v.shapes("attention", q="…×T×d", k="…×S×d", v="…×S×d_v"),
+    validate=_attention_validate, examples=[
         Example((gaussian(2, 3, 4), gaussian(2, 5, 4), gaussian(2, 5, 3), None, False)),
         Example((gaussian(2, 3, 4), gaussian(2, 5, 4), gaussian(2, 5, 3), _fixed(_ATT_MASK), False)),
         Example((gaussian(1, 4, 3), gaussian(1, 4, 3), gaussian(1, 4, 2), None, True)),
@@ -383,45 +361,22 @@ def multi_head_attention(
     return jnp.where(valid, y, jnp.zeros_like(y))  # a padded query outputs 0
 
 
+_MHA_SPEC = v.shapes("multi_head_attention", x_q="…×T×d_q", x_kv="…×S×d_kv", wq="d_q×D",
+                     wk="d_kv×D", wv="d_kv×D_v", wo="D_v×d_out", bq="optional D",
+                     bk="optional D", bv="optional D_v", bo="optional d_out")
+
+
 def _mha_validate(x_q, x_kv, wq, wk, wv, wo, num_heads, mask, causal, bq, bk, bv, bo):
     fn = "multi_head_attention"
-    for name, a in (("x_q", x_q), ("x_kv", x_kv), ("wq", wq), ("wk", wk), ("wv", wv),
-                    ("wo", wo)):
-        v.floating(fn, name, a)
-    v.ndim_at_least(fn, "x_q", x_q, 2, "…×T×d_q")
-    v.ndim_at_least(fn, "x_kv", x_kv, 2, "…×S×d_kv")
-    for name, w, what in (("wq", wq, "d_q×D"), ("wk", wk, "d_kv×D"), ("wv", wv, "d_kv×D_v"),
-                          ("wo", wo, "D_v×d_out")):
-        v.ndim_exactly(fn, name, w, 2, what)
     if not v.is_int(num_heads):
         raise TypeError(f"{fn}: num_heads must be an int, got {num_heads!r}")
     if num_heads < 1:
         raise ValueError(f"{fn}: num_heads must be ≥ 1, got {num_heads}")
-    if _shape(x_kv)[:-2] != _shape(x_q)[:-2]:
-        raise ValueError(f"{fn}: x_q and x_kv must share their leading (batch) dimensions, "
-                         f"got x_q {_shape(x_q)} and x_kv {_shape(x_kv)}")
-    checks = (("wq", wq, "x_q", x_q), ("wk", wk, "x_kv", x_kv), ("wv", wv, "x_kv", x_kv))
-    for wname, w, xname, x in checks:
-        if w.shape[0] != x.shape[-1]:
-            raise ValueError(f"{fn}: {xname} has {x.shape[-1]} features (shape {_shape(x)}) "
-                             f"but {wname} expects {w.shape[0]} (shape {_shape(w)})")
-    if wk.shape[1] != wq.shape[1]:
-        raise ValueError(f"{fn}: wq and wk must project to the same size D, got wq "
-                         f"{_shape(wq)} and wk {_shape(wk)}")
-    if wo.shape[0] != wv.shape[1]:
-        raise ValueError(f"{fn}: wo expects {wo.shape[0]} inputs (shape {_shape(wo)}) but wv "
-                         f"produces {wv.shape[1]} (shape {_shape(wv)}); wo.shape[0] must be "
-                         "wv.shape[1]")
+    _MHA_SPEC(x_q=x_q, x_kv=x_kv, wq=wq, wk=wk, wv=wv, wo=wo, bq=bq, bk=bk, bv=bv, bo=bo)
     for name, w in (("wq", wq), ("wv", wv)):
         if w.shape[1] % num_heads or w.shape[1] == 0:
             raise ValueError(f"{fn}: num_heads={num_heads} must divide the projected size "
                              f"{w.shape[1]} of {name} (shape {_shape(w)})")
-    for name, b, w in (("bq", bq, wq), ("bk", bk, wk), ("bv", bv, wv), ("bo", bo, wo)):
-        if b is not None:
-            v.floating(fn, name, b)
-            if _shape(b) != (w.shape[1],):
-                raise ValueError(f"{fn}: {name} must have shape ({w.shape[1]},) to match "
-                                 f"w{name[1]} {_shape(w)}, got {_shape(b)}")
     v.flag(fn, "causal", causal)
     scores = _shape(x_q)[:-2] + (x_q.shape[-2], x_kv.shape[-2])
     _check_mask(fn, mask, scores, "scores (…×T×S)",

@@ -197,34 +197,21 @@ def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))
 
 
-def _check_conv(fn, x, w, b, stride, padding, dilation, layout):
-    """Shared validation; `layout` is `("NHWC", "HWIO")` or `("NWC", "WIO")`."""
-    nd = len(layout[0]) - 2
-    for name, a in (("x", x), ("w", w), ("b", b)):
-        v.floating(fn, name, a)
-    v.ndim_exactly(fn, "x", x, nd + 2, layout[0])
-    v.ndim_exactly(fn, "w", w, nd + 2, layout[1])
-    v.ndim_exactly(fn, "b", b, 1, "C_out")
-    if x.shape[-1] != w.shape[-2]:
-        raise ValueError(
-            f"{fn}: x has {x.shape[-1]} input channels (shape {tuple(x.shape)}, {layout[0]}) "
-            f"but w expects {w.shape[-2]} (shape {tuple(w.shape)}, {layout[1]}); the last "
-            "axis of x must equal the I axis of w")
-    if b.shape[0] != w.shape[-1]:
-        raise ValueError(
-            f"{fn}: b has shape {tuple(b.shape)} but w has {w.shape[-1]} output channels "
-            f"(shape {tuple(w.shape)}); b must have shape ({w.shape[-1]},)")
+def _check_conv(fn, x, w, stride, padding, dilation, axes):
+    """The static arguments, and the dilated kernel fits the padded input along each
+    spatial axis (`axes`: `"HW"` or `"W"`); the shapes are the spec's."""
+    nd = len(axes)
     s = v.positive_ints(fn, "stride", stride, nd)
     d = v.positive_ints(fn, "dilation", dilation, nd)
     v.padding(fn, padding, nd)
     extents = [di * (k - 1) + 1 for di, k in zip(d, w.shape[:nd])]
     pads = explicit_padding(padding, x.shape[1:-1], extents, s)
-    for axis, n, e, si, pad in zip(layout[0][1:-1], x.shape[1:-1], extents, s, pads):
+    for axis, n, e, si, pad in zip(axes, x.shape[1:-1], extents, s, pads):
         v.window_output_size(fn, axis, n, e, si, pad, "dilated kernel")
 
 
 def _conv2d_validate(x, w, b, stride, padding, dilation):
-    _check_conv("conv2d", x, w, b, stride, padding, dilation, ("NHWC", "HWIO"))
+    _check_conv("conv2d", x, w, stride, padding, dilation, "HW")
 
 
 def _conv2d_tangent(stride, padding, dilation, residuals, t):
@@ -236,7 +223,9 @@ def _conv2d_tangent(stride, padding, dilation, residuals, t):
 
 conv2d = primitive(
     conv2d, _conv2d_backward, save=_conv2d_save,
-    static=("stride", "padding", "dilation"), validate=_conv2d_validate,
+    static=("stride", "padding", "dilation"),
+    spec=v.shapes("conv2d", x="N×H×W×C_in", w="k_h×k_w×C_in×C_out", b="C_out"),
+    validate=_conv2d_validate,
     tangent=_conv2d_tangent, examples=[
         Example((gaussian(2, 5, 5, 3), gaussian(3, 3, 3, 4), gaussian(4), 1, "SAME", 1)),
         Example((gaussian(2, 6, 5, 2), gaussian(3, 2, 2, 3), gaussian(3), 2, "VALID", 1)),
@@ -292,7 +281,7 @@ def _conv1d_backward(stride, padding, dilation, residuals, g):
 
 
 def _conv1d_validate(x, w, b, stride, padding, dilation):
-    _check_conv("conv1d", x, w, b, stride, padding, dilation, ("NWC", "WIO"))
+    _check_conv("conv1d", x, w, stride, padding, dilation, "W")
 
 
 def _conv1d_tangent(stride, padding, dilation, residuals, t):
@@ -304,7 +293,9 @@ def _conv1d_tangent(stride, padding, dilation, residuals, t):
 
 conv1d = primitive(
     conv1d, _conv1d_backward, save=_conv2d_save,
-    static=("stride", "padding", "dilation"), validate=_conv1d_validate,
+    static=("stride", "padding", "dilation"),
+    spec=v.shapes("conv1d", x="N×W×C_in", w="k_w×C_in×C_out", b="C_out"),
+    validate=_conv1d_validate,
     tangent=_conv1d_tangent, examples=[
         Example((gaussian(2, 9, 3), gaussian(3, 3, 4), gaussian(4), 1, "SAME", 1)),
         Example((gaussian(3, 10, 2), gaussian(4, 2, 3), gaussian(3), 2, "VALID", 2)),

@@ -79,7 +79,6 @@ def _is_key(key) -> bool:
 
 
 def _dropout_validate(x, key, rate):
-    v.floating("dropout", "x", x)
     if not _is_key(key):
         got = (f"dtype {key.dtype}, shape {tuple(key.shape)}" if hasattr(key, "dtype")
                else type(key).__name__)
@@ -105,7 +104,7 @@ def _dropout_tangent(rate, keep, t):
 
 dropout = primitive(
     dropout, _dropout_backward, fwd=_dropout_fwd, static=("rate",),
-    validate=_dropout_validate,
+    spec=v.shapes("dropout", x="…"), validate=_dropout_validate,
     tangent=_dropout_tangent, examples=[Example((gaussian(4, 6), _key, 0.5)),
               Example((gaussian(2, 3, 3, 2), _key, 0.2)),
               Example((gaussian(3, 4), _key, 0.0))],

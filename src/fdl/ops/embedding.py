@@ -55,13 +55,6 @@ def _embedding_backward(residuals, g):
 
 def _embedding_validate(ids, table):
     fn = "embedding"
-    if not hasattr(ids, "dtype") or not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
-        got = f"dtype {jnp.result_type(ids)}" if hasattr(ids, "dtype") else type(ids).__name__
-        raise TypeError(
-            f"{fn}: ids must be an integer array (token ids), got {got}; "
-            "cast with ids.astype(jnp.int32)")
-    v.floating(fn, "table", table)
-    v.ndim_exactly(fn, "table", table, 2, "V×d: one row per id")
     n_rows = table.shape[0]
     bad = v.first_out_of_range(ids, n_rows)
     if bad is not None:
@@ -78,7 +71,9 @@ def _embedding_tangent(residuals, t):
 
 
 embedding = primitive(
-    embedding, _embedding_backward, save=_embedding_save, validate=_embedding_validate,
+    embedding, _embedding_backward, save=_embedding_save,
+    spec=v.shapes("embedding", ids="int …, token ids", table="V×d: one row per id"),
+    validate=_embedding_validate,
     tangent=_embedding_tangent, examples=[
         Example((labels(6, classes=4), gaussian(4, 3))),        # repeats: 6 ids, 4 rows
         Example((labels(2, 5, classes=7), gaussian(7, 2))),

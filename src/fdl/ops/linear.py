@@ -56,25 +56,6 @@ def _linear_backward(residuals, g):
     return dx, dw, db
 
 
-def _linear_validate(x, w, b):
-    for name, a in (("x", x), ("w", w), ("b", b)):
-        v.floating("linear", name, a)
-    v.ndim_at_least("linear", "x", x, 1, "…×d_in")
-    v.ndim_exactly("linear", "w", w, 2, "d_in×d_out")
-    v.ndim_exactly("linear", "b", b, 1, "d_out")
-    if x.shape[-1] != w.shape[0]:
-        raise ValueError(
-            f"linear: x has {x.shape[-1]} features (shape {tuple(x.shape)}) but w "
-            f"expects {w.shape[0]} (shape {tuple(w.shape)}); the last dimension of "
-            "x must equal the first of w"
-        )
-    if b.shape[0] != w.shape[1]:
-        raise ValueError(
-            f"linear: b has shape {tuple(b.shape)} but w has {w.shape[1]} outputs "
-            f"(shape {tuple(w.shape)}); b must have shape ({w.shape[1]},)"
-        )
-
-
 def _linear_tangent(residuals, t):
     x, w = residuals
     dx, dw, db = t
@@ -87,8 +68,8 @@ def _linear_tangent(residuals, t):
 
 
 linear = primitive(
-    linear, _linear_backward, save=_linear_save, validate=_linear_validate,
-    tangent=_linear_tangent, examples=[
+    linear, _linear_backward, save=_linear_save, tangent=_linear_tangent,
+    spec=v.shapes("linear", x="…×d_in", w="d_in×d_out", b="d_out"), examples=[
         Example((gaussian(5, 3), gaussian(3, 4), gaussian(4))),
         Example((gaussian(2, 3, 4), gaussian(4, 2), gaussian(2))),
         Example((gaussian(1, 1), gaussian(1, 1), gaussian(1))),
@@ -186,9 +167,7 @@ def _ghost_linear_backward(residuals, g):
 
 
 def _ghost_linear_validate(x, w, b, probe):
-    _linear_validate(x, w, b)
     v.floating("ghost_linear", "probe", probe)
-    v.ndim_at_least("ghost_linear", "x", x, 2, "N×…×d_in, axis 0 indexing the examples")
     if tuple(probe.shape) != (x.shape[0],):
         raise ValueError(
             f"ghost_linear: probe must have one entry per example, shape ({x.shape[0]},) for "
@@ -200,6 +179,8 @@ def _ghost_linear_validate(x, w, b, probe):
 
 _ghost_linear = primitive(
     _ghost_linear_forward, _ghost_linear_backward, save=_ghost_linear_save,
+    spec=v.shapes("ghost_linear", x="N×…×d_in, axis 0 indexing the examples", w="d_in×d_out",
+                  b="d_out"),
     validate=_ghost_linear_validate, name="ghost_linear",
     register=False,  # no autodiff reference for the probe's cotangent: see the docstring
 )

@@ -40,19 +40,11 @@ __all__ = [
 # Luong attention: scores
 # --------------------------------------------------------------------------- #
 
-_LUONG_SHAPES = "h_t ∈ ℝ^{…×d}, h_bar ∈ ℝ^{…×S×d̄}"
 
-
-def _luong_check(fn: str, h_t, h_bar) -> None:
-    v.floating(fn, "h_t", h_t)
-    v.floating(fn, "h_bar", h_bar)
-    v.ndim_at_least(fn, "h_t", h_t, 1, "…×d, the decoder state")
-    v.ndim_at_least(fn, "h_bar", h_bar, 2, "…×S×d̄, the encoder states")
-    if _shape(h_bar)[:-2] != _shape(h_t)[:-1]:
-        raise ValueError(
-            f"{fn}: h_t ({_shape(h_t)}) and h_bar ({_shape(h_bar)}) must share their "
-            f"leading (batch) dimensions: expected {_LUONG_SHAPES}"
-        )
+def _luong_spec(fn: str, **more: str) -> v.Shapes:
+    """The decoder state and the encoder states, then the score's own parameters."""
+    return v.shapes(fn, h_t="…×d, the decoder state", h_bar="…×S×d̄, the encoder states",
+                    **more)
 
 
 def luong_dot_score(h_t: jax.Array, h_bar: jax.Array) -> jax.Array:
@@ -84,7 +76,6 @@ def _dot_score_backward(residuals, g):
 
 
 def _dot_score_validate(h_t, h_bar):
-    _luong_check("luong_dot_score", h_t, h_bar)
     if h_bar.shape[-1] != h_t.shape[-1]:
         raise ValueError(
             f"luong_dot_score: h_t and h_bar must have the same size d, got h_t "
@@ -101,7 +92,8 @@ def _dot_score_tangent(residuals, t):
 
 
 luong_dot_score = primitive(
-    luong_dot_score, _dot_score_backward, save=_dot_score_save, validate=_dot_score_validate,
+    luong_dot_score, _dot_score_backward, save=_dot_score_save,
+    spec=_luong_spec("luong_dot_score"), validate=_dot_score_validate,
     tangent=_dot_score_tangent, examples=[Example((gaussian(3, 4), gaussian(3, 5, 4))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 4, 3)))],
 )
@@ -141,18 +133,6 @@ def _general_score_backward(residuals, g):
     return dh_t, jnp.einsum("...s,...e->...se", g, a), dw
 
 
-def _general_score_validate(h_t, h_bar, w):
-    fn = "luong_general_score"
-    _luong_check(fn, h_t, h_bar)
-    v.floating(fn, "w", w)
-    v.ndim_exactly(fn, "w", w, 2, "d×d̄")
-    if _shape(w) != (h_t.shape[-1], h_bar.shape[-1]):
-        raise ValueError(
-            f"{fn}: w must have shape (d, d̄) = ({h_t.shape[-1]}, {h_bar.shape[-1]}) for "
-            f"h_t {_shape(h_t)} and h_bar {_shape(h_bar)}, got {_shape(w)}"
-        )
-
-
 def _general_score_tangent(residuals, t):
     h_t, h_bar, w = residuals
     dh_t, dh_bar, dw = t
@@ -163,7 +143,7 @@ def _general_score_tangent(residuals, t):
 
 luong_general_score = primitive(
     luong_general_score, _general_score_backward, save=_general_score_save,
-    validate=_general_score_validate,
+    spec=_luong_spec("luong_general_score", w="d×d̄"),
     tangent=_general_score_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5, 4), gaussian(4, 4))),
               Example((gaussian(2, 3), gaussian(2, 4, 5), gaussian(3, 5)))],
@@ -226,25 +206,6 @@ def _concat_score_backward(residuals, g):
     return dh_t, dh_bar, jnp.concatenate([dw1, dw2], axis=0), dv
 
 
-def _concat_score_validate(h_t, h_bar, w, v_a):
-    fn = "luong_concat_score"
-    _luong_check(fn, h_t, h_bar)
-    v.floating(fn, "w", w)
-    v.floating(fn, "v_a", v_a)
-    v.ndim_exactly(fn, "w", w, 2, "(d+d̄)×d_a")
-    v.ndim_exactly(fn, "v_a", v_a, 1, "d_a")
-    rows = h_t.shape[-1] + h_bar.shape[-1]
-    if w.shape[0] != rows:
-        raise ValueError(
-            f"{fn}: w must have d+d̄ = {h_t.shape[-1]}+{h_bar.shape[-1]} = {rows} rows for "
-            f"h_t {_shape(h_t)} and h_bar {_shape(h_bar)}, got w of shape {_shape(w)} "
-            "(fdl's layout is the transpose of the paper's W_a)"
-        )
-    if _shape(v_a) != (w.shape[1],):
-        raise ValueError(f"{fn}: v_a must have shape (d_a,) = ({w.shape[1]},) to match w "
-                         f"{_shape(w)}, got {_shape(v_a)}")
-
-
 def _concat_score_tangent(residuals, t):
     h_t, h_bar, w, v_a, th = residuals
     dh_t, dh_bar, dw, dv = t
@@ -257,7 +218,8 @@ def _concat_score_tangent(residuals, t):
 
 luong_concat_score = primitive(
     luong_concat_score, _concat_score_backward, save=_concat_score_save,
-    validate=_concat_score_validate,
+    spec=_luong_spec("luong_concat_score",
+                     w="d+d̄×d_a, fdl's layout is the transpose of the paper's W_a", v_a="d_a"),
     tangent=_concat_score_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5, 4), gaussian(8, 6, scale=0.5), gaussian(6))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 4, 2), gaussian(5, 3, scale=0.5),
@@ -323,19 +285,6 @@ def _context_backward(residuals, g):
     return (jnp.einsum("...d,...sd->...s", g, h_bar), jnp.einsum("...s,...d->...sd", weights, g))
 
 
-def _context_validate(weights, h_bar):
-    fn = "luong_context"
-    v.floating(fn, "weights", weights)
-    v.floating(fn, "h_bar", h_bar)
-    v.ndim_at_least(fn, "weights", weights, 1, "…×S")
-    v.ndim_at_least(fn, "h_bar", h_bar, 2, "…×S×d̄")
-    if _shape(h_bar)[:-1] != _shape(weights):
-        raise ValueError(
-            f"luong_context: weights must have shape h_bar.shape[:-1] = "
-            f"{_shape(h_bar)[:-1]} (…×S), got {_shape(weights)}"
-        )
-
-
 def _context_tangent(residuals, t):
     weights, h_bar = residuals
     dweights, dh_bar = t
@@ -344,7 +293,8 @@ def _context_tangent(residuals, t):
 
 
 luong_context = primitive(
-    luong_context, _context_backward, save=_context_save, validate=_context_validate,
+    luong_context, _context_backward, save=_context_save,
+    spec=v.shapes("luong_context", h_bar="…×S×d̄", weights="…×S"),
     tangent=_context_tangent, examples=[Example((gaussian(3, 5), gaussian(3, 5, 4))),
               Example((gaussian(2, 2, 4), gaussian(2, 2, 4, 3)))],
 )
@@ -386,25 +336,6 @@ def _state_backward(residuals, g):
     return jnp.matmul(gp, w_c[:k].T), jnp.matmul(gp, w_c[k:].T), dw
 
 
-def _state_validate(context, h_t, w_c):
-    fn = "luong_attentional_state"
-    for name, a in (("context", context), ("h_t", h_t), ("w_c", w_c)):
-        v.floating(fn, name, a)
-    v.ndim_at_least(fn, "context", context, 1, "…×d̄")
-    v.ndim_at_least(fn, "h_t", h_t, 1, "…×d")
-    v.ndim_exactly(fn, "w_c", w_c, 2, "(d̄+d)×d_out")
-    if _shape(context)[:-1] != _shape(h_t)[:-1]:
-        raise ValueError(f"{fn}: context {_shape(context)} and h_t {_shape(h_t)} must share "
-                         "their leading (batch) dimensions")
-    rows = context.shape[-1] + h_t.shape[-1]
-    if w_c.shape[0] != rows:
-        raise ValueError(
-            f"{fn}: w_c must have d̄+d = {context.shape[-1]}+{h_t.shape[-1]} = {rows} rows "
-            f"for context {_shape(context)} and h_t {_shape(h_t)}, got w_c of shape "
-            f"{_shape(w_c)} (fdl's layout is the transpose of the paper's W_c)"
-        )
-
-
 def _state_tangent(residuals, t):
     c, h_t, w_c, y = residuals
     dc, dh_t, dw_c = t
@@ -415,7 +346,9 @@ def _state_tangent(residuals, t):
 
 
 luong_attentional_state = primitive(
-    luong_attentional_state, _state_backward, save=_state_save, validate=_state_validate,
+    luong_attentional_state, _state_backward, save=_state_save,
+    spec=v.shapes("luong_attentional_state", context="…×d̄", h_t="…×d",
+                  w_c="d̄+d×d_out, fdl's layout is the transpose of the paper's W_c"),
     tangent=_state_tangent,
     examples=[Example((gaussian(3, 4), gaussian(3, 5), gaussian(9, 6, scale=0.5))),
               Example((gaussian(2, 2, 3), gaussian(2, 2, 3), gaussian(6, 4, scale=0.5)))],

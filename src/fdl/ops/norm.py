@@ -43,12 +43,11 @@ def _per_channel(a: jax.Array, ndim: int) -> jax.Array:
     return a.reshape((1,) * (ndim - 1) + a.shape)
 
 
-def _check_feature_vector(fn: str, name: str, a, x, what: str) -> None:
-    v.floating(fn, name, a)
-    if jnp.shape(a) != (x.shape[-1],):
-        raise ValueError(
-            f"{fn}: {name} must have shape ({x.shape[-1]},), one per {what} (the last "
-            f"axis of x, shape {tuple(x.shape)}), got shape {tuple(jnp.shape(a))}")
+def _eps_validate(fn: str):
+    """`validate` for a norm whose last argument is `eps` (static): finite and > 0."""
+    def check(*args):
+        v.finite_number(fn, "eps", args[-1], low=0, low_inclusive=False)
+    return check
 
 
 # --------------------------------------------------------------------------- #
@@ -119,10 +118,6 @@ def _batch_norm_backward(eps, residuals, cotangents):
 
 def _batch_norm_validate(x, gamma, beta, eps):
     fn = "batch_norm"
-    v.floating(fn, "x", x)
-    v.ndim_at_least(fn, "x", x, 2, "N×…×C, channels last")
-    _check_feature_vector(fn, "gamma", gamma, x, "channel")
-    _check_feature_vector(fn, "beta", beta, x, "channel")
     v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
     if x.size // max(x.shape[-1], 1) < 2:
         raise ValueError(
@@ -145,6 +140,8 @@ def _batch_norm_tangent(eps, residuals, t):
 
 batch_norm = primitive(
     batch_norm, _batch_norm_backward, save=_batch_norm_save, static=("eps",),
+    spec=v.shapes("batch_norm", x="N×…×C, channels last", gamma="C: one per channel",
+                  beta="C: one per channel"),
     validate=_batch_norm_validate,
     tangent=_batch_norm_tangent, examples=[
         Example((gaussian(8, 3, scale=2.0), positive(3), gaussian(3), 1e-5)),
@@ -201,10 +198,6 @@ def _bn_inference_backward(eps, residuals, g):
 
 def _bn_inference_validate(x, gamma, beta, mean, var, eps):
     fn = "batch_norm_inference"
-    v.floating(fn, "x", x)
-    v.ndim_at_least(fn, "x", x, 1, "…×C, channels last")
-    for name, a in (("gamma", gamma), ("beta", beta), ("mean", mean), ("var", var)):
-        _check_feature_vector(fn, name, a, x, "channel")
     v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
     if v.is_concrete(var) and var.size and np.min(np.asarray(var)) < 0:
         raise ValueError(
@@ -223,6 +216,8 @@ def _bn_inference_tangent(eps, residuals, t):
 
 batch_norm_inference = primitive(
     batch_norm_inference, _bn_inference_backward, save=_bn_inference_save, static=("eps",),
+    spec=v.shapes("batch_norm_inference", x="…×C, channels last", gamma="C: one per channel",
+                  beta="C: one per channel", mean="C: one per channel", var="C: one per channel"),
     validate=_bn_inference_validate,
     tangent=_bn_inference_tangent, examples=[
         Example((gaussian(5, 3), positive(3), gaussian(3), gaussian(3), positive(3), 1e-5)),
@@ -279,15 +274,6 @@ def _layer_norm_backward(eps, residuals, g):
     return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
 
 
-def _layer_norm_validate(x, gamma, beta, eps):
-    fn = "layer_norm"
-    v.floating(fn, "x", x)
-    v.ndim_at_least(fn, "x", x, 1, "…×features")
-    _check_feature_vector(fn, "gamma", gamma, x, "feature")
-    _check_feature_vector(fn, "beta", beta, x, "feature")
-    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
-
-
 def _layer_norm_tangent(eps, residuals, t):
     xhat, inv_std, gamma = residuals
     dx, dgamma, dbeta = t
@@ -300,7 +286,8 @@ def _layer_norm_tangent(eps, residuals, t):
 
 layer_norm = primitive(
     layer_norm, _layer_norm_backward, save=_layer_norm_save, static=("eps",),
-    validate=_layer_norm_validate,
+    spec=v.shapes("layer_norm", x="…×d", gamma="d: one per feature", beta="d: one per feature"),
+    validate=_eps_validate("layer_norm"),
     tangent=_layer_norm_tangent, examples=[
         Example((gaussian(4, 6, scale=2.0), positive(6), gaussian(6), 1e-5)),
         Example((gaussian(2, 3, 5), positive(5), gaussian(5), 1e-3)),
@@ -349,14 +336,6 @@ def _rms_norm_backward(eps, residuals, g):
     return dx, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
 
 
-def _rms_norm_validate(x, gamma, eps):
-    fn = "rms_norm"
-    v.floating(fn, "x", x)
-    v.ndim_at_least(fn, "x", x, 1, "…×features")
-    _check_feature_vector(fn, "gamma", gamma, x, "feature")
-    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
-
-
 def _rms_norm_tangent(eps, residuals, t):
     xhat, inv_rms, gamma = residuals
     dx, dgamma = t
@@ -367,7 +346,8 @@ def _rms_norm_tangent(eps, residuals, t):
 
 rms_norm = primitive(
     rms_norm, _rms_norm_backward, save=_rms_norm_save, static=("eps",),
-    validate=_rms_norm_validate,
+    spec=v.shapes("rms_norm", x="…×d", gamma="d: one per feature"),
+    validate=_eps_validate("rms_norm"),
     tangent=_rms_norm_tangent, examples=[
         Example((gaussian(4, 6, scale=2.0), positive(6), 1e-6)),
         Example((gaussian(2, 3, 5), positive(5), 1e-3)),

@@ -129,8 +129,7 @@ def _max_pool2d_backward(window, stride, padding, residuals, g):
 
 
 def _check_pool(fn, x, window, stride, padding):
-    v.floating(fn, "x", x)
-    v.ndim_exactly(fn, "x", x, 4, "NHWC")
+    """The static arguments, and every window fits the padded input (shapes: the spec's)."""
     v.positive_ints(fn, "window", window, 2)
     if stride is not None:
         v.positive_ints(fn, "stride", stride, 2)
@@ -180,7 +179,8 @@ def _max_pool2d_switches(x, window, stride, padding):
 
 max_pool2d = primitive(
     max_pool2d, _max_pool2d_backward, save=_max_pool2d_save,
-    static=("window", "stride", "padding"), validate=_max_pool2d_validate,
+    static=("window", "stride", "padding"), spec=v.shapes("max_pool2d", x="N×H×W×C"),
+    validate=_max_pool2d_validate,
     switches=_max_pool2d_switches,
     tangent=_max_pool2d_tangent, examples=[
         Example((_distinct(2, 4, 4, 3), 2, None, "VALID")),
@@ -262,7 +262,8 @@ def _avg_pool2d_tangent(window, stride, padding, shape_of_x, t):
 
 avg_pool2d = primitive(
     avg_pool2d, _avg_pool2d_backward, save=_avg_pool2d_save,
-    static=("window", "stride", "padding"), validate=_avg_pool2d_validate,
+    static=("window", "stride", "padding"), spec=v.shapes("avg_pool2d", x="N×H×W×C"),
+    validate=_avg_pool2d_validate,
     tangent=_avg_pool2d_tangent, examples=[
         Example((gaussian(2, 4, 4, 3), 2, None, "VALID")),
         Example((gaussian(2, 5, 5, 2), 3, 2, "SAME")),  # overlapping, partial border windows
@@ -298,11 +299,6 @@ def _global_avg_pool_backward(shape_of_x, g):
     return (jnp.broadcast_to((g / (h * w))[:, None, None, :], (n, h, w, g.shape[-1])),)
 
 
-def _global_avg_pool_validate(x):
-    v.floating("global_avg_pool", "x", x)
-    v.ndim_exactly("global_avg_pool", "x", x, 4, "NHWC")
-
-
 def _global_avg_pool_tangent(shape_of_x, t):
     (dx,) = t
     return jnp.mean(dx, axis=(1, 2))
@@ -310,7 +306,7 @@ def _global_avg_pool_tangent(shape_of_x, t):
 
 global_avg_pool = primitive(
     global_avg_pool, _global_avg_pool_backward, save=_global_avg_pool_save,
-    validate=_global_avg_pool_validate,
+    spec=v.shapes("global_avg_pool", x="N×H×W×C"),
     tangent=_global_avg_pool_tangent,
     examples=[Example((gaussian(2, 3, 4, 5),)), Example((gaussian(1, 1, 1, 2),)),
               Example((gaussian(3, 5, 2, 1),))],

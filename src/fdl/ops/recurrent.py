@@ -62,29 +62,11 @@ def _weight_grads(x: jax.Array, da: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.matmul(_fold(x).T, da2), jnp.sum(da2, axis=0)
 
 
-def _check_cell(fn: str, x, h, wx, wh, biases: dict, gates: int, what: str) -> None:
-    """Shapes of one step: `x …×D`, `h …×H`, `wx D×gH`, `wh H×gH`, biases `gH`."""
-    for name, a in (("x", x), ("h", h), ("wx", wx), ("wh", wh), *biases.items()):
-        v.floating(fn, name, a)
-    v.ndim_at_least(fn, "x", x, 1, "…×D")
-    v.ndim_at_least(fn, "h", h, 1, "…×H")
-    v.ndim_exactly(fn, "wx", wx, 2, f"D×{what}")
-    v.ndim_exactly(fn, "wh", wh, 2, f"H×{what}")
-    if _shape(x)[:-1] != _shape(h)[:-1]:
-        raise ValueError(f"{fn}: x {_shape(x)} and h {_shape(h)} must share their leading "
-                         "(batch) dimensions")
-    hidden = h.shape[-1]
-    expect = {"wx": (x.shape[-1], gates * hidden), "wh": (hidden, gates * hidden)}
-    for name, a in (("wx", wx), ("wh", wh)):
-        if _shape(a) != expect[name]:
-            raise ValueError(
-                f"{fn}: {name} must have shape {expect[name]} ({'D' if name == 'wx' else 'H'}"
-                f"×{what}) for x {_shape(x)} and hidden size H={hidden}, got {_shape(a)}"
-            )
-    for name, a in biases.items():
-        if _shape(a) != (gates * hidden,):
-            raise ValueError(f"{fn}: {name} must have shape ({gates * hidden},) ({what}), "
-                             f"got {_shape(a)}")
+def _cell_spec(fn: str, gates: int, what: str, *biases: str) -> v.Shapes:
+    """One step's shapes: `x …×D`, `h …×H`, `wx D×gH`, `wh H×gH`, biases `gH`."""
+    g = f"{gates}H" if gates > 1 else "H"
+    return v.shapes(fn, x="…×D", h="…×H", wx=f"D×{g}{what}", wh=f"H×{g}{what}",
+                    **{name: f"{g}{what}" for name in biases})
 
 
 # --------------------------------------------------------------------------- #
@@ -127,10 +109,6 @@ def _rnn_backward(residuals, g):
     return jnp.matmul(da, wx.T), jnp.matmul(da, wh.T), dwx, dwh, db
 
 
-def _rnn_validate(x, h, wx, wh, b):
-    _check_cell("rnn_cell", x, h, wx, wh, {"b": b}, 1, "H")
-
-
 def _rnn_tangent(residuals, t):
     x, h, wx, wh, y = residuals
     dx, dh, dwx, dwh, db = t
@@ -139,7 +117,7 @@ def _rnn_tangent(residuals, t):
 
 
 rnn_cell = primitive(
-    rnn_cell, _rnn_backward, save=_rnn_save, validate=_rnn_validate,
+    rnn_cell, _rnn_backward, save=_rnn_save, spec=_cell_spec("rnn_cell", 1, "", "b"),
     tangent=_rnn_tangent, examples=[
         Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 5, scale=0.5), gaussian(5, 5, scale=0.5),
                  gaussian(5))),
@@ -250,9 +228,12 @@ def _check_lstm_state(fn: str, state: Any) -> None:
                         f"{jnp.result_type(h)} and c {jnp.result_type(c)}")
 
 
+_LSTM_SPEC = _cell_spec("lstm_cell", 4, ", gates i, f, g, o", "b")
+
+
 def _lstm_validate(x, state, wx, wh, b):
     _check_lstm_state("lstm_cell", state)
-    _check_cell("lstm_cell", x, state[0], wx, wh, {"b": b}, 4, "4H (gates i, f, g, o)")
+    _LSTM_SPEC(x=x, h=state[0], wx=wx, wh=wh, b=b)
 
 
 def _pair(*shape: int, container: Callable = tuple):
@@ -364,10 +345,6 @@ def _gru_backward(residuals, g):
     return jnp.matmul(da, wx.T), dh, dwx, dwh, dbx, dbh
 
 
-def _gru_validate(x, h, wx, wh, bx, bh):
-    _check_cell("gru_cell", x, h, wx, wh, {"bx": bx, "bh": bh}, 3, "3H (gates r, z, n)")
-
-
 def _gru_tangent(residuals, t):
     x, h, wx, wh, gates, un = residuals
     dx, dh, dwx, dwh, dbx, dbh = t
@@ -381,7 +358,8 @@ def _gru_tangent(residuals, t):
 
 
 gru_cell = primitive(
-    gru_cell, _gru_backward, save=_gru_save, validate=_gru_validate,
+    gru_cell, _gru_backward, save=_gru_save,
+    spec=_cell_spec("gru_cell", 3, ", gates r, z, n", "bx", "bh"),
     tangent=_gru_tangent, examples=[
         Example((gaussian(3, 4), gaussian(3, 5), gaussian(4, 15, scale=0.5), gaussian(5, 15, scale=0.5),
                  gaussian(15), gaussian(15))),
@@ -468,25 +446,18 @@ def _masked_scan(cell: Callable, xs: jax.Array, state0: Any, params: tuple,
     return jnp.moveaxis(hs, 0, -2), final
 
 
+_SEQUENCE_SPECS = {fn: v.shapes(fn, xs="…×T×D, batch-first", h0="…×H", wx="D×kH")
+                   for fn in ("rnn", "lstm", "gru")}
+
+
 def _check_sequence(fn: str, xs, h0, wx, params: tuple, lengths=None) -> None:
-    v.floating(fn, "xs", xs)
-    v.ndim_at_least(fn, "xs", xs, 2, "…×T×D, batch-first")
-    v.floating(fn, "h0", h0)
-    v.ndim_exactly(fn, "wx", wx, 2, "D×kH")
-    expect = _shape(xs)[:-2] + (h0.shape[-1] if jnp.ndim(h0) else 0,)
-    if _shape(h0) != expect:
-        raise ValueError(f"{fn}: the initial state must have shape xs.shape[:-2] + (H,) = "
-                         f"{_shape(xs)[:-2]} + (H,) for xs of shape {_shape(xs)} "
-                         f"(batch-first …×T×D), got {_shape(h0)}")
-    if xs.shape[-1] != wx.shape[0]:
-        raise ValueError(f"{fn}: xs has {xs.shape[-1]} features (shape {_shape(xs)}, "
-                         f"…×T×D) but wx expects {wx.shape[0]} (shape {_shape(wx)})")
+    _SEQUENCE_SPECS[fn](xs=xs, h0=h0, wx=wx)
+    check_lengths(fn, lengths, _shape(xs)[:-2], xs.shape[-2])
     computes = jnp.result_type(xs, *params)
     if jnp.result_type(h0) != computes:
         raise TypeError(f"{fn}: the initial state has dtype {jnp.result_type(h0)} but the "
                         f"step computes in {computes} (from xs and the weights); the scan "
                         f"carry must keep one dtype: cast the state to {computes}")
-    check_lengths(fn, lengths, _shape(xs)[:-2], xs.shape[-2])
 
 
 def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
