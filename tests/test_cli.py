@@ -74,7 +74,32 @@ def test_check_gradients_option(capsys, precision):
     code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "1", "--checkpoint", "",
                         "--check-gradients", "--quiet")
     assert code == 0
-    assert "fdl.check.model" in out and "passed" in out
+    assert "fdl.check.model" in out and "passed: 8 comparisons\n" in out
+    assert re.search(r"^leaf +against +max rel err +worst at +rtol +step$", out, re.M), out
+    assert len(re.findall(r"^params\['dense_[14]'\]\['[wb]'\].* ok$", out, re.M)) == 8, out
+    assert max(map(len, out.splitlines())) <= 100, out  # the report's own table is ~190
+    assert re.search(r"\(1 epoch, \d+\.\d s\)\n", out), out
+
+
+@pytest.mark.float32
+def test_a_report_fits_100_columns_and_a_failure_is_described(capsys):
+    from fdl.check.report import Comparison, Report
+    from fdl.cli import _report_lines
+
+    long = "params['a_long_layer_name_12']['w'] (gradient and 1 random direction)"
+    rows = [Comparison(long, "finite differences", (2,), "float32", 0.5, 0.25, (1,), 1.0, 0.5,
+                       1e-5, 1e-4, False, step=0.01),
+            Comparison("params['b']", "autodiff", (3, 4), "float32", 0.0, 0.0, (2, 3), 1.0, 1.0,
+                       1e-5, 1e-5, True)]
+    lines = _report_lines(Report("a title", rows))
+    assert max(map(len, lines)) <= 100
+    assert lines[0] == "a title" and lines[1].startswith("leaf")
+    assert lines[3] == ("…s['a_long_layer_name_12']['w'] (…)  finite differences  2.5e-01      "
+                        "(1)       1e-05  1.0e-02  FAIL")
+    assert lines[4].startswith("params['b'] ") and lines[4].endswith("(2,3)     1e-05  -"
+                                                                    "        ok")
+    assert lines[5] == "FAILED: 1 of 2 comparisons"
+    assert " ".join(line.strip() for line in lines[6:]) == rows[0].describe()
 
 
 def _idx(path, magic_type, dims, data, gz=False):

@@ -659,7 +659,7 @@ def _loop(run: _Run, trainer: Any, abstract: Any, ts: Any) -> int:
         return _stopped(run, ts, history, start)
     final = trainer.evaluate(ts, data[2], data[3])
     ran = int(ts.epoch) - start
-    what = f"{ran} epochs" + (f" after the {start} resumed, {int(ts.epoch)} in all"
+    what = f"{ran} epoch{'' if ran == 1 else 's'}" + (f" after the {start} resumed, {int(ts.epoch)} in all"
                               if start else "")
     out.line(f"test accuracy {final['accuracy']:.4f}  test loss {final['loss']:.4f}  "
              f"({what}, {time.perf_counter() - run.started:.1f} s)", result=True)
@@ -701,9 +701,49 @@ def _check_gradients(run: _Run, trainer: Any, ts: Any) -> None:
     x0, y0 = run.dataset.x_train[:n], run.dataset.y_train[:n]
     report = check.model(lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, train=False)[0],
                          ts.params)
-    run.out.line(str(report), result=True)
+    for line in _report_lines(report):
+        run.out.line(line, result=True)
     if not report.passed:
         raise Failure("the gradient check failed; not training")
+
+
+def _report_lines(report: Any, width: int = 100) -> list[str]:
+    """An ``fdl.check`` report in at most ``width`` columns (its own table is wider): per
+    row the leaf (a long name loses its parenthesis, then its start), the reference, the relative error, the
+    worst element, the tolerance and the step; then its notes, the verdict and each
+    failure's description, wrapped."""
+    import textwrap
+
+    head = ("leaf", "against", "max rel err", "worst at", "rtol", "step", "")
+    body = [(r.name, r.against, f"{r.max_rel:.1e}",
+             "-" if r.index is None else "(" + ",".join(map(str, r.index)) + ")",
+             f"{r.rtol:.0e}", "-" if r.step is None else f"{r.step:.1e}",
+             "ok" if r.passed else "FAIL") for r in report.rows]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    widths[0] = max(4, min(widths[0], width - sum(widths[1:]) - 2 * (len(head) - 1)))
+
+    def cut(name: str) -> str:  # drop a parenthesis first, then the start: keep the leaf key
+        if len(name) > widths[0] and " (" in name:
+            name = name.split(" (")[0] + " (…)"
+        return name if len(name) <= widths[0] else "…" + name[len(name) - widths[0] + 1:]
+    fmt = (lambda row: "  ".join(c.ljust(w) for c, w in zip((cut(row[0]), *row[1:]),
+                                                              widths)).rstrip())
+    wrap = (lambda text, indent="": textwrap.wrap(text, width, subsequent_indent=indent + "  ",
+                                                  initial_indent=indent) or [""])
+    lines = [*wrap(report.title), fmt(head), fmt(tuple("-" * w for w in widths)),
+             *map(fmt, body)]
+    for r in report.rows:
+        if r.note:
+            lines += wrap(f"note: {r.name} vs {r.against}: {r.note}")
+    if report.passed:
+        return lines + [f"passed: {len(report.rows)} comparisons"]
+    failures = report.failures
+    lines += wrap(f"FAILED: {report.problem}" if report.problem else
+                  f"FAILED: {len(failures)} of {len(report.rows)} comparisons"
+                  if report.rows else "FAILED: nothing was compared")
+    for r in failures:
+        lines += wrap(r.describe(), "  ")
+    return lines
 
 
 def _fit(run: _Run, trainer: Any, ts: Any, data: tuple) -> tuple[Any, Any]:
