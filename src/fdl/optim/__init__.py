@@ -64,24 +64,30 @@ can be passed to code written for them, and theirs composed with `chain`.
 from fdl.optim import (
     blocks,
     hyperparams,
+    loss_scaling,
     methods,
     optimizers,
     orthogonal,
+    quasi_newton,
     registry,
     schedule_free,
     schedules,
+    sharpness,
     transforms,
     wrappers,
 )
 from fdl.optim.base import ChainState, Optimizer, Schedule, apply_updates, chain
 from fdl.optim.blocks import *  # noqa: F403
 from fdl.optim.hyperparams import *  # noqa: F403
+from fdl.optim.loss_scaling import *  # noqa: F403
 from fdl.optim.methods import *  # noqa: F403
 from fdl.optim.optimizers import *  # noqa: F403
 from fdl.optim.orthogonal import *  # noqa: F403
+from fdl.optim.quasi_newton import *  # noqa: F403
 from fdl.optim.registry import *  # noqa: F403
 from fdl.optim.schedule_free import *  # noqa: F403
 from fdl.optim.schedules import *  # noqa: F403
+from fdl.optim.sharpness import *  # noqa: F403
 from fdl.optim.transforms import *  # noqa: F403
 from fdl.optim.wrappers import *  # noqa: F403
 
@@ -99,6 +105,9 @@ __all__ = [
     *transforms.__all__,
     *blocks.__all__,
     *wrappers.__all__,
+    *sharpness.__all__,
+    *quasi_newton.__all__,
+    *loss_scaling.__all__,
     *hyperparams.__all__,
     *schedules.__all__,
 ]
