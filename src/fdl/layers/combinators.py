@@ -187,7 +187,7 @@ def remat(layer: Layer, policy: str | Callable | None = None, *,
     The gradient mode is read when the layer is traced, and the recomputation replays
     the traced program, so in manual mode the recomputed forward runs the same
     primitives and their hand-written backward rules consume its residuals
-    (`tests/test_combinators.py` counts the rule's calls).
+    (`tests/test_transformer_stack.py` counts the rule's calls).
 
     Args:
       layer: any layer.
