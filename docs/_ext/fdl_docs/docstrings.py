@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from fdl_docs.texmath import MATHS_CHARS, split_inline, to_tex
+from fdl_docs.texmath import MATHS_CHARS, split_inline, to_tex, uses_dollars
 
 SECTION = re.compile(r"^(Args|Arguments|Returns|Raises|Attributes|Yields|Note|Notes|"
                      r"Example|Examples|Warning)\s*:\s*$")
@@ -288,6 +288,7 @@ def _section_items(body: list[str]) -> list[str]:
 def to_myst(doc: str, transitional: bool = True, heading_level: int = 0) -> str:
     """A docstring as MyST markdown. `heading_level` > 0 turns reST-underlined
     headings into markdown headings of that level; 0 makes them bold lines."""
+    transitional = transitional and not uses_dollars(doc)
     out: list[str] = []
     for kind, lines in blocks(doc):
         if kind == "prose":
@@ -317,6 +318,7 @@ def to_rst_lines(lines: list[str], transitional: bool = True) -> list[str]:
     """autodoc's docstring lines (reST, Google sections left to napoleon) with maths
     as `:math:` and display blocks as `.. math::` directives."""
     doc = "\n".join(lines)
+    transitional = transitional and not uses_dollars(doc)
     out: list[str] = []
     for kind, block in blocks(doc):
         if kind == "prose":

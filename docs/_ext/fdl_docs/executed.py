@@ -62,8 +62,8 @@ def _load_example(name: str):
 def ascii_tex(formula: str) -> str:
     """The example's ASCII formulas (`diag(1/x)`, `x^T`, `2/N sum_i e_i`) as TeX."""
     note = ""
-    m = re.search(r"\s*\(([^()]*[a-z]{3,}[^()]*)\)\s*$", formula)
-    if m and not re.match(r"^[a-z]\w*$", m.group(1)):
+    m = re.search(r"\s+\(([A-Za-z.]+(?: [A-Za-z.]+)+)\)\s*$", formula)  # "(scalar z)"
+    if m:
         formula, note = formula[:m.start()], m.group(1)
     s = formula.replace("^T", "ᵀ").replace("sum_i", "Σᵢ").replace("sum(", "Σ(")
     s = re.sub(r"\bd_ij\b", "δ_ij", s)

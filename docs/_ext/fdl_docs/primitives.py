@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fdl_docs.docstrings import blocks, display_tex, inline_md
+from fdl_docs.docstrings import _prose, blocks, display_tex, inline_md
+from fdl_docs.texmath import uses_dollars
 
 SECTIONS = ("summary", "shapes", "derivation", "tangent", "residuals", "references")
 TITLES = {
@@ -124,17 +125,16 @@ def _classify(kind: str, lines: list[str], current: str, first: bool) -> str:
     return current
 
 
-def _block_md(kind: str, lines: list[str]) -> str:
+def _block_md(kind: str, lines: list[str], transitional: bool) -> str:
     if kind == "prose":
-        return inline_md("\n".join(l.strip() if not l.lstrip().startswith(("* ", "- "))
-                                   else l.rstrip() for l in lines))
+        return "\n".join(_prose(lines, lambda t: inline_md(t, transitional), False))
     if kind == "display":
-        return "```{math}\n" + display_tex(lines) + "\n```"
+        return "```{math}\n" + display_tex(lines, transitional) + "\n```"
     if kind == "code":
         return "```python\n" + "\n".join(lines) + "\n```"
     if kind == "heading":
         return "**" + inline_md(lines[0]) + "**"
-    return "**" + lines[0] + "**\n\n" + "\n".join("- " + inline_md(l.strip())
+    return "**" + lines[0] + "**\n\n" + "\n".join("- " + inline_md(l.strip(), transitional)
                                                 for l in lines[1:] if l.strip())
 
 
@@ -142,9 +142,10 @@ def sections(doc: str) -> dict[str, list[str]]:
     """The docstring's blocks, as MyST, grouped into the page's sections."""
     out: dict[str, list[str]] = {s: [] for s in SECTIONS}
     current = "summary"
+    transitional = not uses_dollars(doc)
     for i, (kind, lines) in enumerate(blocks(doc)):
         current = _classify(kind, lines, current, i == 0)
-        out[current].append(_block_md(kind, lines))
+        out[current].append(_block_md(kind, lines, transitional))
     return out
 
 

@@ -145,6 +145,8 @@ class _Converter:
             return w
         if w.isupper() and len(w) <= 3:  # a product of matrices: XW
             return w
+        if len(w) == 2 and not w.islower() and not w.isupper():  # Wx: a product W x
+            return w[0] + r"\," + w[1]
         return "\\operatorname{" + w + "}"
 
     # ------------------------------------------------------------------ scripts
@@ -352,6 +354,12 @@ def looks_like_maths(span: str) -> bool:
 
 
 _INLINE = re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<![\\\s])\$(?!\$)|``([^`]+)``|`([^`]+)`")
+
+
+def uses_dollars(doc: str) -> bool:
+    """Whether a docstring writes its maths between dollars (then its backtick
+    spans are code, whatever they contain)."""
+    return bool(re.search(r"(?<![\\$])\$[^$\s][^$\n]*\$", doc))
 
 
 def split_inline(line: str, transitional: bool = True):
