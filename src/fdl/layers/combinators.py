@@ -145,7 +145,8 @@ def scan_layers(layer: Layer, num_layers: int) -> Layer:
         depth = {a.shape[0] if jnp.ndim(a) else None for a in jax.tree.leaves(params)}
         if depth and depth != {n}:
             raise ValueError(f"{fn}: every parameter must have a leading axis of num_layers="
-                             f"{n} (the stacked layers), got leading sizes {sorted(map(str, depth))}")
+                             f"{n} (the stacked layers), got leading sizes "
+                             f"{sorted(map(str, depth))}")
         keys = None if key is None else jax.random.split(key, n)
 
         def body(h, per_layer):

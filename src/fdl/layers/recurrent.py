@@ -170,7 +170,8 @@ def _zero_bias(hidden: int, gates: int) -> Callable:
 
 def RNN(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
         num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-        return_state: bool = False, w_init: str | Initializer = "glorot_uniform", h_init: str | Initializer = "orthogonal",
+        return_state: bool = False, w_init: str | Initializer = "glorot_uniform",
+        h_init: str | Initializer = "orthogonal",
         dtype: Any = jnp.float32) -> Layer:
     """Elman RNN over a sequence, `h_t = tanh(x_t W_x + h_{t−1} W_h + b)`
     (`fdl.ops.rnn`). Params `wx (D, H)`, `wh (H, H)`, `b (H,)`."""
@@ -186,7 +187,8 @@ def RNN(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
 
 def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
          num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-         return_state: bool = False, forget_bias: float = 1.0, w_init: str | Initializer = "glorot_uniform",
+         return_state: bool = False, forget_bias: float = 1.0,
+         w_init: str | Initializer = "glorot_uniform",
          h_init: str | Initializer = "orthogonal", dtype: Any = jnp.float32) -> Layer:
     """LSTM over a sequence (`fdl.ops.lstm`; gates `i, f, g, o` stacked).
 
@@ -211,7 +213,8 @@ def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
 
 def GRU(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
         num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.0,
-        return_state: bool = False, w_init: str | Initializer = "glorot_uniform", h_init: str | Initializer = "orthogonal",
+        return_state: bool = False, w_init: str | Initializer = "glorot_uniform",
+        h_init: str | Initializer = "orthogonal",
         dtype: Any = jnp.float32) -> Layer:
     """GRU over a sequence (`fdl.ops.gru`: the reset-after variant of PyTorch and
     cuDNN; gates `r, z, n` stacked). Params `wx (D, 3H)`, `wh (H, 3H)`,

@@ -386,8 +386,8 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
             s = memory.shape[1]
             check_lengths(fn, memory_lengths, (n,), s, "memory_lengths")
             m = _padding_mask(lengths, None, t, s, (n,), memory_lengths, self_attention=False)
-            y = _attend(params["cross_attn"], h, _zero_padding(memory, memory_lengths), num_heads, m, False, False,
-                        attention_dropout, kc, train)
+            y = _attend(params["cross_attn"], h, _zero_padding(memory, memory_lengths),
+                        num_heads, m, False, False, attention_dropout, kc, train)
             return _drop(y, dropout, k2, train)
 
         def ff(h):
@@ -520,7 +520,7 @@ def from_torch_encoder_layer(state_dict: Mapping[str, Any], *, prefix: str = "",
 
     | torch | fdl |
     | --- | --- |
-    | `self_attn.in_proj_weight` `(3d, d)` = `[W_q; W_k; W_v]` | `self_attn.wq, wk, wv` = each block `ᵀ` |
+    | `self_attn.in_proj_weight` `(3d, d)` = `[W_q; W_k; W_v]` | `self_attn.wq, wk, wv`, each `ᵀ` |
     | `self_attn.in_proj_bias` `(3d,)` | `self_attn.bq, bk, bv` |
     | `self_attn.out_proj.weight`, `.bias` | `self_attn.wo` (`ᵀ`), `bo` |
     | `linear1.weight` `(d_ff, d)`, `linear1.bias` | `linear1.w` `(d, d_ff)`, `linear1.b` |

@@ -92,19 +92,18 @@ def _sinusoidal_tangent(offset, base, residuals, t):
     return dx
 
 
-def _sequence_x(fn: str, x) -> None:
-    v.floating(fn, "x", x)
-    v.ndim_at_least(fn, "x", x, 2, "…×T×d, batch-first: time second to last")
+def _spec(fn: str) -> v.Shapes:
+    return v.shapes(fn, x="…×T×d, batch-first: time second to last")
 
 
 def _sinusoidal_validate(x, offset, base):
-    _sequence_x("sinusoidal", x)
     _check_position_args("sinusoidal", offset, base)
 
 
 sinusoidal = primitive(
     sinusoidal, _sinusoidal_backward, save=lambda x, offset, base, y: (),
-    static=("offset", "base"), validate=_sinusoidal_validate, tangent=_sinusoidal_tangent,
+    static=("offset", "base"), spec=_spec("sinusoidal"), validate=_sinusoidal_validate,
+    tangent=_sinusoidal_tangent,
     examples=[Example((gaussian(2, 5, 6), 0, 10000.0)),
               Example((gaussian(3, 7), 4, 100.0)),
               Example((gaussian(2, 2, 3, 5), 0, 10000.0))],
@@ -202,7 +201,6 @@ def _rope_tangent(offset, base, interleaved, residuals, t):
 
 def _rope_validate(x, offset, base, interleaved):
     fn = "rope"
-    _sequence_x(fn, x)
     if x.shape[-1] % 2:
         raise ValueError(f"rope: the feature size d (last axis) must be even, to form pairs; "
                          f"got x of shape {tuple(x.shape)}. Apply it per head, after "
@@ -213,7 +211,8 @@ def _rope_validate(x, offset, base, interleaved):
 
 rope = primitive(
     rope, _rope_backward, save=lambda x, offset, base, interleaved, y: (),
-    static=("offset", "base", "interleaved"), validate=_rope_validate, tangent=_rope_tangent,
+    static=("offset", "base", "interleaved"), spec=_spec("rope"), validate=_rope_validate,
+    tangent=_rope_tangent,
     examples=[Example((gaussian(2, 5, 6), 0, 10000.0, False)),
               Example((gaussian(2, 5, 6), 3, 10000.0, True)),
               Example((gaussian(2, 2, 4, 8), 0, 50.0, False))],

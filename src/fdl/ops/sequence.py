@@ -30,7 +30,8 @@ from jax import lax
 from fdl import _validate as v
 from fdl.primitive import Example, gaussian, primitive
 
-__all__ = ["check_lengths", "padding_mask", "reverse_sequences", "sequence_last", "sequence_mask", "sequence_max", "sequence_mean"]
+__all__ = ["check_lengths", "padding_mask", "reverse_sequences", "sequence_last", "sequence_mask",
+           "sequence_max", "sequence_mean"]
 
 
 def check_lengths(fn: str, lengths: Any, batch_shape: tuple, steps: int,
@@ -84,10 +85,13 @@ def _lengths_col(lengths: jax.Array | None, batch_shape: tuple, steps: int,
     return jnp.expand_dims(lengths, -1).astype(dtype)
 
 
+def _spec(fn: str) -> v.Shapes:
+    return v.shapes(fn, x="…×T×d, batch-first: time second to last",
+                    lengths="optional int …, one length per sequence")
+
+
 def _validate(fn: str):
-    def check(x, lengths):
-        v.floating(fn, "x", x)
-        v.ndim_at_least(fn, "x", x, 2, "…×T×d, batch-first: time second to last")
+    def check(x, lengths):  # the values, once the spec has checked shapes and dtypes
         check_lengths(fn, lengths, tuple(x.shape[:-2]), x.shape[-2])
     return check
 
@@ -161,7 +165,8 @@ def _mean_tangent(residuals, t):
 
 
 sequence_mean = primitive(
-    sequence_mean, _mean_backward, save=_mean_save, validate=_validate("sequence_mean"),
+    sequence_mean, _mean_backward, save=_mean_save, spec=_spec("sequence_mean"),
+    validate=_validate("sequence_mean"),
     tangent=_mean_tangent, examples=_examples())
 
 
@@ -220,7 +225,8 @@ def _max_tangent(residuals, t):
 
 
 sequence_max = primitive(
-    sequence_max, _max_backward, fwd=_max_fwd, validate=_validate("sequence_max"),
+    sequence_max, _max_backward, fwd=_max_fwd, spec=_spec("sequence_max"),
+    validate=_validate("sequence_max"),
     tangent=_max_tangent, switches=lambda x, lengths: _argmax(x, lengths),
     examples=_examples())
 
@@ -277,7 +283,8 @@ def _last_tangent(residuals, t):
 
 
 sequence_last = primitive(
-    sequence_last, _last_backward, save=_last_save, validate=_validate("sequence_last"),
+    sequence_last, _last_backward, save=_last_save, spec=_spec("sequence_last"),
+    validate=_validate("sequence_last"),
     tangent=_last_tangent, examples=_examples())
 
 
