@@ -316,6 +316,18 @@ def is_optimizer(x: Any) -> bool:
     return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
 
 
+def check_optimizer(fn: str, x: Any, name: str = "optimizer") -> None:
+    """Raise TypeError unless `x` is an optimizer (a wrapper's argument)."""
+    if not is_optimizer(x):
+        raise TypeError(f"{fn}: {name} must be an Optimizer (with init and update), got {x!r}")
+
+
+def require_params(fn: str, params: Any, what: str = "update") -> None:
+    """Raise ValueError if `params` is None: `what` (a transform's step) reads them."""
+    if params is None:
+        raise ValueError(f"{fn}: {what} needs the params; call update(grads, state, params)")
+
+
 def zero_count() -> jax.Array:
     """The initial step count: an int32 scalar zero."""
     return jnp.zeros([], jnp.int32)

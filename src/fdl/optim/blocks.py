@@ -34,6 +34,7 @@ from fdl.optim.base import (
     label,
     lift,
     public_names,
+    require_params,
     step_number,
     zero_count,
 )
@@ -84,8 +85,7 @@ def scale_by_trust_ratio(
 
     def update(grads: Updates, state: ScaleByTrustRatioState, params: Params = None):
         check_state(fn, state, ScaleByTrustRatioState)
-        if params is None:
-            raise ValueError(f"{fn}: the trust ratio needs the params; call update(grads, state, params)")
+        require_params(fn, params, "the trust ratio")
         flags = _resolve_mask(fn, mask, params)
         flags = PerLeaf([True] * len(jax.tree.leaves(grads)) if flags is None else flags)
         d, _ = lift(fn, step, grads, read={"params": params, "scaled": flags})
@@ -250,8 +250,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> Optimizer:
 
     def update(grads: Updates, state: ScaleByParamBlockRmsState, params: Params = None):
         check_state(fn, state, ScaleByParamBlockRmsState)
-        if params is None:
-            raise ValueError(f"{fn}: the relative step needs the params; call update(grads, state, params)")
+        require_params(fn, params, "the relative step")
         d, _ = lift(fn, lambda g, params: g * jnp.maximum(min_scale, _rms(params)), grads,
                     read={"params": params})
         return d, state

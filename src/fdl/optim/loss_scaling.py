@@ -20,8 +20,8 @@ from fdl.optim.base import (
     Updates,
     acc_dtype,
     check_float,
+    check_optimizer,
     check_state,
-    is_optimizer,
     label,
     public_names,
 )
@@ -70,8 +70,7 @@ def dynamic_loss_scale(
     References: Micikevicius et al., "Mixed Precision Training", 2018.
     """
     fn = label("dynamic_loss_scale")
-    if not is_optimizer(optimizer):
-        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    check_optimizer(fn, optimizer)
     init_scale = V.finite_real(fn, "init_scale", init_scale, minimum=0.0, strict=True)
     interval = V.int_at_least(fn, "growth_interval", growth_interval, 1)
     growth = V.finite_real(fn, "growth_factor", growth_factor, minimum=1.0, strict=True)

@@ -27,6 +27,7 @@ from fdl.optim.base import (
     increment,
     label,
     public_names,
+    require_params,
     zero_count,
 )
 from fdl.optim.transforms import scale_by_learning_rate
@@ -97,8 +98,7 @@ def scale_by_lbfgs(memory_size: int = 10, *, curvature_eps: float = 1e-10) -> Op
     def update(grads: Updates, state: ScaleByLbfgsState, params: Params = None):
         check_state(fn, state, ScaleByLbfgsState)
         check_float(fn, grads, "gradient")
-        if params is None:
-            raise ValueError(f"{fn}: update needs the params; call update(grads, state, params)")
+        require_params(fn, params)
         check_like(fn, grads, state.prev_params, "the state's prev_params")
         g = jax.tree.map(lambda x, o: x.astype(o.dtype), grads, state.prev_params)
         p = jax.tree.map(lambda x, o: x.astype(o.dtype), params, state.prev_params)

@@ -30,6 +30,7 @@ from fdl.optim.base import (
     label,
     learning_rate_at,
     public_names,
+    require_params,
     step_number,
     zero_count,
     zeros_acc,
@@ -108,8 +109,7 @@ def scale_by_schedule_free_adamw(
     def update(grads: Updates, state: ScheduleFreeState, params: Params = None):
         check_state(fn, state, ScheduleFreeState)
         check_float(fn, grads, "gradient")
-        if params is None:
-            raise ValueError(f"{fn}: update needs the params (y); call update(grads, state, params)")
+        require_params(fn, params)
         check_like(fn, grads, state.z, "the state's z")
         t = step_number(state.count)
         warm = jnp.minimum(1.0, t / warmup) if warmup else 1.0

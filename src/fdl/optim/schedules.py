@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as V
-from fdl.optim.base import Optimizer, Schedule, default_float, is_optimizer, public_names
+from fdl.optim.base import Optimizer, Schedule, check_optimizer, default_float, public_names
 
 
 def _nonnegative(fn: str, name: str, value: Any) -> float:
@@ -37,6 +37,17 @@ def _finite(fn: str, name: str, value: Any) -> float:
 
 
 _int_at_least = V.int_at_least
+
+
+def _check_pieces(fn: str, boundaries: list[int], pieces: int, what: str) -> None:
+    """n strictly increasing boundaries separate n + 1 pieces (values or schedules)."""
+    if pieces != len(boundaries) + 1:
+        raise ValueError(
+            f"{fn}: {what} must have one more entry than boundaries, got "
+            f"{len(boundaries)} boundaries and {pieces} {what}"
+        )
+    if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
 
 
 def _t(step: Any) -> jax.Array:
@@ -65,13 +76,7 @@ def piecewise_constant_schedule(boundaries: Sequence[int], values: Sequence[floa
     fn = "piecewise_constant_schedule"
     boundaries = [_int_at_least(fn, f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
     values = [_nonnegative(fn, f"values[{i}]", v) for i, v in enumerate(values)]
-    if len(values) != len(boundaries) + 1:
-        raise ValueError(
-            f"{fn}: values must have one more entry than boundaries, got "
-            f"{len(boundaries)} boundaries and {len(values)} values"
-        )
-    if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
-        raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
+    _check_pieces(fn, boundaries, len(values), "values")
 
     def schedule(step: Any) -> jax.Array:
         step = jnp.asarray(step)
@@ -340,13 +345,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         if not callable(s):
             raise TypeError(f"{fn}: schedules[{i}] must be a schedule (step -> value), got {s!r}")
     boundaries = [_int_at_least(fn, f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
-    if len(schedules) != len(boundaries) + 1:
-        raise ValueError(
-            f"{fn}: schedules must have one more entry than boundaries, got "
-            f"{len(boundaries)} boundaries and {len(schedules)} schedules"
-        )
-    if any(b1 >= b2 for b1, b2 in zip(boundaries, boundaries[1:])):
-        raise ValueError(f"{fn}: boundaries must be strictly increasing, got {boundaries!r}")
+    _check_pieces(fn, boundaries, len(schedules), "schedules")
 
     def schedule(step: Any) -> jax.Array:
         step = jnp.asarray(step)
@@ -408,8 +407,7 @@ def reduce_on_plateau(
     with its counters in the state.
     """
     fn = "reduce_on_plateau"
-    if not is_optimizer(optimizer):
-        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    check_optimizer(fn, optimizer)
     factor = _positive(fn, "factor", factor)
     if factor >= 1.0:
         raise ValueError(f"{fn}: factor must be in (0, 1), got {factor!r}")

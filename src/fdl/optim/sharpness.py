@@ -21,11 +21,12 @@ from fdl.optim.base import (
     apply_updates,
     check_float,
     check_like,
+    check_optimizer,
     check_state,
     increment,
-    is_optimizer,
     label,
     public_names,
+    require_params,
     zero_count,
 )
 from fdl.optim.transforms import global_norm
@@ -64,8 +65,7 @@ def sam(optimizer: Optimizer, rho: float = 0.05, *, eps: float = 1e-12) -> Optim
     Minimization for Efficiently Improving Generalization", 2021.
     """
     fn = label("sam")
-    if not is_optimizer(optimizer):
-        raise TypeError(f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}")
+    check_optimizer(fn, optimizer)
     rho = V.finite_real(fn, "rho", rho, minimum=0.0, strict=True)
     eps = V.finite_real(fn, "eps", eps, minimum=0.0)
 
@@ -77,8 +77,7 @@ def sam(optimizer: Optimizer, rho: float = 0.05, *, eps: float = 1e-12) -> Optim
     def update(grads: Updates, state: SamState, params: Params = None):
         check_state(fn, state, SamState)
         check_float(fn, grads, "gradient")
-        if params is None:
-            raise ValueError(f"{fn}: update needs the params; call update(grads, state, params)")
+        require_params(fn, params)
         check_like(fn, grads, state.origin, "the state's origin")
         ascent = state.count % 2 == 0
         factor = rho / (global_norm(grads) + eps)

@@ -26,10 +26,10 @@ from fdl.optim.base import (
     check_float,
     check_hyperparams,
     check_like,
+    check_optimizer,
     check_schedule,
     check_state,
     increment,
-    is_optimizer,
     is_static_zero,
     label,
     learning_rate_at,
@@ -260,10 +260,7 @@ def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
     once per group.
     """
     fn = label("accumulate_gradients")
-    if not is_optimizer(optimizer):
-        raise TypeError(
-            f"{fn}: optimizer must be an Optimizer (with init and update), got {optimizer!r}"
-        )
+    check_optimizer(fn, optimizer)
     every_k = V.int_at_least(fn, "every_k", every_k, 1)
 
     def init(params: Params) -> AccumulateGradientsState:

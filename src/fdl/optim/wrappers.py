@@ -28,26 +28,15 @@ from fdl.optim.base import (
     chain,
     check_float,
     check_like,
+    check_optimizer,
     check_state,
     increment,
-    is_optimizer,
     label,
     public_names,
+    require_params,
     zero_count,
 )
 from fdl.optim.transforms import Mask, _resolve_mask
-
-
-def _check_optimizer(fn: str, optimizer: Any, name: str = "optimizer") -> None:
-    if not is_optimizer(optimizer):
-        raise TypeError(
-            f"{fn}: {name} must be an Optimizer (with init and update), got {optimizer!r}"
-        )
-
-
-def _needs_params(fn: str, params: Any) -> None:
-    if params is None:
-        raise ValueError(f"{fn}: update needs the params; call update(grads, state, params)")
 
 
 # --------------------------------------------------------------------------
@@ -88,7 +77,7 @@ def lookahead(optimizer: Optimizer, sync_period: int = 6, slow_step_size: float 
     forward, 1 step back", 2019.
     """
     fn = label("lookahead")
-    _check_optimizer(fn, optimizer)
+    check_optimizer(fn, optimizer)
     k = V.int_at_least(fn, "sync_period", sync_period, 1)
     alpha = V.finite_real(fn, "slow_step_size", slow_step_size, minimum=0.0, strict=True)
     if V.is_concrete(alpha) and float(alpha) > 1.0:
@@ -101,7 +90,7 @@ def lookahead(optimizer: Optimizer, sync_period: int = 6, slow_step_size: float 
 
     def update(grads: Updates, state: LookaheadState, params: Params = None):
         check_state(fn, state, LookaheadState)
-        _needs_params(fn, params)
+        require_params(fn, params)
         check_like(fn, grads, state.slow, "the state's slow weights")
         updates, inner = optimizer.update(grads, state.inner_state, params)
         sync = (state.count + 1) % k == 0
@@ -193,7 +182,7 @@ def partition(transforms: dict[Hashable, Optimizer], labels: Labels) -> Optimize
     if not isinstance(transforms, dict) or not transforms:
         raise TypeError(f"{fn}: transforms must be a non-empty dict label -> Optimizer, got {transforms!r}")
     for name, t in transforms.items():
-        _check_optimizer(fn, t, f"transforms[{name!r}]")
+        check_optimizer(fn, t, f"transforms[{name!r}]")
 
     def groups(params: Params) -> dict:
         leaves = _resolve_labels(fn, labels, params, transforms)
@@ -233,6 +222,15 @@ def partition(transforms: dict[Hashable, Optimizer], labels: Labels) -> Optimize
     return Optimizer(init, update)
 
 
+def _mask_labels(fn: str, mask: Mask, true: str, false: str) -> Callable[[Params], Labels]:
+    """Labels from a bool mask: `true` where it is True, `false` elsewhere."""
+    def labels(params: Params) -> Labels:
+        flags = _resolve_mask(fn, mask, params)
+        return jax.tree.structure(params).unflatten([true if f else false for f in flags])
+
+    return labels
+
+
 def masked(optimizer: Optimizer, mask: Mask) -> Optimizer:
     r"""Apply `optimizer` to the leaves where `mask` is True; pass the others' gradients through.
 
@@ -242,13 +240,9 @@ def masked(optimizer: Optimizer, mask: Mask) -> Optimizer:
     `chain(masked(add_decayed_weights(1e-4), lambda p: jax.tree.map(lambda x: x.ndim > 1, p)), …)`.
     """
     fn = label("masked")
-    _check_optimizer(fn, optimizer)
+    check_optimizer(fn, optimizer)
 
-    def labels(params: Params) -> Labels:
-        flags = _resolve_mask(fn, mask, params)
-        return jax.tree.structure(params).unflatten(["in" if f else "out" for f in flags])
-
-    return partition({"in": optimizer, "out": chain()}, labels)
+    return partition({"in": optimizer, "out": chain()}, _mask_labels(fn, mask, "in", "out"))
 
 
 class SetToZeroState(NamedTuple):
@@ -272,12 +266,9 @@ def freeze(optimizer: Optimizer, frozen: Mask) -> Optimizer:
     `partition({"train": optimizer, "frozen": set_to_zero()}, …)`.
     """
     fn = label("freeze")
-    _check_optimizer(fn, optimizer)
+    check_optimizer(fn, optimizer)
 
-    def labels(params: Params) -> Labels:
-        flags = _resolve_mask(fn, frozen, params)
-        return jax.tree.structure(params).unflatten(["frozen" if f else "train" for f in flags])
-
+    labels = _mask_labels(fn, frozen, "frozen", "train")
     return partition({"train": optimizer, "frozen": set_to_zero()}, labels)
 
 
@@ -313,7 +304,7 @@ def apply_if_finite(optimizer: Optimizer, max_consecutive_errors: int = 5) -> Op
     stalling silently.
     """
     fn = label("apply_if_finite")
-    _check_optimizer(fn, optimizer)
+    check_optimizer(fn, optimizer)
     limit = V.int_at_least(fn, "max_consecutive_errors", max_consecutive_errors, 0)
 
     def init(params: Params) -> ApplyIfFiniteState:
@@ -369,7 +360,7 @@ def ema_params(optimizer: Optimizer, decay: float = 0.999) -> Optimizer:
     Averaging", 1992.
     """
     fn = label("ema_params")
-    _check_optimizer(fn, optimizer)
+    check_optimizer(fn, optimizer)
     decay = V.decay_rate(fn, "decay", decay)
 
     def init(params: Params) -> EmaParamsState:
@@ -379,7 +370,7 @@ def ema_params(optimizer: Optimizer, decay: float = 0.999) -> Optimizer:
 
     def update(grads: Updates, state: EmaParamsState, params: Params = None):
         check_state(fn, state, EmaParamsState)
-        _needs_params(fn, params)
+        require_params(fn, params)
         check_like(fn, grads, state.ema, "the state's ema")
         updates, inner = optimizer.update(grads, state.inner_state, params)
 
