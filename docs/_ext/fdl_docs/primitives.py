@@ -57,24 +57,15 @@ class Checked:
 
 
 def run_check(p: Any, dtype: str = "float64") -> list[Checked]:
-    """Every registered example of `p` checked by `fdl.check.examples` (backward,
-    tangent rule and adjointness), in float64 with x64 on for the call."""
+    """Every registered example of `p` checked by `fdl.check.examples`: the backward,
+    the tangent rule and their adjointness, in one compiled program, in float64 with
+    x64 on for the call."""
     import jax
 
     import fdl.check
 
     with jax.enable_x64(dtype == "float64"):
-        # the one-program form of all three checks, while fdl.check still names it so
-        combined = getattr(getattr(fdl.check, "checks", None), "all_examples", None)
-        out = (combined or fdl.check.examples)(p, dtype=dtype)
-        if out and not isinstance(out[0], (tuple, list)) and not hasattr(out[0], "backward"):
-            # examples() gives the backward's reports only: the forward checks apart
-            forward = (fdl.check.forward_examples(p, dtype=dtype)
-                       if getattr(p, "tangent", None) is not None else [(None, None)] * len(out))
-            return [Checked(r, *f) for r, f in zip(out, forward)]
-    return [Checked(*c) if isinstance(c, (tuple, list)) else
-            Checked(c.backward, getattr(c, "tangent", None), getattr(c, "adjoint", None))
-            for c in out]
+        return [Checked(c.vjp, c.jvp, c.adjoint) for c in fdl.check.examples(p, dtype=dtype)]
 
 
 def adjoint_gap(report: Any) -> float:
