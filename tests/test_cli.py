@@ -139,6 +139,9 @@ def _idx(path, magic_type, dims, data, gz=False):
     (["train", "--activation", "swish2"], "invalid choice: 'swish2'"),
     (["train", "--hidden", "12,x"], "comma-separated layer sizes"),
     (["check", "no_such_primitive"], "unknown primitive"),
+    (["check", "--seed", "-1", "linear"], "--seed: expected an int ≥ 0, got '-1'"),
+    (["train", "--data", ""], "--data: expected 'digits' or a directory of MNIST-format IDX "
+                              "files, got ''"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     try:
@@ -628,3 +631,16 @@ def test_ctrl_c_during_start_up_is_a_quiet_exit_130(tmp_path, delay):
     finally:
         proc.kill()
     assert (proc.returncode, err) == (130, "interrupted\n")
+
+
+@pytest.mark.float32
+def test_a_checkpoint_of_another_model_is_refused_naming_the_options(capsys, tmp_path):
+    """A checkpoint without fdl train's metadata (written by fdl.io.save in a script) of
+    another architecture: the message says which model this run builds."""
+    trainer = fdl.train.Trainer(fdl.layers.mlp([8, 8], 10), fdl.optim.adam(1e-3))
+    ck = tmp_path / "other.npz"
+    fdl.io.save(ck, trainer.init(fdl.random.key(0), (64,)))
+    err = _refused(capsys, "train", "--resume", str(ck), "--epochs", "2")
+    assert err.startswith(f"error: the checkpoint {ck} does not hold the state this run builds "
+                          "(MLP with --hidden 512, --optimizer adam): checkpoint ")
+    assert err.endswith("; pass the options it was trained with\n")

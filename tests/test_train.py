@@ -544,3 +544,31 @@ def test_an_example_without_its_batch_axis_is_named_as_such(digits):
     with pytest.raises(ValueError, match=r"^Dense: input has shape \(63,\) \(63 features\) but "
                                          r"the layer was built for 64 features"):
         trainer.model.apply(ts.params, ts.model_state, digits.x_test[0][:63])
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("key, shape, message", [
+    (0, (64,), r"^Trainer\.init: key must be one jax\.random key, such as jax\.random\.key\(0\) "
+               r"or fdl\.random\.key\(0\), got 0$"),
+    (None, 64, r"^Trainer\.init: input_shape must be a tuple of ints, the shape of one example "
+               r"without the batch axis \(e\.g\. \(64,\) or \(28, 28, 1\)\), got 64$"),
+    (None, (64.0,), r"input_shape must be a tuple of ints"),
+])
+def test_init_names_a_bad_key_or_input_shape(key, shape, message):
+    trainer = _small_trainer()
+    with pytest.raises(TypeError, match=message):
+        trainer.init(KEY if key is None else key, shape)
+    assert int(trainer.init(jax.random.PRNGKey(0), [64]).step) == 0  # a legacy key, a list
+
+
+@pytest.mark.float32
+def test_fit_names_a_count_mismatch_between_inputs_and_targets(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(ValueError, match=r"^fit: x_train has 1438 examples but y_train has 1437; "
+                                         r"they must match \(one target per example\)$"):
+        fit(trainer, ts, digits.x_train, digits.y_train[:-1], epochs=1, batch_size=64,
+            progress=False)
+    with pytest.raises(ValueError, match=r"^fit: x_test has 359 examples but y_test has 3;"):
+        fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+            x_test=digits.x_test, y_test=digits.y_test[:3], progress=False)

@@ -196,6 +196,14 @@ def _number(kind: type, low: float, *, low_open: bool = False, high: float | Non
     return parse
 
 
+def _data(text: str) -> str:
+    """An argparse type: a non-empty data set name or path ('' would mean this directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected 'digits' or a directory of MNIST-format "
+                                         "IDX files, got ''")
+    return text
+
+
 def _address(text: str) -> str:
     """An argparse type: ``HOST:PORT`` with a port in [1, 65535]."""
     host, sep, port = text.rpartition(":")
@@ -617,7 +625,16 @@ def _resumed_state(run: _Run, abstract: Any) -> Any:
     from fdl import io
     from fdl.train import non_finite_leaves
 
-    ts = io.load(run.args.resume, like=abstract)
+    try:
+        ts = io.load(run.args.resume, like=abstract)
+    except ValueError as e:
+        if "template" not in str(e):  # not a mismatch: corrupt, missing, … (io says)
+            raise
+        s = run.settings
+        raise UsageError(
+            f"the checkpoint {run.args.resume} does not hold the state this run builds (MLP "
+            f"with --hidden {_show('hidden', s['hidden'])}, --optimizer {s['optimizer']}): "
+            f"{str(e).removeprefix('load: ')}; pass the options it was trained with") from None
     if int(ts.epoch) >= run.target:
         raise _no_epochs_left(run.args.resume, int(ts.epoch), run.target)
     bad = non_finite_leaves(ts)
@@ -847,7 +864,7 @@ def _parser() -> argparse.ArgumentParser:
         "left out are taken from the checkpoint; options given must match it.",
         epilog="An existing checkpoint file is never silently replaced: resume it, "
         "pass --overwrite, or choose another --checkpoint.")
-    t.add_argument("--data", default=None, help="'digits' (embedded, the default) or a "
+    t.add_argument("--data", default=None, type=_data, help="'digits' (embedded, the default) or a "
                    "directory of MNIST-format IDX files")
     t.add_argument("--num-classes", type=_number(int, 1, what="an int"), default=None,
                    help="number of classes (default: the largest training label + 1, "
@@ -907,7 +924,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default="float64", choices=["float64", "float32"],
                    help="float64 (x64 on for this run; the default) or float32 (JAX's "
                         "default configuration; finite differences in float32 too)")
-    c.add_argument("--seed", type=int, default=0,
+    c.add_argument("--seed", type=_number(int, 0, what="an int"), default=0,
                    help="example i of each primitive is drawn with seed + i")
     c.add_argument("only", nargs="*", help="primitive names (default: all)")
     c.set_defaults(run=_cmd_check)

@@ -54,7 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fdl import io
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer
-from fdl.train import Trainer, TrainState, _allocated, _nbytes
+from fdl.train import Trainer, TrainState, _allocated, _check_key, _input_shape, _nbytes
 
 __all__ = ["DataParallel", "make_mesh", "param_spec", "save_state"]
 
@@ -198,7 +198,8 @@ class DataParallel(Trainer):
     def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         """A fresh state, created directly in its place on the mesh."""
         self._check_key(key)
-        shape = tuple(int(d) for d in input_shape)
+        shape = _input_shape(input_shape, "DataParallel.init")
+        _check_key(key, "DataParallel.init")
         self.check_memory(self.abstract_state(shape, key=key))
         signature = (shape, str(key.dtype))  # the key's implementation shapes the state
         if signature not in self._placed_inits:

@@ -317,7 +317,8 @@ class Trainer:
         the allocation, so a model too large for the device raises
         :class:`OutOfMemoryError` here, never later.
         """
-        shape = tuple(int(d) for d in input_shape)
+        shape = _input_shape(input_shape, "Trainer.init")
+        _check_key(key, "Trainer.init")
         self.check_memory(self.abstract_state(shape, key=key))
         return _allocated(lambda: self._init(key, shape))
 
@@ -331,7 +332,9 @@ class Trainer:
         get: its implementation decides the state's key leaf. Default: a
         ``jax.random.key`` of JAX's default implementation.
         """
-        shape = tuple(int(d) for d in input_shape)
+        shape = _input_shape(input_shape, "Trainer.abstract_state")
+        if key is not None and not isinstance(key, jax.ShapeDtypeStruct):
+            _check_key(key, "Trainer.abstract_state")
         key = jax.eval_shape(jax.random.key, 0) if key is None else \
             jax.ShapeDtypeStruct(jnp.shape(key), key.dtype)
         return jax.eval_shape(lambda k: self._init_impl(k, shape), key)
@@ -504,6 +507,27 @@ class Trainer:
                 "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
 
 
+def _input_shape(shape: Any, where: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints ≥ 1, else a ``TypeError``/``ValueError`` naming it."""
+    ok = isinstance(shape, (tuple, list)) and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape)
+    if not ok:
+        raise TypeError(f"{where}: input_shape must be a tuple of ints, the shape of one "
+                        f"example without the batch axis (e.g. (64,) or (28, 28, 1)), got "
+                        f"{shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def _check_key(key: Any, where: str) -> None:
+    """A ``jax.random`` key: typed (``jax.random.key``) or legacy raw (``PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == jnp.uint32 and jnp.shape(key) == (2,)
+    if not (typed and jnp.shape(key) == ()) and not raw:
+        raise TypeError(f"{where}: key must be one jax.random key, such as "
+                        f"jax.random.key(0) or fdl.random.key(0), got {key!r}")
+
+
 def _allocated(make: Callable[[], Any]) -> Any:
     """``make()``, waited for, with an allocation failure raised as
     :class:`OutOfMemoryError` (an asynchronous one left pending would surface later,
@@ -657,6 +681,11 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
         raise ValueError(f"fit: {given} was given without {missing}; pass both to evaluate "
                          "after every epoch, or neither")
     _check_not_consumed(ts, "fit")
+    count = (lambda a: int(jnp.shape(a)[0]) if jnp.ndim(a) else 0)
+    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if x is not None and count(x) != count(y):
+            raise ValueError(f"fit: x_{split} has {count(x)} examples but y_{split} has "
+                             f"{count(y)}; they must match (one target per example)")
     _check_finite_inputs(x_train, "x_train")
     _check_fit_labels(trainer, ts, x_train, y_train, "y_train")
     has_test = x_test is not None
