@@ -72,7 +72,7 @@ def run(chosen: Sequence[str] = SECTIONS, settings: Settings | None = None, *,
         elif name in STEP_SECTIONS:
             secs[name] = sections.section_step(configs[name], settings, mods, peak)
         elif name == "dp":
-            secs["dp"] = sections.section_dp(configs["CNN"], settings)
+            secs["dp"] = sections.section_dp(configs, settings)
         elif name == "digits":
             secs["digits"] = sections.section_digits(settings)
         elif name == "perex":

@@ -60,22 +60,23 @@ class Pending(Exception):
     """A row that cannot be built yet; the message says what it waits for."""
 
 
+def sequence_mean_pool() -> L.Layer:
+    """`N×T×d → N×d`, the mean over the steps (`fdl.ops.sequence_mean`) as a layer."""
+    return L.stateless("sequence_mean", fdl.ops.sequence_mean, lambda shape: tuple(shape[1:]))
+
+
 def fdl_transformer(cfg: TransformerConfig) -> L.Layer:
-    """The transformer encoder in fdl, from the library's own blocks and sequence pooling
-    (`fdl.layers.TransformerEncoderBlock`, a mean pool over the tokens). Raises `Pending`
-    while they are not part of `fdl.layers`: the row is not hand-assembled."""
+    """The transformer encoder in fdl, from the library's own blocks
+    (`fdl.layers.TransformerEncoderBlock`, pre-norm, layer norm, exact GELU) and its
+    sequence mean (`fdl.ops.sequence_mean`). Raises `Pending` where `fdl.layers` has
+    no such block: the row is not hand-assembled."""
     block = getattr(L, "TransformerEncoderBlock", None)
-    pools = [getattr(L, n) for n in ("SequenceMeanPool", "MeanPool", "SequencePool")
-             if hasattr(L, n)]
-    if block is None or not pools:
-        missing = [n for n, ok in (("fdl.layers.TransformerEncoderBlock", block is not None),
-                                   ("a sequence mean-pool layer", bool(pools))) if not ok]
-        raise Pending(f"fdl transformer rows pending: {' and '.join(missing)} not in "
-                      "fdl.layers yet (the sequences issue builds them; this row uses them, "
-                      "not a hand-assembled stack)")
-    pool = pools[0]() if pools[0].__name__ != "SequencePool" else pools[0]("mean")
+    if block is None or not hasattr(fdl.ops, "sequence_mean"):
+        raise Pending("fdl transformer rows pending: fdl.layers.TransformerEncoderBlock or "
+                      "fdl.ops.sequence_mean missing (the sequences issue builds them; this "
+                      "row uses them, not a hand-assembled stack)")
     blocks = [block(cfg.d, cfg.heads, cfg.mlp) for _ in range(cfg.blocks)]
-    return L.serial(L.Dense(cfg.d), *blocks, pool, L.Dense(cfg.classes))
+    return L.serial(L.Dense(cfg.d), *blocks, sequence_mean_pool(), L.Dense(cfg.classes))
 
 
 def weighted_layers(params: dict) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -260,15 +260,9 @@ DP_GHOST = "DP-SGD, ghost norms (fdl.privacy.dp_sgd_grads) + Adam"
 DP_VMAP = "DP-SGD, vmap per-example grads (fdl.train.per_example_grads) + Adam"
 
 
-def section_dp(cfg: CNNConfig, settings: Settings, *, clip_norm: float = 1.0,
-               noise_multiplier: float = 1.0) -> dict:
-    """DP-SGD steps on the CNN: ghost norms vs materialised per-example gradients, both
-    against the ordinary step (same model, batch, Adam; float32, manual rules)."""
-    notes: list[str] = []
-    model = fdl_cnn(cfg)
-    _, params, st = model.init(jax.random.key(0), cfg.input_shape)
-    xn, yn = batch(2, cfg.input_shape, cfg.classes, cfg.batch)
-    x, y = jnp.asarray(xn), jnp.asarray(yn)
+def dp_runners(label: str, model: L.Layer, params: Any, st: Any, x: Any, y: Any, *,
+               clip_norm: float, noise_multiplier: float) -> list[Runner]:
+    """The three DP rows of one model, named `"{label}: …"`."""
     opt = fdl.optim.adam(LR, B1, B2, EPS)
     trainer = fdl.train.Trainer(model, opt, loss=fdl.losses.softmax_cross_entropy)
 
@@ -304,17 +298,43 @@ def section_dp(cfg: CNNConfig, settings: Settings, *, clip_norm: float = 1.0,
         return p, opt.init(p), jax.random.key(1)
 
     p0 = copy(params)
-    runners = [
-        jit_runner(DP_PLAIN, "fdl", fdl_step(trainer, st), (p0, opt.init(p0)), x, y,
-                   flops=cfg.flops),
-        jit_runner(DP_GHOST, "fdl", jax.jit(ghost_step, donate_argnums=0), state(), x, y),
-        jit_runner(DP_VMAP, "fdl", jax.jit(vmap_step, donate_argnums=0), state(), x, y)]
+    return [
+        jit_runner(f"{label}: {DP_PLAIN}", "fdl", fdl_step(trainer, st), (p0, opt.init(p0)),
+                   x, y),
+        jit_runner(f"{label}: {DP_GHOST}", "fdl", jax.jit(ghost_step, donate_argnums=0),
+                   state(), x, y),
+        jit_runner(f"{label}: {DP_VMAP}", "fdl", jax.jit(vmap_step, donate_argnums=0),
+                   state(), x, y)]
+
+
+def section_dp(configs: dict, settings: Settings, *, clip_norm: float = 1.0,
+               noise_multiplier: float = 1.0) -> dict:
+    """DP-SGD steps on the CNN and (once fdl has its blocks) the transformer: ghost norms
+    vs materialised per-example gradients, both against the ordinary step of the same
+    model (same batch, Adam; float32, manual rules)."""
+    notes: list[str] = []
+    cnn = configs["CNN"]
+    model = fdl_cnn(cnn)
+    _, params, st = model.init(jax.random.key(0), cnn.input_shape)
+    xn, yn = batch(2, cnn.input_shape, cnn.classes, cnn.batch)
+    kw = {"clip_norm": clip_norm, "noise_multiplier": noise_multiplier}
+    runners = dp_runners("CNN", model, params, st, jnp.asarray(xn), jnp.asarray(yn), **kw)
+    tcfg = configs["transformer"]
+    try:
+        model = fdl_transformer(tcfg)
+        shape = (tcfg.tokens, tcfg.features)
+        _, params, st = model.init(jax.random.key(0), shape)
+        xn, yn = batch(5, shape, tcfg.classes, tcfg.batch)
+        runners += dp_runners("transformer", model, params, st, jnp.asarray(xn),
+                              jnp.asarray(yn), **kw)
+    except Pending as e:
+        notes.append(str(e))
     rows = measure(runners, settings, notes=notes)
-    plain = find(rows, DP_PLAIN)
     for r in rows:
-        set_ratio(r, "vs_plain_step", plain)
-    return {"title": f"DP-SGD on {cfg.label} (clip norm {clip_norm}, noise multiplier "
-                     f"{noise_multiplier}; float32, manual rules)", "rows": rows,
+        label = r["variant"].split(":", 1)[0]
+        set_ratio(r, "vs_plain_step", find(rows, f"{label}: {DP_PLAIN}"))
+    return {"title": f"DP-SGD: {cnn.label}; {tcfg.label} (clip norm {clip_norm}, noise "
+                     f"multiplier {noise_multiplier}; float32, manual rules)", "rows": rows,
             "notes": notes}
 
 

@@ -109,6 +109,12 @@ def _encoder(use_bias=True, causal=False):  # a pre-norm transformer block, mean
                     L.Dense(3))
 
 
+def _blocks(norm="layer", causal=False):  # fdl.layers' transformer blocks
+    return L.serial(L.Dense(6), L.TransformerEncoderBlock(6, 2, 10, norm=norm, causal=causal),
+                    L.TransformerEncoderBlock(6, 3, 8, norm=norm), _mean_over_time(),
+                    L.Dense(3))
+
+
 def _ids(seed, shape, vocab):
     return jnp.asarray(np.random.default_rng(seed).integers(0, vocab, shape), jnp.int32)
 
@@ -134,6 +140,11 @@ CASES = {
     "encoder-causal-no-bias": (lambda: _encoder(use_bias=False, causal=True), (5, 4),
                                lambda d: normal(7, 4, 5, 4, dtype=d), _ids(8, (4,), 3),
                                _per_example),
+    "transformer-blocks": (_blocks, (5, 4), lambda d: normal(7, 4, 5, 4, dtype=d),
+                           _ids(8, (4,), 3), _per_example),
+    "transformer-blocks-rms-causal": (lambda: _blocks("rms", True), (5, 4),
+                                      lambda d: normal(7, 4, 5, 4, dtype=d), _ids(8, (4,), 3),
+                                      _per_example),
 }
 
 
@@ -267,7 +278,7 @@ def test_ghost_primitives_use_their_rule_in_autodiff_mode_too():
 
 
 @pytest.mark.float32
-@pytest.mark.parametrize("name", ["cnn", "embedding-lstm", "encoder"])
+@pytest.mark.parametrize("name", ["cnn", "embedding-lstm", "transformer-blocks"])
 def test_tiny_clip_norm_makes_the_update_the_mean_of_unit_gradients(name):
     """With `C` below every norm, `cᵢ = C/‖gᵢ‖`: the SGD update is
     `−η (C/N) Σᵢ gᵢ/‖gᵢ‖`, each example weighted equally whatever its norm."""

@@ -49,7 +49,8 @@ import numpy as np
 
 from fdl import _validate as v
 from fdl import ops
-from fdl.layers.base import Layer, Shape, split_key
+from fdl.layers.base import PROBE, Layer, Shape, has_probe, split_key
+from fdl.ops import ghost
 from fdl.layers.initializers import Initializer, get_initializer, normal
 from fdl.ops.sequence import check_lengths, sequence_mask
 
@@ -79,6 +80,10 @@ def _norm_params(kind: str, d: int, dtype: Any) -> dict:
 
 
 def _norm(kind: str, eps: float, p: dict, x: jax.Array) -> jax.Array:
+    if has_probe(p):  # per-example gradient norms asked for (fdl.privacy)
+        if kind == "layer":
+            return ghost.ghost_layer_norm(x, p["gamma"], p["beta"], p[PROBE], eps)
+        return ghost.ghost_rms_norm(x, p["gamma"], p[PROBE], eps)
     if kind == "layer":
         return ops.layer_norm(x, p["gamma"], p["beta"], eps)
     return ops.rms_norm(x, p["gamma"], eps)
@@ -109,9 +114,10 @@ def _attend(p: dict, x_q: jax.Array, x_kv: jax.Array, num_heads: int, mask: jax.
             train: bool) -> jax.Array:
     """Multi-head attention with optional RoPE on queries and keys and dropout on the
     attention weights; `mask` is `N×T×S` (or None)."""
-    q = _split_heads(ops.linear(x_q, p["wq"], p["bq"]), num_heads)
-    k = _split_heads(ops.linear(x_kv, p["wk"], p["bk"]), num_heads)
-    val = _split_heads(ops.linear(x_kv, p["wv"], p["bv"]), num_heads)
+    probes = ghost.fan_out(p[PROBE], 4) if has_probe(p) else (None,) * 4  # fdl.privacy
+    q = _split_heads(_dense(x_q, p["wq"], p["bq"], probes[0]), num_heads)
+    k = _split_heads(_dense(x_kv, p["wk"], p["bk"], probes[1]), num_heads)
+    val = _split_heads(_dense(x_kv, p["wv"], p["bv"], probes[2]), num_heads)
     if rope:
         q, k = ops.rope(q), ops.rope(k)
     mask = None if mask is None else mask[:, None]  # shared by the heads: N×1×T×S
@@ -127,17 +133,23 @@ def _attend(p: dict, x_q: jax.Array, x_kv: jax.Array, num_heads: int, mask: jax.
         heads = jnp.matmul(weights, val)
     else:
         heads = ops.attention(q, k, val, mask, causal)
-    return ops.linear(_merge_heads(heads), p["wo"], p["bo"])
+    return _dense(_merge_heads(heads), p["wo"], p["bo"], probes[3])
 
 
 def _drop(x: jax.Array, rate: float, key: jax.Array | None, train: bool) -> jax.Array:
     return ops.dropout(x, key, rate) if train and rate > 0 else x
 
 
+def _dense(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array | None) -> jax.Array:
+    """`XW + b`; with a probe (fdl.privacy), the ghost-norm form of the same map."""
+    return ops.linear(x, w, b) if probe is None else ops.ghost_linear(x, w, b, probe)
+
+
 def _feed_forward(p: dict, x: jax.Array, act: Callable, rate: float, key: jax.Array | None,
                   train: bool) -> jax.Array:
-    h = act(ops.linear(x, p["linear1"]["w"], p["linear1"]["b"]))
-    return ops.linear(_drop(h, rate, key, train), p["linear2"]["w"], p["linear2"]["b"])
+    l1, l2 = p["linear1"], p["linear2"]
+    h = act(_dense(x, l1["w"], l1["b"], l1.get(PROBE)))
+    return _dense(_drop(h, rate, key, train), l2["w"], l2["b"], l2.get(PROBE))
 
 
 def _ff_params(key: jax.Array, d: int, d_ff: int, w_init: Initializer, dtype: Any) -> dict:

@@ -72,6 +72,7 @@ from fdl.primitive import Primitive, primitive
 
 __all__ = [
     "bias_sq_norms",
+    "fan_out",
     "ghost_conv1d",
     "ghost_conv2d",
     "ghost_embedding",
@@ -246,12 +247,6 @@ Residuals: `conv2d`'s (`X`, `W`) and the probe (for its dtype).
 """)
 
 
-def _conv1d_forward(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array,
-                    stride: Any = 1, padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
-    s2, pad2, d2 = _as_2d(stride, padding, dilation)
-    return ghost_conv2d(x[:, None], w[None], b, probe, s2, pad2, d2)[:, 0]
-
-
 def ghost_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array,
                  stride: Any = 1, padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
     r"""1-D convolution (`fdl.ops.conv1d`, NWC/WIO) with a probe: `ghost_conv2d` on
@@ -265,7 +260,8 @@ def ghost_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array,
     if jnp.ndim(x) != 3 or jnp.ndim(w) != 3:
         raise ValueError(f"ghost_conv1d: x must be N×L×C_in and w k×C_in×C_out, got x of "
                          f"shape {tuple(jnp.shape(x))} and w of shape {tuple(jnp.shape(w))}")
-    return _conv1d_forward(x, w, b, probe, stride, padding, dilation)
+    s2, pad2, d2 = _as_2d(stride, padding, dilation)
+    return ghost_conv2d(x[:, None], w[None], b, probe, s2, pad2, d2)[:, 0]
 
 
 # --------------------------------------------------------------------------- #
@@ -390,6 +386,13 @@ _fan_out = primitive(_fan_out, _fan_out_backward, save=_fan_out_save, static=("k
                      name="fan_out", register=False)
 
 
+def fan_out(probe: jax.Array, k: int) -> tuple:
+    """`k` copies of one layer's probe for the `k` ghost primitives that hold its
+    parameters; their squared norms add up in the probe's cotangent (see `_fan_out`).
+    A layer made of several weight matrices reads its probe once, through this."""
+    return _fan_out.manual(probe, k)
+
+
 def ghost_multi_head_attention(
     x_q: jax.Array, x_kv: jax.Array, wq: jax.Array, wk: jax.Array, wv: jax.Array,
     wo: jax.Array, probe: jax.Array, num_heads: int, mask: jax.Array | None = None,
@@ -425,7 +428,7 @@ def ghost_multi_head_attention(
             return _ghost_projection(x, w, _zeros_bias(w), p)
         return ghost_linear(x, w, b, p)
 
-    pq, pk, pv, po = _fan_out.manual(probe, 4)
+    pq, pk, pv, po = fan_out(probe, 4)
     q, k, val = project(x_q, wq, bq, pq), project(x_kv, wk, bk, pk), project(x_kv, wv, bv, pv)
     if mask is not None and mask.ndim >= 2:  # …×T×S → …×1×T×S, shared across heads
         mask = jnp.expand_dims(mask, -3)
