@@ -35,23 +35,27 @@ def _save_y(*args):
 
 
 def relu(x: jax.Array) -> jax.Array:
-    r"""Rectified linear unit `y = max(x, 0)`.
+    r"""Rectified linear unit $y = \max(x, 0)$.
 
-    `f'(x) = 1[x > 0]` (0 at `x = 0`, the subgradient JAX also picks), so
-    `∂L/∂x = ∂L/∂y ⊙ 1[y > 0]`; `y > 0 ⇔ x > 0`, hence save `y`.
+    $f'(x) = 1[x > 0]$ (0 at $x = 0$, the subgradient JAX also picks), so
+    $∂L/∂x = ∂L/∂y ⊙ 1[y > 0]$; $y > 0 ⇔ x > 0$, hence save $y$.
 
-    Tangent: `dy = 1[y > 0] ⊙ dx` (same shape as `x`).
+    Tangent: $dy = 1[y > 0] ⊙ dx$ (same shape as $x$).
+
+    NaN propagates, as in `jnp.maximum`: $x ≤ 0$ is false for NaN, so NaN passes
+    through (a diverged model stays visibly diverged); so do its cotangent and tangent,
+    as in autodiff of this forward.
     """
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    return jnp.where(x <= 0, jnp.zeros_like(x), x)
 
 
 def _relu_backward(y, g):
-    return (jnp.where(y > 0, g, jnp.zeros_like(g)),)
+    return (jnp.where(y <= 0, jnp.zeros_like(g), g),)
 
 
 def _relu_tangent(y, t):
     (dx,) = t
-    return jnp.where(y > 0, dx, jnp.zeros_like(dx))
+    return jnp.where(y <= 0, jnp.zeros_like(dx), dx)
 
 
 def _positive(x, *static):
