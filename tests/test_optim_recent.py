@@ -129,7 +129,7 @@ def ref_muon(mu, lam, nesterov, steps, eps, adam_lr_factor):
         if p.ndim == 2:
             buf = mu * s["buf"] + (1 - mu) * g
             m = (1 - mu) * g + mu * buf if nesterov else buf
-            d = np_orthogonalize(m, steps, eps) * math.sqrt(max(1.0, p.shape[0] / p.shape[1]))
+            d = np_orthogonalize(m, steps, eps) * math.sqrt(max(1.0, p.shape[1] / p.shape[0]))
             return -eta * (d + lam * p), {**s, "buf": buf}
         m = 0.9 * s["m"] + 0.1 * g
         v = 0.999 * s["v"] + 0.001 * g**2

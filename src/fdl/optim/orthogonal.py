@@ -79,12 +79,15 @@ def scale_by_muon(
 
     $$ B_t = \operatorname{EMA}(B_{t−1}, G_t; μ) $$
     $$ M_t = (1 − μ) G_t + μ B_t \quad \text{(nesterov)}, \qquad M_t = B_t \quad \text{(otherwise)} $$
-    $$ d_t = \sqrt{\max(1, n/m)} \; \operatorname{NS}_K(M_t) $$
+    $$ d_t = \sqrt{\max(1, m/n)} \; \operatorname{NS}_K(M_t) $$
 
     with $\operatorname{NS}_K$ = `orthogonalize`, $≈ U Vᵀ$ for $M_t = U Σ Vᵀ$:
     every direction of the momentum gets a step of the same size (the update's
     spectral norm is about 1), so rare directions are not drowned by common
-    ones. Every leaf must be a matrix; `muon` sends the others to Adam.
+    ones. With fdl's layout $W ∈ ℝ^{d_{in}×d_{out}}$ ($n = d_{in}$,
+    $m = d_{out}$) the factor $\sqrt{\max(1, d_{out}/d_{in})}$ is the reference
+    implementation's (written there for PyTorch's $d_{out}×d_{in}$ weights).
+    Every leaf must be a matrix; `muon` sends the others to Adam.
 
     References: Jordan, Jin, Boza, You, Cesista, Newhouse & Bernstein, "Muon:
     An optimizer for hidden layers in neural networks", 2024; Liu et al.,
@@ -102,7 +105,7 @@ def scale_by_muon(
         mu = ema(mu, g, momentum)
         m = ema(g, mu, 1 - momentum) if nesterov else mu
         n, k = g.shape
-        return orthogonalize(m, steps, eps) * max(1.0, n / k) ** 0.5, {"mu": mu}
+        return orthogonalize(m, steps, eps) * max(1.0, k / n) ** 0.5, {"mu": mu}
 
     def update(grads: Updates, state: ScaleByMuonState, params: Params = None):
         check_state(fn, state, ScaleByMuonState)
