@@ -13,7 +13,7 @@ import pytest
 
 import fdl.optim as optim
 
-pytestmark = pytest.mark.x64
+pytestmark = pytest.mark.x64  # closest marker wins: the float32 tests below run in float32
 
 
 def params_of(seed=0):
@@ -236,3 +236,66 @@ def test_accumulate_gradients_equals_one_big_batch():
         pb = optim.apply_updates(pb, u)
         assert_close(pa, pb, rtol=1e-12)
     assert int(sa.inner_state.count) == 4
+
+
+# ---------------------------------------------------------------------------
+# Every wrapper, schedule and step helper in float32, as users run them
+# ---------------------------------------------------------------------------
+
+F32_CASES = {
+    "lookahead": lambda: optim.lookahead(optim.adam(0.05), 2),
+    "partition": lambda: optim.partition({"decay": optim.adamw(0.05), "rest": optim.sgd(0.05)}, NO_DECAY),
+    "masked": lambda: optim.chain(optim.masked(optim.add_decayed_weights(0.1), {"dense": {"w": True, "b": False},
+                                                                                   "norm": {"scale": False}}),
+                                  optim.sgd(0.05)),
+    "freeze": lambda: optim.freeze(optim.lion(0.01), {"dense": {"w": False, "b": True}, "norm": {"scale": True}}),
+    "ema_params": lambda: optim.ema_params(optim.radam(0.05), 0.9),
+    "sgdr": lambda: optim.adabelief(optim.sgdr_schedule(0.05, 2, period_mult=2)),
+    "join": lambda: optim.lamb(optim.join_schedules([optim.constant_schedule(0.01), optim.sgdr_schedule(0.05, 2)], [1])),
+    "reduce_on_plateau": lambda: optim.reduce_on_plateau(optim.adafactor(0.05, min_dim_size_to_factor=2), patience=0),
+    "loss_scale": lambda: optim.dynamic_loss_scale(optim.muon(0.05), 4.0),
+    "schedule_free": lambda: optim.schedule_free_adamw(0.05, warmup_steps=2),
+    "lars": lambda: optim.lars(0.05, trust_coefficient=0.5),
+}
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("name", sorted(F32_CASES))
+def test_runs_jitted_in_float32_like_float64(name):
+    def run():
+        opt = F32_CASES[name]()
+        step = jax.jit(opt.update)
+        params, state = params_of(), opt.init(params_of())
+        for g in grads_seq(4):
+            u, state = step(g, state, params)
+            params = optim.apply_updates(params, u)
+            if name == "reduce_on_plateau":
+                state = optim.observe_metric(state, 1.0)  # no improvement: the scale drops each time
+        return params, step
+
+    params, step = run()
+    assert step._cache_size() == 1
+    for p in jax.tree.leaves(params):
+        assert p.dtype == jnp.float32
+    with jax.enable_x64(True):
+        reference, _ = run()
+    for p, r in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        assert r.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(p, np.float64), np.asarray(r), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.float32
+def test_lbfgs_and_sam_steps_and_orthogonalize_in_float32():
+    def f(p):
+        return jnp.sum((p["x"] - jnp.arange(3.0)) ** 2) + jnp.sum(p["x"] ** 4)
+
+    opt = optim.lbfgs(5)
+    p, state = {"x": jnp.zeros(3, jnp.float32)}, opt.init({"x": jnp.zeros(3, jnp.float32)})
+    step = jax.jit(lambda p, s: optim.lbfgs_step(opt, f, p, s))
+    for _ in range(20):
+        p, state, value = step(p, state)
+    assert p["x"].dtype == jnp.float32 and step._cache_size() == 1
+    np.testing.assert_allclose(np.asarray(jax.grad(f)(p)["x"]), 0.0, atol=1e-4)
+    x = optim.orthogonalize(jnp.asarray(np.random.default_rng(0).normal(size=(3, 5)), jnp.float32))
+    assert x.dtype == jnp.float32
+    assert np.all(np.abs(np.linalg.svd(np.asarray(x), compute_uv=False) - 1.0) < 0.35)
