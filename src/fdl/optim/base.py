@@ -349,7 +349,7 @@ def scalar(value: Any, dtype: Any = None) -> jax.Array:
 
 
 def step_number(count: jax.Array) -> jax.Array:
-    """t = count + 1 as a default-float scalar, for bias corrections β^t."""
+    """$t$ = `count` + 1 as a default-float scalar, for bias corrections $β^t$."""
     return (count + 1).astype(default_float())
 
 
@@ -373,7 +373,7 @@ def is_static_zero(value: Any) -> bool:
 
 
 def learning_rate_at(learning_rate: ScalarOrSchedule, count: jax.Array, fn: str) -> Any:
-    """η at step `count`: the float or array given, or `schedule(count)` checked to be a scalar."""
+    """$η$ at step `count`: the float or array given, or `schedule(count)` checked to be a scalar."""
     if not callable(learning_rate):
         return learning_rate
     value = learning_rate(count)

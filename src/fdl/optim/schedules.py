@@ -8,7 +8,7 @@ float32). Steps before 0 are treated as 0; steps past the end of a schedule
 keep its final value. Any optimizer accepts one of these wherever it accepts a
 float learning rate, and evaluates it at the step count held in its state.
 
-Notation: t is the step, η(t) the value returned.
+Notation: $t$ is the step, $η(t)$ the value returned.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _t(step: Any) -> jax.Array:
 
 
 def constant_schedule(value: float) -> Schedule:
-    """η(t) = `value` for every t."""
+    """$η(t)$ = `value` for every $t$."""
     value = _nonnegative("constant_schedule", "value", value)
 
     def schedule(step: Any) -> jax.Array:
@@ -66,11 +66,11 @@ def constant_schedule(value: float) -> Schedule:
 
 
 def piecewise_constant_schedule(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
-    """A step function: η(t) = values[i] for boundaries[i−1] <= t < boundaries[i].
+    """A step function: $η(t) = v_i$ for $b_{i−1} ≤ t < b_i$.
 
-    With boundaries b_0 < b_1 < … < b_{n−1} (ints >= 0) and n+1 values:
-    η(t) = values[0] for t < b_0, values[i] for b_{i−1} <= t < b_i, and
-    values[n] for t >= b_{n−1}.
+    With boundaries $b_0 < b_1 < … < b_{n−1}$ (ints $≥ 0$) and $n + 1$ values
+    $v_0, …, v_n$: $η(t) = v_0$ for $t < b_0$, $v_i$ for $b_{i−1} ≤ t < b_i$, and
+    $v_n$ for $t ≥ b_{n−1}$.
     Example: `piecewise_constant_schedule([1000, 2000], [0.1, 0.01, 0.001])`.
     """
     fn = "piecewise_constant_schedule"
@@ -89,10 +89,10 @@ def piecewise_constant_schedule(boundaries: Sequence[int], values: Sequence[floa
 def exponential_decay_schedule(
     init_value: float, decay_rate: float, transition_steps: int, *, staircase: bool = False
 ) -> Schedule:
-    """η(t) = init_value · decay_rate^(t / T), T = `transition_steps`.
+    r"""$η(t) = η_0 \, r^{t/T}$, $η_0$ = `init_value`, $r$ = `decay_rate`, $T$ = `transition_steps`.
 
-    With `staircase=True` the exponent is ⌊t / T⌋, so the rate drops in steps
-    every T steps. `decay_rate` < 1 decays, > 1 grows.
+    With `staircase=True` the exponent is $⌊t/T⌋$, so the rate drops in steps
+    every $T$ steps. $r < 1$ decays, $r > 1$ grows.
     """
     fn = "exponential_decay_schedule"
     init_value = _nonnegative(fn, "init_value", init_value)
@@ -118,11 +118,14 @@ def polynomial_schedule(
     *,
     transition_begin: int = 0,
 ) -> Schedule:
-    """Polynomial interpolation from `init_value` to `end_value`.
+    r"""Polynomial interpolation from `init_value` to `end_value`.
 
-    With s = clip(t − t₀, 0, T), t₀ = `transition_begin`, T = `transition_steps`,
-    p = `power`:  η(t) = (init_value − end_value) · (1 − s/T)^p + end_value.
-    η is `init_value` for t <= t₀ and `end_value` for t >= t₀ + T.
+    With $s = \operatorname{clip}(t − t_0, 0, T)$, $t_0$ = `transition_begin`,
+    $T$ = `transition_steps`, $p$ = `power`, $η_0$ = `init_value`, $η_1$ = `end_value`:
+
+    $$ η(t) = (η_0 − η_1)(1 − s/T)^p + η_1 $$
+
+    so $η = η_0$ for $t ≤ t_0$ and $η_1$ for $t ≥ t_0 + T$.
     """
     fn = "polynomial_schedule"
     init_value = _nonnegative(fn, "init_value", init_value)
@@ -141,10 +144,11 @@ def polynomial_schedule(
 def linear_schedule(
     init_value: float, end_value: float, transition_steps: int, *, transition_begin: int = 0
 ) -> Schedule:
-    """Linear interpolation: `polynomial_schedule` with power 1.
+    r"""Linear interpolation: `polynomial_schedule` with power 1.
 
-    η(t) = init_value + (end_value − init_value) · s/T, s = clip(t − t₀, 0, T).
-    With init_value < end_value this is a linear warm-up.
+    $η(t) = η_0 + (η_1 − η_0) s/T$ with $s = \operatorname{clip}(t − t_0, 0, T)$
+    ($η_0$ = `init_value`, $η_1$ = `end_value`). With $η_0 < η_1$ this is a
+    linear warm-up.
     """
     for name, v in (("init_value", init_value), ("end_value", end_value)):
         _nonnegative("linear_schedule", name, v)
@@ -161,11 +165,12 @@ def _cosine(start: float, end: float, fraction: jax.Array) -> jax.Array:
 
 
 def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
-    """Cosine annealing (SGDR without restarts).
+    r"""Cosine annealing (SGDR without restarts).
 
-    η(t) = init_value · ((1 − α) · ½(1 + cos(π · min(t, T)/T)) + α),
-    T = `decay_steps`, α = `alpha` ∈ [0, 1] the final value as a fraction of
-    `init_value`.
+    $$ η(t) = η_0 \left( (1 − α) \, ½ \left(1 + \cos(π \min(t, T)/T)\right) + α \right) $$
+
+    $η_0$ = `init_value`, $T$ = `decay_steps`, $α$ = `alpha` $∈ [0, 1]$ the
+    final value as a fraction of $η_0$.
 
     References: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with
     Warm Restarts", 2017.
@@ -192,12 +197,13 @@ def warmup_cosine_decay_schedule(
     init_value: float = 0.0,
     end_value: float = 0.0,
 ) -> Schedule:
-    """Linear warm-up to `peak_value`, then cosine decay to `end_value`.
+    r"""Linear warm-up to `peak_value`, then cosine decay to `end_value`.
 
-    With W = `warmup_steps`, N = `total_steps` (warm-up included, N > W):
-      t <= W:  η(t) = init_value + (peak_value − init_value) · t/W
-      t >  W:  η(t) = end_value + (peak_value − end_value) · ½(1 + cos(π s/(N − W))),
-               s = min(t − W, N − W)
+    With $W$ = `warmup_steps`, $N$ = `total_steps` (warm-up included, $N > W$),
+    $η_0$ = `init_value`, $\hat η$ = `peak_value`, $η_1$ = `end_value`:
+
+    $$ η(t) = η_0 + (\hat η − η_0) t/W \qquad (t ≤ W) $$
+    $$ η(t) = η_1 + (\hat η − η_1) \, ½ \left(1 + \cos(π s/(N − W))\right), \quad s = \min(t − W, N − W) \qquad (t > W) $$
 
     References: Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet
     in 1 Hour", 2017 (warm-up); Loshchilov & Hutter, "SGDR", 2017 (cosine).
@@ -236,15 +242,19 @@ def one_cycle_schedule(
     final_div_factor: float = 1e4,
     anneal_strategy: str = "cos",
 ) -> Schedule:
-    """The 1cycle policy: up from η₀ to `peak_value`, then down far below η₀.
+    r"""The 1cycle policy: up from η₀ to `peak_value`, then down far below η₀.
 
-    η₀ = peak_value / div_factor, η_end = η₀ / final_div_factor,
-    U = int(pct_start · total_steps) steps up, N = `total_steps`:
-      t <= U:  η(t) = anneal(η₀, peak_value, t/U)
-      t >  U:  η(t) = anneal(peak_value, η_end, min(t − U, N − U)/(N − U))
-    where anneal(a, b, f) = b + (a − b)·½(1 + cos(πf)) for `anneal_strategy="cos"`
-    and a + (b − a)·f for `"linear"`. (Only the learning rate cycles; the
-    paper's inverse momentum cycle is not part of a schedule.)
+    $\hat η$ = `peak_value`, $η_0 = \hat η$ / `div_factor`,
+    $η_{end} = η_0$ / `final_div_factor`, $U$ = `int(pct_start · total_steps)`
+    steps up, $N$ = `total_steps`:
+
+    $$ η(t) = A(η_0, \hat η, t/U) \qquad (t ≤ U) $$
+    $$ η(t) = A(\hat η, η_{end}, \min(t − U, N − U)/(N − U)) \qquad (t > U) $$
+
+    where $A(a, b, f) = b + (a − b) \, ½ (1 + \cos(πf))$ for
+    `anneal_strategy="cos"` and $a + (b − a) f$ for `"linear"`. (Only the
+    learning rate cycles; the paper's inverse momentum cycle is not part of a
+    schedule.)
 
     References: Smith & Topin, "Super-Convergence: Very Fast Training of Neural
     Networks Using Large Learning Rates", 2017.

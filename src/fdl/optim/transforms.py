@@ -60,10 +60,10 @@ class ScaleByLearningRateState(NamedTuple):
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> Optimizer:
-    """u_t = −η_t d_t: turn a descent direction into a step.
+    r"""$u_t = −η_t d_t$: turn a descent direction into a step.
 
-    η_t = `learning_rate`: a float, or a schedule (see `fdl.optim.schedules`)
-    evaluated once per update at the step count t − 1 held in the state (so a
+    $η_t$ = `learning_rate`: a float, or a schedule (see `fdl.optim.schedules`)
+    evaluated once per update at the step count $t − 1$ held in the state (so a
     schedule's step 0 is the first update). Ends every named optimizer's chain,
     e.g. plain SGD with gradient clipping is
     `chain(clip_by_global_norm(1.0), scale_by_learning_rate(0.1))`.
@@ -114,19 +114,19 @@ def _resolve_mask(fn: str, mask: Mask, params: Params) -> list[bool] | None:
 
 
 def add_decayed_weights(weight_decay: float, mask: Mask = None) -> Optimizer:
-    """u = g + λθ: add an L2 penalty's gradient (λ = `weight_decay`, θ = params).
+    r"""$u = g + λθ$: add an L2 penalty's gradient ($λ$ = `weight_decay`, $θ$ = params).
 
     Placed before an optimizer this is coupled L2 regularisation (the penalty's
     gradient goes through the optimizer's scaling); placed after a method's
     direction and before `scale_by_learning_rate` it is decoupled weight decay
-    (`adamw`, `lion`): then u_t = −η_t (d_t + λ θ_{t−1}), so λ is relative to
-    the whole η_t (as in PyTorch; the paper multiplies λθ by the schedule
+    (`adamw`, `lion`): then $u_t = −η_t (d_t + λ θ_{t−1})$, so $λ$ is relative to
+    the whole $η_t$ (as in PyTorch; the paper multiplies $λθ$ by the schedule
     multiplier only).
 
     `mask` selects which leaves decay: a pytree of bools shaped like the params,
     or a function of the params returning one; e.g. to skip biases and other
     vectors, `mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)`.
-    `update` needs `params` unless λ is a Python 0 (then it passes g through).
+    `update` needs `params` unless $λ$ is a Python 0 (then it passes $g$ through).
     """
     fn = label("add_decayed_weights")
     (weight_decay,) = check_hyperparams(fn, weight_decay=weight_decay)
@@ -167,17 +167,17 @@ class ClipByGlobalNormState(NamedTuple):
 
 
 def global_norm(tree: Updates) -> jax.Array:
-    """‖g‖ = sqrt(Σ over leaves Σ over elements g²), accumulated in >= float32."""
+    r"""$‖g‖ = \sqrt{Σ_{\text{leaves}} Σ_{\text{elements}} g²}$, accumulated in float32 or wider."""
     squares = [jnp.sum(jnp.square(g.astype(acc_dtype(g)))) for g in jax.tree.leaves(tree)]
     return jnp.sqrt(sum(squares)) if squares else jnp.zeros([], jnp.float32)
 
 
 def clip_by_global_norm(max_norm: float) -> Optimizer:
-    """u = g · min(1, c/‖g‖): rescale all leaves together so the global norm is <= c.
+    r"""$u = g · \min(1, c/‖g‖)$: rescale all leaves together so the global norm is $≤ c$.
 
-    ‖g‖ is the 2-norm of all gradient elements of all leaves taken as one vector;
-    c = `max_norm`. The direction is unchanged; gradients already inside the ball
-    pass through untouched.
+    $‖g‖$ is the 2-norm of all gradient elements of all leaves taken as one
+    vector; $c$ = `max_norm`. The direction is unchanged; gradients already
+    inside the ball pass through untouched.
 
     References: Pascanu, Mikolov & Bengio, "On the difficulty of training
     recurrent neural networks", 2013.
@@ -204,7 +204,7 @@ class ClipByValueState(NamedTuple):
 
 
 def clip_by_value(min_value: float, max_value: float) -> Optimizer:
-    """u = clip(g, min_value, max_value), element by element.
+    r"""$u = \operatorname{clip}(g, a, b)$ element by element, $a$ = `min_value`, $b$ = `max_value`.
 
     For symmetric clipping at c, `clip_by_value(-c, c)`.
     """
@@ -252,12 +252,12 @@ class AccumulateGradientsState(NamedTuple):
 def accumulate_gradients(optimizer: Optimizer, every_k: int) -> Optimizer:
     """Apply `optimizer` once every k calls, to the mean of the k gradients.
 
-    With k = `every_k`, calls i = 1 … k−1 of a group return zero updates and add
-    their gradient to the running sum; call k returns
-    optimizer.update((g_1 + … + g_k)/k, …) and clears the sum. With micro-batches
-    of equal size this equals one step on their union (a k times larger batch),
-    using 1/k of the memory. The wrapped optimizer's count and schedules advance
-    once per group.
+    With $k$ = `every_k`, calls $i = 1 … k−1$ of a group return zero updates and
+    add their gradient to the running sum; call $k$ returns
+    `optimizer.update(`$(g_1 + … + g_k)/k$`, …)` and clears the sum. With
+    micro-batches of equal size this equals one step on their union (a $k$ times
+    larger batch), using $1/k$ of the memory (the `MultiSteps` of other
+    libraries). The wrapped optimizer's count and schedules advance once per group.
     """
     fn = label("accumulate_gradients")
     check_optimizer(fn, optimizer)
