@@ -36,8 +36,11 @@ def _captured(fn, *args, **kwargs):
 def verify(outdir: Path) -> list[str]:
     import jax
 
-    with jax.enable_x64(True):
+    x64 = jax.config.jax_enable_x64  # the example turns x64 on, as a user would
+    try:
         ns, text = _captured(runpy.run_path, str(DOCS / "guides" / "verify_example.py"))
+    finally:
+        jax.config.update("jax_enable_x64", x64)
     right, wrong = ns["right_report"], ns["wrong_report"]
     _write(outdir / "verify_right.txt", str(right) + "\n")
     _write(outdir / "verify_wrong.txt", str(wrong) + "\n")

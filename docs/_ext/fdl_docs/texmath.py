@@ -342,9 +342,18 @@ _CODEISH = re.compile(r"^[\w.]+\(.*\)$|^[\"'].*[\"']$|^\w+=|\bjnp\.|\bjax\.|\bfd
                       r"\bnp\.|\blax\.|^--|^\w+\.\w+")
 
 
+MATHS_FUNCTIONS = TEX_FUNCTIONS | {"softmax", "logsumexp", "diag", "mean", "rowsum", "onehot",
+                                   "erf", "sign", "clip", "sigmoid", "relu", "EMA", "tr",
+                                   "sum", "var", "std", "shape", "vec", "cell", "score"}
+
+
 def looks_like_maths(span: str) -> bool:
     """Whether a backtick span reads as maths (transitional: docstrings not yet
-    converted to `$…$`)."""
+    converted to `$…$`). A call of a name that is not a mathematical function
+    (`adamw(η, …)`, `chain(…)`) is code."""
+    call = re.match(r"^([A-Za-z_][\w.]*)\(", span)
+    if call and len(call.group(1)) > 2 and call.group(1) not in MATHS_FUNCTIONS:
+        return False
     if _CODEISH.search(span) and not any(c in MATHS_CHARS for c in span):
         return False
     if any(c in MATHS_CHARS for c in span):
