@@ -29,6 +29,17 @@ An optimizer (and every gradient transform) is a NamedTuple of two pure function
   Clipping, weight decay and gradient accumulation compose the same way:
   `chain(clip_by_global_norm(1.0), adamw(1e-3, weight_decay=1e-4))`,
   `accumulate_gradients(adam(1e-3), 4)`.
+* Where things are: `methods` (one moving-average method each: momentum,
+  Adagrad, Adadelta, RMSProp, Adam/NAdam/AMSGrad, Adamax, Lion, RAdam,
+  AdaBelief), `blocks` (per-leaf scalings: trust ratio, Adafactor's factored
+  moments and clipping), `orthogonal` (Muon), `schedule_free`, `transforms`
+  (learning rate, weight decay, clipping, accumulation), `wrappers` (lookahead,
+  partition/masked/freeze by parameter path, apply_if_finite, ema_params),
+  `sharpness` (SAM and `sam_step`), `quasi_newton` (L-BFGS and `lbfgs_step`),
+  `loss_scaling` (dynamic loss scaling for float16), `schedules` (including
+  SGDR, `join_schedules` and `reduce_on_plateau`), `hyperparams`, `registry`.
+  Optimizers that need the loss itself (SAM's second gradient, L-BFGS's line
+  search) come with a step helper taking the loss function.
 * `state` is a NamedTuple, one class per transform (`ScaleByAdamState(count, mu,
   nu, nu_max)`, …); a chain's, and so every named optimizer's, is
   `ChainState(count, states)`. States are pytrees: they pass through `jit`,
