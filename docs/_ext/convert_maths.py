@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fdl_docs.texmath import looks_like_maths  # noqa: E402
+from fdl_docs.texmath import looks_like_maths, uses_dollars  # noqa: E402
 
 SYMBOL = re.compile(r"^[A-Za-zα-ωΑ-Ωℓ][\u0300-\u036f]?(?:_\{?[A-Za-z0-9]{1,4}\}?)?"
                     r"[ᵀ²³⁻¹₀₁₂₃₄₅₆₇₈₉ᵢⱼₖₜₙ']*$")
@@ -75,6 +75,8 @@ def _display(line: str, base: str) -> str | None:
 
 
 def convert_docstring(lines: list[str], base: str) -> list[str]:
+    if uses_dollars("\n".join(lines)):  # already in the dollar notation: its backticks are code
+        return lines
     out, literal = [], False
     for i, line in enumerate(lines):
         if literal and line.strip() and not line.startswith(base + "    "):

@@ -351,6 +351,9 @@ def looks_like_maths(span: str) -> bool:
     """Whether a backtick span reads as maths (transitional: docstrings not yet
     converted to `$…$`). A call of a name that is not a mathematical function
     (`adamw(η, …)`, `chain(…)`) is code."""
+    if re.match(r"^(with|for|lambda|return|import|from|if|def|class|yield)\b", span) or \
+            re.search(r"\b[A-Z][a-z]+[A-Z]\w*", span):  # Python, or a CamelCase class name
+        return False
     call = re.match(r"^([A-Za-z_][\w.]*)\(", span)
     if call and len(call.group(1)) > 2 and call.group(1) not in MATHS_FUNCTIONS:
         return False
