@@ -316,6 +316,16 @@ def test_bad_arguments_name_the_optimizer(call, error, message):
         call()
 
 
+def test_factored_state_of_another_shape_names_the_leaf():
+    t = optim.scale_by_factored_rms(min_dim_size_to_factor=4)
+    state = t.init({"w": jnp.zeros((4, 6))})
+    with pytest.raises(ValueError, match=re.escape(
+        "scale_by_factored_rms: the gradient at ['w'] has shape (6, 4), so the state's (v_row, v_col, v) "
+        "should have shapes ((6,), (4,), (1,)), got ((4,), (6,), (1,))"
+    )):
+        t.update({"w": jnp.zeros((6, 4))}, state)
+
+
 def test_trust_ratio_needs_the_params():
     p = make_params()
     opt = optim.lamb(0.1)

@@ -147,6 +147,12 @@ def scale_by_factored_rms(
     def factored(shape: tuple) -> bool:
         return len(shape) >= 2 and min(shape[-2:]) >= min_dim
 
+    def fields_shapes(shape: tuple) -> tuple:
+        """The shapes of (v_row, v_col, v) for a leaf of this shape."""
+        if factored(shape):
+            return shape[:-1], shape[:-2] + shape[-1:], (1,)
+        return (1,), (1,), shape
+
     def init(params: Params) -> ScaleByFactoredRmsState:
         check_float(fn, params, "parameter")
 
@@ -154,10 +160,7 @@ def scale_by_factored_rms(
             return jnp.zeros(shape, acc_dtype(p))
 
         def fields(p):
-            shape = jnp.shape(p)
-            if factored(shape):
-                return zeros(p, shape[:-1]), zeros(p, shape[:-2] + shape[-1:]), zeros(p, (1,))
-            return zeros(p, (1,)), zeros(p, (1,)), zeros(p, shape)
+            return tuple(zeros(p, shape) for shape in fields_shapes(jnp.shape(p)))
 
         leaves, treedef = jax.tree.flatten(params)
         rows, cols, full = zip(*[fields(p) for p in leaves]) if leaves else ((), (), ())
@@ -177,8 +180,15 @@ def scale_by_factored_rms(
             columns.append(treedef.flatten_up_to(tree))
         beta = 1.0 - step_number(state.count) ** (-decay_exponent)
         out = []
-        for g, row, col, full in zip(leaves, *columns):
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
+        for path, g, row, col, full in zip(paths, leaves, *columns):
             olds = (row, col, full)
+            want = fields_shapes(g.shape)
+            if tuple(x.shape for x in olds) != want:
+                raise ValueError(
+                    f"{fn}: the gradient at {path or '<root>'} has shape {g.shape}, so the state's "
+                    f"(v_row, v_col, v) should have shapes {want}, got {tuple(x.shape for x in olds)}"
+                )
             g32 = g.astype(row.dtype)
             sq = g32 * g32 + eps
             if factored(g.shape):
@@ -186,10 +196,6 @@ def scale_by_factored_rms(
                 col = beta * col + (1 - beta) * jnp.mean(sq, axis=-2)
                 v_hat = row[..., :, None] * col[..., None, :] / jnp.mean(row, axis=-1)[..., None, None]
             else:
-                if full.shape != g.shape:
-                    raise ValueError(
-                        f"{fn}: the gradient has shape {g.shape}, but the state's v is {full.shape}"
-                    )
                 full = beta * full + (1 - beta) * sq
                 v_hat = full
             out.append((
