@@ -928,6 +928,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="example i of each primitive is drawn with seed + i")
     c.add_argument("only", nargs="*", help="primitive names (default: all)")
     c.set_defaults(run=_cmd_check)
+    from fdl.cli_lm import add_parser as add_train_charlm  # fdl train-charlm
+
+    add_train_charlm(sub)
     return p
 
 
