@@ -107,6 +107,13 @@ def softmax_cross_entropy(
     per row, `ℓ = −Σ_k y_k log p_k = logsumexp(z) − ⟨y, z⟩` (labels: `y` is
     one-hot, `ℓ = logsumexp(z) − z_label`).
 
+    Precondition (probability targets): each row $y ≥ 0$ with $Σ_k y_k = 1$. For any
+    $y$, $−Σ_k y_k log p_k = (Σ_k y_k) logsumexp(z) − ⟨y, z⟩$, whose gradient
+    is $(Σ_k y_k) p − y$; the rule below is $p − y$, the gradient of a different
+    function when a row does not sum to 1. Checked wherever the values are concrete
+    (a `ValueError` naming the first row that does not); under `jit` they are not known,
+    so normalise the targets (or pass labels).
+
     Derivation: `∂ logsumexp(z)/∂z = p` and `∂⟨y, z⟩/∂z = y`, so
 
         `∂ℓ/∂z = p − y`     (uses `Σ_k y_k = 1`)
@@ -173,7 +180,8 @@ def _ce_validate(logits, targets, reduction):
             i = v.first_index(off)
             raise ValueError(
                 f"{fn}: probability targets must sum to 1 along the last axis, but row "
-                f"{i} sums to {float(sums[i])!r}; pass integer labels, or normalise the targets"
+                f"{i} sums to {float(sums[i])!r}; pass integer labels, or normalise the targets "
+                "(the gradient p − y holds only for rows that sum to 1)"
             )
 
 

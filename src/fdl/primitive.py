@@ -5,6 +5,9 @@ The contract
 A primitive is one section of a module, written in this order (CONTRIBUTING.md walks
 through a whole one, under test)::
 
+    import jax
+    import jax.numpy as jnp
+
     from fdl import _validate as v
     from fdl.primitive import Example, gaussian, is_zero, primitive
 
@@ -15,20 +18,21 @@ through a whole one, under test)::
         $∂L/∂X = G ⊙ w$ (each row times $w$) and $∂L/∂w = Σ_n G_n ⊙ X_n$.
         Residuals: $X$ and $w$. Tangent: $dY = dX ⊙ w + X ⊙ dw$.
         '''
-        return x * w
+        return x * jnp.broadcast_to(w, x.shape)
 
     def _scale_save(x, w, y):                                      # 2. residuals
         return x, w
 
     def _scale_backward(residuals, g):                             # 3. backward
         x, w = residuals
-        return g * w, jnp.sum((g * x).reshape(-1, w.shape[0]), axis=0)
+        batch = tuple(range(x.ndim - 1))                            # every axis but the last
+        return g * jnp.broadcast_to(w, g.shape), jnp.sum(g * x, axis=batch)
 
     def _scale_tangent(residuals, tangents):                       # 4. tangent
         x, w = residuals
         dx, dw = tangents
-        dy = jnp.zeros_like(x) if is_zero(dx) else dx * w         # data: skip dX ⊙ w
-        return dy if is_zero(dw) else dy + x * dw
+        dy = jnp.zeros_like(x) if is_zero(dx) else dx * jnp.broadcast_to(w, x.shape)
+        return dy if is_zero(dw) else dy + x * jnp.broadcast_to(dw, x.shape)
 
     scale = primitive(
         scale, _scale_backward, save=_scale_save, tangent=_scale_tangent,

@@ -32,7 +32,6 @@ from fdl.layers.combinators import Bidirectional, remat, scan_layers
 from fdl.layers.conv import AvgPool2D, Conv1D, Conv2D, GlobalAvgPool, MaxPool2D
 from fdl.layers.core import (
     ACTIVATIONS,
-    Activation,
     Dense,
     Dropout,
     Elu,
@@ -62,7 +61,6 @@ from fdl.layers.transformer import (
 
 __all__ = [
     "ACTIVATIONS",
-    "Activation",
     "AvgPool2D",
     "BatchNorm",
     "Conv1D",

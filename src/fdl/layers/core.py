@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +16,6 @@ from fdl.layers.initializers import Initializer, get_initializer
 
 __all__ = [
     "ACTIVATIONS",
-    "Activation",
     "Dense",
     "Dropout",
     "Elu",
@@ -139,13 +137,6 @@ def get_activation(name: str) -> Layer:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
-
-
-def Activation(name: str) -> Layer:
-    """Deprecated: the same layer as `get_activation(name)`, which is the one name for it."""
-    warnings.warn("fdl.layers.Activation is deprecated; use fdl.layers.get_activation(name), "
-                  "which returns the same layer", DeprecationWarning, stacklevel=2)
-    return get_activation(name)
 
 
 def Flatten() -> Layer:
