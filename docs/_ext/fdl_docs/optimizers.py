@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from fdl_docs.docstrings import inline_md, to_myst
 from fdl_docs.primitives import _table, _write
+from fdl_docs.texmath import uses_dollars
 
 # The quadratic every trajectory runs on: f(θ) = ½ (θ − θ*)ᵀ A (θ − θ*), condition 10
 A = ((3.0, 1.5), (1.5, 1.2))
@@ -258,4 +259,5 @@ def write_pages(outdir: Path) -> list[str]:
 
 
 def _first_line(fn: Callable) -> str:
-    return inline_md((inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " "))
+    doc = inspect.getdoc(fn) or ""
+    return inline_md(doc.split("\n\n")[0].replace("\n", " "), not uses_dollars(doc))
