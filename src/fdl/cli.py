@@ -930,7 +930,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(run=_cmd_check)
     from fdl.cli_lm import add_parser as add_train_charlm  # fdl train-charlm
 
-    add_train_charlm(sub)
+    add_train_charlm(sub, sys.modules[__name__])
     return p
 
 

@@ -7,7 +7,9 @@ holds params, optimizer state, the batch key and the step), and Ctrl-C or SIGTER
 stopping at the next chunk boundary — a chunk of `--eval-every` steps is one compiled
 program, the nearest point where the state is whole — with the checkpoint saved and
 the command to continue printed (exit 128 + the signal; a second signal stops at once,
-leaving the last checkpoint intact). The signal handling is `fdl train`'s.
+leaving the last checkpoint intact). The signal handling, errors and argument types are
+`fdl train`'s: `fdl.cli` hands its own module to `add_parser` (this module does not import
+it, so the two form no import cycle).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ SHAPING = ("model", "d_model", "layers", "heads", "dropout", "seq_len", "batch_s
            "seed")
 
 
-def add_parser(sub: Any) -> None:
-    """Register `train-charlm` on the `fdl` command's subparsers."""
-    from fdl.cli import _number
+def add_parser(sub: Any, cli: Any) -> None:
+    """Register `train-charlm` on the `fdl` command's subparsers; `cli` is the `fdl.cli`
+    module, whose helpers (`_number`, `_Signals`, `_note`, `UsageError`, `Failure`) the
+    command uses."""
+    _number = cli._number
 
     t = sub.add_parser(
         "train-charlm", help="train a character-level language model on the shipped sonnets",
@@ -61,12 +65,10 @@ def add_parser(sub: Any) -> None:
                                                  what="a number"), default=0.8)
     t.add_argument("--prompt", default="Shall I compare thee")
     t.add_argument("--quiet", action="store_true", help="print only the results")
-    t.set_defaults(run=run)
+    t.set_defaults(run=lambda args: run(args, cli))
 
 
-def _settings(args: argparse.Namespace, recorded: dict | None) -> dict:
-    from fdl.cli import UsageError
-
+def _settings(args: argparse.Namespace, recorded: dict | None, UsageError: type) -> dict:
     given = {k: getattr(args, k) for k in SHAPING if getattr(args, k) is not None}
     if recorded is None:
         return DEFAULTS | given
@@ -79,14 +81,14 @@ def _settings(args: argparse.Namespace, recorded: dict | None) -> dict:
     return dict(recorded)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The `train-charlm` command (see the module docstring)."""
+def run(args: argparse.Namespace, cli: Any) -> int:
+    """The `train-charlm` command (see the module docstring); `cli` is `fdl.cli`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from fdl import io, optim
-    from fdl.cli import Failure, UsageError, _note, _Signals
+    Failure, UsageError, _note, _Signals = cli.Failure, cli.UsageError, cli._note, cli._Signals
     from fdl.models import charlm
 
     recorded, history = None, []
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(meta, dict) or meta.get("kind") != "charlm":
             raise UsageError(f"--resume {args.resume}: not a train-charlm checkpoint")
         recorded, history = meta["settings"], list(meta.get("history", []))
-    s = _settings(args, recorded)
+    s = _settings(args, recorded, UsageError)
     if s["model"] == "transformer" and s["d_model"] % s["heads"]:
         raise UsageError(f"--heads {s['heads']} must divide --d-model {s['d_model']}")
     text = charlm.load_corpus()
