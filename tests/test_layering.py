@@ -22,7 +22,7 @@ SRC = pathlib.Path(fdl.__file__).parent
 
 # docs/design.md's table, top to bottom: a module may import only those before it.
 ORDER = ["_validate", "random", "modes", "recording", "_samplers", "_tangent", "primitive",
-         "hessian", "ops", "losses", "_losses", "check", "layers", "optim", "data", "io",
+         "hessian", "ops", "_losses", "losses", "check", "layers", "optim", "data", "io",
          "train", "privacy", "parallel", "models", "cli"]
 
 

@@ -4,19 +4,22 @@ Layers, losses and optimizers are pure functions; every primitive's gradient is
 derived by hand beside it and verified against `jax.grad` and finite
 differences by `fdl.check`.
 
-Modules (data flows down this list; nothing imports anything above it):
+Modules, in layers: each imports only modules above it in this list, never one below
+(docs/design.md has the full table; `tests/test_layering.py` checks it):
 
-* `fdl.primitive` — `primitive(forward, backward, …)`, the gradient modes, the registry
+* `fdl.random` — `key(seed)`, the key fdl makes from a seed (all draws are `jax.random`)
+* `fdl.modes` — the gradient modes, manual (hand-written rules) or autodiff
+* `fdl.primitive` — the primitive contract: `primitive(forward, backward, …)`, the registry
+* `fdl.hessian` — `hvp`, Hessian-vector products of a loss
 * `fdl.ops` — the primitives (linear, activations, softmax, …)
 * `fdl.losses` — losses as primitives
 * `fdl.check` — verify hand derivations against autodiff and finite differences
 * `fdl.layers` — the `Layer(init, apply)` protocol, layers and combinators
-* `fdl.optim` — optimizers as hand-written pure state updates
-* `fdl.data` — the embedded digits, an MNIST-format reader, splits and batches
+* `fdl.optim` — optimizers as chains of hand-written transforms
+* `fdl.data` — the embedded data sets, an MNIST-format reader, splits and batches
 * `fdl.io` — safe, atomic checkpoints
 * `fdl.train` — the jitted training loop
 * `fdl.privacy` — per-example gradient norms from the manual rules, DP-SGD
-* `fdl.random` — `key(seed)`, the key fdl makes from a seed (all draws are `jax.random`)
 """
 
 from fdl import check, data, io, layers, losses, ops, optim, privacy, random, train
