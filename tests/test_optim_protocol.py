@@ -560,3 +560,14 @@ def test_weight_decay_needs_params_in_update():
 def test_schedule_must_return_a_scalar():
     with pytest.raises(ValueError, match=re.escape("sgd: the learning-rate schedule must return a scalar, got shape (2,)")):
         optim.sgd(lambda step: jnp.ones(2))
+
+
+@pytest.mark.float32
+def test_inject_hyperparams_keeps_int_arguments_static():
+    """Sizes, periods and iteration counts (annotated `int`) shape the program: not injected."""
+    params = params_of(jnp.float32)
+    s = optim.inject_hyperparams(optim.muon)(0.02, ns_steps=3).init(params)
+    assert set(s.hyperparams) == {"learning_rate", "momentum", "weight_decay", "eps", "adam_b1", "adam_b2",
+                                  "adam_eps"}
+    s = optim.inject_hyperparams(optim.schedule_free_adamw)(0.01, warmup_steps=4).init(params)
+    assert set(s.hyperparams) == {"learning_rate", "b1", "b2", "eps", "weight_decay", "weight_lr_power"}
