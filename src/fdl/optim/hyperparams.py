@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fdl import _validate as V
 from fdl.optim.base import (
     ForeignStateError,
     Optimizer,
