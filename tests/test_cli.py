@@ -613,12 +613,6 @@ def test_no_hidden_layer_says_so_in_the_banner(capsys):
 
 
 @pytest.mark.float32
-@pytest.mark.xfail(strict=True, reason=(
-    "the console script imports fdl.cli, so fdl/__init__.py (and JAX, seconds) before any "
-    "fdl code can install a handler: a Ctrl-C there prints a traceback from inside an "
-    "import, is swallowed by a JAX gc callback, or crashes a half-initialised extension. "
-    "Needs an entry point outside the fdl package that installs a quiet handler first "
-    "(proposed to the lead); then this passes and the marker goes"))
 @pytest.mark.parametrize("delay", [0.2, 0.5, 0.9])
 def test_ctrl_c_during_start_up_is_a_quiet_exit_130(tmp_path, delay):
     proc = subprocess.Popen([*_fdl_command(), "train", "--epochs", "1", "--checkpoint", ""],
@@ -644,3 +638,28 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_options(capsys, tmp
     assert err.startswith(f"error: the checkpoint {ck} does not hold the state this run builds "
                           "(MLP with --hidden 512, --optimizer adam): checkpoint ")
     assert err.endswith("; pass the options it was trained with\n")
+
+
+@pytest.mark.float32
+def test_a_second_ctrl_c_stops_at_once_even_inside_a_long_epoch(tmp_path):
+    """The main thread waits inside XLA for the epoch, where Python's handlers cannot run;
+    the signal watchdog ends the run within a second of the second Ctrl-C (it used to
+    wait for the end of the epoch)."""
+    proc = subprocess.Popen([*_fdl_command(), "train", "--hidden", "2048,2048", "--batch-size",
+                             "8", "--epochs", "1", "--checkpoint", ""], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("compiling"):
+                break
+        time.sleep(1.0)  # into the epoch: tens of seconds of 8-example steps
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "interrupted\n", err
+    assert "epoch 1/1" not in out and seconds < 1 + 3, (seconds, out)

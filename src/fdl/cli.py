@@ -373,6 +373,9 @@ def _note(text: str) -> None:
         pass
 
 
+_INTERRUPTED = threading.Event()  # main() has said "interrupted" (the watchdog need not)
+
+
 class _Signals:
     """SIGINT and SIGTERM during ``fdl train``.
 
@@ -381,28 +384,65 @@ class _Signals:
     stops at the next epoch boundary — an epoch is one compiled program, so that is
     the nearest point where the state is whole — then the checkpoint is saved. A
     second signal stops at once (the last saved checkpoint stays intact).
+
+    "At once" holds even while the main thread waits inside XLA (a long epoch, an
+    allocation), where Python's handlers cannot run: a watchdog thread sees each signal
+    through the wake-up file descriptor and, when the main thread has not ended the
+    process within a second of a signal that should stop it, ends it with one line.
     """
+
+    GRACE = 1.0  # seconds the main thread has to stop by itself
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.defer = False
         self._previous: dict[int, Any] = {}
+        self._fds: list[int] = []
 
     def __enter__(self) -> "_Signals":
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._previous[s] = signal.signal(s, self._handle)
+            wake_r, wake_w = os.pipe()
+            stop_r, stop_w = os.pipe()
+            os.set_blocking(wake_w, False)
+            self._fds = [wake_r, wake_w, stop_r, stop_w]
+            self._previous_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, args=(wake_r, stop_r), daemon=True,
+                             name="fdl-signal-watchdog").start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._fds:
+            signal.set_wakeup_fd(self._previous_fd)
+            os.write(self._fds[3], b"x")  # stops the watchdog, which closes the pipes
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.defer and self.signum is None:
             self.signum = signum
             return
         raise _Interrupted(signum)
+
+    def _watch(self, wake_r: int, stop_r: int) -> None:
+        seen, deadline, last = 0, None, signal.SIGINT
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = select.select([wake_r, stop_r], [], [], timeout)[0]
+            if stop_r in ready:
+                break
+            if not ready:  # the main thread is stuck where Python cannot interrupt it
+                if not _INTERRUPTED.is_set():
+                    _note("interrupted")
+                os._exit(128 + last)
+            for signum in os.read(wake_r, 64):
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    seen, last = seen + 1, signum
+            if deadline is None and (seen >= 2 or not self.defer):
+                deadline = time.monotonic() + self.GRACE
+        for fd in self._fds:
+            os.close(fd)
 
 
 def _join_hosts(args: argparse.Namespace) -> None:
@@ -986,8 +1026,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _note(f"error: {_one_line(e)}")
         return 2
     except KeyboardInterrupt as e:
+        _INTERRUPTED.set()
         _note("interrupted")
-        return 128 + getattr(e, "signum", signal.SIGINT)
+        code = 128 + getattr(e, "signum", signal.SIGINT)
+        if argv is None:  # the console script: don't let shutdown wait for XLA's work
+            sys.stdout.flush()
+            os._exit(code)
+        return code
     except BrokenPipeError:
         _silence_stdout()
         return _EXIT_BROKEN_PIPE
