@@ -319,3 +319,14 @@ huber = primitive(
     examples=[Example((gaussian(4, 3, scale=2.0), gaussian(4, 3), 1.0, "mean")),
               Example((gaussian(8, scale=2.0), gaussian(8), 0.5, "sum"))],
 )
+
+
+# Losses beyond the core set, one concept per module in fdl._losses (re-exported here).
+from fdl._losses.cosine import cosine_embedding  # noqa: E402
+from fdl._losses.cross_entropy import cross_entropy  # noqa: E402
+from fdl._losses.focal import sigmoid_focal_loss  # noqa: E402
+from fdl._losses.hinge import multiclass_hinge  # noqa: E402
+from fdl._losses.kl import kl_divergence  # noqa: E402
+
+__all__ += ["cosine_embedding", "cross_entropy", "kl_divergence", "multiclass_hinge",
+            "sigmoid_focal_loss"]

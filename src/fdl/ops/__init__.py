@@ -3,11 +3,15 @@
 Layout is batch-first throughout: `X ∈ ℝ^{N×d}`, images NHWC.
 """
 
+from fdl.ops.adaptive_pool import adaptive_avg_pool2d, global_max_pool
 from fdl.ops.activations import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from fdl.ops.attention import attention, masked_softmax, multi_head_attention
 from fdl.ops.conv import conv1d, conv2d
+from fdl.ops.conv3d import conv3d
+from fdl.ops.conv_transpose import conv_transpose1d, conv_transpose2d
 from fdl.ops.dropout import dropout
 from fdl.ops.embedding import embedding
+from fdl.ops.group_norm import group_norm, instance_norm
 from fdl.ops.linear import ghost_linear, linear
 from fdl.ops.luong import (
     LUONG_SCORES,
@@ -40,8 +44,19 @@ from fdl.ops.sequence import (
     sequence_mean,
 )
 from fdl.ops.softmax import log_softmax, softmax
+from fdl.ops.weight_norm import power_iteration, spectral_normalize, weight_norm
 
 __all__ = [
+    "adaptive_avg_pool2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "global_max_pool",
+    "group_norm",
+    "instance_norm",
+    "power_iteration",
+    "spectral_normalize",
+    "weight_norm",
     "LSTMState",
     "LUONG_SCORES",
     "attention",
