@@ -14,8 +14,8 @@ The contract
 * `model` is a `fdl.layers.Layer` whose parameters all belong to layers with a
   ghost-norm rule: `Dense` (on `N×d_in` or sequence `N×T×d_in` inputs),
   `Conv1D`, `Conv2D`, `Embedding`, `LayerNorm`, `RMSNorm`,
-  `MultiHeadAttention`, `RNN`, `LSTM`, `GRU` (`fdl.ops.ghost_linear` and
-  `fdl.ops.ghost`); parameter-free layers (activations, pools, Flatten,
+  `MultiHeadAttention`, `RNN`, `LSTM`, `GRU`, `TransformerEncoderBlock`,
+  `TransformerDecoderBlock` (`fdl.ops.ghost_linear` and `fdl.ops.ghost`); parameter-free layers (activations, pools, Flatten,
   Dropout) and the combinators `serial`/`parallel`/`residual` may be used
   freely. Any other parameter (BatchNorm's, whose batch statistics mix the
   examples), a layer applied twice (shared weights) or inside a loop, raises
@@ -117,7 +117,7 @@ def _where(path: tuple) -> str:
 
 
 _SUPPORTED = ("Dense, Conv1D, Conv2D, Embedding, LayerNorm, RMSNorm, MultiHeadAttention, "
-              "RNN, LSTM, GRU")
+              "RNN, LSTM, GRU and the transformer blocks")
 
 
 def _is_layer(node: dict) -> bool:
