@@ -13,8 +13,8 @@ __all__ = ["multiclass_hinge"]
 
 
 def _margins(scores, labels, margin):
-    """`(h, a, onehot)`: $h_k = Δ + z_k − z_y$ for $k ≠ y$ (0 at $k = y$), the active
-    set $a_k = [h_k > 0]$ ($k ≠ y$) and the one-hot of the labels."""
+    r"""`(h, a, onehot)`: $h_k = Δ + z_k − z_y$ for $k \neq y$ (0 at $k = y$), the active
+    set $a_k = [h_k > 0]$ ($k \neq y$) and the one-hot of the labels."""
     onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=scores.dtype)
     z_y = jnp.sum(onehot * scores, axis=-1, keepdims=True)
     h = (margin + scores - z_y) * (1 - onehot)
@@ -23,7 +23,7 @@ def _margins(scores, labels, margin):
 
 def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0, power: int = 1,
                      reduction: str = "mean") -> jax.Array:
-    r"""Multi-class hinge loss $ℓ = (1/K) Σ_{k ≠ y} \max(0, Δ + z_k − z_y)^P$.
+    r"""Multi-class hinge loss $ℓ = (1/K) Σ_{k \neq y} \max(0, Δ + z_k − z_y)^P$.
 
     Shapes: scores $z ∈ ℝ^{…×K}$, integer labels $y ∈ \{0…K−1\}^{…}$
     (`scores.shape[:-1]`); `margin` $Δ > 0$, `power` $P ∈ \{1, 2\}$ and `reduction`
@@ -31,11 +31,11 @@ def multiclass_hinge(scores: jax.Array, labels: jax.Array, margin: float = 1.0, 
     (Weston & Watkins; PyTorch's `multi_margin_loss`, including the $1/K$).
 
     Derivation, one example. Let $h_k = Δ + z_k − z_y$ and the active set
-    $a_k = [h_k > 0]$ ($k ≠ y$; $a_y = 0$): $ℓ$ is piecewise polynomial, switching
+    $a_k = [h_k > 0]$ ($k \neq y$; $a_y = 0$): $ℓ$ is piecewise polynomial, switching
     where some $h_k$ crosses 0, and away from those points
 
-    * $P = 1$: $∂ℓ/∂z_k = a_k/K$ for $k ≠ y$, $∂ℓ/∂z_y = −Σ_{k≠y} a_k/K$;
-    * $P = 2$: $∂ℓ/∂z_k = 2 a_k h_k/K$ for $k ≠ y$, $∂ℓ/∂z_y = −Σ_{k≠y} 2 a_k h_k/K$;
+    * $P = 1$: $∂ℓ/∂z_k = a_k/K$ for $k \neq y$, $∂ℓ/∂z_y = −Σ_{k \neq y} a_k/K$;
+    * $P = 2$: $∂ℓ/∂z_k = 2 a_k h_k/K$ for $k \neq y$, $∂ℓ/∂z_y = −Σ_{k \neq y} 2 a_k h_k/K$;
 
     i.e. $∂ℓ/∂z = c − (Σ_k c_k)\,\mathrm{onehot}(y)$ with $c_k = a_k P h_k^{P−1}/K$;
     times the example's cotangent. At $h_k = 0$ the subgradient with $a_k = 0$ is
