@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fdl import _validate as v
+from fdl.ops.standardize import per_channel
 from fdl.primitive import Example, gaussian, positive, primitive
 
 __all__ = ["power_iteration", "spectral_normalize", "weight_norm"]
@@ -58,12 +59,12 @@ def weight_norm(v: jax.Array, g: jax.Array) -> jax.Array:
 
     Tangent: $dW = dg ⊙ V̂ + (g/n)\,(dV − V̂ ⊙ ⟨V̂, dV⟩)$ (shape of $V$).
     """
-    return g * v / jnp.sqrt(jnp.sum(v * v, axis=_columns(v), keepdims=True))
+    return per_channel(g, v.ndim) * v / jnp.sqrt(jnp.sum(v * v, axis=_columns(v), keepdims=True))
 
 
 def _weight_norm_save(v, g, w):
     n = jnp.sqrt(jnp.sum(v * v, axis=_columns(v), keepdims=True))
-    return v / n, g / n
+    return v / n, per_channel(g, v.ndim) / n
 
 
 def _weight_norm_backward(residuals, gw):
@@ -77,12 +78,12 @@ def _weight_norm_tangent(residuals, t):
     vhat, scale = residuals
     dv, dg = t
     along = jnp.sum(vhat * dv, axis=_columns(vhat), keepdims=True)
-    return dg * vhat + scale * (dv - vhat * along)
+    return per_channel(dg, vhat.ndim) * vhat + scale * (dv - vhat * along)
 
 
 weight_norm = primitive(
     weight_norm, _weight_norm_backward, save=_weight_norm_save,
-    spec=v.shapes("weight_norm", v="…×d_out: the raw weight, output units last",
+    spec=v.shapes("weight_norm", v="…×d_out: the raw weight with output units last",
                   g="d_out: one length per output unit"),
     tangent=_weight_norm_tangent, examples=[
         Example((gaussian(4, 3), positive(3))),
