@@ -34,9 +34,9 @@ def grads_seq(n, seed=1):
 
 
 def trajectory(tx, params, grads):
-    state, out = tx.init(params), []
+    state, out, update = tx.init(params), [], jax.jit(tx.update)
     for g in grads:
-        u, state = tx.update(g, state, params)
+        u, state = update(g, state, params)
         params = jax.tree.map(lambda p, d: p + d, params, u)
         out.append(params)
     return out

@@ -355,9 +355,9 @@ def test_matches_optax(name, ours, theirs):
     params, grads_seq = make_params(), make_grads(50)
     got = run_library(ours(0.03), params, grads_seq)
     tx, p = theirs(optax, 0.03), params
-    state = tx.init(p)
+    state, update = tx.init(p), jax.jit(tx.update)
     for step, g in enumerate(grads_seq):
-        u, state = tx.update(g, state, p)
+        u, state = update(g, state, p)
         p = jax.tree.map(lambda a, b: a + b, p, u)
         for k in p:
             np.testing.assert_allclose(np.asarray(got[step][k]), np.asarray(p[k]), rtol=1e-9, atol=1e-12,

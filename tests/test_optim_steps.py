@@ -38,8 +38,9 @@ def test_sam_trajectory_matches_its_equations():
     p = {"x": jnp.asarray([1.0, -1.0, 0.5, 2.0])}
     state = opt.init(p)
     x, v = np.asarray(p["x"]), np.zeros(4)
+    step = jax.jit(lambda p, s: optim.sam_step(opt, quartic, p, s))
     for _ in range(40):
-        p, state, loss = optim.sam_step(opt, quartic, p, state)
+        p, state, loss = step(p, state)
         g = np_quartic_grad(x)
         g_sam = np_quartic_grad(x + rho * g / np.linalg.norm(g))
         v = mu * v + g_sam
@@ -144,10 +145,11 @@ def test_lbfgs_trajectory_matches_its_equations(m):
     x0 = np.array([-1.2, 1.0, -0.5, 0.8, 1.3])
     want = np_lbfgs(x0, 25, m)
     opt = optim.lbfgs(m)
+    step = jax.jit(lambda p, s: optim.lbfgs_step(opt, rosenbrock, p, s))
     p = {"x": jnp.asarray(x0)}
     state = opt.init(p)
     for k in range(25):
-        p, state, value = optim.lbfgs_step(opt, rosenbrock, p, state)
+        p, state, value = step(p, state)
         np.testing.assert_allclose(np.asarray(p["x"]), want[k], rtol=1e-9, atol=1e-11,
                                    err_msg=f"iteration {k + 1}")
 
@@ -172,10 +174,11 @@ def test_lbfgs_is_newton_on_a_quadratic_after_enough_pairs():
         return 0.5 * p["x"] @ (jnp.asarray(A) @ p["x"]) - jnp.asarray(B) @ p["x"]
 
     opt = optim.lbfgs(10)
+    step = jax.jit(lambda p, s: optim.lbfgs_step(opt, f, p, s))
     p = {"x": jnp.zeros(4)}
     state = opt.init(p)
     for _ in range(30):
-        p, state, _ = optim.lbfgs_step(opt, f, p, state)
+        p, state, _ = step(p, state)
     np.testing.assert_allclose(np.asarray(p["x"]), np.linalg.solve(A, B), rtol=1e-10)
 
 

@@ -115,21 +115,26 @@ def scale_by_lbfgs(memory_size: int = 10, *, curvature_eps: float = 1e-10) -> Op
         def pair(i):
             return (jax.tree.map(lambda mem: mem[i], s_mem), jax.tree.map(lambda mem: mem[i], y_mem))
 
-        alphas, q = [], g
-        for j in range(m):  # newest to oldest; empty slots have ρ = 0 and change nothing
+        def newest_first(j, carry):  # empty slots have ρ = 0 and change nothing
+            q, alphas = carry
             i = (stored - 1 - j) % m
             s_i, y_i = pair(i)
             alpha = rho[i] * _dot(s_i, q)
             q = jax.tree.map(lambda a, b: a - alpha.astype(a.dtype) * b, q, y_i)
-            alphas.append((i, alpha))
+            return q, alphas.at[i].set(alpha)
+
+        q, alphas = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros_like(rho)))
         s_new, y_new = pair((stored - 1) % m)
         yy = _dot(y_new, y_new)
         gamma = jnp.where(stored > 0, _dot(s_new, y_new) / jnp.where(stored > 0, yy, 1.0), 1.0)
-        r = jax.tree.map(lambda a: a * gamma.astype(a.dtype), q)
-        for i, alpha in reversed(alphas):  # oldest to newest
+
+        def oldest_first(j, r):
+            i = (stored + j) % m
             s_i, y_i = pair(i)
             beta = rho[i] * _dot(y_i, r)
-            r = jax.tree.map(lambda a, b: a + (alpha - beta).astype(a.dtype) * b, r, s_i)
+            return jax.tree.map(lambda a, b: a + (alphas[i] - beta).astype(a.dtype) * b, r, s_i)
+
+        r = jax.lax.fori_loop(0, m, oldest_first, jax.tree.map(lambda a: a * gamma.astype(a.dtype), q))
         direction = jax.tree.map(lambda d, x: d.astype(x.dtype), r, grads)
         return direction, ScaleByLbfgsState(increment(state.count), p, g, s_mem, y_mem, rho, stored)
 
