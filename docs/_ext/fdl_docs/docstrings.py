@@ -358,3 +358,36 @@ def _rejoin_spans(block: list[str]) -> list[str]:
 
 def _odd_dollars(s: str) -> bool:
     return (s.count("$") - 2 * s.count("$$")) % 2 == 1
+
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_MD_SPAN = re.compile(r"(`+)(.+?)\1")
+_MD_DOLLARS = re.compile(r"(?<![\\$])(\$\$?)(?!\s*\$)(.+?)(?<!\\)\1(?!\$)")
+
+
+def markdown_dollars(text: str) -> str:
+    """Markdown with its `$…$`/`$$…$$` maths written in Unicode turned into TeX for
+    MathJax (code spans and fenced blocks untouched): for CONTRIBUTING.md and the
+    README sections the guides include."""
+    out, fence = [], None
+    for line in text.split("\n"):
+        m = _FENCE.match(line)
+        if m:
+            fence = None if fence == m.group(1) else (fence or m.group(1))
+            out.append(line)
+            continue
+        if fence or "$" not in line:
+            out.append(line)
+            continue
+        pieces, pos = [], 0
+        for c in _MD_SPAN.finditer(line):
+            pieces.append(_dollars_to_tex(line[pos:c.start()]))
+            pieces.append(c.group(0))
+            pos = c.end()
+        pieces.append(_dollars_to_tex(line[pos:]))
+        out.append("".join(pieces))
+    return "\n".join(out)
+
+
+def _dollars_to_tex(text: str) -> str:
+    return _MD_DOLLARS.sub(lambda m: m.group(1) + to_tex(m.group(2).strip()) + m.group(1), text)

@@ -101,8 +101,12 @@ def fdl_check(outdir: Path) -> list[str]:
 
 
 def contributing(outdir: Path) -> list[str]:
-    if (ROOT / "CONTRIBUTING.md").exists():
-        text = "```{include} ../../CONTRIBUTING.md\n:relative-docs: docs/\n:relative-images:\n```\n"
+    path = ROOT / "CONTRIBUTING.md"
+    if path.exists():
+        # its own title would be a second top-level heading of the guide: start below it
+        skip = ":start-line: 1\n" if path.read_text().startswith("# ") else ""
+        text = ("```{include} ../../CONTRIBUTING.md\n" + skip
+                + ":relative-docs: docs/\n:relative-images:\n```\n")
     else:
         text = ("```{include} ../../README.md\n:start-after: \"## Write your own primitive\"\n"
                 ":end-before: \"## Two gradient modes\"\n```\n")

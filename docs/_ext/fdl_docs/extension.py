@@ -158,6 +158,23 @@ def _process_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any
         lines[:] = to_rst_lines(lines, transitional=app.config.fdl_docs_transitional)
 
 
+def _markdown_maths(app: Sphinx, docname: str, content: list[str]) -> None:
+    """`source-read`: Unicode maths between dollars to TeX in a markdown page."""
+    from fdl_docs.docstrings import markdown_dollars
+
+    if str(app.env.doc2path(docname)).endswith(".md"):
+        content[0] = markdown_dollars(content[0])
+
+
+def _included_maths(app: Sphinx, path: Any, parent: str, content: list[str]) -> None:
+    """`include-read`: the same for an included markdown file (CONTRIBUTING.md, the
+    README's sections)."""
+    from fdl_docs.docstrings import markdown_dollars
+
+    if str(path).endswith(".md"):
+        content[0] = markdown_dollars(content[0])
+
+
 def setup(app: Sphinx) -> dict:
     app.add_config_value("fdl_docs_modules", PUBLIC_MODULES, "env")
     app.add_config_value("fdl_docs_primitives", None, "env")  # None: the whole registry
@@ -166,6 +183,8 @@ def setup(app: Sphinx) -> dict:
     app.setup_extension("sphinx.ext.autodoc")
     app.connect("builder-inited", _generate)
     app.connect("autodoc-process-docstring", _process_docstring, priority=400)
+    app.connect("source-read", _markdown_maths)
+    app.connect("include-read", _included_maths)  # CONTRIBUTING.md, README sections
     app.connect("build-finished", _copy_mathjax)
     app.connect("build-finished", _fail_on_checks, priority=900)
     app.config.mathjax_path = "mathjax/tex-chtml.js"
