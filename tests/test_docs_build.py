@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
-from fdl_docs.docstrings import to_myst  # noqa: E402
+from fdl_docs.docstrings import markdown_dollars, to_myst  # noqa: E402
 from fdl_docs.texmath import split_inline, to_tex  # noqa: E402
 
 
@@ -79,6 +79,14 @@ def test_docstring_display_block_becomes_aligned_equations():
     assert md == ("Adam.\n\n```{math}\n\\begin{aligned}\n"
                   "m_{t} &= \\beta _{1}\\,m_{t-1} + (1 - \\beta _{1})\\,g_{t} \\\\\n"
                   "u_{t} &= -\\eta _{t}\\,\\hat{m}_{t}\n\\end{aligned}\n```\n")
+
+
+def test_markdown_dollars_convert_outside_code_only():
+    text = ("Clips to $[−1, 1]$; `$∂L/∂W = Xᵀ G$` stays code; $$ y = x² $$\n"
+            "```python\ns = \"$x$\"\n```\ncosts $5")
+    assert markdown_dollars(text) == (
+        "Clips to $[-1, 1]$; `$∂L/∂W = Xᵀ G$` stays code; $$y = x^{2}$$\n"
+        "```python\ns = \"$x$\"\n```\ncosts $5")
 
 
 # --------------------------------------------------------------------------- #
