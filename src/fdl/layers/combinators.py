@@ -182,8 +182,11 @@ def remat(layer: Layer, policy: str | Callable | None = None, *,
     Reverse mode normally keeps every residual of the forward pass until the backward
     uses it: for a deep stack, memory grows with depth. Under `remat` the layer keeps
     only its inputs (and what `policy` allows) and recomputes the rest when its
-    backward runs: about one extra forward, much less peak memory. Values and
-    gradients are unchanged (bitwise, on the same program order).
+    backward runs: about one extra forward, much less peak memory. The same arithmetic
+    is done, so values and gradients are unchanged: bitwise for a block under `jit`
+    (`tests/test_transformer_stack.py`); inside `scan_layers` XLA may fuse the
+    recomputation differently from the original forward, which can move the last bits
+    (float32 rounding).
 
     The gradient mode is read when the layer is traced, and the recomputation replays
     the traced program, so in manual mode the recomputed forward runs the same
