@@ -33,6 +33,11 @@ def _parts(logits, labels, weights, smoothing, ignore_index):
     return logp, t, w, m, m * w[safe]
 
 
+def _row(w, ndim):
+    """The class weights `(K,)` as `(1, …, 1, K)`, to broadcast over rank `ndim`."""
+    return w.reshape((1,) * (ndim - 1) + w.shape)
+
+
 def _denominator(wy):
     """$D = Σ_n m_n w_{y_n}$, or 1 when nothing counts (the loss is then 0)."""
     d = jnp.sum(wy)
@@ -80,7 +85,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array | Non
     Vision", 2016 (label smoothing).
     """
     logp, t, w, m, wy = _parts(logits, labels, weights, label_smoothing, ignore_index)
-    values = m * -jnp.sum(w * t * logp, axis=-1)
+    values = m * -jnp.sum(_row(w, logp.ndim) * t * logp, axis=-1)
     if reduction == "mean":
         return jnp.sum(values) / _denominator(wy)
     return jnp.sum(values) if reduction == "sum" else values
@@ -98,7 +103,7 @@ def _rule_parts(residuals, label_smoothing, ignore_index):
     t = _targets(safe, k, label_smoothing, logp.dtype)
     w = jnp.ones((k,), logp.dtype) if weights is None else weights
     m = keep.astype(logp.dtype)
-    u = w * t
+    u = _row(w, logp.ndim) * t
     dz = jnp.sum(u, axis=-1, keepdims=True) * jnp.exp(logp) - u   # ∂ℓ_n/∂z_n
     dw = -t * logp                                                 # ∂ℓ_n/∂w
     onehot = jax.nn.one_hot(safe, k, dtype=logp.dtype)
@@ -131,7 +136,7 @@ def _tangent(label_smoothing, ignore_index, reduction, residuals, t):
     m, dz, dw, onehot, wy, values = _rule_parts(residuals, label_smoothing, ignore_index)
     dvalues = m * jnp.sum(dz * dlogits, axis=-1)
     if weights is not None:
-        dvalues = dvalues + m * jnp.sum(dw * dweights, axis=-1)
+        dvalues = dvalues + m * jnp.sum(dw * _row(dweights, dw.ndim), axis=-1)
     if reduction == "none":
         return dvalues
     if reduction == "sum":
@@ -139,7 +144,7 @@ def _tangent(label_smoothing, ignore_index, reduction, residuals, t):
     d = _denominator(wy)
     out = jnp.sum(dvalues) / d
     if weights is not None:
-        dd = jnp.sum(m * jnp.sum(onehot * dweights, axis=-1))
+        dd = jnp.sum(m * jnp.sum(onehot * _row(dweights, onehot.ndim), axis=-1))
         out = out - jnp.sum(values) / (d * d) * dd
     return out
 
