@@ -28,7 +28,7 @@ from fdl.recording import recording
 
 pytestmark = pytest.mark.float32
 
-SEEDS = int(__import__("os").environ.get("FDL_TEST_SEEDS", 20))
+SEEDS = 20
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

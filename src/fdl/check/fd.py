@@ -315,8 +315,9 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
                 continue
             dj = jnp.minimum(d, p.count[j] - 1)
             t = sign.astype(x.dtype) * steps[j][dj, level]
-            if p.kinds[j] == "elements":
-                moved = x.ravel().at[dj].add(t).reshape(x.shape)
+            if p.kinds[j] == "elements":  # a one-hot, not a scatter: cheaper to compile
+                hot = jnp.arange(x.size, dtype=dj.dtype) == dj
+                moved = (x.ravel() + jnp.where(hot, t, jnp.zeros((), x.dtype))).reshape(x.shape)
             else:
                 moved = x + t * dirs[j][dj]
             args.append(jnp.where(leaf == j, moved, x))

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl.check import fd
-from fdl.check.arguments import Leaves, arg_names, compiled, in_mode, leaves_of, name_of
+from fdl.check.arguments import (Leaves, arg_names, as_array, compiled, in_mode, leaves_of,
+                                 name_of)
 from fdl.check.report import AUTODIFF, FINITE_DIFFERENCES, Comparison, Report, compare, tolerance
 from fdl.check.rows import NOTHING, no_rule
 from fdl.modes import gradient_mode
@@ -63,7 +64,7 @@ def _prepare(f: Primitive | Callable, args: tuple, kwargs: dict, what: str
 
 def _random_like(generator: np.random.Generator, values: Any) -> Any:
     return jax.tree_util.tree_map(
-        lambda o: jnp.asarray(generator.standard_normal(o.shape).astype(o.dtype)), values)
+        lambda o: as_array(generator.standard_normal(o.shape).astype(o.dtype)), values)
 
 
 def _fd_dtype(values: list) -> Any:

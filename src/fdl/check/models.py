@@ -9,11 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fdl.check import bisect, fd
-from fdl.check.arguments import Leaves, compile_program, leaves_of, name_of
+from fdl.check.arguments import Leaves, as_array, compile_program, leaves_of, name_of
 from fdl.check.bisect import ModelReport
 from fdl.check.report import AUTODIFF
 from fdl.check.rows import (NOTHING, ad_floor, ad_rows, fd_rows, no_rule, ordered, title,
@@ -127,7 +126,7 @@ def _split(batch: tuple) -> tuple[list, Callable, tuple]:
     and its other leaves (Python values, fixed in the program)."""
     flat, tree = jax.tree_util.tree_flatten(batch)
     where = [isinstance(x, (jax.Array, np.ndarray)) for x in flat]
-    arrays = [jnp.asarray(x) for x, a in zip(flat, where) if a]
+    arrays = [as_array(x) for x, a in zip(flat, where) if a]
     fixed = tuple(x for x, a in zip(flat, where) if not a)
 
     def rebuild(arrays: list) -> tuple:

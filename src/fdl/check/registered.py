@@ -51,7 +51,10 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     """Check every registered example of the primitive `p`, in one compiled program.
 
     `vjp`: the backward, under `jit`, vs autodiff and finite differences (as
-    `fdl.check.vjp`); `jvp`: the tangent rule likewise (`fdl.check.jvp`); `adjoint`:
+    `fdl.check.vjp`); `jvp`: the tangent rule vs autodiff (`fdl.check.jvp`; its finite
+    differences only when `vjp` is not asked for: with it, the backward's finite
+    differences confirm autodiff and `adjoint` ties the tangent rule to the backward,
+    so a second batched forward in the program would add nothing); `adjoint`:
     `⟨u, J v⟩ = ⟨Jᵀu, v⟩` between the two hand rules (`fdl.check.adjoint`), with the
     vjp check's cotangent `u` and its `Jᵀu` when both are asked for.
 
@@ -76,8 +79,12 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
                                directions=4, with_manual=True) if want["vjp"] else None
                        for a, k in drawn]
     forward_on = (want["jvp"] or want["adjoint"]) and p.tangent is not None
+    # The tangent rule is compared with autodiff, and with the backward (adjointness)
+    # whose finite-difference check confirms autodiff: its own finite differences would
+    # add a second batched forward to the program and nothing to the verdict.
+    tangent_fd = finite_differences and not want["vjp"]
     forward: list[Any] = [
-        forward_job(p, a, k, None, finite_differences,
+        forward_job(p, a, k, None, tangent_fd,
                     u=j.inputs[1] if j is not None and not isinstance(j, Report) else None)
         if forward_on else None for (a, k), j in zip(drawn, jobs)]
     live = lambda j: j is not None and not isinstance(j, Report)  # noqa: E731

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl.check import fd
-from fdl.check.arguments import Leaves, arg_names, compiled, in_mode, leaves_of, name_of
+from fdl.check.arguments import (Leaves, arg_names, as_array, compiled, in_mode, leaves_of,
+                                 name_of)
 from fdl.check.report import Report
 from fdl.check.rows import (NOTHING, Job, ad_floor, ad_rows, dot_and_magnitude, fd_rows, no_rule,
                             ordered, run, title)
@@ -58,7 +59,7 @@ def vjp_job(f: Primitive | Callable, args: tuple, kwargs: dict, *, key: jax.Arra
     # never doubles as it (u = x makes Xᵀu symmetric and hides a transposed ∂L/∂W).
     generator = fd.rng(key, 1)
     u = jax.tree_util.tree_map(
-        lambda o: jnp.asarray(generator.standard_normal(o.shape).astype(o.dtype)),
+        lambda o: as_array(generator.standard_normal(o.shape).astype(o.dtype)),
         jax.eval_shape(of_leaves(reference_fn), *leaves.values))
 
     def pullback(fn, vals, u):
