@@ -63,7 +63,8 @@ def probabilities(*shape: int) -> Sampler:
 
 def _cast(values: np.ndarray, dtype: Any) -> jax.Array:
     """Host values as a JAX array of `dtype` (rounded once, from float64)."""
-    return jnp.asarray(np.asarray(values).astype(jnp.dtype(dtype)))
+    # device_put, not jnp.asarray: that compiles a copy program per shape (JAX ≥ 0.7)
+    return jax.device_put(np.asarray(values).astype(jax.dtypes.canonicalize_dtype(dtype)))
 
 
 def _host_rng(key: Any) -> np.random.Generator:
