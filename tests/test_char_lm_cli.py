@@ -64,3 +64,15 @@ def test_ctrl_c_stops_at_a_chunk_boundary_saves_and_says_how_to_continue(tmp_pat
     assert step % 2 == 0 and step >= 2
     assert err.strip() == (f"stopped by SIGINT after step {step}/100000; checkpoint saved to "
                            f"{ck} (continue with: fdl train-charlm --resume {ck} --steps 100000)")
+
+
+@pytest.mark.float32
+def test_the_lstm_model_trains_with_dropout_between_two_layers_and_samples(tmp_path, capsys):
+    ck = tmp_path / "lstm.npz"
+    assert main(["train-charlm", *SMALL, "--model", "lstm", "--layers", "2", "--dropout", "0.1",
+                 "--steps", "5", "--sample", "10", "--checkpoint", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "sample (temperature 0.8):\nShall I compare thee" in out
+    settings = fdl.io.load_metadata(ck)["settings"]
+    assert settings["model"] == "lstm" and settings["layers"] == 2 and settings["dropout"] == 0.1
+    assert set(fdl.io.load(ck)[0]["lstm_1"]) == {"l0", "l1"}

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, cli: Any) -> int:
     model = charlm.build(s["model"], len(vocab), d_model=s["d_model"], num_layers=s["layers"],
                          num_heads=s["heads"], dropout=s["dropout"])
     optimizer = optim.chain(optim.clip_by_global_norm(1.0), optim.adam(s["lr"]))
-    _, params, _ = model.init(jax.random.key(s["seed"]), (s["seq_len"],))
+    _, params, model_state = model.init(jax.random.key(s["seed"]), (s["seq_len"],))
     state = charlm.LMState(params, optimizer.init(params), jax.random.key(s["seed"] + 1),
                            jnp.int32(0))
     if args.resume:
@@ -136,14 +136,14 @@ def run(args: argparse.Namespace, cli: Any) -> int:
         if n not in programs:
             programs[n] = jax.jit(charlm.train_chunk(
                 model, optimizer, data, seq_len=s["seq_len"], batch_size=s["batch_size"],
-                steps=n, dropout=s["dropout"] > 0))
+                steps=n, dropout=s["dropout"] > 0, state=model_state))
         return programs[n](st)
 
     n_val = (len(ids) - split - 1) // s["seq_len"]
     val = ids[split: split + n_val * s["seq_len"] + 1]
     x_val = jnp.asarray(val[:-1].reshape(n_val, s["seq_len"]))
     y_val = jnp.asarray(val[1:].reshape(n_val, s["seq_len"]))
-    val_loss = jax.jit(lambda p: charlm.loss_fn(model, p, x_val, y_val))
+    val_loss = jax.jit(lambda p: charlm.loss_fn(model, p, x_val, y_val, state=model_state))
     meta = {"kind": "charlm", "settings": s}
 
     def save(st: Any) -> None:
@@ -187,6 +187,6 @@ def run(args: argparse.Namespace, cli: Any) -> int:
     if args.sample:
         text_out = charlm.sample(model, state.params, vocab, args.prompt, args.sample,
                                  seq_len=s["seq_len"], temperature=args.temperature,
-                                 key=jax.random.key(s["seed"] + 2))
+                                 key=jax.random.key(s["seed"] + 2), state=model_state)
         print(f"sample (temperature {args.temperature:g}):\n{text_out}")
     return 0

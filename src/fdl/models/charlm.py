@@ -84,9 +84,10 @@ def build(kind: str, vocab_size: int, *, d_model: int = 64, num_layers: int = 2,
 
 
 def loss_fn(model: L.Layer, params: Any, ids: jax.Array, targets: jax.Array, *,
-            key: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """Mean cross-entropy (nats per character) of next-character predictions."""
-    logits, _ = model.apply(params, {}, ids, key=key, train=train)
+            state: Any = None, key: jax.Array | None = None, train: bool = False) -> jax.Array:
+    """Mean cross-entropy (nats per character) of next-character predictions; `state`
+    is the model's (stateless) state from `init` (`{}` when None)."""
+    logits, _ = model.apply(params, {} if state is None else state, ids, key=key, train=train)
     return losses.softmax_cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                         targets.reshape(-1))
 
@@ -102,11 +103,13 @@ class LMState(NamedTuple):
 
 
 def train_chunk(model: L.Layer, optimizer: optim.Optimizer, data: jax.Array, *,
-                seq_len: int, batch_size: int, steps: int, dropout: bool = False
-                ) -> Callable[[LMState], tuple[LMState, jax.Array]]:
+                seq_len: int, batch_size: int, steps: int, dropout: bool = False,
+                state: Any = None) -> Callable[[LMState], tuple[LMState, jax.Array]]:
     """`chunk(state) -> (state, losses)`: `steps` Adam-style updates as one `lax.scan`
     (one compiled program), each on `batch_size` random windows of `data` (int ids);
-    `losses ∈ ℝ^{steps}` are the training losses. Jit it."""
+    `losses ∈ ℝ^{steps}` are the training losses; `state` is the model's from `init`.
+    Jit it."""
+    model_state = state
     offsets = jnp.arange(seq_len + 1)
 
     def one(state: LMState, _: Any) -> tuple[LMState, jax.Array]:
@@ -114,8 +117,8 @@ def train_chunk(model: L.Layer, optimizer: optim.Optimizer, data: jax.Array, *,
         starts = jax.random.randint(k_batch, (batch_size, 1), 0, data.shape[0] - seq_len - 1)
         chunk = data[starts + offsets[None, :]]
         loss, grads = jax.value_and_grad(
-            lambda p: loss_fn(model, p, chunk[:, :-1], chunk[:, 1:], key=k_drop,
-                              train=dropout))(state.params)
+            lambda p: loss_fn(model, p, chunk[:, :-1], chunk[:, 1:], state=model_state,
+                              key=k_drop, train=dropout))(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optim.apply_updates(state.params, updates)
         return LMState(params, opt_state, key, state.step + 1), loss
@@ -127,7 +130,7 @@ def train_chunk(model: L.Layer, optimizer: optim.Optimizer, data: jax.Array, *,
 
 
 def sample(model: L.Layer, params: Any, vocab: Vocabulary, prompt: str, n: int, *,
-           seq_len: int, temperature: float, key: jax.Array) -> str:
+           seq_len: int, temperature: float, key: jax.Array, state: Any = None) -> str:
     """`prompt` followed by `n` characters drawn one at a time, `c ~ softmax(z/τ)` with
     `τ` = `temperature`, from the model's logits at the last of the previous `T`
     characters (the window is right-padded; a causal model's logits at a position do not
@@ -138,7 +141,7 @@ def sample(model: L.Layer, params: Any, vocab: Vocabulary, prompt: str, n: int, 
 
     @jax.jit
     def next_char(window: jax.Array, last: jax.Array, key: jax.Array) -> jax.Array:
-        logits, _ = model.apply(params, {}, window[None])
+        logits, _ = model.apply(params, {} if state is None else state, window[None])
         return jax.random.categorical(key, logits[0, last] / temperature)
 
     ids = list(vocab.encode(prompt))
