@@ -106,39 +106,55 @@ def scale_by_lbfgs(memory_size: int = 10, *, curvature_eps: float = 1e-10) -> Op
         y = jax.tree.map(jnp.subtract, g, state.prev_grads)
         sy = _dot(s, y)
         keep = (state.count > 0) & (sy > curvature_eps * jnp.sqrt(_dot(s, s) * _dot(y, y)))
-        slot = state.stored % m
-        s_mem = jax.tree.map(lambda mem, v: jnp.where(keep, mem.at[slot].set(v), mem), state.s, s)
-        y_mem = jax.tree.map(lambda mem, v: jnp.where(keep, mem.at[slot].set(v), mem), state.y, y)
-        rho = jnp.where(keep, state.rho.at[slot].set(1.0 / jnp.where(keep, sy, 1.0)), state.rho)
-        stored = jnp.where(keep, state.stored + 1, state.stored).astype(jnp.int32)
-
-        def pair(i):
-            return (jax.tree.map(lambda mem: mem[i], s_mem), jax.tree.map(lambda mem: mem[i], y_mem))
-
-        def newest_first(j, carry):  # empty slots have ρ = 0 and change nothing
-            q, alphas = carry
-            i = (stored - 1 - j) % m
-            s_i, y_i = pair(i)
-            alpha = rho[i] * _dot(s_i, q)
-            q = jax.tree.map(lambda a, b: a - alpha.astype(a.dtype) * b, q, y_i)
-            return q, alphas.at[i].set(alpha)
-
-        q, alphas = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros_like(rho)))
-        s_new, y_new = pair((stored - 1) % m)
-        yy = _dot(y_new, y_new)
-        gamma = jnp.where(stored > 0, _dot(s_new, y_new) / jnp.where(stored > 0, yy, 1.0), 1.0)
-
-        def oldest_first(j, r):
-            i = (stored + j) % m
-            s_i, y_i = pair(i)
-            beta = rho[i] * _dot(y_i, r)
-            return jax.tree.map(lambda a, b: a + (alphas[i] - beta).astype(a.dtype) * b, r, s_i)
-
-        r = jax.lax.fori_loop(0, m, oldest_first, jax.tree.map(lambda a: a * gamma.astype(a.dtype), q))
+        state = state._replace(**_remember(state, s, y, keep, sy))
+        r = _two_loop(g, state)
         direction = jax.tree.map(lambda d, x: d.astype(x.dtype), r, grads)
-        return direction, ScaleByLbfgsState(increment(state.count), p, g, s_mem, y_mem, rho, stored)
+        return direction, state._replace(count=increment(state.count), prev_params=p, prev_grads=g)
 
     return Optimizer(init, update)
+
+
+def _remember(state: ScaleByLbfgsState, s: Any, y: Any, keep: jax.Array, sy: jax.Array) -> dict:
+    """The ring buffer with the pair $(s, y)$ written over the oldest one, where `keep`."""
+    slot = state.stored % state.rho.shape[0]
+
+    def put(mem: jax.Array, v: jax.Array) -> jax.Array:
+        return jnp.where(keep, mem.at[slot].set(v), mem)
+
+    return {
+        "s": jax.tree.map(put, state.s, s),
+        "y": jax.tree.map(put, state.y, y),
+        "rho": jnp.where(keep, state.rho.at[slot].set(1.0 / jnp.where(keep, sy, 1.0)), state.rho),
+        "stored": jnp.where(keep, state.stored + 1, state.stored).astype(jnp.int32),
+    }
+
+
+def _two_loop(g: Any, state: ScaleByLbfgsState) -> Any:
+    """$r = H g$ by the two-loop recursion over the stored pairs (`scale_by_lbfgs`'s equations)."""
+    m, rho, stored = state.rho.shape[0], state.rho, state.stored
+
+    def pair(i):
+        return jax.tree.map(lambda mem: mem[i], state.s), jax.tree.map(lambda mem: mem[i], state.y)
+
+    def newest_first(j, carry):  # empty slots have ρ = 0 and change nothing
+        q, alphas = carry
+        i = (stored - 1 - j) % m
+        s_i, y_i = pair(i)
+        alpha = rho[i] * _dot(s_i, q)
+        q = jax.tree.map(lambda a, b: a - alpha.astype(a.dtype) * b, q, y_i)
+        return q, alphas.at[i].set(alpha)
+
+    def oldest_first(j, r):
+        i = (stored + j) % m
+        s_i, y_i = pair(i)
+        beta = rho[i] * _dot(y_i, r)
+        return jax.tree.map(lambda a, b: a + (alphas[i] - beta).astype(a.dtype) * b, r, s_i)
+
+    q, alphas = jax.lax.fori_loop(0, m, newest_first, (g, jnp.zeros_like(rho)))
+    s_new, y_new = pair((stored - 1) % m)
+    yy = _dot(y_new, y_new)
+    gamma = jnp.where(stored > 0, _dot(s_new, y_new) / jnp.where(stored > 0, yy, 1.0), 1.0)
+    return jax.lax.fori_loop(0, m, oldest_first, jax.tree.map(lambda a: a * gamma.astype(a.dtype), q))
 
 
 def lbfgs_step(
