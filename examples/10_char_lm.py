@@ -19,7 +19,7 @@ bottom of the validation curve.
 
 Every gradient runs the primitives' hand-written rules. After training, the script
 samples from each model with a temperature ``τ`` (``p ∝ exp(z/τ)``, drawn with an
-explicit key) and draws the loss curves and one attention head's weights on a line of
+explicit key; ``fdl.models.charlm.sample``, which ``fdl train-charlm`` uses too) and draws the loss curves and one attention head's weights on a line of
 verse (row ``t``: how much position ``t`` looks at each earlier position).
 
 Run:  python examples/10_char_lm.py [--quick | --full] [--out DIR] [--temperature 0.8]
@@ -27,7 +27,6 @@ Run:  python examples/10_char_lm.py [--quick | --full] [--out DIR] [--temperatur
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -40,27 +39,9 @@ import fdl
 from _gallery import jit_for, parse, pick, print_table, save_figure
 from fdl import layers as L
 from fdl import ops
+from fdl.models.charlm import Vocabulary, load_corpus, sample
 
 PROMPT = "Shall I compare thee"
-
-
-def load_text() -> str:
-    """The corpus shipped with fdl (``fdl/data/sonnets.txt``, public domain)."""
-    return (importlib.resources.files("fdl.data") / "sonnets.txt").read_text(encoding="utf-8")
-
-
-class Vocabulary:
-    """Characters ↔ ids (sorted, so the mapping is reproducible)."""
-
-    def __init__(self, text: str) -> None:
-        self.chars = sorted(set(text))
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def encode(self, text: str) -> np.ndarray:
-        return np.array([self.index[c] for c in text], np.int32)
-
-    def decode(self, ids: Any) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
 
 
 def transformer(vocab: int, setting: str) -> L.Layer:
@@ -127,30 +108,6 @@ def train(model: L.Layer, train_ids: np.ndarray, val: tuple[np.ndarray, np.ndarr
     return params, state, history
 
 
-def sample(model: L.Layer, params: Any, state: Any, vocab: Vocabulary, prompt: str, n: int, *,
-           length: int, temperature: float, key: jax.Array, jit: Any) -> str:
-    """Draw ``n`` characters after ``prompt``: ``c ~ softmax(z/τ)`` from the last ``T``.
-
-    The window is right-padded to ``T``; a causal model's logits at the last real
-    position do not depend on the padding after it.
-    """
-    if not temperature > 0:
-        raise ValueError(f"sample: temperature must be > 0, got {temperature!r}")
-
-    @jit
-    def next_char(params, window, last, key):
-        logits, _ = model.apply(params, state, window[None])
-        return jax.random.categorical(key, logits[0, last] / temperature)
-
-    ids = list(vocab.encode(prompt))
-    for k in jax.random.split(key, n):
-        context = ids[-length:]
-        window = np.zeros(length, np.int32)
-        window[: len(context)] = context
-        ids.append(int(next_char(params, jnp.asarray(window), len(context) - 1, k)))
-    return vocab.decode(ids)
-
-
 def attention_map(params: dict, ids: np.ndarray, *, num_heads: int = 4,
                   head: int = 0) -> np.ndarray:
     """The causal attention weights ``P ∈ ℝ^{T×T}`` of one head of the first block of a
@@ -177,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse(__doc__, argv, extra=lambda p: p.add_argument(
         "--temperature", type=float, default=0.8, help="sampling temperature τ > 0"))
     jit = jit_for(args)
-    text = load_text()
+    text = load_corpus()  # fdl/data/sonnets.txt, public domain
     vocab = Vocabulary(text)
     ids = vocab.encode(text)
     split = int(0.9 * len(ids))
@@ -192,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         params[name], state, history = train(model, ids[:split], val, length=length,
                                       batch=pick(args, 16, 32, 64), steps=steps, lr=lr,
                                       seed=0, jit=jit)
-        text_out = sample(model, params[name], state, vocab, PROMPT, pick(args, 80, 200, 400),
-                          length=length, temperature=args.temperature,
-                          key=jax.random.key(7), jit=jit)
+        text_out = sample(model, params[name], vocab, PROMPT, pick(args, 80, 200, 400),
+                          seq_len=length, temperature=args.temperature,
+                          key=jax.random.key(7), state=state)
         results[name] = {"history": history, "val_loss": history[-1]["val_loss"],
                          "sample": text_out, "model": model}
     print_table(["step", "transformer train", "transformer val", "lstm train", "lstm val"],

@@ -32,10 +32,11 @@ def test_char_lm_quick_trains_both_models_below_the_bound_and_samples(tmp_path):
 
 
 def test_sampling_rejects_a_non_positive_temperature():
-    m = load("10_char_lm")
-    vocab = m.Vocabulary("ab")
-    with pytest.raises(ValueError, match="sample: temperature must be > 0, got 0.0"):
-        m.sample(None, None, None, vocab, "a", 1, length=4, temperature=0.0, key=None, jit=None)
+    from fdl.models.charlm import Vocabulary, sample
+
+    with pytest.raises(ValueError, match="sample: temperature must be a finite number > 0, "
+                                         "got 0.0"):
+        sample(None, None, Vocabulary("ab"), "a", 1, seq_len=4, temperature=0.0, key=None)
 
 
 def test_the_corpus_is_shipped_with_its_licence():
