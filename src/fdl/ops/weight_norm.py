@@ -88,7 +88,7 @@ weight_norm = primitive(
     tangent=_weight_norm_tangent, examples=[
         Example((gaussian(4, 3), positive(3))),
         Example((gaussian(3, 3, 2, 4), gaussian(4))),
-        Example((gaussian(5), gaussian(5))),
+        Example((gaussian(6, 2), gaussian(2))),
     ],
 )
 
