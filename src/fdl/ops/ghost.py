@@ -145,6 +145,27 @@ def _probe_check(fn: str, probe: Any, n: int, data_shape: tuple) -> None:
             "the examples)")
 
 
+def _unregistered(forward: Callable, backward: Callable, fwd: Callable, static: tuple,
+                  validate: Callable, name: str, signature: inspect.Signature,
+                  doc: str) -> Callable:
+    """An unregistered primitive (its probe's cotangent has no autodiff reference) that
+    always runs its hand-written rule, as a function with `signature` and `doc`."""
+    forward.__signature__ = signature
+    forward.__name__ = forward.__qualname__ = name
+    forward.__doc__ = doc
+    ghost = primitive(forward, backward, fwd=fwd, static=static, validate=validate,
+                      name=name, register=False)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return ghost.manual(*args, **kwargs)
+
+    call.__signature__ = signature
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    call.primitive = ghost
+    return call
+
+
 def _ghost_of(base: Primitive, sq_norms: Callable, name: str, doc: str) -> Callable:
     """The ghost of `base`: `base`'s signature with `probe` inserted after its
     differentiable arguments, `base`'s forward, residuals and backward, and as the
@@ -178,20 +199,7 @@ def _ghost_of(base: Primitive, sq_norms: Callable, name: str, doc: str) -> Calla
         v.ndim_at_least(name, params[0].name, data, 1, "N×…, axis 0 indexing the examples")
         _probe_check(name, p, jnp.shape(data)[0], tuple(jnp.shape(data)))
 
-    forward.__signature__ = signature
-    forward.__name__ = forward.__qualname__ = name
-    forward.__doc__ = doc
-    ghost = primitive(forward, backward, fwd=fwd, static=base.static, validate=validate,
-                      name=name, register=False)  # no autodiff reference: see the module
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return ghost.manual(*args, **kwargs)
-
-    call.__signature__ = signature
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = doc
-    call.primitive = ghost
-    return call
+    return _unregistered(forward, backward, fwd, base.static, validate, name, signature, doc)
 
 
 # --------------------------------------------------------------------------- #
@@ -523,20 +531,7 @@ def _ghost_sequence(cell: Primitive, sequence: Callable, name: str, n_bias: int,
         v.ndim_exactly(name, "xs", xs, 3, "N×T×D, batch-first, axis 0 indexing the examples")
         _probe_check(name, probe, jnp.shape(xs)[0], tuple(jnp.shape(xs)))
 
-    forward.__signature__ = signature
-    forward.__name__ = forward.__qualname__ = name
-    forward.__doc__ = doc
-    ghost = primitive(forward, backward, fwd=fwd, static=("reverse",), validate=validate,
-                      name=name, register=False)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return ghost.manual(*args, **kwargs)
-
-    call.__signature__ = signature
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = doc
-    call.primitive = ghost
-    return call
+    return _unregistered(forward, backward, fwd, ("reverse",), validate, name, signature, doc)
 
 
 _RECURRENT_DOC = r"""{what} over a sequence (`fdl.ops.{op}`, the same `(hs, final)`) whose
