@@ -204,3 +204,19 @@ def test_pytorch_encoder_layer_maps_onto_a_block():
                                atol=1e-12)
     np.testing.assert_allclose(g_params["norm1"]["gamma"], layer.norm1.weight.grad.numpy(),
                                rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.x64
+def test_forward_mode_through_a_block_and_a_padded_lstm_runs_the_tangent_rules():
+    block = L.TransformerEncoderBlock(D, H, F, causal=True, rope=True, dtype=jnp.float64)
+    params, state = _block_params(block)
+    lstm = L.LSTM(3, bidirectional=True, dtype=jnp.float64)
+    _, lstm_params, _ = lstm.init(jax.random.key(9), (T, D))
+    lengths = jnp.asarray([5, 2], jnp.int32)
+
+    def f(x, params, lstm_params):
+        y, _ = block.apply(params, state, x, lengths=lengths)
+        return lstm.apply(lstm_params, {}, y, lengths=lengths)[0]
+
+    x = jax.random.normal(jax.random.key(10), (2, T, D), jnp.float64)
+    check.jvp(f, x, params, lstm_params).raise_if_failed()
