@@ -636,6 +636,27 @@ def _check_finite_inputs(x: Any, name: str) -> None:
                          "those examples first")
 
 
+def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, x_train: Any,
+                         y_train: Any, x_test: Any, y_test: Any) -> None:
+    """What :func:`fit` checks before anything compiles (its docstring lists it)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
+    if (x_test is None) != (y_test is None):
+        given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
+        raise ValueError(f"fit: {given} was given without {missing}; pass both to evaluate "
+                         "after every epoch, or neither")
+    _check_not_consumed(ts, "fit")
+    count = (lambda a: int(jnp.shape(a)[0]) if jnp.ndim(a) else 0)
+    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if x is None:
+            continue
+        if count(x) != count(y):
+            raise ValueError(f"fit: x_{split} has {count(x)} examples but y_{split} has "
+                             f"{count(y)}; they must match (one target per example)")
+        _check_finite_inputs(x, f"x_{split}")
+        _check_fit_labels(trainer, ts, x, y, f"y_{split}")
+
+
 def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs: int,
         batch_size: int, x_test: Any = None, y_test: Any = None,
         on_epoch: Callable[[int, dict[str, float], TrainState], None] | None = None,
@@ -674,24 +695,8 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
         state after that epoch, whose training steps were all finite); either way
         ``err.history`` holds the epochs completed.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
-    if (x_test is None) != (y_test is None):
-        given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
-        raise ValueError(f"fit: {given} was given without {missing}; pass both to evaluate "
-                         "after every epoch, or neither")
-    _check_not_consumed(ts, "fit")
-    count = (lambda a: int(jnp.shape(a)[0]) if jnp.ndim(a) else 0)
-    for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
-        if x is not None and count(x) != count(y):
-            raise ValueError(f"fit: x_{split} has {count(x)} examples but y_{split} has "
-                             f"{count(y)}; they must match (one target per example)")
-    _check_finite_inputs(x_train, "x_train")
-    _check_fit_labels(trainer, ts, x_train, y_train, "y_train")
+    _check_fit_arguments(trainer, ts, epochs, x_train, y_train, x_test, y_test)
     has_test = x_test is not None
-    if has_test:
-        _check_finite_inputs(x_test, "x_test")
-        _check_fit_labels(trainer, ts, x_test, y_test, "y_test")
     x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
     if has_test:
         x_test, y_test = jax.device_put(x_test), jax.device_put(y_test)
