@@ -103,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-cli", action="store_true", help="skip the `fdl train` subprocess runs")
     p.add_argument("--write", metavar="BENCHMARKS.md",
                    help="replace this file's CPU (or, on a GPU, GPU) section with the report")
+    p.add_argument("--marker", help="with --write: the section's marker name, between "
+                   "<!-- bench:NAME:start --> and end (default cpu, or gpu on a GPU)")
     p.add_argument("--note", default="",
                    help="a line for the report, e.g. 'taken while the machine was shared'")
     a = p.parse_args(argv)
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
     if a.write:
-        report.write_section(a.write, "gpu" if on_gpu else "cpu", md)
+        report.write_section(a.write, a.marker or ("gpu" if on_gpu else "cpu"), md)
     return 0
 
 
