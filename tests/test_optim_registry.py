@@ -5,13 +5,15 @@ foreign states; its transforms validate the hyperparameters in its name."""
 from __future__ import annotations
 
 import re
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import fdl.optim as optim
-from fdl.optim import registry
+from fdl.optim import base, registry
 
 pytestmark = pytest.mark.float32
 
@@ -96,3 +98,63 @@ def test_registered_names_are_the_named_optimizers():
         "nadam", "amsgrad", "lion", "radam", "adabelief", "lamb", "lars", "adafactor",
         "muon", "schedule_free_adamw",
     ]
+
+
+# ---------------------------------------------------------------------------
+# Adding an optimizer: one method (a transform), one chain, one registration
+# ---------------------------------------------------------------------------
+
+
+class ScaleBySignumState(NamedTuple):
+    """State of `scale_by_signum`: `mu`, the EMA of g (pytree like params)."""
+
+    mu: Any
+
+
+def scale_by_signum(beta=0.9):
+    """Signum's direction: $m_t = β m_{t−1} + (1 − β) g_t$, $d_t = \\operatorname{sign}(m_t)$."""
+    fn = base.label("scale_by_signum")
+    (beta,) = base.check_hyperparams(fn, beta=beta)  # the one check of beta
+
+    def step(g, mu):  # one array; the state field by name, beta closed over
+        mu = beta * mu + (1 - beta) * g
+        return jnp.sign(mu), {"mu": mu}
+
+    def init(params):
+        return ScaleBySignumState(base.zeros_acc(params))
+
+    def update(grads, state, params=None):
+        base.check_state(fn, state, ScaleBySignumState)
+        d, new = base.lift(fn, step, grads, state._asdict())
+        return d, ScaleBySignumState(**new)
+
+    return optim.Optimizer(init, update)
+
+
+@pytest.fixture
+def signum():
+    def signum(learning_rate, beta=0.9):
+        """Signum: the sign of the momentum."""
+        return optim.chain(scale_by_signum(beta), optim.scale_by_learning_rate(learning_rate))
+
+    yield optim.register(signum)
+    del optim.OPTIMIZERS["signum"]
+    registry._layout.cache_clear()
+
+
+def test_a_new_method_plus_a_chain_is_a_named_optimizer(signum):
+    p = params()
+    grads = [jax.tree.map(lambda x, s=s: jnp.cos(x * (s + 1)), p) for s in range(6)]
+    opt = optim.get_optimizer("signum", learning_rate=0.01, beta=0.5)
+    state, mu, theta = opt.init(p), jax.tree.map(np.zeros_like, p), jax.tree.map(np.asarray, p)
+    for g in grads:
+        u, state = opt.update(g, state, p)
+        mu = jax.tree.map(lambda m, x: 0.5 * m + 0.5 * np.asarray(x), mu, g)
+        for k in p:
+            np.testing.assert_allclose(np.asarray(u[k]), -0.01 * np.sign(mu[k]), rtol=1e-6)
+    with pytest.raises(ValueError, match=re.escape("signum: beta must be in [0, 1), got 1.0")):
+        optim.get_optimizer("signum", learning_rate=0.01, beta=1.0)
+    with pytest.raises(TypeError, match=re.escape("adam: update was given the state of signum")):
+        optim.adam(0.1).update(p, signum(0.1).init(p), p)
+    injected = optim.inject_hyperparams(signum)(0.01, beta=0.5).init(p)
+    assert set(injected.hyperparams) == {"learning_rate", "beta"}
