@@ -570,3 +570,16 @@ def test_fit_names_a_count_mismatch_between_inputs_and_targets(digits):
     with pytest.raises(ValueError, match=r"^fit: x_test has 359 examples but y_test has 3;"):
         fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
             x_test=digits.x_test, y_test=digits.y_test[:3], progress=False)
+
+
+@pytest.mark.float32
+def test_fit_refuses_more_steps_than_the_int32_counters_hold(digits):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    epochs = 2**31 // (1438 // 64) + 1  # 22 steps an epoch
+    with pytest.raises(ValueError, match=rf"^fit: epochs={epochs} would take the state past "
+                                         r"2,147,483,647 steps or epochs, the most its int32 "
+                                         r"counters hold"):
+        fit(trainer, ts, digits.x_train, digits.y_train, epochs=epochs, batch_size=64,
+            progress=False)
+    fit(trainer, ts, digits.x_train, digits.y_train, epochs=0, batch_size=64, progress=False)

@@ -636,8 +636,11 @@ def _check_finite_inputs(x: Any, name: str) -> None:
                          "those examples first")
 
 
-def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, x_train: Any,
-                         y_train: Any, x_test: Any, y_test: Any) -> None:
+_INT32_MAX = 2**31 - 1  # TrainState counts steps and epochs in int32
+
+
+def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, batch_size: Any,
+                         x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> None:
     """What :func:`fit` checks before anything compiles (its docstring lists it)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
@@ -647,6 +650,13 @@ def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, x_train:
                          "after every epoch, or neither")
     _check_not_consumed(ts, "fit")
     count = (lambda a: int(jnp.shape(a)[0]) if jnp.ndim(a) else 0)
+    if isinstance(batch_size, int) and batch_size >= 1 and epochs:
+        steps = int(ts.step) + epochs * (count(x_train) // batch_size)
+        if max(steps, int(ts.epoch) + epochs) > _INT32_MAX:
+            raise ValueError(f"fit: epochs={epochs} would take the state past "
+                             f"{_INT32_MAX:,} steps or epochs, the most its int32 counters "
+                             "hold (each step's dropout key is folded from its count, so a "
+                             "wrapped count would repeat them); train fewer epochs")
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if x is None:
             continue
@@ -695,7 +705,7 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
         state after that epoch, whose training steps were all finite); either way
         ``err.history`` holds the epochs completed.
     """
-    _check_fit_arguments(trainer, ts, epochs, x_train, y_train, x_test, y_test)
+    _check_fit_arguments(trainer, ts, epochs, batch_size, x_train, y_train, x_test, y_test)
     has_test = x_test is not None
     x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
     if has_test:
