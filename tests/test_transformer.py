@@ -166,18 +166,20 @@ def test_bad_inputs_and_lengths_are_named():
 
 
 @pytest.mark.x64
-def test_pytorch_encoder_layer_maps_onto_a_block():
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_pytorch_encoder_layer_maps_onto_a_block(norm_first):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(D, H, F, dropout=0.0, activation="gelu",
-                                             norm_first=True, batch_first=True,
+                                             norm_first=norm_first, batch_first=True,
                                              dtype=torch.float64)
     with torch.no_grad():  # non-trivial norms and biases
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
     params = L.from_torch_encoder_layer(
         {k: v.detach().numpy() for k, v in layer.state_dict().items()}, dtype=jnp.float64)
-    block = L.TransformerEncoderBlock(D, H, F, activation="gelu", dtype=jnp.float64)
+    block = L.TransformerEncoderBlock(D, H, F, activation="gelu", pre_norm=norm_first,
+                                      dtype=jnp.float64)
     x = np.random.default_rng(0).standard_normal((2, T, D))
     lengths = np.array([5, 3])
     pad = np.arange(T)[None, :] >= lengths[:, None]

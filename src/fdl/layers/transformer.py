@@ -522,7 +522,8 @@ def from_torch_encoder_layer(state_dict: Mapping[str, Any], *, prefix: str = "",
     For `nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout,
     activation, norm_first=True, batch_first=True)` (bias on, the default) and
     `TransformerEncoderBlock(d_model, nhead, dim_feedforward, pre_norm=True,
-    norm="layer", activation=…, eps=layer_norm_eps)`: the two compute the same function.
+    norm="layer", activation=…, eps=layer_norm_eps)`: the two compute the same function
+    (likewise `norm_first=False` and `pre_norm=False`, with the same parameters).
 
     `state_dict` holds numpy arrays (or anything `np.asarray` reads) keyed by torch's
     names, e.g. `{k: t.detach().numpy() for k, t in layer.state_dict().items()}`;
