@@ -583,3 +583,18 @@ def test_fit_refuses_more_steps_than_the_int32_counters_hold(digits):
         fit(trainer, ts, digits.x_train, digits.y_train, epochs=epochs, batch_size=64,
             progress=False)
     fit(trainer, ts, digits.x_train, digits.y_train, epochs=0, batch_size=64, progress=False)
+
+
+@pytest.mark.float32
+def test_init_under_vmap_and_jit_makes_an_ensemble():
+    """Was: "compiler_options can only be passed to top-level jax.jit" from inside."""
+    trainer = _small_trainer()
+    keys = jax.random.split(KEY, 3)
+    ensemble = jax.vmap(lambda k: trainer.init(k, (64,)))(keys)
+    assert ensemble.params["dense_1"]["w"].shape == (3, 64, 32)
+    one = trainer.init(keys[1], (64,))  # another program: equal up to float32 rounding
+    w = one.params["dense_1"]["w"]
+    np.testing.assert_allclose(ensemble.params["dense_1"]["w"][1], w, rtol=1e-6, atol=1e-7)
+    jitted = jax.jit(lambda k: trainer.init(k, (64,)))(keys[1])
+    np.testing.assert_allclose(jitted.params["dense_1"]["w"], w, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(ensemble.params["dense_1"]["w"][0], w)  # each key its own state

@@ -312,13 +312,17 @@ class Trainer:
     def init(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         """A fresh :class:`TrainState`: params from ``key``, optimizer state, step 0.
 
-        Runs as one compiled program (not op by op), which keeps start-up short. The
+        Runs as one compiled program (not op by op), which keeps start-up short; under
+        ``jit`` or ``vmap`` (``jax.vmap(lambda k: trainer.init(k, shape))(keys)`` makes
+        an ensemble) it is part of the caller's program instead. The
         state's memory is checked first (:meth:`check_memory`) and the call waits for
         the allocation, so a model too large for the device raises
         :class:`OutOfMemoryError` here, never later.
         """
         shape = _input_shape(input_shape, "Trainer.init")
         _check_key(key, "Trainer.init")
+        if isinstance(key, jax.core.Tracer):  # under jit or vmap (an ensemble of states):
+            return self._init_impl(key, shape)  # part of the caller's program
         self.check_memory(self.abstract_state(shape, key=key))
         return _allocated(lambda: self._init(key, shape))
 
