@@ -598,3 +598,29 @@ def test_init_under_vmap_and_jit_makes_an_ensemble():
     jitted = jax.jit(lambda k: trainer.init(k, (64,)))(keys[1])
     np.testing.assert_allclose(jitted.params["dense_1"]["w"], w, rtol=1e-6, atol=1e-7)
     assert not np.allclose(ensemble.params["dense_1"]["w"][0], w)  # each key its own state
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("options, message", [
+    ({"loss": 3}, r"^Trainer: loss must be a function loss\(outputs, targets\) -> scalar, such "
+                  r"as fdl\.losses\.softmax_cross_entropy, got 3$"),
+    ({"compute_dtype": "int8"}, r"^Trainer: compute_dtype must be a floating dtype such as "
+                                r"jnp\.bfloat16 or 'float16' \(or None\), got 'int8'$"),
+    ({"compute_dtype": "float17"}, r"compute_dtype must be a floating dtype .* got 'float17'$"),
+])
+def test_trainer_names_a_bad_loss_or_compute_dtype(options, message):
+    with pytest.raises(TypeError, match=message):
+        Trainer(L.mlp([8], 10), optim.adam(1e-3), **options)
+    assert Trainer(L.mlp([8], 10), optim.adam(1e-3), compute_dtype="bfloat16").compute_dtype \
+        == jnp.bfloat16
+
+
+@pytest.mark.float32
+@pytest.mark.parametrize("name", ["on_epoch", "should_stop"])
+def test_fit_names_a_callback_that_is_not_a_function_before_training(digits, name):
+    trainer = _small_trainer()
+    ts = trainer.init(KEY, digits.input_shape)
+    with pytest.raises(TypeError, match=rf"^fit: {name} must be a function \(or None\), got 5$"):
+        fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
+            progress=False, **{name: 5})
+    assert int(ts.epoch) == 0  # not consumed: nothing ran

@@ -251,8 +251,11 @@ class Trainer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"Trainer: optimizer must be an fdl.optim.Optimizer, got {type(optimizer).__name__}")
+        if not callable(loss):
+            raise TypeError(f"Trainer: loss must be a function loss(outputs, targets) -> "
+                            f"scalar, such as fdl.losses.softmax_cross_entropy, got {loss!r}")
         self.model, self.optimizer, self.loss = model, optimizer, loss
-        self.compute_dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
+        self.compute_dtype = None if compute_dtype is None else _float_dtype(compute_dtype)
         opts = compiler_options()
         self._epoch = jax.jit(self._epoch_impl, static_argnames=("batch_size",),
                               donate_argnums=(0,), compiler_options=opts)
@@ -511,6 +514,18 @@ class Trainer:
                 "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
 
 
+def _float_dtype(dtype: Any) -> jnp.dtype:
+    """``compute_dtype`` as a floating dtype, else a ``TypeError`` naming it."""
+    try:
+        parsed = jnp.dtype(dtype)
+    except TypeError:
+        parsed = None
+    if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
+        raise TypeError("Trainer: compute_dtype must be a floating dtype such as "
+                        f"jnp.bfloat16 or 'float16' (or None), got {dtype!r}")
+    return parsed
+
+
 def _input_shape(shape: Any, where: str) -> tuple[int, ...]:
     """``shape`` as a tuple of ints ≥ 1, else a ``TypeError``/``ValueError`` naming it."""
     ok = isinstance(shape, (tuple, list)) and all(
@@ -644,7 +659,8 @@ _INT32_MAX = 2**31 - 1  # TrainState counts steps and epochs in int32
 
 
 def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, batch_size: Any,
-                         x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> None:
+                         x_train: Any, y_train: Any, x_test: Any, y_test: Any,
+                         on_epoch: Any, should_stop: Any) -> None:
     """What :func:`fit` checks before anything compiles (its docstring lists it)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int ≥ 0, got {epochs!r}")
@@ -652,6 +668,9 @@ def _check_fit_arguments(trainer: Trainer, ts: TrainState, epochs: Any, batch_si
         given, missing = ("x_test", "y_test") if y_test is None else ("y_test", "x_test")
         raise ValueError(f"fit: {given} was given without {missing}; pass both to evaluate "
                          "after every epoch, or neither")
+    for name, f in (("on_epoch", on_epoch), ("should_stop", should_stop)):
+        if f is not None and not callable(f):
+            raise TypeError(f"fit: {name} must be a function (or None), got {f!r}")
     _check_not_consumed(ts, "fit")
     count = (lambda a: int(jnp.shape(a)[0]) if jnp.ndim(a) else 0)
     if isinstance(batch_size, int) and batch_size >= 1 and epochs:
@@ -709,7 +728,8 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
         state after that epoch, whose training steps were all finite); either way
         ``err.history`` holds the epochs completed.
     """
-    _check_fit_arguments(trainer, ts, epochs, batch_size, x_train, y_train, x_test, y_test)
+    _check_fit_arguments(trainer, ts, epochs, batch_size, x_train, y_train, x_test, y_test,
+                         on_epoch, should_stop)
     has_test = x_test is not None
     x_train, y_train = jax.device_put(x_train), jax.device_put(y_train)
     if has_test:
