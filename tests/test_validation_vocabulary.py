@@ -230,6 +230,8 @@ def test_a_spec_is_checked_by_the_primitive_at_every_call_and_under_jit():
         p(F(4, 3), F(2))
     with pytest.raises(ValueError, match=message):
         jax.jit(p)(F(4, 3), F(2))
+    with pytest.raises(ValueError, match=message):  # what wrappers of a primitive call
+        p.validate(F(4, 3), F(2))
     np.testing.assert_array_equal(p(F(4, 3), F(3)), F(4, 3))
 
 

@@ -138,7 +138,7 @@ class Primitive:
       tangent: the hand-written rule `tangent(*static, residuals, tangents)`, or None.
       switches: `switches(*args)` for a non-smooth primitive, or None.
       spec: the declarative shape spec (`fdl._validate.shapes`), or None.
-      validate: further checks `validate(*args)`, or None.
+      extra_validation: the further checks `validate(*args)` given to `primitive`, or None.
       static: names of the static (non-differentiable, trace-time) arguments.
       examples: example arguments used by `fdl check` and the tests.
     """
@@ -166,7 +166,7 @@ class Primitive:
         self.tangent = tangent
         self.switches = switches
         self.spec = spec
-        self.validate = validate
+        self.extra_validation = validate
         self.examples = tuple(examples)
         self.signature = inspect.signature(forward)
         params = list(self.signature.parameters)
@@ -189,12 +189,16 @@ class Primitive:
         except TypeError as e:
             raise TypeError(f"{self.name}: {e}") from None
         bound.apply_defaults()
-        full = bound.args
+        self.validate(*bound.args)
+        return bound.args
+
+    def validate(self, *args: Any) -> None:
+        """Check positional arguments `args` (defaults applied): the spec, then the
+        further checks. Raises `ValueError`/`TypeError`; returns nothing."""
         if self.spec is not None:
-            self.spec(**bound.arguments)
-        if self.validate is not None:
-            self.validate(*full)
-        return full
+            self.spec(**dict(zip(self.signature.parameters, args)))
+        if self.extra_validation is not None:
+            self.extra_validation(*args)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         full = self.bind(*args, **kwargs)
