@@ -508,3 +508,34 @@ def test_standardize_dataset_refuses_non_finite_inputs(split, bad):
     if split == "x_train":
         with pytest.raises(ValueError, match=rf"^fit_standardizer: x_train\[5, 10\] is {bad}"):
             data.fit_standardizer(x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"eps": -1.0}, r"^fit_standardizer: eps must be a finite number ≥ 0, got -1\.0$"),
+    ({"eps": float("nan")}, r"^fit_standardizer: eps must be a finite number ≥ 0, got nan$"),
+    ({"axis": 5}, r"^fit_standardizer: axis must be None, an int or a tuple of ints in \[-2, 2\) "
+                  r"for x_train of shape \(20, 3\), got 5$"),
+    ({"axis": (0, 2)}, r"got \(0, 2\)$"),
+])
+def test_fit_standardizer_names_a_bad_eps_or_axis(kwargs, message):
+    x = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=message):
+        data.fit_standardizer(x, **kwargs)
+    assert data.fit_standardizer(x, axis=(0, -1)).mean.shape == (1, 1)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.arange(4, dtype=np.float32) % 2, r"^Dataset: y_train holds float32 values of shape \(4,\); "
+                                         r"expected integer class labels \(N,\) or one-hot "
+                                         r"\(probability\) rows \(N, 2\); whole numbers\? "
+                                         r"y_train\.astype\(np\.int32\)$"),
+    (np.array(["a", "b", "a", "b"]), r"^Dataset: y_train holds <U1 values of shape \(4,\); "
+                                     r"expected integer class labels \(N,\) or one-hot"),
+    (np.zeros((4, 3), np.float32), r"one-hot \(probability\) rows \(N, 2\)$"),
+])
+def test_dataset_refuses_labels_that_are_not_classes(labels, message):
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match=message):
+        data.Dataset(x, labels, x[:2], np.array([0, 1]), 2)
+    one_hot = np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]
+    assert data.Dataset(x, one_hot, x[:2], one_hot[:2], 2).y_train.shape == (4, 2)

@@ -57,7 +57,8 @@ class Dataset:
 
     Fields:
       x_train: inputs ``(N_train, ...)``, e.g. NHWC images ``(N, 8, 8, 1)`` float32.
-      y_train: int32 labels ``(N_train,)``.
+      y_train: int32 labels ``(N_train,)`` (or float one-hot / probability rows
+        ``(N_train, num_classes)``; anything else is refused).
       x_test: inputs ``(N_test, ...)``, same trailing shape as ``x_train``.
       y_test: int32 labels ``(N_test,)``.
       num_classes: number of classes; labels lie in ``[0, num_classes)``.
@@ -81,6 +82,16 @@ class Dataset:
             raise ValueError(f"Dataset: x_train examples have shape "
                              f"{np.shape(self.x_train)[1:]} but x_test examples "
                              f"{np.shape(self.x_test)[1:]}; they must match")
+        for split in ("train", "test"):
+            y = np.asarray(getattr(self, f"y_{split}"))
+            one_hot = np.issubdtype(y.dtype, np.floating) and y.ndim == 2 \
+                and y.shape[1] == self.num_classes
+            if not (np.issubdtype(y.dtype, np.integer) or one_hot):
+                fix = (f"; whole numbers? y_{split}.astype(np.int32)"
+                       if np.issubdtype(y.dtype, np.floating) and y.ndim == 1 else "")
+                raise ValueError(f"Dataset: y_{split} holds {y.dtype} values of shape "
+                                 f"{y.shape}; expected integer class labels (N,) or one-hot "
+                                 f"(probability) rows (N, {self.num_classes}){fix}")
         labels = (np.asarray(self.y_train), np.asarray(self.y_test))
         if all(np.issubdtype(y.dtype, np.integer) and y.ndim == 1 for y in labels):
             try:

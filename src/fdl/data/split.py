@@ -148,6 +148,13 @@ def fit_standardizer(x_train: np.ndarray, *, axis: int | tuple[int, ...] | None 
                          f"axis 0, got shape {x.shape}")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"fit_standardizer: x_train must be numeric, got dtype {x.dtype}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < np.inf:
+        raise ValueError(f"fit_standardizer: eps must be a finite number ≥ 0, got {eps!r}")
+    axes = (axis,) if isinstance(axis, int) else (() if axis is None else tuple(axis))
+    if any(isinstance(a, bool) or not isinstance(a, int) or not -x.ndim <= a < x.ndim
+           for a in axes):
+        raise ValueError(f"fit_standardizer: axis must be None, an int or a tuple of ints in "
+                         f"[-{x.ndim}, {x.ndim}) for x_train of shape {x.shape}, got {axis!r}")
     _check_finite("fit_standardizer", "x_train", x)
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
     mean = x.mean(axis=axis, dtype=np.float64, keepdims=True)
