@@ -1,6 +1,6 @@
 """The primitives: each a forward, its derivation, residuals and hand-written backward.
 
-Layout is batch-first throughout: `X ∈ ℝ^{N×d}`, images NHWC.
+Layout is batch-first throughout: $X ∈ ℝ^{N×d}$, images NHWC.
 """
 
 from fdl.ops.adaptive_pool import adaptive_avg_pool2d, global_max_pool
