@@ -1,15 +1,15 @@
-"""Element-wise activations `y = f(x)`.
+"""Element-wise activations $y = f(x)$.
 
-For an element-wise map the Jacobian `∂y/∂x` is diagonal, so the vector-Jacobian
+For an element-wise map the Jacobian $∂y/∂x$ is diagonal, so the vector-Jacobian
 product is a product of arrays of the same shape (any shape, batch-first):
 
-    `∂L/∂x = ∂L/∂y ⊙ f'(x)`
+$$ ∂L/∂x = ∂L/∂y ⊙ f'(x) $$
 
 and the tangent (forward-mode rule) is the same product with the input's tangent,
-`dy = f'(x) ⊙ dx`: a diagonal Jacobian is its own transpose.
+$dy = f'(x) ⊙ dx$: a diagonal Jacobian is its own transpose.
 
-Each primitive below states `f'` and saves whichever of `x` or `y` gives it
-most cheaply (`tanh` and `sigmoid` are cheapest from `y`).
+Each primitive below states $f'$ and saves whichever of $x$ or $y$ gives it
+most cheaply (`tanh` and `sigmoid` are cheapest from $y$).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _relu_tangent(y, t):
 
 
 def _positive(x, *static):
-    """Switches: the sign of `x`, where `f'` jumps (ReLU, leaky ReLU) or `f''` does (ELU)."""
+    """Switches: the sign of $x$, where $f'$ jumps (ReLU, leaky ReLU) or $f''$ does (ELU)."""
     return x > 0
 
 
@@ -68,12 +68,12 @@ relu = primitive(relu, _relu_backward, save=_save_y, spec=v.shapes("relu", x="�
 
 
 def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
-    r"""Leaky ReLU `y = x` for `x > 0`, `y = αx` otherwise (`α` = `negative_slope`, static).
+    r"""Leaky ReLU $y = x$ for $x > 0$, $y = αx$ otherwise ($α$ = `negative_slope`, static).
 
-    `f'(x) = 1` for `x > 0` and `α` otherwise, so
-    `∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])`. Saves `x`.
+    $f'(x) = 1$ for $x > 0$ and $α$ otherwise, so
+    $∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + α·1[x ≤ 0])$. Saves $x$.
 
-    Tangent: `dy = (1[x > 0] + α·1[x ≤ 0]) ⊙ dx`.
+    Tangent: $dy = (1[x > 0] + α·1[x ≤ 0]) ⊙ dx$.
     """
     return jnp.where(x > 0, x, negative_slope * x)
 
@@ -101,11 +101,11 @@ leaky_relu = primitive(
 
 
 def tanh(x: jax.Array) -> jax.Array:
-    r"""Hyperbolic tangent `y = tanh(x)`.
+    r"""Hyperbolic tangent $y = tanh(x)$.
 
-    `f'(x) = 1 − tanh²(x) = 1 − y²`, so `∂L/∂x = ∂L/∂y ⊙ (1 − y²)`. Saves `y`.
+    $f'(x) = 1 − tanh²(x) = 1 − y²$, so $∂L/∂x = ∂L/∂y ⊙ (1 − y²)$. Saves $y$.
 
-    Tangent: `dy = (1 − y²) ⊙ dx`.
+    Tangent: $dy = (1 − y²) ⊙ dx$.
     """
     return jnp.tanh(x)
 
@@ -124,12 +124,12 @@ tanh = primitive(tanh, _tanh_backward, save=_save_y, spec=v.shapes("tanh", x="�
 
 
 def sigmoid(x: jax.Array) -> jax.Array:
-    r"""Logistic sigmoid `y = σ(x) = 1 / (1 + e^{−x})`.
+    r"""Logistic sigmoid $y = σ(x) = 1 / (1 + e^{−x})$.
 
-    `σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)`, so
-    `∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)`. Saves `y`.
+    $σ'(x) = e^{−x}/(1 + e^{−x})² = σ(x)(1 − σ(x)) = y(1 − y)$, so
+    $∂L/∂x = ∂L/∂y ⊙ y ⊙ (1 − y)$. Saves $y$.
 
-    Tangent: `dy = y ⊙ (1 − y) ⊙ dx`.
+    Tangent: $dy = y ⊙ (1 − y) ⊙ dx$.
     """
     # exp of a non-positive number only: never overflows.
     e = jnp.exp(-jnp.abs(x))
@@ -152,11 +152,11 @@ sigmoid = primitive(
 
 
 def softplus(x: jax.Array) -> jax.Array:
-    r"""Softplus `y = log(1 + eˣ) = log(e⁰ + eˣ)`, computed stably by `logaddexp`.
+    r"""Softplus $y = log(1 + eˣ) = log(e⁰ + eˣ)$, computed stably by `logaddexp`.
 
-    `f'(x) = eˣ/(1 + eˣ) = σ(x)`, so `∂L/∂x = ∂L/∂y ⊙ σ(x)`. Saves `x`.
+    $f'(x) = eˣ/(1 + eˣ) = σ(x)$, so $∂L/∂x = ∂L/∂y ⊙ σ(x)$. Saves $x$.
 
-    Tangent: `dy = σ(x) ⊙ dx`.
+    Tangent: $dy = σ(x) ⊙ dx$.
     """
     return jnp.logaddexp(x, jnp.zeros_like(x))
 
@@ -180,20 +180,20 @@ _GELU_C = 0.044715
 
 
 def gelu(x: jax.Array, approximate: bool = False) -> jax.Array:
-    r"""Gaussian error linear unit `y = x Φ(x)` (`approximate` static).
+    r"""Gaussian error linear unit $y = x Φ(x)$ (`approximate` static).
 
-    Exact: `Φ(x) = ½(1 + erf(x/√2))` and `f'(x) = Φ(x) + x φ(x)` with
-    `φ(x) = e^{−x²/2}/√(2π)`.
+    Exact: $Φ(x) = ½(1 + erf(x/√2))$ and $f'(x) = Φ(x) + x φ(x)$ with
+    $φ(x) = e^{−x²/2}/√(2π)$.
 
     Tanh approximation (`approximate=True`, Hendrycks & Gimpel 2016):
-    `y = ½x(1 + t)`, `t = tanh(u)`, `u = √(2/π)(x + 0.044715x³)`;
-    `f'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)`.
+    $y = ½x(1 + t)$, $t = tanh(u)$, $u = √(2/π)(x + 0.044715x³)$;
+    $f'(x) = ½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²)$.
 
-    `∂L/∂x = ∂L/∂y ⊙ f'(x)`. Saves `x`.
+    $∂L/∂x = ∂L/∂y ⊙ f'(x)$. Saves $x$.
 
     References: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
 
-    Tangent: `dy = f'(x) ⊙ dx`, with `f'` above for either form.
+    Tangent: $dy = f'(x) ⊙ dx$, with $f'$ above for either form.
     """
     if approximate:
         u = _SQRT_2_OVER_PI * (x + _GELU_C * x**3)
@@ -236,15 +236,15 @@ gelu = primitive(
 
 
 def silu(x: jax.Array) -> jax.Array:
-    r"""Sigmoid-weighted linear unit (swish) `y = x σ(x)`.
+    r"""Sigmoid-weighted linear unit (swish) $y = x σ(x)$.
 
-    Product rule: `f'(x) = σ(x) + x σ(x)(1 − σ(x)) = σ(x)(1 + x(1 − σ(x)))`, so
-    `∂L/∂x = ∂L/∂y ⊙ σ(x)(1 + x(1 − σ(x)))`. Saves `x`.
+    Product rule: $f'(x) = σ(x) + x σ(x)(1 − σ(x)) = σ(x)(1 + x(1 − σ(x)))$, so
+    $∂L/∂x = ∂L/∂y ⊙ σ(x)(1 + x(1 − σ(x)))$. Saves $x$.
 
     References: Elfwing, Uchibe & Doya, "Sigmoid-Weighted Linear Units for Neural
     Network Function Approximation in Reinforcement Learning", 2017.
 
-    Tangent: `dy = σ(x)(1 + x(1 − σ(x))) ⊙ dx`.
+    Tangent: $dy = σ(x)(1 + x(1 − σ(x))) ⊙ dx$.
     """
     return x * sigmoid.forward(x)
 
@@ -265,16 +265,16 @@ silu = primitive(silu, _silu_backward, save=_save_x, spec=v.shapes("silu", x="�
 
 
 def elu(x: jax.Array, alpha: float = 1.0) -> jax.Array:
-    r"""Exponential linear unit: `y = x` for `x > 0`, `α(eˣ − 1)` otherwise (`α` = `alpha`, static).
+    r"""Exponential linear unit: $y = x$ for $x > 0$, $α(eˣ − 1)$ otherwise ($α$ = `alpha`, static).
 
-    `f'(x) = 1` for `x > 0` and `α eˣ = y + α` otherwise, so
-    `∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + (y + α)·1[x ≤ 0])`. Saves `y` (for `α > 0`,
-    `y > 0 ⇔ x > 0`).
+    $f'(x) = 1$ for $x > 0$ and $α eˣ = y + α$ otherwise, so
+    $∂L/∂x = ∂L/∂y ⊙ (1[x > 0] + (y + α)·1[x ≤ 0])$. Saves $y$ (for $α > 0$,
+    $y > 0 ⇔ x > 0$).
 
     References: Clevert, Unterthiner & Hochreiter, "Fast and Accurate Deep Network
     Learning by Exponential Linear Units (ELUs)", 2016.
 
-    Tangent: `dy = (1[x > 0] + (y + α)·1[x ≤ 0]) ⊙ dx`.
+    Tangent: $dy = (1[x > 0] + (y + α)·1[x ≤ 0]) ⊙ dx$.
     """
     # expm1 of min(x, 0): the unused branch never overflows.
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
