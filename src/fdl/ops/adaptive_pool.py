@@ -23,7 +23,7 @@ __all__ = ["adaptive_avg_pool2d", "adaptive_bins", "global_max_pool"]
 
 
 def adaptive_bins(n: int, o: int) -> list[tuple[int, int]]:
-    """`[start, end)` of each of the `o` adaptive bins of an axis of length `n`."""
+    """`[start, end)` of each of the $o$ adaptive bins of an axis of length $n$."""
     return [(i * n // o, -(-(i + 1) * n // o)) for i in range(o)]
 
 
