@@ -1,19 +1,19 @@
 """Attention: masked softmax, scaled dot-product and multi-head attention.
 
-Layout is batch-first. Queries `Q ∈ ℝ^{…×T×d}` attend over keys `K ∈ ℝ^{…×S×d}`
-and values `V ∈ ℝ^{…×S×d_v}`; `…` is any number of leading batch dimensions
-(`N`, or `N×H` for heads), the same for every argument. Scores and attention
-weights are `…×T×S`: one row per query, softmax over the source positions `s`.
+Layout is batch-first. Queries $Q ∈ ℝ^{…×T×d}$ attend over keys $K ∈ ℝ^{…×S×d}$
+and values $V ∈ ℝ^{…×S×d_v}$; $…$ is any number of leading batch dimensions
+($N$, or $N×H$ for heads), the same for every argument. Scores and attention
+weights are $…×T×S$: one row per query, softmax over the source positions $s$.
 
 Masks are boolean, `True` = attend (keep), `False` = ignore, and broadcast
-(NumPy rules) to the scores' shape: a key-padding mask for `Q ∈ ℝ^{N×T×d}` has
-shape `N×1×S`, a full mask `N×T×S`. A row with every position masked has
+(NumPy rules) to the scores' shape: a key-padding mask for $Q ∈ ℝ^{N×T×d}$ has
+shape $N×1×S$, a full mask $N×T×S$. A row with every position masked has
 attention weights **zero** (not uniform, not NaN), so its output is the zero
 vector and it passes zero gradient: padding queries contribute nothing.
 
-Gradient conventions, used by every backward below: `G = ∂L/∂(output)` has the
-output's shape; for a row of weights `α = softmax(z)` the VJP is
-`∂L/∂z = α ⊙ (∂L/∂α − ⟨∂L/∂α, α⟩)` (see `masked_softmax`).
+Gradient conventions, used by every backward below: $G = ∂L/∂(output)$ has the
+output's shape; for a row of weights $α = softmax(z)$ the VJP is
+$∂L/∂z = α ⊙ (∂L/∂α − ⟨∂L/∂α, α⟩)$ (see `masked_softmax`).
 
 The composite `multi_head_attention` is built from the primitives here and
 `fdl.ops.linear`, so its gradient is the chain of the primitives' hand-written rules;
@@ -87,26 +87,26 @@ def _fixed(array: Any):
 def masked_softmax(x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     r"""Softmax over the last axis restricted to the positions where `mask` is True.
 
-    For a row `z ∈ ℝ^S` with mask `m ∈ {0,1}^S` (`x ∈ ℝ^{…×S}`, `mask`
-    boolean, broadcast to `x`'s shape; `None` = no mask):
+    For a row $z ∈ ℝ^S$ with mask $m ∈ {0,1}^S$ ($x ∈ ℝ^{…×S}$, `mask`
+    boolean, broadcast to $x$'s shape; `None` = no mask):
 
-        `p_s = m_s e^{z_s} / Σ_k m_k e^{z_k}`, and `p = 0` when `Σ_k m_k = 0`.
+        $p_s = m_s e^{z_s} / Σ_k m_k e^{z_k}$, and $p = 0$ when $Σ_k m_k = 0$.
 
     A fully masked row is defined as all zeros: nothing to attend to, so nothing
-    is attended to (a convention; `−∞` scores would give `0/0 = NaN`).
+    is attended to (a convention; $−∞$ scores would give `0/0 = NaN`).
 
     Derivation. On the allowed positions this is an ordinary softmax:
-    `∂p_i/∂z_j = p_i(δ_ij − p_j)`. A masked position has `p_i = 0` whatever
-    `z`, and `z_j` of a masked `j` does not enter any `p_i`; both cases are
-    the same formula with `p = 0`. So the Jacobian is `J = diag(p) − p pᵀ`
-    everywhere, symmetric, and with `g = ∂L/∂p`
+    $∂p_i/∂z_j = p_i(δ_ij − p_j)$. A masked position has $p_i = 0$ whatever
+    $z$, and $z_j$ of a masked $j$ does not enter any $p_i$; both cases are
+    the same formula with $p = 0$. So the Jacobian is $J = diag(p) − p pᵀ$
+    everywhere, symmetric, and with $g = ∂L/∂p$
 
-        `∂L/∂z = Jᵀ g = p ⊙ (g − ⟨g, p⟩)`   (`⟨·,·⟩` along the last axis),
+        $∂L/∂z = Jᵀ g = p ⊙ (g − ⟨g, p⟩)$   ($⟨·,·⟩$ along the last axis),
 
     which is zero at masked positions and on fully masked rows. The mask is not
-    differentiated. Saves `p` only.
+    differentiated. Saves $p$ only.
 
-    Tangent: `J` is symmetric, so `dp = J dz = p ⊙ (dz − ⟨p, dz⟩)` (shape of `x`;
+    Tangent: $J$ is symmetric, so $dp = J dz = p ⊙ (dz − ⟨p, dz⟩)$ (shape of $x$;
     zero at masked positions; the mask has no tangent).
     """
     if mask is None:
@@ -164,7 +164,7 @@ masked_softmax = primitive(
 
 
 def _attention_mask(mask: jax.Array | None, causal: bool, shape: tuple) -> jax.Array | None:
-    """The mask actually applied to scores of `shape` (`…×T×S`): `mask` and/or causal."""
+    """The mask actually applied to scores of `shape` ($…×T×S$): `mask` and/or causal."""
     out = None
     if causal:
         t, s = shape[-2:]
@@ -182,40 +182,40 @@ def _attention_weights(q, k, mask, causal):
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
               causal: bool = False) -> jax.Array:
-    r"""Scaled dot-product attention `O = softmax(Q Kᵀ/√d + mask) V`.
+    r"""Scaled dot-product attention $O = softmax(Q Kᵀ/√d + mask) V$.
 
-    Shapes (batch-first, `…` any leading dimensions, the same for all):
-    `Q ∈ ℝ^{…×T×d}`, `K ∈ ℝ^{…×S×d}`, `V ∈ ℝ^{…×S×d_v}`, `O ∈ ℝ^{…×T×d_v}`.
-    `mask` (boolean, True = attend) broadcasts to `…×T×S`: key padding
-    `N×1×S`, or a full `N×T×S` mask. `causal` (static) additionally lets
-    query `t` see only keys `s ≤ t` (top-left aligned, the convention of
-    PyTorch's `is_causal`; for `T = S` the usual lower-triangular mask).
+    Shapes (batch-first, $…$ any leading dimensions, the same for all):
+    $Q ∈ ℝ^{…×T×d}$, $K ∈ ℝ^{…×S×d}$, $V ∈ ℝ^{…×S×d_v}$, $O ∈ ℝ^{…×T×d_v}$.
+    `mask` (boolean, True = attend) broadcasts to $…×T×S$: key padding
+    $N×1×S$, or a full $N×T×S$ mask. `causal` (static) additionally lets
+    query $t$ see only keys $s ≤ t$ (top-left aligned, the convention of
+    PyTorch's `is_causal`; for $T = S$ the usual lower-triangular mask).
     Masking happens *inside* the softmax (`masked_softmax`): masked
     scores get weight exactly 0, and a fully masked row has output **0** and
     passes zero gradient (never NaN).
 
-    Forward, per batch element: `S = Q Kᵀ/√d` (`T×S`), `P = softmax_s(S)`
-    restricted to the mask, `O = P V`.
+    Forward, per batch element: $S = Q Kᵀ/√d$ ($T×S$), $P = softmax_s(S)$
+    restricted to the mask, $O = P V$.
 
-    Derivation, with `G = dO = ∂L/∂O ∈ ℝ^{…×T×d_v}`:
+    Derivation, with $G = dO = ∂L/∂O ∈ ℝ^{…×T×d_v}$:
 
-    * `O = P V` is a matrix product: `dV = Pᵀ dO` (`S×T · T×d_v`) and
-      `dP = dO Vᵀ` (`T×d_v · d_v×S`);
-    * each row of `P` is a (masked) softmax of the row of `S`:
-      `dS = P ⊙ (dP − rowsum(dP ⊙ P))` (rowsum over `s`, kept as a `T×1`
-      column). Masked entries and fully masked rows have `P = 0`, hence
-      `dS = 0` there;
-    * `S = Q Kᵀ/√d`: `dQ = dS K/√d` (`T×S · S×d`) and
-      `dK = dSᵀ Q/√d` (`S×T · T×d`).
+    * $O = P V$ is a matrix product: $dV = Pᵀ dO$ ($S×T · T×d_v$) and
+      $dP = dO Vᵀ$ ($T×d_v · d_v×S$);
+    * each row of $P$ is a (masked) softmax of the row of $S$:
+      $dS = P ⊙ (dP − rowsum(dP ⊙ P))$ (rowsum over $s$, kept as a $T×1$
+      column). Masked entries and fully masked rows have $P = 0$, hence
+      $dS = 0$ there;
+    * $S = Q Kᵀ/√d$: $dQ = dS K/√d$ ($T×S · S×d$) and
+      $dK = dSᵀ Q/√d$ ($S×T · T×d$).
 
-    (`rowsum(dP ⊙ P) = rowsum(dO ⊙ O)`, the identity FlashAttention uses to
-    avoid storing `P`; here `P` is stored.) The mask is not differentiated.
+    ($rowsum(dP ⊙ P) = rowsum(dO ⊙ O)$, the identity FlashAttention uses to
+    avoid storing $P$; here $P$ is stored.) The mask is not differentiated.
 
-    Residuals: `Q, K, V` and `P` (`…×T×S`); the backward needs all four.
+    Residuals: $Q, K, V$ and $P$ ($…×T×S$); the backward needs all four.
 
     Tangent (forward mode), the same three steps in order:
-    `dS = (dQ Kᵀ + Q dKᵀ)/√d` (`T×S`), `dP = P ⊙ (dS − rowsum(P ⊙ dS))` (the softmax
-    Jacobian is symmetric), `dO = dP V + P dV` (`T×d_v`).
+    $dS = (dQ Kᵀ + Q dKᵀ)/√d$ ($T×S$), $dP = P ⊙ (dS − rowsum(P ⊙ dS))$ (the softmax
+    Jacobian is symmetric), $dO = dP V + P dV$ ($T×d_v$).
     """
     return jnp.matmul(_attention_weights(q, k, mask, causal), v)
 
@@ -284,12 +284,12 @@ attention = primitive(
 
 
 def _split_heads(x: jax.Array, h: int) -> jax.Array:
-    """`…×T×(h·d) → …×h×T×d`."""
+    """$…×T×(h·d) → …×h×T×d$."""
     return jnp.moveaxis(x.reshape(x.shape[:-1] + (h, x.shape[-1] // h)), -2, -3)
 
 
 def _merge_heads(x: jax.Array) -> jax.Array:
-    """`…×h×T×d → …×T×(h·d)` (inverse of `_split_heads`)."""
+    """$…×h×T×d → …×T×(h·d)$ (inverse of `_split_heads`)."""
     x = jnp.moveaxis(x, -3, -2)
     return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
 
@@ -307,34 +307,34 @@ def multi_head_attention(
 ) -> jax.Array:
     r"""Multi-head attention: project, split into heads, attend, merge, project.
 
-    Symbols: `X_q ∈ ℝ^{…×T×d_q}` (`x_q`), `X_kv ∈ ℝ^{…×S×d_kv}` (`x_kv`;
-    pass `x_kv = x_q` for self-attention), `W_q ∈ ℝ^{d_q×D}`, `W_k ∈ ℝ^{d_kv×D}`,
-    `W_v ∈ ℝ^{d_kv×D_v}`, `W_o ∈ ℝ^{D_v×d_out}` (`wq`, `wk`, `wv`, `wo`;
-    batch-first `Y = XW + b`), `h` = `num_heads` dividing `D` and `D_v`;
-    optional biases `bq ∈ ℝ^D`, `bk ∈ ℝ^D`, `bv ∈ ℝ^{D_v}`, `bo ∈ ℝ^{d_out}`
+    Symbols: $X_q ∈ ℝ^{…×T×d_q}$ ($x_q$), $X_kv ∈ ℝ^{…×S×d_kv}$ ($x_kv$;
+    pass $x_kv = x_q$ for self-attention), $W_q ∈ ℝ^{d_q×D}$, $W_k ∈ ℝ^{d_kv×D}$,
+    $W_v ∈ ℝ^{d_kv×D_v}$, $W_o ∈ ℝ^{D_v×d_out}$ (`wq`, `wk`, `wv`, `wo`;
+    batch-first $Y = XW + b$), $h$ = `num_heads` dividing $D$ and $D_v$;
+    optional biases $bq ∈ ℝ^D$, $bk ∈ ℝ^D$, $bv ∈ ℝ^{D_v}$, $bo ∈ ℝ^{d_out}$
     (`None` = no bias).
 
-        `Q = X_q W_q + b_q`, `K = X_kv W_k + b_k`, `V = X_kv W_v + b_v`
-        `head_j = attention(Q_j, K_j, V_j)`  with `Q_j` the `j`-th block of
-        `D/h` columns of `Q` (likewise `K_j`, `V_j`)
-        `Y = [head_1 … head_h] W_o + b_o ∈ ℝ^{…×T×d_out}`
+    $$ Q = X_q W_q + b_q, \qquad K = X_kv W_k + b_k, \qquad V = X_kv W_v + b_v $$
+        $head_j = attention(Q_j, K_j, V_j)$  with $Q_j$ the $j$-th block of
+        `D/h` columns of $Q$ (likewise $K_j$, $V_j$)
+    $$ Y = [head_1 … head_h] W_o + b_o ∈ ℝ^{…×T×d_out} $$
 
-    `mask` (boolean, True = attend) broadcasts to `…×T×S` and is shared by all
+    `mask` (boolean, True = attend) broadcasts to $…×T×S$ and is shared by all
     heads; `causal` as in `attention`. A fully masked query row yields
-    `b_o` (zero heads, then the output projection).
+    $b_o$ (zero heads, then the output projection).
 
-    Padded batches: `lengths ∈ {1…T}^{…}` (int) are the queries' lengths and
-    `kv_lengths ∈ {1…S}^{…}` the keys'; `kv_lengths` defaults to `lengths` when
-    `S = T` (self-attention; pass it explicitly for a cross-attention with `S = T`).
-    Keys `s ≥ ℓ'` get weight exactly 0 and a padded query `t ≥ ℓ` outputs exactly
-    **0** (its heads are zero and the output row, `b_o` included, is set to 0), so it
+    Padded batches: $lengths ∈ {1…T}^{…}$ (int) are the queries' lengths and
+    $kv_lengths ∈ {1…S}^{…}$ the keys'; `kv_lengths` defaults to `lengths` when
+    $S = T$ (self-attention; pass it explicitly for a cross-attention with $S = T$).
+    Keys $s ≥ ℓ'$ get weight exactly 0 and a padded query $t ≥ ℓ$ outputs exactly
+    **0** (its heads are zero and the output row, $b_o$ included, is set to 0), so it
     passes zero gradient. Both combine with `mask` (logical and).
 
-    Gradient: a composition of primitives, so `∂L/∂·` is the chain of their
-    rules — `linear` (`∂L/∂X = G Wᵀ`, `∂L/∂W = Xᵀ G`, `∂L/∂b = 1ᵀ G`) for the
-    four projections and `attention` per head (`dV = Pᵀ dO`, …). The
+    Gradient: a composition of primitives, so $∂L/∂·$ is the chain of their
+    rules — `linear` ($∂L/∂X = G Wᵀ$, $∂L/∂W = Xᵀ G$, $∂L/∂b = 1ᵀ G$) for the
+    four projections and `attention` per head ($dV = Pᵀ dO$, …). The
     head split/merge are reshapes and transposes; their VJP is the inverse
-    reshape/transpose. With `x_kv = x_q` the two paths into `X` add up.
+    reshape/transpose. With $x_kv = x_q$ the two paths into $X$ add up.
 
     References: Vaswani et al., "Attention Is All You Need", 2017.
     """
