@@ -1,7 +1,7 @@
-"""3-D convolution `Y = X ⋆ W + b` over volumes (video, medical scans).
+"""3-D convolution $Y = X ⋆ W + b$ over volumes (video, medical scans).
 
-Layout: NDHWC volumes (`X ∈ ℝ^{N×D×H×W×C_in}`), DHWIO kernels
-(`W ∈ ℝ^{k_d×k_h×k_w×C_in×C_out}`), bias `b ∈ ℝ^{C_out}`. `stride`, `dilation`: an
+Layout: NDHWC volumes ($X ∈ ℝ^{N×D×H×W×C_in}$), DHWIO kernels
+($W ∈ ℝ^{k_d×k_h×k_w×C_in×C_out}$), bias $b ∈ ℝ^{C_out}$. `stride`, `dilation`: an
 int or one per spatial axis; `padding`: `"SAME"`, `"VALID"` or three `(lo, hi)` pairs.
 The geometry of each axis is `fdl.ops.conv`'s.
 """
