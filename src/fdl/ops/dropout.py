@@ -1,7 +1,7 @@
 """Inverted dropout: drop each element with probability `rate`, rescale the rest.
 
 `rate` is the *drop* probability (not stax's keep probability). Kept values are
-scaled by `1/(1 − rate)` during training so that `E[y] = x` and nothing needs
+scaled by $1/(1 − rate)$ during training so that `E[y] = x` and nothing needs
 rescaling at inference, where the layer simply does not call this primitive.
 Randomness is explicit: the caller passes a PRNG key and gets the same mask for
 the same key.
@@ -18,27 +18,27 @@ from fdl.primitive import Example, gaussian, primitive
 
 
 def _keep_mask(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
-    """Boolean mask `m`, `m_i ~ Bernoulli(1 − rate)` i.i.d., drawn from `key` with
+    """Boolean mask $m$, $m_i ~ Bernoulli(1 − rate)$ i.i.d., drawn from `key` with
     `jax.random.bernoulli` (the key's implementation is the generator)."""
     return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
 def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
-    r"""Inverted dropout `y = m ⊙ x / (1 − p)` with `p` = `rate` (static).
+    r"""Inverted dropout $y = m ⊙ x / (1 − p)$ with $p$ = `rate` (static).
 
-    Shapes: `x` any shape (batch-first, e.g. `N×d` or NHWC); `y` the same.
-    `m ∈ {0, 1}^{shape(x)}` has i.i.d. `Bernoulli(1 − p)` entries drawn from
-    `key` (a PRNG key, not differentiated), so `E[y] = (1 − p)·x/(1 − p) = x`.
-    `p = 0` is the identity.
+    Shapes: $x$ any shape (batch-first, e.g. $N×d$ or NHWC); $y$ the same.
+    $m ∈ {0, 1}^{shape(x)}$ has i.i.d. `Bernoulli(1 − p)` entries drawn from
+    `key` (a PRNG key, not differentiated), so $E[y] = (1 − p)·x/(1 − p) = x$.
+    $p = 0$ is the identity.
 
     Derivation: for a fixed key the map is linear and diagonal,
-    `∂y_i/∂x_j = δ_ij m_i/(1 − p)`, so
+    $∂y_i/∂x_j = δ_ij m_i/(1 − p)$, so
 
-        `∂L/∂x = ∂L/∂y ⊙ m / (1 − p)`;
+    $$ ∂L/∂x = ∂L/∂y ⊙ m / (1 − p) $$
 
     the key is an integer-like argument with no cotangent (`None`).
 
-    Residuals: the boolean mask `m` (one byte per element), kept by the forward
+    Residuals: the boolean mask $m$ (one byte per element), kept by the forward
     pass itself (`fwd`). Regenerating it from the key, in the backward or in a
     `save`, would be a second random-number draw that XLA does not merge with the
     first; the kept mask costs one byte per element and no work.
@@ -46,7 +46,7 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
 
-    Tangent: linear and diagonal for a fixed key, `dy = m ⊙ dx / (1 − p)` (shape of `x`).
+    Tangent: linear and diagonal for a fixed key, $dy = m ⊙ dx / (1 − p)$ (shape of $x$).
     """
     if rate == 0:
         return x
