@@ -1,8 +1,8 @@
 """Embedding lookup: rows of a table gathered by integer ids.
 
-`T ∈ ℝ^{V×d}` holds one `d`-vector per id in `{0, …, V−1}`; `ids` may have
-any shape `S` (a batch of tokens `N`, a batch of sequences `N×L`, …) and the
-output has shape `S×d`.
+$T ∈ ℝ^{V×d}$ holds one $d$-vector per id in ${0, …, V−1}$; `ids` may have
+any shape $S$ (a batch of tokens $N$, a batch of sequences $N×L$, …) and the
+output has shape $S×d$.
 """
 
 from __future__ import annotations
@@ -17,26 +17,26 @@ __all__ = ["embedding"]
 
 
 def embedding(ids: jax.Array, table: jax.Array) -> jax.Array:
-    r"""Gather rows: `Y[s] = T[ids[s]]` for every index `s` of `ids`.
+    r"""Gather rows: `Y[s] = T[ids[s]]` for every index $s$ of `ids`.
 
-    Shapes: `ids ∈ {0…V−1}^S` (integers, any shape `S`), `T ∈ ℝ^{V×d}`,
-    `Y ∈ ℝ^{S×d}`.
+    Shapes: $ids ∈ {0…V−1}^S$ (integers, any shape $S$), $T ∈ ℝ^{V×d}$,
+    $Y ∈ ℝ^{S×d}$.
 
-    Derivation: the lookup is a product with one-hot rows, `Y = onehot(ids) T`
-    (`onehot(ids) ∈ {0,1}^{S×V}`), so `∂Y[s,k]/∂T[u,k'] = δ_{ids[s],u} δ_{kk'}` and
+    Derivation: the lookup is a product with one-hot rows, $Y = onehot(ids) T$
+    ($onehot(ids) ∈ {0,1}^{S×V}$), so $∂Y[s,k]/∂T[u,k'] = δ_{ids[s],u} δ_{kk'}$ and
 
-        `∂L/∂T = onehot(ids)ᵀ G`, i.e. `∂L/∂T[u] = Σ_{s : ids[s] = u} G[s]`:
+        $∂L/∂T = onehot(ids)ᵀ G$, i.e. $∂L/∂T[u] = Σ_{s : ids[s] = u} G[s]$:
 
-    a scatter-add of the cotangent rows `G ∈ ℝ^{S×d}` into a zero table, where
+    a scatter-add of the cotangent rows $G ∈ ℝ^{S×d}$ into a zero table, where
     repeated ids accumulate and ids that do not occur get zero. `ids` are
     integers: no cotangent (`None`). The one-hot matrix is never formed.
 
     Out-of-range ids raise `ValueError` when `ids` is concrete; inside `jit`
     they cannot be checked (the gather then clamps them, as JAX indexing does).
 
-    Residuals: `ids` and `T`'s number of rows `V` (not `T`).
+    Residuals: `ids` and $T$'s number of rows $V$ (not $T$).
 
-    Tangent: the lookup is linear in `T`, so `dY[s] = dT[ids[s]]` (`S×d`; `ids` has
+    Tangent: the lookup is linear in $T$, so `dY[s] = dT[ids[s]]` ($S×d$; `ids` has
     no tangent).
     """
     return table[ids]
