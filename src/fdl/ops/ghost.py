@@ -4,39 +4,39 @@ gradient norm for their own parameters, without forming per-example gradients.
 The contract
 ------------
 A *ghost* primitive takes the arguments of an ordinary primitive plus a
-`probe ∈ ℝ^N` (zeros; axis 0 of the data indexes the `N` examples). Its forward
+$probe ∈ ℝ^N$ (zeros; axis 0 of the data indexes the $N$ examples). Its forward
 is the ordinary forward, its cotangents for the ordinary arguments are the
 ordinary hand-written ones, and the probe's "cotangent" is
 
 $$ pᵢ = Σ_θ ‖∂ℓᵢ/∂θ‖² $$
 
-over the primitive's parameters `θ`, for `L = Σᵢ ℓᵢ` whose term `ℓᵢ` depends
-on example `i`'s rows only (no batch statistics). `pᵢ` is quadratic in the
-output cotangent `G`, so it is no VJP: these primitives are not registered and
-always run their hand-written rule (in either gradient mode). With `L = Σᵢ cᵢ ℓᵢ`
-the probe receives `cᵢ² pᵢ`. `fdl.privacy` installs the probes through the slot
+over the primitive's parameters $θ$, for $L = Σᵢ ℓᵢ$ whose term $ℓᵢ$ depends
+on example $i$'s rows only (no batch statistics). $pᵢ$ is quadratic in the
+output cotangent $G$, so it is no VJP: these primitives are not registered and
+always run their hand-written rule (in either gradient mode). With $L = Σᵢ cᵢ ℓᵢ$
+the probe receives $cᵢ² pᵢ$. `fdl.privacy` installs the probes through the slot
 the layers expose (`fdl.layers.base.PROBE`) and adds up the cotangents.
 
-One identity does most of the work. A weight used as `Y = XW` over `T`
+One identity does most of the work. A weight used as $Y = XW$ over $T$
 positions of one example (a sequence, an image's pixels, a recurrent cell's
-steps) has the per-example gradient `∂ℓᵢ/∂W = Xᵢᵀ Gᵢ` with `Xᵢ ∈ ℝ^{T×a}`,
-`Gᵢ ∈ ℝ^{T×b}`, and
+steps) has the per-example gradient $∂ℓᵢ/∂W = Xᵢᵀ Gᵢ$ with $Xᵢ ∈ ℝ^{T×a}$,
+$Gᵢ ∈ ℝ^{T×b}$, and
 
 $$ ‖Xᵢᵀ Gᵢ‖²_F = tr(Gᵢᵀ Xᵢ Xᵢᵀ Gᵢ) = ⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F $$
 
-(the *Gram form*, `O(T²(a + b))` per example, no `a×b` matrix), against the
-*direct form* `O(T a b)` that forms `Xᵢᵀ Gᵢ` (`weight_sq_norms` takes the
-cheaper); for `T = 1` both are `‖xᵢ‖²‖gᵢ‖²`. Each layer below reduces to it:
+(the *Gram form*, $O(T²(a + b))$ per example, no $a×b$ matrix), against the
+*direct form* $O(T a b)$ that forms $Xᵢᵀ Gᵢ$ (`weight_sq_norms` takes the
+cheaper); for $T = 1$ both are $‖xᵢ‖²‖gᵢ‖²$. Each layer below reduces to it:
 
-* convolution: `X` is the unfolded input (one row of `k_h k_w C_in` pixels per
-  output position, "im2col"), `T = o_h o_w` (`ghost_conv2d`, `ghost_conv1d`);
-* embedding: `X` is one-hot, so the Gram matrix is "same id" (`ghost_embedding`);
-* multi-head attention: its four projections are `N×T×d` matmuls
+* convolution: $X$ is the unfolded input (one row of `k_h k_w C_in` pixels per
+  output position, "im2col"), $T = o_h o_w$ (`ghost_conv2d`, `ghost_conv1d`);
+* embedding: $X$ is one-hot, so the Gram matrix is "same id" (`ghost_embedding`);
+* multi-head attention: its four projections are $N×T×d$ matmuls
   (`ghost_multi_head_attention`);
-* recurrent cells: the weights are shared over the steps, so `X` stacks the
-  steps' inputs (or previous states) and `G` the steps' pre-activation
+* recurrent cells: the weights are shared over the steps, so $X$ stacks the
+  steps' inputs (or previous states) and $G$ the steps' pre-activation
   cotangents (`ghost_rnn`, `ghost_lstm`, `ghost_gru`);
-* layer and RMS norms: per-example `∂ℓᵢ/∂γ = Σ_t gᵢₜ ⊙ x̂ᵢₜ`, formed directly.
+* layer and RMS norms: per-example $∂ℓᵢ/∂γ = Σ_t gᵢₜ ⊙ x̂ᵢₜ$, formed directly.
 
 Dense layers use `fdl.ops.ghost_linear` (`fdl.ops.linear`).
 
@@ -92,22 +92,22 @@ __all__ = [
 
 
 def _per_example_rows(a: jax.Array) -> jax.Array:
-    """`N×…×F → N×T×F`: the middle axes of one example folded into `T`."""
+    """$N×…×F → N×T×F$: the middle axes of one example folded into $T$."""
     return a.reshape(a.shape[0], -1, a.shape[-1])
 
 
 def weight_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
-    r"""`‖Xᵢᵀ Gᵢ‖²_F` for every example `i`: the squared per-example gradient norm of
-    a weight `W` used as `Y = XW` at `T` positions of each example.
+    r"""$‖Xᵢᵀ Gᵢ‖²_F$ for every example $i$: the squared per-example gradient norm of
+    a weight $W$ used as $Y = XW$ at $T$ positions of each example.
 
-    Shapes: `X ∈ ℝ^{N×…×a}`, `G ∈ ℝ^{N×…×b}` with the same middle axes (folded
-    into `T`); returns `ℝ^N`.
+    Shapes: $X ∈ ℝ^{N×…×a}$, $G ∈ ℝ^{N×…×b}$ with the same middle axes (folded
+    into $T$); returns $ℝ^N$.
 
-    * `T = 1`: `‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²`;
-    * Gram form, when `T(a + b) ≤ ab`: `⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F`
-      (`N×T×T` memory, `O(N T²(a + b))` time);
-    * direct form otherwise: `Xᵢᵀ Gᵢ ∈ ℝ^{a×b}` formed and squared
-      (`N×a×b` memory, `O(N T a b)` time).
+    * $T = 1$: $‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²$;
+    * Gram form, when $T(a + b) ≤ ab$: $⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F$
+      ($N×T×T$ memory, $O(N T²(a + b))$ time);
+    * direct form otherwise: $Xᵢᵀ Gᵢ ∈ ℝ^{a×b}$ formed and squared
+      ($N×a×b$ memory, $O(N T a b)$ time).
 
     The choice is made from the static shapes, so it costs nothing at run time.
     """
@@ -124,8 +124,8 @@ def weight_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
 
 
 def bias_sq_norms(g: jax.Array) -> jax.Array:
-    r"""`‖Gᵢᵀ 1_T‖²` for every example: the squared per-example gradient norm of a bias
-    added at `T` positions (`G ∈ ℝ^{N×…×b}` → `ℝ^N`)."""
+    r"""$‖Gᵢᵀ 1_T‖²$ for every example: the squared per-example gradient norm of a bias
+    added at $T$ positions ($G ∈ ℝ^{N×…×b}$ → $ℝ^N$)."""
     s = jnp.sum(_per_example_rows(g), axis=1)  # ∂ℓᵢ/∂b, (N, b)
     return jnp.sum(s * s, axis=1)
 
@@ -169,7 +169,7 @@ def _unregistered(forward: Callable, backward: Callable, fwd: Callable, static: 
 def _ghost_of(base: Primitive, sq_norms: Callable, name: str, doc: str) -> Callable:
     """The ghost of `base`: `base`'s signature with `probe` inserted after its
     differentiable arguments, `base`'s forward, residuals and backward, and as the
-    probe's cotangent `sq_norms(*static, residuals, G)` (`ℝ^N`)."""
+    probe's cotangent `sq_norms(*static, residuals, G)` ($ℝ^N$)."""
     params = list(base.signature.parameters.values())
     n_data = len(params) - len(base.static)
     probe = inspect.Parameter("probe", inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -208,9 +208,9 @@ def _ghost_of(base: Primitive, sq_norms: Callable, name: str, doc: str) -> Calla
 
 
 def _unfold(x: jax.Array, kernel: tuple, stride: Any, padding: Any, dilation: Any) -> jax.Array:
-    r"""The patch matrix of each example, `U ∈ ℝ^{N×(o_h o_w)×(k_h k_w C_in)}`:
-    row `(i_h, i_w)` holds the input pixels the kernel meets at that output,
-    `U[ν, i, (j, c)] = X_p[ν, s·i + d·j, c]` (`X_p`: `X` zero-padded by the
+    r"""The patch matrix of each example, $U ∈ ℝ^{N×(o_h o_w)×(k_h k_w C_in)}$:
+    row $(i_h, i_w)$ holds the input pixels the kernel meets at that output,
+    $U[ν, i, (j, c)] = X_p[ν, s·i + d·j, c]$ ($X_p$: $X$ zero-padded by the
     forward's `lo, hi`), built from `k_h k_w` strided slices (no convolution)."""
     s, d = as_tuple(stride, 2), as_tuple(dilation, 2)
     extents = [di * (k - 1) + 1 for di, k in zip(d, kernel)]
@@ -258,12 +258,12 @@ Residuals: `conv2d`'s (`X`, `W`) and the probe (for its dtype).
 def ghost_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array,
                  stride: Any = 1, padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
     r"""1-D convolution (`fdl.ops.conv1d`, NWC/WIO) with a probe: `ghost_conv2d` on
-    `X` as `N×1×L×C_in` and the kernel as `1×k×C_in×C_out`, exactly as `conv1d`
+    $X$ as $N×1×L×C_in$ and the kernel as $1×k×C_in×C_out$, exactly as `conv1d`
     is `conv2d` with a unit H axis, so the probe's cotangent is
-    `‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²` by the same derivation (`P = o`, `K = k C_in`).
+    $‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²$ by the same derivation ($P = o$, $K = k C_in$).
 
-    Shapes: `X ∈ ℝ^{N×L×C_in}`, `W ∈ ℝ^{k×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
-    `probe ∈ ℝ^N`, `Y ∈ ℝ^{N×o×C_out}`.
+    Shapes: $X ∈ ℝ^{N×L×C_in}$, $W ∈ ℝ^{k×C_in×C_out}$, $b ∈ ℝ^{C_out}$,
+    $probe ∈ ℝ^N$, $Y ∈ ℝ^{N×o×C_out}$.
     """
     if jnp.ndim(x) != 3 or jnp.ndim(w) != 3:
         raise ValueError(f"ghost_conv1d: x must be N×L×C_in and w k×C_in×C_out, got x of "
@@ -375,8 +375,8 @@ _ghost_projection = _ghost_of(linear, _linear_weight_sq_norms, "ghost_projection
 
 
 def _fan_out(probe: jax.Array, k: int) -> tuple:
-    r"""`k` copies of `probe` (static `k`). Derivation: each copy's cotangent flows
-    back into the one input, `∂L/∂probe = Σ_j ∂L/∂copy_j`, so several ghost
+    r"""$k$ copies of `probe` (static $k$). Derivation: each copy's cotangent flows
+    back into the one input, $∂L/∂probe = Σ_j ∂L/∂copy_j$, so several ghost
     primitives reading one probe report the *sum* of their squared norms — one
     layer's parameters being several matrices. Residuals: none."""
     return tuple(probe for _ in range(k))
@@ -395,7 +395,7 @@ _fan_out = primitive(_fan_out, _fan_out_backward, save=_fan_out_save, static=("k
 
 
 def fan_out(probe: jax.Array, k: int) -> tuple:
-    """`k` copies of one layer's probe for the `k` ghost primitives that hold its
+    """$k$ copies of one layer's probe for the $k$ ghost primitives that hold its
     parameters; their squared norms add up in the probe's cotangent (see `_fan_out`).
     A layer made of several weight matrices reads its probe once, through this."""
     return _fan_out.manual(probe, k)
@@ -411,14 +411,14 @@ def ghost_multi_head_attention(
     backward returns, as the probe's cotangent, each example's squared gradient norm
     over all four projections and their biases.
 
-    Shapes: `X_q ∈ ℝ^{N×T×d_q}`, `X_kv ∈ ℝ^{N×S×d_kv}`, the weights and biases as
-    in `multi_head_attention`, `probe ∈ ℝ^N`; output `N×T×d_out`.
+    Shapes: $X_q ∈ ℝ^{N×T×d_q}$, $X_kv ∈ ℝ^{N×S×d_kv}$, the weights and biases as
+    in `multi_head_attention`, $probe ∈ ℝ^N$; output $N×T×d_out$.
 
     Derivation. The attention core has no parameters; the parameters sit in four
     affine maps applied at every position of the example's sequence:
-    `Q = X_q W_q + b_q`, `K = X_kv W_k + b_k`, `V = X_kv W_v + b_v`,
-    `Y = H W_o + b_o` (`H` the merged heads). For each, with `Gᵢ` the cotangent of
-    its output rows of example `i`, the sequence Gram form gives
+    $Q = X_q W_q + b_q$, $K = X_kv W_k + b_k$, $V = X_kv W_v + b_v$,
+    $Y = H W_o + b_o$ ($H$ the merged heads). For each, with $Gᵢ$ the cotangent of
+    its output rows of example $i$, the sequence Gram form gives
 
     $$ ‖∂ℓᵢ/∂W‖²_F = ⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F,   ‖∂ℓᵢ/∂b‖² = ‖Gᵢᵀ 1‖² $$
 
@@ -455,7 +455,7 @@ def _hidden(state: Any) -> Any:
 
 
 def _with_hidden(state: Any, h: jax.Array) -> Any:
-    """`state` with its hidden part (the state, or `h` of a pair `(h, c)`) replaced."""
+    """`state` with its hidden part (the state, or $h$ of a pair $(h, c)$) replaced."""
     if isinstance(state, (tuple, list)):
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state),
                                             [h, *jax.tree_util.tree_leaves(state)[1:]])
@@ -464,7 +464,7 @@ def _with_hidden(state: Any, h: jax.Array) -> Any:
 
 def _cell_residuals(cell: Primitive, res: tuple, wx: jax.Array, wh: jax.Array) -> tuple:
     """A cell's residuals split into the per-step part and the weights, which are
-    kept once instead of once per step. The cells save `(x, state, W_x, W_h, …)`."""
+    kept once instead of once per step. The cells save $(x, state, W_x, W_h, …)$."""
     if len(res) < 4 or res[2] is not wx or res[3] is not wh:
         raise RuntimeError(f"{cell.name}'s residuals no longer start (x, state, wx, wh, …); "
                            "fdl.ops.ghost's recurrent rule must be updated to match")
