@@ -34,12 +34,12 @@ _GROUP_AXES = (1, 3)  # of the grouped view N×S×G×(C/G): positions and channe
 
 
 def _grouped(x: jax.Array, groups: int) -> jax.Array:
-    """`N×…×C` viewed as `N×S×G×(C/G)`."""
+    """$N×…×C$ viewed as $N×S×G×(C/G)$."""
     return x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
 
 
 def _standardise(x, groups, eps):
-    """`(X̂, 1/σ)`: `X̂` shaped like `x`, `1/σ` as `N×1×G×1`."""
+    """$(X̂, 1/σ)$: $X̂$ shaped like $x$, $1/σ$ as $N×1×G×1$."""
     xg = _grouped(x, groups)
     centred = xg - jnp.mean(xg, axis=_GROUP_AXES, keepdims=True)
     inv_std = 1 / jnp.sqrt(jnp.mean(centred * centred, axis=_GROUP_AXES, keepdims=True) + eps)
