@@ -1,9 +1,9 @@
 """Luong's global attention: dot, general and concat scores, context, attentional state.
 
-Layout is batch-first: the decoder state `h_t ∈ ℝ^{…×d}` attends over the encoder
-states `h̄ ∈ ℝ^{…×S×d̄}`; `…` is any number of leading batch dimensions, the same for
-every argument. Scores and weights are `…×S`, softmax over the source positions
-`s` with `fdl.ops.masked_softmax` (boolean masks, `True` = real source position;
+Layout is batch-first: the decoder state $h_t ∈ ℝ^{…×d}$ attends over the encoder
+states $h̄ ∈ ℝ^{…×S×d̄}$; $…$ is any number of leading batch dimensions, the same for
+every argument. Scores and weights are $…×S$, softmax over the source positions
+$s$ with `fdl.ops.masked_softmax` (boolean masks, `True` = real source position;
 a fully masked row has zero weights).
 
 The composites `luong_score` and `luong_attention` chain the primitives here and
@@ -48,20 +48,20 @@ def _luong_spec(fn: str, **more: str) -> v.Shapes:
 
 
 def luong_dot_score(h_t: jax.Array, h_bar: jax.Array) -> jax.Array:
-    r"""Luong's *dot* score `score_s = h_tᵀ h̄_s` (eq. 8, first line).
+    r"""Luong's *dot* score $score_s = h_tᵀ h̄_s$ (eq. 8, first line).
 
-    Shapes: `h_t ∈ ℝ^{…×d}` (decoder state), `h̄ ∈ ℝ^{…×S×d}` (encoder states),
-    `score ∈ ℝ^{…×S}`.
+    Shapes: $h_t ∈ ℝ^{…×d}$ (decoder state), $h̄ ∈ ℝ^{…×S×d}$ (encoder states),
+    $score ∈ ℝ^{…×S}$.
 
-    Derivation, with `g = ∂L/∂score ∈ ℝ^{…×S}`: `∂score_s/∂h_t = h̄_s` and
-    `∂score_s/∂h̄_s = h_t`, so
+    Derivation, with $g = ∂L/∂score ∈ ℝ^{…×S}$: $∂score_s/∂h_t = h̄_s$ and
+    $∂score_s/∂h̄_s = h_t$, so
 
-    * `∂L/∂h_t = Σ_s g_s h̄_s = h̄ᵀ g` (`d×S · S`, per batch element);
-    * `∂L/∂h̄_s = g_s h_t`, i.e. `∂L/∂h̄ = g h_tᵀ` (outer product, `S×d`).
+    * $∂L/∂h_t = Σ_s g_s h̄_s = h̄ᵀ g$ ($d×S · S$, per batch element);
+    * $∂L/∂h̄_s = g_s h_t$, i.e. $∂L/∂h̄ = g h_tᵀ$ (outer product, $S×d$).
 
-    Residuals: `h_t, h̄`.
+    Residuals: $h_t, h̄$.
 
-    Tangent (bilinear, product rule): `d score_s = ⟨dh_t, h̄_s⟩ + ⟨h_t, dh̄_s⟩` (`…×S`).
+    Tangent (bilinear, product rule): $d score_s = ⟨dh_t, h̄_s⟩ + ⟨h_t, dh̄_s⟩$ ($…×S$).
     """
     return jnp.einsum("...d,...sd->...s", h_t, h_bar)
 
@@ -100,22 +100,22 @@ luong_dot_score = primitive(
 
 
 def luong_general_score(h_t: jax.Array, h_bar: jax.Array, w: jax.Array) -> jax.Array:
-    r"""Luong's *general* score `score_s = h_tᵀ W h̄_s` (eq. 8, second line).
+    r"""Luong's *general* score $score_s = h_tᵀ W h̄_s$ (eq. 8, second line).
 
-    Shapes: `h_t ∈ ℝ^{…×d}`, `h̄ ∈ ℝ^{…×S×d̄}`, `W ∈ ℝ^{d×d̄}` (the paper's
-    `W_a`, same orientation), `score ∈ ℝ^{…×S}`. Computed as `a = h_t W`
-    (`…×d̄`, one vector per query), then `score_s = ⟨a, h̄_s⟩`.
+    Shapes: $h_t ∈ ℝ^{…×d}$, $h̄ ∈ ℝ^{…×S×d̄}$, $W ∈ ℝ^{d×d̄}$ (the paper's
+    $W_a$, same orientation), $score ∈ ℝ^{…×S}$. Computed as $a = h_t W$
+    ($…×d̄$, one vector per query), then $score_s = ⟨a, h̄_s⟩$.
 
-    Derivation, with `g = ∂L/∂score ∈ ℝ^{…×S}`:
+    Derivation, with $g = ∂L/∂score ∈ ℝ^{…×S}$:
 
-    * `∂L/∂a = Σ_s g_s h̄_s` (`…×d̄`), then through `a = h_t W` (a linear map):
-      `∂L/∂h_t = (∂L/∂a) Wᵀ` and `∂L/∂W = Σ_batch h_tᵀ (∂L/∂a)` (`d×d̄`);
-    * `∂L/∂h̄_s = g_s a` (outer product `g aᵀ`, `S×d̄`).
+    * $∂L/∂a = Σ_s g_s h̄_s$ ($…×d̄$), then through $a = h_t W$ (a linear map):
+      $∂L/∂h_t = (∂L/∂a) Wᵀ$ and $∂L/∂W = Σ_batch h_tᵀ (∂L/∂a)$ ($d×d̄$);
+    * $∂L/∂h̄_s = g_s a$ (outer product $g aᵀ$, $S×d̄$).
 
-    Residuals: `h_t, h̄, W` (`a` is recomputed: one `d×d̄` product per query).
+    Residuals: $h_t, h̄, W$ ($a$ is recomputed: one $d×d̄$ product per query).
 
-    Tangent (trilinear, product rule): `da = dh_t W + h_t dW` (`…×d̄`),
-    `d score_s = ⟨da, h̄_s⟩ + ⟨a, dh̄_s⟩` (`…×S`).
+    Tangent (trilinear, product rule): $da = dh_t W + h_t dW$ ($…×d̄$),
+    $d score_s = ⟨da, h̄_s⟩ + ⟨a, dh̄_s⟩$ ($…×S$).
     """
     return jnp.einsum("...e,...se->...s", jnp.matmul(h_t, w), h_bar)
 
@@ -152,32 +152,32 @@ luong_general_score = primitive(
 
 def luong_concat_score(h_t: jax.Array, h_bar: jax.Array, w: jax.Array,
                        v_a: jax.Array) -> jax.Array:
-    r"""Luong's *concat* score `score_s = v_aᵀ tanh(W_a [h_t; h̄_s])` (eq. 8, third line).
+    r"""Luong's *concat* score $score_s = v_aᵀ tanh(W_a [h_t; h̄_s])$ (eq. 8, third line).
 
-    Shapes: `h_t ∈ ℝ^{…×d}`, `h̄ ∈ ℝ^{…×S×d̄}`, `W ∈ ℝ^{(d+d̄)×d_a}` (`w`),
-    `v_a ∈ ℝ^{d_a}` (`v_a`), `score ∈ ℝ^{…×S}`.
-    Batch-first, fdl's `Y = XW` layout: `w` is the *transpose* of the paper's
-    `W_a ∈ ℝ^{d_a×(d+d̄)}`, and the row `[h_t; h̄_s]` multiplies it on the left.
+    Shapes: $h_t ∈ ℝ^{…×d}$, $h̄ ∈ ℝ^{…×S×d̄}$, $W ∈ ℝ^{(d+d̄)×d_a}$ ($w$),
+    $v_a ∈ ℝ^{d_a}$ ($v_a$), $score ∈ ℝ^{…×S}$.
+    Batch-first, fdl's $Y = XW$ layout: $w$ is the *transpose* of the paper's
+    $W_a ∈ ℝ^{d_a×(d+d̄)}$, and the row $[h_t; h̄_s]$ multiplies it on the left.
 
-    Split `W` by rows into `W₁ ∈ ℝ^{d×d_a}` (acting on `h_t`) and
-    `W₂ ∈ ℝ^{d̄×d_a}` (acting on `h̄_s`), so the concatenation is never formed:
-    `U_s = h_t W₁ + h̄_s W₂` (`…×S×d_a`), `T = tanh(U)`, `score_s = T_s v_a`.
+    Split $W$ by rows into $W₁ ∈ ℝ^{d×d_a}$ (acting on $h_t$) and
+    $W₂ ∈ ℝ^{d̄×d_a}$ (acting on $h̄_s$), so the concatenation is never formed:
+    $U_s = h_t W₁ + h̄_s W₂$ ($…×S×d_a$), $T = tanh(U)$, $score_s = T_s v_a$.
 
-    Derivation, with `g = ∂L/∂score ∈ ℝ^{…×S}`:
+    Derivation, with $g = ∂L/∂score ∈ ℝ^{…×S}$:
 
-    * `∂L/∂v_a = Σ_{batch,s} g_s T_s` (`d_a`);
-    * `∂L/∂T_s = g_s v_a`, and `tanh' = 1 − T²`:
-      `∂L/∂U = (g ⊗ v_a) ⊙ (1 − T ⊙ T)` (`…×S×d_a`);
-    * `U_s = h_t W₁ + h̄_s W₂` is linear: `∂L/∂h̄ = (∂L/∂U) W₂ᵀ`,
-      `∂L/∂h_t = (Σ_s ∂L/∂U_s) W₁ᵀ` (`h_t` is shared by every `s`),
-      `∂L/∂W₁ = Σ_batch h_tᵀ (Σ_s ∂L/∂U_s)`, `∂L/∂W₂ = Σ_{batch,s} h̄_sᵀ ∂L/∂U_s`,
-      and `∂L/∂W = [∂L/∂W₁; ∂L/∂W₂]` stacked by rows.
+    * $∂L/∂v_a = Σ_{batch,s} g_s T_s$ ($d_a$);
+    * $∂L/∂T_s = g_s v_a$, and $tanh' = 1 − T²$:
+      $∂L/∂U = (g ⊗ v_a) ⊙ (1 − T ⊙ T)$ ($…×S×d_a$);
+    * $U_s = h_t W₁ + h̄_s W₂$ is linear: $∂L/∂h̄ = (∂L/∂U) W₂ᵀ$,
+      $∂L/∂h_t = (Σ_s ∂L/∂U_s) W₁ᵀ$ ($h_t$ is shared by every $s$),
+      $∂L/∂W₁ = Σ_batch h_tᵀ (Σ_s ∂L/∂U_s)$, $∂L/∂W₂ = Σ_{batch,s} h̄_sᵀ ∂L/∂U_s$,
+      and $∂L/∂W = [∂L/∂W₁; ∂L/∂W₂]$ stacked by rows.
 
-    Residuals: `h_t, h̄, W, v_a` and `T` (`…×S×d_a`, for `tanh'`).
+    Residuals: $h_t, h̄, W, v_a$ and $T$ ($…×S×d_a$, for `tanh'`).
 
-    Tangent: `dU_s = dh_t W₁ + h_t dW₁ + dh̄_s W₂ + h̄_s dW₂` (`…×S×d_a`, with
-    `dW = [dW₁; dW₂]` split by rows), `dT = (1 − T ⊙ T) ⊙ dU`,
-    `d score_s = dT_s v_a + T_s dv_a` (`…×S`).
+    Tangent: $dU_s = dh_t W₁ + h_t dW₁ + dh̄_s W₂ + h̄_s dW₂$ ($…×S×d_a$, with
+    $dW = [dW₁; dW₂]$ split by rows), $dT = (1 − T ⊙ T) ⊙ dU$,
+    $d score_s = dT_s v_a + T_s dv_a$ ($…×S$).
     """
     t = _concat_hidden(h_t, h_bar, w)
     return jnp.einsum("...sa,a->...s", t, v_a)
@@ -236,11 +236,11 @@ _SCORE_PARAMS = {"dot": (), "general": ("w",), "concat": ("w", "v_a")}
 
 def luong_score(h_t: jax.Array, h_bar: jax.Array, *params: jax.Array,
                 kind: str = "dot") -> jax.Array:
-    r"""Luong score `score(h_t, h̄_s)` for every source position, `…×S`.
+    r"""Luong score $score(h_t, h̄_s)$ for every source position, $…×S$.
 
     `kind` picks the primitive (static): `"dot"` → `luong_dot_score`
-    (no `params`), `"general"` → `luong_general_score` (`params = (w,)`),
-    `"concat"` → `luong_concat_score` (`params = (w, v_a)`); each holds its
+    (no `params`), `"general"` → `luong_general_score` ($params = (w,)$),
+    `"concat"` → `luong_concat_score` ($params = (w, v_a)$); each holds its
     derivation ∂L/∂(h_t, h̄, params).
     """
     if kind not in LUONG_SCORES:
@@ -260,18 +260,18 @@ def luong_score(h_t: jax.Array, h_bar: jax.Array, *params: jax.Array,
 
 
 def luong_context(weights: jax.Array, h_bar: jax.Array) -> jax.Array:
-    r"""Context vector `c = Σ_s α_s h̄_s` (Luong eq. 5's weighted average).
+    r"""Context vector $c = Σ_s α_s h̄_s$ (Luong eq. 5's weighted average).
 
-    Shapes: `α ∈ ℝ^{…×S}` (`weights`), `h̄ ∈ ℝ^{…×S×d̄}`, `c ∈ ℝ^{…×d̄}`;
-    per batch element `c = αᵀ h̄` (`S · S×d̄`).
+    Shapes: $α ∈ ℝ^{…×S}$ (`weights`), $h̄ ∈ ℝ^{…×S×d̄}$, $c ∈ ℝ^{…×d̄}$;
+    per batch element $c = αᵀ h̄$ ($S · S×d̄$).
 
-    Derivation, with `g = ∂L/∂c ∈ ℝ^{…×d̄}`: `∂c/∂α_s = h̄_s` and
-    `∂c/∂h̄_s = α_s I`, so `∂L/∂α_s = ⟨g, h̄_s⟩` (`∂L/∂α = h̄ g`, `S`) and
-    `∂L/∂h̄_s = α_s g` (`∂L/∂h̄ = α gᵀ`, outer product `S×d̄`).
+    Derivation, with $g = ∂L/∂c ∈ ℝ^{…×d̄}$: $∂c/∂α_s = h̄_s$ and
+    $∂c/∂h̄_s = α_s I$, so $∂L/∂α_s = ⟨g, h̄_s⟩$ ($∂L/∂α = h̄ g$, $S$) and
+    $∂L/∂h̄_s = α_s g$ ($∂L/∂h̄ = α gᵀ$, outer product $S×d̄$).
 
-    Residuals: `α, h̄`.
+    Residuals: $α, h̄$.
 
-    Tangent (bilinear): `dc = Σ_s (dα_s h̄_s + α_s dh̄_s)` (`…×d̄`).
+    Tangent (bilinear): $dc = Σ_s (dα_s h̄_s + α_s dh̄_s)$ ($…×d̄$).
     """
     return jnp.einsum("...s,...sd->...d", weights, h_bar)
 
@@ -301,22 +301,22 @@ luong_context = primitive(
 
 
 def luong_attentional_state(context: jax.Array, h_t: jax.Array, w_c: jax.Array) -> jax.Array:
-    r"""Attentional hidden state `h̃_t = tanh(W_c [c_t; h_t])` (Luong eq. 5).
+    r"""Attentional hidden state $h̃_t = tanh(W_c [c_t; h_t])$ (Luong eq. 5).
 
-    Shapes: `c ∈ ℝ^{…×d̄}` (`context`), `h_t ∈ ℝ^{…×d}`,
-    `W_c ∈ ℝ^{(d̄+d)×d_out}` (`w_c`; batch-first, the *transpose* of the
-    paper's `W_c`; no bias, as in the paper), `h̃ ∈ ℝ^{…×d_out}`.
-    Rows `W_c = [W_c₁; W_c₂]`, `W_c₁ ∈ ℝ^{d̄×d_out}` for `c`, `W_c₂ ∈ ℝ^{d×d_out}`
-    for `h_t`: `h̃ = tanh(c W_c₁ + h_t W_c₂)`.
+    Shapes: $c ∈ ℝ^{…×d̄}$ (`context`), $h_t ∈ ℝ^{…×d}$,
+    $W_c ∈ ℝ^{(d̄+d)×d_out}$ ($w_c$; batch-first, the *transpose* of the
+    paper's $W_c$; no bias, as in the paper), $h̃ ∈ ℝ^{…×d_out}$.
+    Rows $W_c = [W_c₁; W_c₂]$, $W_c₁ ∈ ℝ^{d̄×d_out}$ for $c$, $W_c₂ ∈ ℝ^{d×d_out}$
+    for $h_t$: $h̃ = tanh(c W_c₁ + h_t W_c₂)$.
 
-    Derivation, with `G = ∂L/∂h̃` and `G' = G ⊙ (1 − h̃ ⊙ h̃)` (`tanh' = 1 − tanh²`):
-    `∂L/∂c = G' W_c₁ᵀ`, `∂L/∂h_t = G' W_c₂ᵀ`,
-    `∂L/∂W_c = [cᵀ G'; h_tᵀ G']` (summed over the batch; `= [c; h]ᵀ G'`).
+    Derivation, with $G = ∂L/∂h̃$ and $G' = G ⊙ (1 − h̃ ⊙ h̃)$ ($tanh' = 1 − tanh²$):
+    $∂L/∂c = G' W_c₁ᵀ$, $∂L/∂h_t = G' W_c₂ᵀ$,
+    $∂L/∂W_c = [cᵀ G'; h_tᵀ G']$ (summed over the batch; $= [c; h]ᵀ G'$).
 
-    Residuals: `c, h_t, W_c` and `h̃` (the output).
+    Residuals: $c, h_t, W_c$ and $h̃$ (the output).
 
-    Tangent: `dU = dc W_c₁ + c dW_c₁ + dh_t W_c₂ + h_t dW_c₂` (`…×d_out`),
-    `dh̃ = (1 − h̃ ⊙ h̃) ⊙ dU`.
+    Tangent: $dU = dc W_c₁ + c dW_c₁ + dh_t W_c₂ + h_t dW_c₂$ ($…×d_out$),
+    $dh̃ = (1 − h̃ ⊙ h̃) ⊙ dU$.
     """
     k = context.shape[-1]
     return jnp.tanh(jnp.matmul(context, w_c[:k]) + jnp.matmul(h_t, w_c[k:]))
@@ -358,36 +358,36 @@ luong_attentional_state = primitive(
 def luong_attention(h_t: jax.Array, h_bar: jax.Array, *score_params: jax.Array,
                     kind: str = "dot", mask: jax.Array | None = None,
                     lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    r"""Luong global attention: `(context, weights)` for decoder state `h_t`.
+    r"""Luong global attention: `(context, weights)` for decoder state $h_t$.
 
-    Symbols: `h_t ∈ ℝ^{…×d}` (`h_t`, the decoder state at step `t`),
-    `h̄ ∈ ℝ^{…×S×d̄}` (`h_bar`, the encoder states), `mask ∈ {True,False}^{…×S}`
+    Symbols: $h_t ∈ ℝ^{…×d}$ ($h_t$, the decoder state at step $t$),
+    $h̄ ∈ ℝ^{…×S×d̄}$ ($h_bar$, the encoder states), $mask ∈ {True,False}^{…×S}$
     (True = real source position; `None` = all), `kind` and `score_params`
-    as in `luong_score`. `lengths ∈ {1…S}^{…}` (int) gives the source lengths
-    instead of (or as well as) `mask`: positions `s ≥ ℓ` get weight exactly 0 and
+    as in `luong_score`. $lengths ∈ {1…S}^{…}$ (int) gives the source lengths
+    instead of (or as well as) `mask`: positions $s ≥ ℓ$ get weight exactly 0 and
     no gradient.
 
-        `score_s = score(h_t, h̄_s)`                  (…×S)
-        `α = masked_softmax(score, mask)`            (…×S, `weights`)
-        `c = Σ_s α_s h̄_s`                             (…×d̄, `context`)
+        $score_s = score(h_t, h̄_s)$                  (…×S)
+        $α = masked_softmax(score, mask)$            (…×S, `weights`)
+        $c = Σ_s α_s h̄_s$                             (…×d̄, `context`)
 
-    Follow with `luong_attentional_state` for `h̃_t = tanh(W_c[c_t; h_t])`
-    and the output layer `softmax(h̃_t W_s)`. Only Luong's content-based
+    Follow with `luong_attentional_state` for $h̃_t = tanh(W_c[c_t; h_t])$
+    and the output layer $softmax(h̃_t W_s)$. Only Luong's content-based
     (global) scores are provided, not the *location* score or local attention.
 
     The full backward chain (each step the hand-written rule of one primitive;
-    `∂L/∂c` from `h̃`: `G' W_c₁ᵀ` with `G' = ∂L/∂h̃ ⊙ (1 − h̃²)`):
+    $∂L/∂c$ from $h̃$: $G' W_c₁ᵀ$ with $G' = ∂L/∂h̃ ⊙ (1 − h̃²)$):
 
-    1. context: `∂L/∂α_s = ⟨∂L/∂c, h̄_s⟩` (plus any direct use of the weights),
-       and a first share `∂L/∂h̄_s ⊕= α_s ∂L/∂c`;
-    2. softmax: `∂L/∂score = α ⊙ (∂L/∂α − ⟨∂L/∂α, α⟩)` (zero where masked);
-    3. score, with `g = ∂L/∂score`: dot — `∂L/∂h_t = Σ_s g_s h̄_s`,
-       `∂L/∂h̄_s ⊕= g_s h_t`; general — `a = h_t W`, `∂L/∂h_t = (Σ_s g_s h̄_s) Wᵀ`,
-       `∂L/∂W = h_tᵀ Σ_s g_s h̄_s`, `∂L/∂h̄_s ⊕= g_s a`; concat —
-       `∂L/∂U = (g ⊗ v_a) ⊙ (1 − T²)`, then the linear map `U = h_t W₁ + h̄ W₂`;
-    4. `h_t` also feeds `h̃` directly: `∂L/∂h_t ⊕= G' W_c₂ᵀ`.
+    1. context: $∂L/∂α_s = ⟨∂L/∂c, h̄_s⟩$ (plus any direct use of the weights),
+       and a first share $∂L/∂h̄_s ⊕= α_s ∂L/∂c$;
+    2. softmax: $∂L/∂score = α ⊙ (∂L/∂α − ⟨∂L/∂α, α⟩)$ (zero where masked);
+    3. score, with $g = ∂L/∂score$: dot — $∂L/∂h_t = Σ_s g_s h̄_s$,
+       $∂L/∂h̄_s ⊕= g_s h_t$; general — $a = h_t W$, $∂L/∂h_t = (Σ_s g_s h̄_s) Wᵀ$,
+       $∂L/∂W = h_tᵀ Σ_s g_s h̄_s$, $∂L/∂h̄_s ⊕= g_s a$; concat —
+       $∂L/∂U = (g ⊗ v_a) ⊙ (1 − T²)$, then the linear map $U = h_t W₁ + h̄ W₂$;
+    4. $h_t$ also feeds $h̃$ directly: $∂L/∂h_t ⊕= G' W_c₂ᵀ$.
 
-    JAX adds the contributions (⊕=) of the several paths into `h̄` and `h_t`.
+    JAX adds the contributions (⊕=) of the several paths into $h̄$ and $h_t$.
 
     References: Luong, Pham & Manning, "Effective Approaches to Attention-based
     Neural Machine Translation", 2015.
