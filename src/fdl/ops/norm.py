@@ -1,25 +1,25 @@
 """Normalisation: batch norm (training and inference), layer norm, RMS norm.
 
-All three standardise `x` along some axes and apply a learned per-feature
-scale `γ` (`gamma`) and, except RMS norm, shift `β` (`beta`):
+All three standardise $x$ along some axes and apply a learned per-feature
+scale $γ$ (`gamma`) and, except RMS norm, shift $β$ (`beta`):
 
 * batch norm — statistics over every axis but the last (the channels): the batch
-  for `N×C`, batch and pixels for NHWC images;
+  for $N×C$, batch and pixels for NHWC images;
 * layer norm — statistics over the last axis (the features of each example);
 * RMS norm — layer norm without centring: divide by the root mean square.
 
-Notation for one group of `m` normalised values (a channel's column for batch
-norm, an example's row for layer norm): `μ = (1/m) Σ x`,
-`v = (1/m) Σ (x − μ)²` (the biased variance), `σ = √(v + ε)`,
-`x̂ = (x − μ)/σ`, `y = γ x̂ + β`; `mean(·)` is the mean over the group.
+Notation for one group of $m$ normalised values (a channel's column for batch
+norm, an example's row for layer norm): $μ = (1/m) Σ x$,
+$v = (1/m) Σ (x − μ)²$ (the biased variance), $σ = √(v + ε)$,
+$x̂ = (x − μ)/σ$, $y = γ x̂ + β$; $mean(·)$ is the mean over the group.
 
 The derivation shared by batch and layer norm, for one group with upstream
-`ĝ = ∂L/∂x̂ = γ ⊙ ∂L/∂y`: `∂x̂_i/∂x_j = (δ_ij − 1/m − x̂_i x̂_j/m)/σ` (the `−1/m`
-from `μ`, the `x̂_i x̂_j/m` from `σ`, using `∂σ/∂x_j = x̂_j/m`), so
+$ĝ = ∂L/∂x̂ = γ ⊙ ∂L/∂y$: $∂x̂_i/∂x_j = (δ_ij − 1/m − x̂_i x̂_j/m)/σ$ (the $−1/m$
+from $μ$, the $x̂_i x̂_j/m$ from $σ$, using $∂σ/∂x_j = x̂_j/m$), so
 
-    `∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂))`,
+$$ ∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)), $$
 
-the compact form that never builds the `m×m` Jacobian.
+the compact form that never builds the $m×m$ Jacobian.
 
 References: Ioffe & Szegedy, "Batch Normalization", 2015; Ba, Kiros & Hinton,
 "Layer Normalization", 2016; Zhang & Sennrich, "Root Mean Square Layer
@@ -39,7 +39,7 @@ __all__ = ["batch_norm", "batch_norm_inference", "layer_norm", "rms_norm"]
 
 
 def _per_channel(a: jax.Array, ndim: int) -> jax.Array:
-    """A `(C,)` vector reshaped to `(1, …, 1, C)` to broadcast over rank `ndim`."""
+    """A `(C,)` vector reshaped to $(1, …, 1, C)$ to broadcast over rank `ndim`."""
     return a.reshape((1,) * (ndim - 1) + a.shape)
 
 
@@ -57,36 +57,36 @@ def _eps_validate(fn: str):
 
 def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
                eps: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
-    r"""Batch normalisation with batch statistics (training mode); returns `(y, μ, v)`.
+    r"""Batch normalisation with batch statistics (training mode); returns $(y, μ, v)$.
 
-    Shapes: `X ∈ ℝ^{N×…×C}` (`N×C`, or NHWC images), `γ, β ∈ ℝ^C`; the
-    statistics run over every axis but the last, `m = x.size/C` values per
-    channel; `eps` static. Outputs: `Y` (shape of `X`), the batch mean
-    `μ ∈ ℝ^C` and the biased batch variance `v ∈ ℝ^C` (the ones `Y` was
+    Shapes: $X ∈ ℝ^{N×…×C}$ ($N×C$, or NHWC images), $γ, β ∈ ℝ^C$; the
+    statistics run over every axis but the last, $m = x.size/C$ values per
+    channel; `eps` static. Outputs: $Y$ (shape of $X$), the batch mean
+    $μ ∈ ℝ^C$ and the biased batch variance $v ∈ ℝ^C$ (the ones $Y$ was
     normalised with), so that a layer can update running statistics from the
-    same pass. (For an unbiased running variance multiply `v` by `m/(m − 1)`.)
+    same pass. (For an unbiased running variance multiply $v$ by $m/(m − 1)$.)
 
-    Derivation, per channel (cotangents `G = ∂L/∂Y`, `g_μ = ∂L/∂μ`,
-    `g_v = ∂L/∂v`; `Σ` and `mean` over the `m` values of the channel):
+    Derivation, per channel (cotangents $G = ∂L/∂Y$, $g_μ = ∂L/∂μ$,
+    $g_v = ∂L/∂v$; $Σ$ and `mean` over the $m$ values of the channel):
 
-    * `∂L/∂β = Σ G`, `∂L/∂γ = Σ G ⊙ X̂`;
-    * through `Y` (module docstring, with `ĝ = γ G` and `γ` constant on the
-      channel): `(γ/σ)(G − mean(G) − X̂ ⊙ mean(G ⊙ X̂))`;
-    * through `μ`: `∂μ/∂X = 1/m` ⇒ `+ g_μ/m`;
-    * through `v`: `∂v/∂X_i = 2(X_i − μ)/m` (the `μ` path sums to zero), and
-      `X − μ = σX̂` ⇒ `+ 2 g_v σ X̂/m`.
+    * $∂L/∂β = Σ G$, $∂L/∂γ = Σ G ⊙ X̂$;
+    * through $Y$ (module docstring, with $ĝ = γ G$ and $γ$ constant on the
+      channel): $(γ/σ)(G − mean(G) − X̂ ⊙ mean(G ⊙ X̂))$;
+    * through $μ$: $∂μ/∂X = 1/m$ ⇒ $+ g_μ/m$;
+    * through $v$: $∂v/∂X_i = 2(X_i − μ)/m$ (the $μ$ path sums to zero), and
+      $X − μ = σX̂$ ⇒ $+ 2 g_v σ X̂/m$.
 
-    So `∂L/∂X = (γ/σ)(G − mean(G) − X̂ ⊙ mean(G ⊙ X̂)) + g_μ/m + 2 g_v σ X̂/m`.
-    When `μ, v` only feed running statistics their cotangents are zero and this is
+    So $∂L/∂X = (γ/σ)(G − mean(G) − X̂ ⊙ mean(G ⊙ X̂)) + g_μ/m + 2 g_v σ X̂/m$.
+    When $μ, v$ only feed running statistics their cotangents are zero and this is
     the familiar formula; the extra terms make the rule exact for every use.
 
-    Residuals: `X̂` (shape of `X`), `1/σ` and `γ` (`C` each).
+    Residuals: $X̂$ (shape of $X$), $1/σ$ and $γ$ ($C$ each).
 
-    Tangent, per channel (`mean` over the channel's `m` values; the Jacobian of
-    `X̂` in `X` is symmetric, so it is the backward's projection applied to `dX`):
-    `dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))`,
-    `dY = γ dX̂ + dγ X̂ + dβ` (shape of `X`), `dμ = mean(dX)` and
-    `dv = 2 mean((X − μ) ⊙ dX) = 2σ mean(X̂ ⊙ dX)` (`C` each).
+    Tangent, per channel (`mean` over the channel's $m$ values; the Jacobian of
+    $X̂$ in $X$ is symmetric, so it is the backward's projection applied to `dX`):
+    $dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))$,
+    $dY = γ dX̂ + dγ X̂ + dβ$ (shape of $X$), $dμ = mean(dX)$ and
+    $dv = 2 mean((X − μ) ⊙ dX) = 2σ mean(X̂ ⊙ dX)$ ($C$ each).
     """
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
@@ -160,21 +160,21 @@ def batch_norm_inference(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: 
                          var: jax.Array, eps: float = 1e-5) -> jax.Array:
     r"""Batch normalisation with given (running) statistics: a per-channel affine map.
 
-    `Y = γ (X − μ)/σ + β`, `σ = √(v + ε)`; `X ∈ ℝ^{N×…×C}`, `γ, β, μ, v ∈ ℝ^C`,
+    $Y = γ (X − μ)/σ + β$, $σ = √(v + ε)$; $X ∈ ℝ^{N×…×C}$, $γ, β, μ, v ∈ ℝ^C$,
     `eps` static. Nothing depends on the batch, so each output depends only on
     its own input.
 
-    Derivation (`G = ∂L/∂Y`, `X̂ = (X − μ)/σ`, sums over all axes but the last):
+    Derivation ($G = ∂L/∂Y$, $X̂ = (X − μ)/σ$, sums over all axes but the last):
 
-    * `∂L/∂X = G γ/σ`;  `∂L/∂β = Σ G`;  `∂L/∂γ = Σ G ⊙ X̂`;
-    * `∂L/∂μ = −(γ/σ) Σ G`;
-    * `∂σ/∂v = 1/(2σ)` and `∂X̂/∂σ = −X̂/σ` ⇒ `∂L/∂v = −(γ/(2σ²)) Σ G ⊙ X̂`.
+    * $∂L/∂X = G γ/σ$;  $∂L/∂β = Σ G$;  $∂L/∂γ = Σ G ⊙ X̂$;
+    * $∂L/∂μ = −(γ/σ) Σ G$;
+    * $∂σ/∂v = 1/(2σ)$ and $∂X̂/∂σ = −X̂/σ$ ⇒ $∂L/∂v = −(γ/(2σ²)) Σ G ⊙ X̂$.
 
-    (A layer normally holds `μ, v` as state and never differentiates them; the
-    rule is exact anyway.) Residuals: `X̂`, `1/σ` and `γ`.
+    (A layer normally holds $μ, v$ as state and never differentiates them; the
+    rule is exact anyway.) Residuals: $X̂$, $1/σ$ and $γ$.
 
-    Tangent (`dσ = dv/(2σ)`): `dX̂ = (dX − dμ)/σ − X̂ ⊙ dv/(2σ²)`,
-    `dY = γ dX̂ + dγ X̂ + dβ` (shape of `X`; the `C`-vectors broadcast).
+    Tangent ($dσ = dv/(2σ)$): $dX̂ = (dX − dμ)/σ − X̂ ⊙ dv/(2σ²)$,
+    $dY = γ dX̂ + dγ X̂ + dβ$ (shape of $X$; the $C$-vectors broadcast).
     """
     inv_std = 1 / jnp.sqrt(var + eps)
     xhat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
@@ -233,24 +233,24 @@ batch_norm_inference = primitive(
 
 def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
                eps: float = 1e-5) -> jax.Array:
-    r"""Layer normalisation over the last axis: `Y = γ ⊙ X̂ + β` per example.
+    r"""Layer normalisation over the last axis: $Y = γ ⊙ X̂ + β$ per example.
 
-    Shapes: `X ∈ ℝ^{…×d}` (any leading batch axes), `γ, β ∈ ℝ^d`, `Y` like
-    `X`; `eps` static. Each row `x ∈ ℝ^d` is standardised by its own
-    `μ, σ` (`m = d`).
+    Shapes: $X ∈ ℝ^{…×d}$ (any leading batch axes), $γ, β ∈ ℝ^d$, $Y$ like
+    $X$; `eps` static. Each row $x ∈ ℝ^d$ is standardised by its own
+    $μ, σ$ ($m = d$).
 
-    Derivation (`G = ∂L/∂Y`; `mean` along the last axis; `Σ_batch` over all
+    Derivation ($G = ∂L/∂Y$; `mean` along the last axis; $Σ_batch$ over all
     leading axes):
 
-    * `∂L/∂β = Σ_batch G`, `∂L/∂γ = Σ_batch G ⊙ X̂`;
-    * with `Ĝ = γ ⊙ G` (`γ` varies along the normalised axis, so it stays
-      inside): `∂L/∂X = (1/σ)(Ĝ − mean(Ĝ) − X̂ ⊙ mean(Ĝ ⊙ X̂))` (module docstring).
+    * $∂L/∂β = Σ_batch G$, $∂L/∂γ = Σ_batch G ⊙ X̂$;
+    * with $Ĝ = γ ⊙ G$ ($γ$ varies along the normalised axis, so it stays
+      inside): $∂L/∂X = (1/σ)(Ĝ − mean(Ĝ) − X̂ ⊙ mean(Ĝ ⊙ X̂))$ (module docstring).
 
-    Residuals: `X̂` (shape of `X`), `1/σ` (one per row) and `γ`.
+    Residuals: $X̂$ (shape of $X$), $1/σ$ (one per row) and $γ$.
 
     Tangent, per row (`mean` along the last axis):
-    `dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))`, `dY = γ ⊙ dX̂ + dγ ⊙ X̂ + dβ`
-    (shape of `X`).
+    $dX̂ = (1/σ)(dX − mean(dX) − X̂ ⊙ mean(X̂ ⊙ dX))$, $dY = γ ⊙ dX̂ + dγ ⊙ X̂ + dβ$
+    (shape of $X$).
     """
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
@@ -302,23 +302,23 @@ layer_norm = primitive(
 
 
 def rms_norm(x: jax.Array, gamma: jax.Array, eps: float = 1e-6) -> jax.Array:
-    r"""RMS normalisation over the last axis: `Y = γ ⊙ X/r`, `r = √(mean(X²) + ε)`.
+    r"""RMS normalisation over the last axis: $Y = γ ⊙ X/r$, $r = √(mean(X²) + ε)$.
 
-    Shapes: `X ∈ ℝ^{…×d}`, `γ ∈ ℝ^d`, `Y` like `X`; `eps` static. No
-    centring and no shift: `X̂ = X/r`.
+    Shapes: $X ∈ ℝ^{…×d}$, $γ ∈ ℝ^d$, $Y$ like $X$; `eps` static. No
+    centring and no shift: $X̂ = X/r$.
 
-    Derivation, one row (`Ĝ = γ ⊙ G`): `∂r/∂x_j = x_j/(d r) = x̂_j/d`, so
-    `∂x̂_i/∂x_j = δ_ij/r − x_i x̂_j/(d r²) = (δ_ij − x̂_i x̂_j/d)/r` and
+    Derivation, one row ($Ĝ = γ ⊙ G$): $∂r/∂x_j = x_j/(d r) = x̂_j/d$, so
+    $∂x̂_i/∂x_j = δ_ij/r − x_i x̂_j/(d r²) = (δ_ij − x̂_i x̂_j/d)/r$ and
 
-        `∂L/∂X = (1/r)(Ĝ − X̂ ⊙ mean(Ĝ ⊙ X̂))`
+    $$ ∂L/∂X = (1/r)(Ĝ − X̂ ⊙ mean(Ĝ ⊙ X̂)) $$
 
     (layer norm's formula without the `mean(Ĝ)` term that centring brings);
-    `∂L/∂γ = Σ_batch G ⊙ X̂`.
+    $∂L/∂γ = Σ_batch G ⊙ X̂$.
 
-    Residuals: `X̂`, `1/r` (one per row) and `γ`.
+    Residuals: $X̂$, `1/r` (one per row) and $γ$.
 
-    Tangent, per row: `dX̂ = (1/r)(dX − X̂ ⊙ mean(X̂ ⊙ dX))`, `dY = γ ⊙ dX̂ + dγ ⊙ X̂`
-    (shape of `X`).
+    Tangent, per row: $dX̂ = (1/r)(dX − X̂ ⊙ mean(X̂ ⊙ dX))$, $dY = γ ⊙ dX̂ + dγ ⊙ X̂$
+    (shape of $X$).
     """
     xhat = x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
     return _per_channel(gamma, x.ndim) * xhat
