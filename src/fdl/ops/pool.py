@@ -1,15 +1,15 @@
 """Pooling over NHWC images: max, average, and global average.
 
-A window of `k_h×k_w` pixels slides with `stride` (default: the window, i.e.
+A window of $k_h×k_w$ pixels slides with `stride` (default: the window, i.e.
 non-overlapping) over each channel separately; `padding` is `"VALID"`
 (default), `"SAME"` or explicit `((top, bottom), (left, right))` with each
 side smaller than the window. The output geometry is conv's (see
-`fdl.ops.conv`): `o = ⌊(n + lo + hi − k)/s⌋ + 1` per spatial axis, and
-`"SAME"` gives `o = ⌈n/s⌉`.
+`fdl.ops.conv`): $o = ⌊(n + lo + hi − k)/s⌋ + 1$ per spatial axis, and
+`"SAME"` gives $o = ⌈n/s⌉$.
 
-Every backward below has the same shape: each output pixel `(i_h, i_w)` hands
+Every backward below has the same shape: each output pixel $(i_h, i_w)$ hands
 its cotangent back to the `k_h k_w` input pixels of its window
-`(s_h i_h + a − lo_h, s_w i_w + b − lo_w)`, `0 ≤ a < k_h`, `0 ≤ b < k_w`,
+$(s_h i_h + a − lo_h, s_w i_w + b − lo_w)$, $0 ≤ a < k_h$, $0 ≤ b < k_w$,
 with a weight (1 for the arg-max and 0 elsewhere; `1/count` for the average);
 contributions of overlapping windows add up, and those landing in the padding
 are dropped.
@@ -39,15 +39,15 @@ def _geometry(shape, window, stride, padding):
 
 
 def _shape_of(x: jax.Array) -> jax.Array:
-    """A zero-size array that carries `x`'s shape into the backward for free
+    """A zero-size array that carries $x$'s shape into the backward for free
     (residuals must be arrays; the spatial size is not recoverable from the output
     when the windows leave trailing pixels unread)."""
     return jnp.zeros(x.shape[:-1] + (0,), jnp.int8)
 
 
 def _windows_back(pieces, shape, k, s, pads, o):
-    """`∂L/∂X` from per-offset contributions: `pieces(a, b)` (`N×o_h×o_w×C`) is
-    what each window sends to its pixel at offset `(a, b)`. Each is dilated by the
+    """$∂L/∂X$ from per-offset contributions: `pieces(a, b)` ($N×o_h×o_w×C$) is
+    what each window sends to its pixel at offset $(a, b)$. Each is dilated by the
     stride and shifted by the offset (one `lax.pad`), summed, and the padding cut off."""
     padded = [n + lo + hi for n, (lo, hi) in zip(shape[1:3], pads)]
     total = None
@@ -72,32 +72,32 @@ def _windows_back(pieces, shape, k, s, pads, o):
 def max_pool2d(x: jax.Array, window: int | Sequence[int],
                stride: int | Sequence[int] | None = None,
                padding: Padding = "VALID") -> jax.Array:
-    r"""Max pooling `Y[ν,i,c] = max_{(a,b) ∈ window} X̄[ν, s·i + (a,b) − lo, c]`, NHWC.
+    r"""Max pooling $Y[ν,i,c] = max_{(a,b) ∈ window} X̄[ν, s·i + (a,b) − lo, c]$, NHWC.
 
-    Shapes: `X ∈ ℝ^{N×H×W×C}` → `Y ∈ ℝ^{N×o_h×o_w×C}`; `window`, `stride`
-    (default `window`), `padding` static. `X̄` is `X` padded with `−∞`, so
+    Shapes: $X ∈ ℝ^{N×H×W×C}$ → $Y ∈ ℝ^{N×o_h×o_w×C}$; `window`, `stride`
+    (default `window`), `padding` static. $X̄$ is $X$ padded with $−∞$, so
     padding never wins.
 
     Derivation. Within one window the max is locally the value of one element,
-    the arg-max `(a*, b*)`: `∂Y[ν,i,c]/∂X[ν,p,c] = 1` if `p` is that element
+    the arg-max `(a*, b*)`: $∂Y[ν,i,c]/∂X[ν,p,c] = 1$ if $p$ is that element
     and 0 otherwise (where the max is unique the function is differentiable; at ties
     it is not, and we pick a subgradient). Hence
 
-        `∂L/∂X[ν,p,c] = Σ_{windows i whose arg-max is p} G[ν,i,c]`:
+    $$ ∂L/∂X[ν,p,c] = Σ_{windows i whose arg-max is p} G[ν,i,c] $$
 
     each output's cotangent is routed to its window's arg-max, and summed where
     overlapping windows share an arg-max.
 
     Ties: the gradient goes to the *first* maximum in row-major order within the
-    window (smallest `a`, then smallest `b`). This is what JAX's autodiff of
+    window (smallest $a$, then smallest $b$). This is what JAX's autodiff of
     `lax.reduce_window` max does on CPU (tested); the registered examples have
     distinct values, so the checks do not depend on it.
 
-    Residuals: the arg-max offset `a*·k_w + b*` of every output (int8 for windows up
-    to 127 pixels), and `X`'s shape — not `X` or `Y`.
+    Residuals: the arg-max offset $a*·k_w + b*$ of every output (int8 for windows up
+    to 127 pixels), and $X$'s shape — not $X$ or $Y$.
 
     Tangent: each output moves with its window's arg-max,
-    `dY[ν,i,c] = dX̄[ν, s·i + (a*, b*) − lo, c]` (`N×o_h×o_w×C`; `dX̄` is `dX` padded
+    $dY[ν,i,c] = dX̄[ν, s·i + (a*, b*) − lo, c]$ ($N×o_h×o_w×C$; $dX̄$ is `dX` padded
     with zeros), read from the saved arg-max offsets.
     """
     k, s, pads = _geometry(x.shape, window, stride, padding)
@@ -146,7 +146,7 @@ def _max_pool2d_validate(x, window, stride, padding):
 
 def _distinct(*shape: int, spread: float = 4.0):
     """Example sampler: a random permutation of evenly spaced values in
-    `[−spread/2, spread/2)` — no ties, and neighbours far apart compared with the
+    $[−spread/2, spread/2)$ — no ties, and neighbours far apart compared with the
     finite-difference step, so the max is differentiable and stays put."""
     size = int(np.prod(shape))
 
@@ -172,7 +172,7 @@ def _max_pool2d_tangent(window, stride, padding, residuals, t):
 
 
 def _max_pool2d_switches(x, window, stride, padding):
-    """Switches: each window's arg-max offset, which moves where `∂Y/∂X` jumps."""
+    """Switches: each window's arg-max offset, which moves where $∂Y/∂X$ jumps."""
     y = max_pool2d.forward(x, window, stride, padding)
     return _max_pool2d_save(x, window, stride, padding, y)[0]
 
@@ -197,8 +197,8 @@ max_pool2d = primitive(
 
 
 def _counts(shape, k, s, pads, dtype) -> jax.Array:
-    """`1×o_h×o_w×1`: how many real (unpadded) pixels each window covers — the
-    product of the per-axis counts `min(s·i − lo + k, n) − max(s·i − lo, 0)`.
+    """$1×o_h×o_w×1$: how many real (unpadded) pixels each window covers — the
+    product of the per-axis counts $min(s·i − lo + k, n) − max(s·i − lo, 0)$.
     Plain numpy on static shapes: a constant of the program."""
     per_axis = []
     for n, ki, si, (lo, hi) in zip(shape[1:3], k, s, pads):
@@ -210,29 +210,29 @@ def _counts(shape, k, s, pads, dtype) -> jax.Array:
 def avg_pool2d(x: jax.Array, window: int | Sequence[int],
                stride: int | Sequence[int] | None = None,
                padding: Padding = "VALID") -> jax.Array:
-    r"""Average pooling `Y[ν,i,c] = (1/m_i) Σ_{(a,b) ∈ window} X[ν, s·i + (a,b) − lo, c]`, NHWC.
+    r"""Average pooling $Y[ν,i,c] = (1/m_i) Σ_{(a,b) ∈ window} X[ν, s·i + (a,b) − lo, c]$, NHWC.
 
-    Shapes: `X ∈ ℝ^{N×H×W×C}` → `Y ∈ ℝ^{N×o_h×o_w×C}`; `window`, `stride`
+    Shapes: $X ∈ ℝ^{N×H×W×C}$ → $Y ∈ ℝ^{N×o_h×o_w×C}$; `window`, `stride`
     (default `window`), `padding` static.
 
-    Padding: `m_i` counts only the *real* pixels of window `i`; padded pixels
+    Padding: $m_i$ counts only the *real* pixels of window $i$; padded pixels
     are left out of both the sum and the count (TensorFlow's `"SAME"` average
     pooling, PyTorch's `count_include_pad=False`), so a constant image pools to
-    the same constant at the borders. With `"VALID"`, `m_i = k_h k_w` everywhere.
+    the same constant at the borders. With `"VALID"`, $m_i = k_h k_w$ everywhere.
 
-    Derivation: `Y` is linear in `X` with `∂Y[ν,i,c]/∂X[ν,p,c] = 1/m_i` for
-    each real pixel `p` in window `i`, so
+    Derivation: $Y$ is linear in $X$ with $∂Y[ν,i,c]/∂X[ν,p,c] = 1/m_i$ for
+    each real pixel $p$ in window $i$, so
 
-        `∂L/∂X[ν,p,c] = Σ_{windows i ∋ p} G[ν,i,c] / m_i`:
+    $$ ∂L/∂X[ν,p,c] = Σ_{windows i ∋ p} G[ν,i,c] / m_i $$
 
     each cotangent is spread evenly over its window (for non-overlapping
     `"VALID"` windows every pixel covered gets `G/(k_h k_w)`; pixels no window
     reads get 0).
 
-    Residuals: `X`'s shape only (the counts are constants of the shapes).
+    Residuals: $X$'s shape only (the counts are constants of the shapes).
 
-    Tangent: `Y` is linear in `X`, so `dY = avg_pool2d(dX)` (same window, stride,
-    padding and counts; `N×o_h×o_w×C`).
+    Tangent: $Y$ is linear in $X$, so $dY = avg_pool2d(dX)$ (same window, stride,
+    padding and counts; $N×o_h×o_w×C$).
     """
     k, s, pads = _geometry(x.shape, window, stride, padding)
     sums = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1),
@@ -278,14 +278,14 @@ avg_pool2d = primitive(
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-    r"""Global average pooling `Y[ν,c] = (1/HW) Σ_{h,w} X[ν,h,w,c]`: NHWC → NC.
+    r"""Global average pooling $Y[ν,c] = (1/HW) Σ_{h,w} X[ν,h,w,c]$: NHWC → NC.
 
-    Derivation: `∂Y[ν,c]/∂X[ν,h,w,c] = 1/(HW)`, so `∂L/∂X[ν,h,w,c] = G[ν,c]/(HW)`
-    — `G ∈ ℝ^{N×C}` broadcast over the `H×W` pixels.
+    Derivation: $∂Y[ν,c]/∂X[ν,h,w,c] = 1/(HW)$, so $∂L/∂X[ν,h,w,c] = G[ν,c]/(HW)$
+    — $G ∈ ℝ^{N×C}$ broadcast over the $H×W$ pixels.
 
-    Residuals: `X`'s shape only.
+    Residuals: $X$'s shape only.
 
-    Tangent: linear, `dY[ν,c] = (1/HW) Σ_{h,w} dX[ν,h,w,c]` (`N×C`).
+    Tangent: linear, $dY[ν,c] = (1/HW) Σ_{h,w} dX[ν,h,w,c]$ ($N×C$).
     """
     return jnp.mean(x, axis=(1, 2))
 
