@@ -1,24 +1,24 @@
 """Recurrent cells (Elman RNN, LSTM, GRU) and backpropagation through time.
 
-Layout is batch-first: a step's input `x ∈ ℝ^{…×D}`, hidden state `h ∈ ℝ^{…×H}`
-(`…` any leading batch dimensions, the same for both), `W_x ∈ ℝ^{D×kH}` and
-`W_h ∈ ℝ^{H×kH}` (`k` stacked gates, one projection each), `b ∈ ℝ^{kH}`,
+Layout is batch-first: a step's input $x ∈ ℝ^{…×D}$, hidden state $h ∈ ℝ^{…×H}$
+($…$ any leading batch dimensions, the same for both), $W_x ∈ ℝ^{D×kH}$ and
+$W_h ∈ ℝ^{H×kH}$ ($k$ stacked gates, one projection each), $b ∈ ℝ^{kH}$,
 `XW + b` as in `linear`. Sequences are batch-first too:
-`xs ∈ ℝ^{…×T×D}`, outputs `hs ∈ ℝ^{…×T×H}` (scanned time-major inside).
+$xs ∈ ℝ^{…×T×D}$, outputs $hs ∈ ℝ^{…×T×H}$ (scanned time-major inside).
 
 Each cell is a primitive: one time step with its derivation and a hand-written
 backward. A sequence is a `jax.lax.scan` of the cell (`scan_cell`);
 JAX's transpose of the scan runs the cell's hand-written VJP once per step, in
-reverse time, and threads `∂L/∂h_{t−1}` (the state cotangent the cell returns)
+reverse time, and threads $∂L/∂h_{t−1}$ (the state cotangent the cell returns)
 back to the previous step: that *is* backpropagation through time, composed
 from the per-step rule. The gradients of the shared weights are summed over the
 steps by the scan's transpose. In `gradient_mode("autodiff")` the same scan
 differentiates each cell's plain forward instead; the tests compare the two.
 
-Notation in the derivations: `G = ∂L/∂(output)`, `σ' = σ(1 − σ)`,
-`tanh' = 1 − tanh²`, `⊙` element-wise; the batch is folded into `N` for the
-weight gradients: `∂L/∂W_x = Xᵀ ∂L/∂A` where `A = X W_x + …` is a
-pre-activation, `∂L/∂b = 1ᵀ ∂L/∂A`, `∂L/∂X = ∂L/∂A W_xᵀ`.
+Notation in the derivations: $G = ∂L/∂(output)$, $σ' = σ(1 − σ)$,
+$tanh' = 1 − tanh²$, $⊙$ element-wise; the batch is folded into $N$ for the
+weight gradients: $∂L/∂W_x = Xᵀ ∂L/∂A$ where $A = X W_x + …$ is a
+pre-activation, $∂L/∂b = 1ᵀ ∂L/∂A$, $∂L/∂X = ∂L/∂A W_xᵀ$.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = ["LSTMState", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell
 
 
 class LSTMState(NamedTuple):
-    """An LSTM's recurrent state; any 2-sequence `(h, c)` is accepted too."""
+    """An LSTM's recurrent state; any 2-sequence $(h, c)$ is accepted too."""
 
     h: jax.Array  # hidden state, …×H, the cell's output
     c: jax.Array  # memory cell, …×H
@@ -52,18 +52,18 @@ def _shape(x: Any) -> tuple:
 
 
 def _fold(x: jax.Array) -> jax.Array:
-    """`…×F → N×F`: the batch folded into one axis, for weight gradients."""
+    """$…×F → N×F$: the batch folded into one axis, for weight gradients."""
     return x.reshape(-1, x.shape[-1])
 
 
 def _weight_grads(x: jax.Array, da: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`∂L/∂W = Xᵀ ∂L/∂A` and `∂L/∂b = 1ᵀ ∂L/∂A` for `A = XW + b`."""
+    """$∂L/∂W = Xᵀ ∂L/∂A$ and $∂L/∂b = 1ᵀ ∂L/∂A$ for $A = XW + b$."""
     da2 = _fold(da)
     return jnp.matmul(_fold(x).T, da2), jnp.sum(da2, axis=0)
 
 
 def _cell_spec(fn: str, gates: int, what: str, *biases: str) -> v.Shapes:
-    """One step's shapes: `x …×D`, `h …×H`, `wx D×gH`, `wh H×gH`, biases `gH`."""
+    """One step's shapes: $x …×D$, $h …×H$, $wx D×gH$, $wh H×gH$, biases `gH`."""
     g = f"{gates}H" if gates > 1 else "H"
     return v.shapes(fn, x="…×D", h="…×H", wx=f"D×{g}{what}", wh=f"H×{g}{what}",
                     **{name: f"{g}{what}" for name in biases})
@@ -78,21 +78,21 @@ def rnn_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array,
              b: jax.Array) -> jax.Array:
     r"""Elman RNN step `h' = tanh(x W_x + h W_h + b)`.
 
-    Shapes: `x ∈ ℝ^{…×D}`, `h, h' ∈ ℝ^{…×H}`, `W_x ∈ ℝ^{D×H}` (`wx`),
-    `W_h ∈ ℝ^{H×H}` (`wh`), `b ∈ ℝ^H`.
+    Shapes: $x ∈ ℝ^{…×D}$, $h, h' ∈ ℝ^{…×H}$, $W_x ∈ ℝ^{D×H}$ (`wx`),
+    $W_h ∈ ℝ^{H×H}$ (`wh`), $b ∈ ℝ^H$.
 
-    Derivation, with `G = ∂L/∂h'` and the pre-activation `A = x W_x + h W_h + b`:
-    `∂L/∂A = G ⊙ (1 − h'⊙h')` (`tanh'`), then, `A` being affine in each input,
+    Derivation, with $G = ∂L/∂h'$ and the pre-activation $A = x W_x + h W_h + b$:
+    $∂L/∂A = G ⊙ (1 − h'⊙h')$ (`tanh'`), then, $A$ being affine in each input,
 
-    * `∂L/∂x = ∂L/∂A W_xᵀ`,  `∂L/∂h = ∂L/∂A W_hᵀ` (the message to step `t−1`);
-    * `∂L/∂W_x = xᵀ ∂L/∂A`,  `∂L/∂W_h = hᵀ ∂L/∂A`,  `∂L/∂b = 1ᵀ ∂L/∂A`.
+    * $∂L/∂x = ∂L/∂A W_xᵀ$,  $∂L/∂h = ∂L/∂A W_hᵀ$ (the message to step $t−1$);
+    * $∂L/∂W_x = xᵀ ∂L/∂A$,  $∂L/∂W_h = hᵀ ∂L/∂A$,  $∂L/∂b = 1ᵀ ∂L/∂A$.
 
-    Residuals: `x, h, W_x, W_h` and `h'`.
+    Residuals: $x, h, W_x, W_h$ and $h'$.
 
     References: Elman, "Finding Structure in Time", 1990.
 
-    Tangent: `dA = dx W_x + x dW_x + dh W_h + h dW_h + db`, `dh' = (1 − h'⊙h') ⊙ dA`
-    (`…×H`).
+    Tangent: $dA = dx W_x + x dW_x + dh W_h + h dW_h + db$, $dh' = (1 − h'⊙h') ⊙ dA$
+    ($…×H$).
     """
     return jnp.tanh(linear.forward(x, wx, b) + jnp.matmul(h, wh))
 
@@ -132,12 +132,12 @@ rnn_cell = primitive(
 
 
 def _like(state: Any, h: jax.Array, c: jax.Array) -> Any:
-    """`(h, c)` in the container `state` came in (tuple, list or LSTMState)."""
+    """$(h, c)$ in the container `state` came in (tuple, list or LSTMState)."""
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [h, c])
 
 
 def _lstm_gates(x, h, wx, wh, b):
-    """Activated gates `[i, f, g, o]` stacked on the last axis (…×4H)."""
+    """Activated gates $[i, f, g, o]$ stacked on the last axis (…×4H)."""
     z = linear.forward(x, wx, b) + jnp.matmul(h, wh)
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     sig = sigmoid.forward
@@ -145,31 +145,31 @@ def _lstm_gates(x, h, wx, wh, b):
 
 
 def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Array) -> Any:
-    r"""LSTM step `(h, c) → (h', c')` with input, forget, cell and output gates.
+    r"""LSTM step $(h, c) → (h', c')$ with input, forget, cell and output gates.
 
-    Shapes: `x ∈ ℝ^{…×D}`; `state = (h, c)`, `h, c ∈ ℝ^{…×H}` (a tuple or
+    Shapes: $x ∈ ℝ^{…×D}$; $state = (h, c)$, $h, c ∈ ℝ^{…×H}$ (a tuple or
     `LSTMState`; the new state comes back in the same container);
-    `W_x ∈ ℝ^{D×4H}`, `W_h ∈ ℝ^{H×4H}`, `b ∈ ℝ^{4H}`: the four gates' projections
-    stacked in the order `i, f, g, o` (PyTorch's order), so one product computes all.
+    $W_x ∈ ℝ^{D×4H}$, $W_h ∈ ℝ^{H×4H}$, $b ∈ ℝ^{4H}$: the four gates' projections
+    stacked in the order $i, f, g, o$ (PyTorch's order), so one product computes all.
 
-        `Z = x W_x + h W_h + b = [Z_i, Z_f, Z_g, Z_o]`      (…×4H)
-        `i = σ(Z_i)`, `f = σ(Z_f)`, `g = tanh(Z_g)`, `o = σ(Z_o)`
-        `c' = f ⊙ c + i ⊙ g`,   `h' = o ⊙ tanh(c')`
+        $Z = x W_x + h W_h + b = [Z_i, Z_f, Z_g, Z_o]$      (…×4H)
+    $$ i = σ(Z_i), \qquad f = σ(Z_f), \qquad g = tanh(Z_g), \qquad o = σ(Z_o) $$
+    $$ c' = f ⊙ c + i ⊙ g, \qquad h' = o ⊙ tanh(c') $$
 
-    Derivation, with `G_h = ∂L/∂h'` and `G_c = ∂L/∂c'` (the memory gets
-    gradient both from the next step's `c` and through `h'`):
+    Derivation, with $G_h = ∂L/∂h'$ and $G_c = ∂L/∂c'$ (the memory gets
+    gradient both from the next step's $c$ and through $h'$):
 
-    * `∂L/∂c'` (total) `= G_c + G_h ⊙ o ⊙ (1 − tanh²(c'))`;
-    * output gate: `∂L/∂o = G_h ⊙ tanh(c')`, `∂L/∂Z_o = ∂L/∂o ⊙ o(1 − o)`;
-    * input gate: `∂L/∂i = ∂L/∂c' ⊙ g`, `∂L/∂Z_i = ∂L/∂i ⊙ i(1 − i)`;
-    * forget gate: `∂L/∂f = ∂L/∂c' ⊙ c`, `∂L/∂Z_f = ∂L/∂f ⊙ f(1 − f)`;
-    * cell candidate: `∂L/∂g = ∂L/∂c' ⊙ i`, `∂L/∂Z_g = ∂L/∂g ⊙ (1 − g²)`;
-    * previous memory: `∂L/∂c = ∂L/∂c' ⊙ f` (the "constant error carousel");
-    * `∂L/∂Z = [∂L/∂Z_i, ∂L/∂Z_f, ∂L/∂Z_g, ∂L/∂Z_o]`, and through the affine `Z`:
-      `∂L/∂x = ∂L/∂Z W_xᵀ`, `∂L/∂h = ∂L/∂Z W_hᵀ`, `∂L/∂W_x = xᵀ ∂L/∂Z`,
-      `∂L/∂W_h = hᵀ ∂L/∂Z`, `∂L/∂b = 1ᵀ ∂L/∂Z`.
+    * $∂L/∂c'$ (total) $= G_c + G_h ⊙ o ⊙ (1 − tanh²(c'))$;
+    * output gate: $∂L/∂o = G_h ⊙ tanh(c')$, $∂L/∂Z_o = ∂L/∂o ⊙ o(1 − o)$;
+    * input gate: $∂L/∂i = ∂L/∂c' ⊙ g$, $∂L/∂Z_i = ∂L/∂i ⊙ i(1 − i)$;
+    * forget gate: $∂L/∂f = ∂L/∂c' ⊙ c$, $∂L/∂Z_f = ∂L/∂f ⊙ f(1 − f)$;
+    * cell candidate: $∂L/∂g = ∂L/∂c' ⊙ i$, $∂L/∂Z_g = ∂L/∂g ⊙ (1 − g²)$;
+    * previous memory: $∂L/∂c = ∂L/∂c' ⊙ f$ (the "constant error carousel");
+    * $∂L/∂Z = [∂L/∂Z_i, ∂L/∂Z_f, ∂L/∂Z_g, ∂L/∂Z_o]$, and through the affine $Z$:
+      $∂L/∂x = ∂L/∂Z W_xᵀ$, $∂L/∂h = ∂L/∂Z W_hᵀ$, $∂L/∂W_x = xᵀ ∂L/∂Z$,
+      $∂L/∂W_h = hᵀ ∂L/∂Z$, $∂L/∂b = 1ᵀ ∂L/∂Z$.
 
-    Residuals: `x, h, c, W_x, W_h`, the activated gates `[i, f, g, o]`
+    Residuals: $x, h, c, W_x, W_h$, the activated gates $[i, f, g, o]$
     (…×4H) and `tanh(c')` (…×H).
 
     References: Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997; Gers,
@@ -177,10 +177,10 @@ def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Arr
     2000 (the forget gate).
 
     Tangent, the forward pass differentiated step by step:
-    `dZ = dx W_x + x dW_x + dh W_h + h dW_h + db` (`…×4H`);
-    `di = i(1 − i) dZ_i`, `df = f(1 − f) dZ_f`, `dg = (1 − g²) dZ_g`, `do = o(1 − o) dZ_o`;
-    `dc' = df ⊙ c + f ⊙ dc + di ⊙ g + i ⊙ dg`,
-    `dh' = do ⊙ tanh(c') + o ⊙ (1 − tanh²(c')) ⊙ dc'` (`…×H` each, in `state`'s container).
+    $dZ = dx W_x + x dW_x + dh W_h + h dW_h + db$ ($…×4H$);
+    $di = i(1 − i) dZ_i$, $df = f(1 − f) dZ_f$, $dg = (1 − g²) dZ_g$, $do = o(1 − o) dZ_o$;
+    $dc' = df ⊙ c + f ⊙ dc + di ⊙ g + i ⊙ dg$,
+    $dh' = do ⊙ tanh(c') + o ⊙ (1 − tanh²(c')) ⊙ dc'$ ($…×H$ each, in `state`'s container).
     """
     h, c = state
     i, f, g, o = jnp.split(_lstm_gates(x, h, wx, wh, b), 4, axis=-1)
@@ -273,7 +273,7 @@ lstm_cell = primitive(
 
 
 def _gru_parts(x, h, wx, wh, bx, bh):
-    """Gates `[r, z, n]` (…×3H) and `U_n = h W_hn + b_hn` (…×H)."""
+    """Gates $[r, z, n]$ (…×3H) and $U_n = h W_hn + b_hn$ (…×H)."""
     ar, az, an = jnp.split(linear.forward(x, wx, bx), 3, axis=-1)
     ur, uz, un = jnp.split(linear.forward(h, wh, bh), 3, axis=-1)
     r = sigmoid.forward(ar + ur)
@@ -284,42 +284,42 @@ def _gru_parts(x, h, wx, wh, bx, bh):
 
 def gru_cell(x: jax.Array, h: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
              bh: jax.Array) -> jax.Array:
-    r"""GRU step `h → h'`, the variant with the reset gate applied *after* `h W_hn`.
+    r"""GRU step $h → h'$, the variant with the reset gate applied *after* `h W_hn`.
 
     This is the formulation of PyTorch's `nn.GRU` and cuDNN (Keras
-    `reset_after=True`), not Cho et al.'s original `tanh(x W + (r ⊙ h) U)`: with
+    `reset_after=True`), not Cho et al.'s original $tanh(x W + (r ⊙ h) U)$: with
     the reset after the product, the three hidden-side products are one `h W_h`.
-    Gates stacked `r, z, n` (PyTorch's order):
+    Gates stacked $r, z, n$ (PyTorch's order):
 
-        `A = x W_x + b_x = [A_r, A_z, A_n]`,  `U = h W_h + b_h = [U_r, U_z, U_n]`
-        `r = σ(A_r + U_r)`,  `z = σ(A_z + U_z)`,  `n = tanh(A_n + r ⊙ U_n)`
-        `h' = (1 − z) ⊙ n + z ⊙ h`
+    $$ A = x W_x + b_x = [A_r, A_z, A_n], \qquad U = h W_h + b_h = [U_r, U_z, U_n] $$
+    $$ r = σ(A_r + U_r), \qquad z = σ(A_z + U_z), \qquad n = tanh(A_n + r ⊙ U_n) $$
+    $$ h' = (1 − z) ⊙ n + z ⊙ h $$
 
-    Shapes: `x ∈ ℝ^{…×D}`, `h, h' ∈ ℝ^{…×H}`, `W_x ∈ ℝ^{D×3H}` (`wx`),
-    `W_h ∈ ℝ^{H×3H}` (`wh`), `b_x, b_h ∈ ℝ^{3H}` (`bx`, `bh`; two biases,
-    because `b_hn` sits inside `r ⊙ U_n` and is not redundant with `b_xn`).
+    Shapes: $x ∈ ℝ^{…×D}$, $h, h' ∈ ℝ^{…×H}$, $W_x ∈ ℝ^{D×3H}$ (`wx`),
+    $W_h ∈ ℝ^{H×3H}$ (`wh`), $b_x, b_h ∈ ℝ^{3H}$ (`bx`, `bh`; two biases,
+    because $b_hn$ sits inside $r ⊙ U_n$ and is not redundant with $b_xn$).
 
-    Derivation, with `G = ∂L/∂h'`:
+    Derivation, with $G = ∂L/∂h'$:
 
-    * `∂L/∂n = G ⊙ (1 − z)`, `∂L/∂z = G ⊙ (h − n)`, and directly `∂L/∂h ⊕= G ⊙ z`;
-    * candidate: `∂L/∂(A_n + r⊙U_n) = ∂L/∂n ⊙ (1 − n²) =: δ_n`, so `∂L/∂A_n = δ_n`,
-      `∂L/∂U_n = δ_n ⊙ r`, `∂L/∂r = δ_n ⊙ U_n`;
-    * gates: `∂L/∂A_r = ∂L/∂U_r = ∂L/∂r ⊙ r(1 − r)`,
-      `∂L/∂A_z = ∂L/∂U_z = ∂L/∂z ⊙ z(1 − z)`;
-    * through the affine maps: `∂L/∂x = ∂L/∂A W_xᵀ`, `∂L/∂W_x = xᵀ ∂L/∂A`,
-      `∂L/∂b_x = 1ᵀ ∂L/∂A`; `∂L/∂h ⊕= ∂L/∂U W_hᵀ`, `∂L/∂W_h = hᵀ ∂L/∂U`,
-      `∂L/∂b_h = 1ᵀ ∂L/∂U`.
+    * $∂L/∂n = G ⊙ (1 − z)$, $∂L/∂z = G ⊙ (h − n)$, and directly $∂L/∂h ⊕= G ⊙ z$;
+    * candidate: $∂L/∂(A_n + r⊙U_n) = ∂L/∂n ⊙ (1 − n²) =: δ_n$, so $∂L/∂A_n = δ_n$,
+      $∂L/∂U_n = δ_n ⊙ r$, $∂L/∂r = δ_n ⊙ U_n$;
+    * gates: $∂L/∂A_r = ∂L/∂U_r = ∂L/∂r ⊙ r(1 − r)$,
+      $∂L/∂A_z = ∂L/∂U_z = ∂L/∂z ⊙ z(1 − z)$;
+    * through the affine maps: $∂L/∂x = ∂L/∂A W_xᵀ$, $∂L/∂W_x = xᵀ ∂L/∂A$,
+      $∂L/∂b_x = 1ᵀ ∂L/∂A$; $∂L/∂h ⊕= ∂L/∂U W_hᵀ$, $∂L/∂W_h = hᵀ ∂L/∂U$,
+      $∂L/∂b_h = 1ᵀ ∂L/∂U$.
 
-    Residuals: `x, h, W_x, W_h`, the gates `[r, z, n]` (…×3H) and `U_n` (…×H).
+    Residuals: $x, h, W_x, W_h$, the gates $[r, z, n]$ (…×3H) and $U_n$ (…×H).
 
     References: Cho et al., "Learning Phrase Representations using RNN
     Encoder–Decoder for Statistical Machine Translation", 2014 (the GRU); the
     reset-after variant as in cuDNN and PyTorch.
 
-    Tangent: `dA = dx W_x + x dW_x + db_x`, `dU = dh W_h + h dW_h + db_h` (`…×3H`);
-    `dr = r(1 − r)(dA_r + dU_r)`, `dz = z(1 − z)(dA_z + dU_z)`,
-    `dn = (1 − n²)(dA_n + dr ⊙ U_n + r ⊙ dU_n)`;
-    `dh' = (1 − z) ⊙ dn + z ⊙ dh + (h − n) ⊙ dz` (`…×H`).
+    Tangent: $dA = dx W_x + x dW_x + db_x$, $dU = dh W_h + h dW_h + db_h$ ($…×3H$);
+    $dr = r(1 − r)(dA_r + dU_r)$, $dz = z(1 − z)(dA_z + dU_z)$,
+    $dn = (1 − n²)(dA_n + dr ⊙ U_n + r ⊙ dU_n)$;
+    $dh' = (1 − z) ⊙ dn + z ⊙ dh + (h − n) ⊙ dz$ ($…×H$).
     """
     gates, _ = _gru_parts(x, h, wx, wh, bx, bh)
     _, z, n = jnp.split(gates, 3, axis=-1)
@@ -375,41 +375,41 @@ gru_cell = primitive(
 
 
 def _hidden(state: Any) -> Any:
-    """What a step emits: the state, or its first entry `h` for a pair `(h, c)`."""
+    """What a step emits: the state, or its first entry $h$ for a pair $(h, c)$."""
     return state[0] if isinstance(state, (tuple, list)) else state
 
 
 def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
               reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    r"""Run `state_t = cell(x_t, state_{t−1}, *params)` over the time axis.
+    r"""Run $state_t = cell(x_t, state_{t−1}, *params)$ over the time axis.
 
     Args:
       cell: one step, `cell(x_t, state, *params) -> state` (`rnn_cell`,
         `lstm_cell`, `gru_cell`, or your own).
-      xs: inputs, batch-first `…×T×D` (time is the second-to-last axis).
-      state0: the initial state (`…×H`, or a pair `(h, c)`).
+      xs: inputs, batch-first $…×T×D$ (time is the second-to-last axis).
+      state0: the initial state ($…×H$, or a pair $(h, c)$).
       *params: the cell's parameters, shared by every step.
-      reverse: run from `t = T` down to `1` (for the backward half of a
+      reverse: run from $t = T$ down to `1` (for the backward half of a
         bidirectional RNN); `hs` stays in input order.
-      lengths: optional int array `…` (each in `[1, T]`): the number of valid
-        steps of each sequence. A step `t ≥ ℓ` keeps the state, `s_t = s_{t−1}`,
+      lengths: optional int array $…$ (each in `[1, T]`): the number of valid
+        steps of each sequence. A step $t ≥ ℓ$ keeps the state, $s_t = s_{t−1}$,
         and outputs zero, so it receives no gradient; `reverse=True` then runs each
-        sequence from its own last step `ℓ−1` down to `0` (a packed sequence's
+        sequence from its own last step $ℓ−1$ down to `0` (a packed sequence's
         backward direction: `reverse_sequences`, a forward masked scan, and back).
 
     Returns:
-      `(hs, state_T)`: `hs ∈ ℝ^{…×T×H}` holds each step's `h` (the state, or
+      `(hs, state_T)`: $hs ∈ ℝ^{…×T×H}$ holds each step's $h$ (the state, or
       its first entry for a pair), `state_T` the final state (with `lengths`, each
       sequence's own after its last valid step).
 
-    With lengths each step is `s_t = m_t ? cell(x_t, s_{t−1}) : s_{t−1}` and
-    `h_t = m_t ? h(cell(…)) : 0` with the mask `m_t = [t < ℓ]`, a select whose VJP
+    With lengths each step is $s_t = m_t ? cell(x_t, s_{t−1}) : s_{t−1}$ and
+    $h_t = m_t ? h(cell(…)) : 0$ with the mask $m_t = [t < ℓ]$, a select whose VJP
     sends the state's cotangent around a padded step untouched and gives the cell's
     backward a zero cotangent there.
 
-    Gradient (BPTT): the scan's transpose calls the cell's VJP at `t = T, …, 1`,
-    feeding `∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}` returned by step
-    `t+1)`, and sums each step's `∂L/∂params`. Nothing here is differentiated
+    Gradient (BPTT): the scan's transpose calls the cell's VJP at $t = T, …, 1$,
+    feeding $∂L/∂state_t = ∂L/∂hs_t + (∂L/∂state_{t−1}$ returned by step
+    `t+1)`, and sums each step's $∂L/∂params$. Nothing here is differentiated
     by hand beyond the cell; the transposes between batch-first and time-major
     layouts are layout changes JAX inverts exactly.
     """
@@ -430,7 +430,7 @@ def scan_cell(cell: Callable, xs: jax.Array, state0: Any, *params: Any,
 
 def _masked_scan(cell: Callable, xs: jax.Array, state0: Any, params: tuple,
                  lengths: jax.Array) -> tuple[jax.Array, Any]:
-    """The forward scan with steps `t ≥ ℓ` keeping the state and outputting zero."""
+    """The forward scan with steps $t ≥ ℓ$ keeping the state and outputting zero."""
     def select(m_t, new, old):
         return jnp.where(jnp.broadcast_to(m_t[..., None], new.shape), new, old)
 
@@ -464,10 +464,10 @@ def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array
         reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Elman RNN over a sequence: `scan_cell` of `rnn_cell`.
 
-    `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
-    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
-    `lengths` (int `…`, each in `[1, T]`): see `scan_cell` (padded steps keep the
-    state, output zero, receive no gradient; `h_T` is each sequence's own last).
+    $xs ∈ ℝ^{…×T×D}$ (batch-first), $h0 ∈ ℝ^{…×H}$; returns `(hs, h_T)` with
+    $hs ∈ ℝ^{…×T×H}$. Gradient: BPTT through the cell's rule ∂L/∂(x, h, W, b).
+    `lengths` (int $…$, each in `[1, T]`): see `scan_cell` (padded steps keep the
+    state, output zero, receive no gradient; $h_T$ is each sequence's own last).
     """
     _check_sequence("rnn", xs, h0, wx, (wx, wh, b), lengths)
     return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse, lengths=lengths)
@@ -477,8 +477,8 @@ def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array,
          reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, Any]:
     """LSTM over a sequence: `scan_cell` of `lstm_cell`.
 
-    `xs ∈ ℝ^{…×T×D}` (batch-first), `state0 = (h0, c0)` with `h0, c0 ∈ ℝ^{…×H}`;
-    returns `(hs, (h_T, c_T))` with `hs ∈ ℝ^{…×T×H}` (the `h` of every step)
+    $xs ∈ ℝ^{…×T×D}$ (batch-first), `state0 = (h0, c0)` with $h0, c0 ∈ ℝ^{…×H}$;
+    returns `(hs, (h_T, c_T))` with $hs ∈ ℝ^{…×T×H}$ (the $h$ of every step)
     and the final state in `state0`'s container. Gradient: BPTT through the
     cell's rule ∂L/∂(x, (h, c), W, b). `lengths`: as in `rnn` (`scan_cell`).
     """
@@ -492,8 +492,8 @@ def gru(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Arra
         lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """GRU (reset-after variant) over a sequence: `scan_cell` of `gru_cell`.
 
-    `xs ∈ ℝ^{…×T×D}` (batch-first), `h0 ∈ ℝ^{…×H}`; returns `(hs, h_T)` with
-    `hs ∈ ℝ^{…×T×H}`. Gradient: BPTT through the cell's rule. `lengths`: as in
+    $xs ∈ ℝ^{…×T×D}$ (batch-first), $h0 ∈ ℝ^{…×H}$; returns `(hs, h_T)` with
+    $hs ∈ ℝ^{…×T×H}$. Gradient: BPTT through the cell's rule. `lengths`: as in
     `rnn` (`scan_cell`).
     """
     _check_sequence("gru", xs, h0, wx, (wx, wh, bx, bh), lengths)
