@@ -1,17 +1,17 @@
 """Variable-length sequences: length masks and pooling over the valid steps.
 
-Layout is batch-first: `X ∈ ℝ^{…×T×d}` (time second to last, features last; `…`
-the batch axes, usually `N`), with `lengths ℓ ∈ {1…T}^{…}` (an int per sequence):
-steps `t < ℓ` are real, steps `t ≥ ℓ` are padding. `lengths=None` means every
-sequence is full (`ℓ = T`). The mask is `m_t = [t < ℓ]` (`sequence_mask`).
+Layout is batch-first: $X ∈ ℝ^{…×T×d}$ (time second to last, features last; $…$
+the batch axes, usually $N$), with $lengths ℓ ∈ {1…T}^{…}$ (an int per sequence):
+steps $t < ℓ$ are real, steps $t ≥ ℓ$ are padding. `lengths=None` means every
+sequence is full ($ℓ = T$). The mask is $m_t = [t < ℓ]$ (`sequence_mask`).
 
-The three poolings `…×T×d → …×d` read only the valid steps; padded steps get
+The three poolings $…×T×d → …×d$ read only the valid steps; padded steps get
 **zero gradient** whatever their values (even NaN or ∞, which do not reach the output):
 
-* `sequence_mean`: `y = (1/ℓ) Σ_{t<ℓ} x_t`;
-* `sequence_max`: `y_k = max_{t<ℓ} x_{t,k}` (non-smooth: it declares the argmax as
+* `sequence_mean`: $y = (1/ℓ) Σ_{t<ℓ} x_t$;
+* `sequence_max`: $y_k = max_{t<ℓ} x_{t,k}$ (non-smooth: it declares the argmax as
   its switch, so `fdl.check` does not take finite differences across a tie);
-* `sequence_last`: `y = x_{ℓ−1}`, the last valid step (a recurrent encoder's summary).
+* `sequence_last`: $y = x_{ℓ−1}$, the last valid step (a recurrent encoder's summary).
 
 `lengths` are integers: no cotangent. Bad lengths (a float, the wrong shape, or,
 where the values are known, one outside `[1, T]`) raise a `ValueError`/`TypeError`
@@ -63,7 +63,7 @@ def check_lengths(fn: str, lengths: Any, batch_shape: tuple, steps: int,
 
 def sequence_mask(lengths: jax.Array | None, steps: int,
                   batch_shape: tuple = ()) -> jax.Array:
-    """The boolean mask `m ∈ {0,1}^{…×T}`, `m[…, t] = t < lengths[…]` (all True,
+    """The boolean mask $m ∈ {0,1}^{…×T}$, $m[…, t] = t < lengths[…]$ (all True,
     of shape `batch_shape + (T,)`, when `lengths` is None)."""
     if lengths is None:
         return jnp.ones(tuple(batch_shape) + (steps,), bool)
@@ -72,14 +72,14 @@ def sequence_mask(lengths: jax.Array | None, steps: int,
 
 
 def _mask3(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
-    """The mask broadcast to `x`'s shape `…×T×d`."""
+    """The mask broadcast to $x$'s shape $…×T×d$."""
     m = sequence_mask(lengths, x.shape[-2], x.shape[:-2])
     return jnp.broadcast_to(jnp.expand_dims(m, -1), x.shape)
 
 
 def _lengths_col(lengths: jax.Array | None, batch_shape: tuple, steps: int,
                  dtype: Any) -> jax.Array:
-    """`ℓ` as a float column `…×1` (`T` everywhere when `lengths` is None)."""
+    """$ℓ$ as a float column $…×1$ ($T$ everywhere when `lengths` is None)."""
     if lengths is None:
         return jnp.full(tuple(batch_shape) + (1,), steps, dtype)
     return jnp.expand_dims(lengths, -1).astype(dtype)
@@ -97,7 +97,7 @@ def _validate(fn: str):
 
 
 def _lengths_sampler(*batch: int, steps: int):
-    """Example lengths in `[1, T]`, the first one `1` and the last `T` (the edges)."""
+    """Example lengths in `[1, T]`, the first one `1` and the last $T$ (the edges)."""
     def sample(rng, dtype):
         a = np.asarray(rng.integers(1, steps + 1, batch)).reshape(-1)
         a[0], a[-1] = 1, steps
@@ -117,29 +117,29 @@ def _examples() -> list[Example]:
 
 
 def sequence_mean(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-    r"""Mean over the valid steps: `y = (1/ℓ) Σ_{t<ℓ} x_t`.
+    r"""Mean over the valid steps: $y = (1/ℓ) Σ_{t<ℓ} x_t$.
 
-    Shapes: `X ∈ ℝ^{…×T×d}`, `ℓ` = `lengths ∈ {1…T}^{…}` (None: `T`),
-    `Y ∈ ℝ^{…×d}`.
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$),
+    $Y ∈ ℝ^{…×d}$.
 
-    Derivation: `y = (1/ℓ) Σ_t m_t x_t` with the constant mask `m_t = [t < ℓ]`, so
-    `∂y_k/∂x_{t,k'} = δ_{kk'} m_t/ℓ` and
+    Derivation: $y = (1/ℓ) Σ_t m_t x_t$ with the constant mask $m_t = [t < ℓ]$, so
+    $∂y_k/∂x_{t,k'} = δ_{kk'} m_t/ℓ$ and
 
-        `∂L/∂x_t = (m_t/ℓ) g`   (`g = ∂L/∂y ∈ ℝ^{…×d}`, broadcast over `t`):
+        $∂L/∂x_t = (m_t/ℓ) g$   ($g = ∂L/∂y ∈ ℝ^{…×d}$, broadcast over $t$):
 
     padded steps get exactly zero.
 
-    Residuals: `lengths` (and `T` from the cotangent's context: the shape of `x`,
+    Residuals: `lengths` (and $T$ from the cotangent's context: the shape of $x$,
     carried as a zero-size array).
 
-    Tangent: `dy = (1/ℓ) Σ_{t<ℓ} dx_t`.
+    Tangent: $dy = (1/ℓ) Σ_{t<ℓ} dx_t$.
     """
     total = jnp.sum(jnp.where(_mask3(x, lengths), x, jnp.zeros_like(x)), axis=-2)
     return total / _lengths_col(lengths, x.shape[:-2], x.shape[-2], x.dtype)
 
 
 def _shape_carrier(x: jax.Array) -> jax.Array:
-    """A zero-size array whose shape carries `T` (residuals must be arrays)."""
+    """A zero-size array whose shape carries $T$ (residuals must be arrays)."""
     return jnp.zeros((x.shape[-2], 0), jnp.int8)
 
 
@@ -176,29 +176,29 @@ sequence_mean = primitive(
 
 
 def _argmax(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
-    """`a ∈ {0…T−1}^{…×d}`: the first valid step holding each feature's maximum."""
+    """$a ∈ {0…T−1}^{…×d}$: the first valid step holding each feature's maximum."""
     masked = jnp.where(_mask3(x, lengths), x, jnp.full_like(x, -jnp.inf))
     return jnp.argmax(masked, axis=-2).astype(jnp.int32)
 
 
 def sequence_max(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-    r"""Max over the valid steps, feature by feature: `y_k = max_{t<ℓ} x_{t,k}`.
+    r"""Max over the valid steps, feature by feature: $y_k = max_{t<ℓ} x_{t,k}$.
 
-    Shapes: `X ∈ ℝ^{…×T×d}`, `ℓ` = `lengths ∈ {1…T}^{…}` (None: `T`),
-    `Y ∈ ℝ^{…×d}`.
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$),
+    $Y ∈ ℝ^{…×d}$.
 
-    Derivation: where the maximum is attained at one step `a_k = argmax_{t<ℓ} x_{t,k}`,
-    `y_k = x_{a_k,k}` locally, so `∂y_k/∂x_{t,k'} = δ_{kk'} [t = a_k]` and
+    Derivation: where the maximum is attained at one step $a_k = argmax_{t<ℓ} x_{t,k}$,
+    $y_k = x_{a_k,k}$ locally, so $∂y_k/∂x_{t,k'} = δ_{kk'} [t = a_k]$ and
 
-        `∂L/∂x_{t,k} = g_k [t = a_k]`   (`g ∈ ℝ^{…×d}`):
+        $∂L/∂x_{t,k} = g_k [t = a_k]$   ($g ∈ ℝ^{…×d}$):
 
     the gradient is routed to the winning step only (the first one, on a tie: a
-    subgradient); padded steps never win. The derivative jumps where `a` changes,
-    so `a` is this primitive's switch (`switches=`).
+    subgradient); padded steps never win. The derivative jumps where $a$ changes,
+    so $a$ is this primitive's switch (`switches=`).
 
-    Residuals: `a ∈ ℤ^{…×d}` (int32) and `T` (a zero-size array's shape).
+    Residuals: $a ∈ ℤ^{…×d}$ (int32) and $T$ (a zero-size array's shape).
 
-    Tangent: `dy_k = dx_{a_k,k}`, a gather at the argmax.
+    Tangent: $dy_k = dx_{a_k,k}$, a gather at the argmax.
     """
     masked = jnp.where(_mask3(x, lengths), x, jnp.full_like(x, -jnp.inf))
     return jnp.max(masked, axis=-2)
@@ -237,7 +237,7 @@ sequence_max = primitive(
 
 
 def _last_index(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
-    """`ℓ − 1` as an int32 index array `…×1×1` (for `take_along_axis` on `…×T×d`)."""
+    """$ℓ − 1$ as an int32 index array $…×1×1$ (for `take_along_axis` on $…×T×d$)."""
     if lengths is None:
         idx = jnp.full(x.shape[:-2], x.shape[-2] - 1, jnp.int32)
     else:
@@ -246,20 +246,20 @@ def _last_index(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
 
 
 def sequence_last(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-    r"""The last valid step of each sequence: `y = x_{ℓ−1}`.
+    r"""The last valid step of each sequence: $y = x_{ℓ−1}$.
 
-    Shapes: `X ∈ ℝ^{…×T×d}`, `ℓ` = `lengths ∈ {1…T}^{…}` (None: `T`, the
-    last step), `Y ∈ ℝ^{…×d}`.
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$, the
+    last step), $Y ∈ ℝ^{…×d}$.
 
-    Derivation: a selection, `y = Σ_t [t = ℓ−1] x_t`, linear in `X`, so
+    Derivation: a selection, $y = Σ_t [t = ℓ−1] x_t$, linear in $X$, so
 
-        `∂L/∂x_t = [t = ℓ−1] g`   (`g ∈ ℝ^{…×d}`):
+        $∂L/∂x_t = [t = ℓ−1] g$   ($g ∈ ℝ^{…×d}$):
 
-    the cotangent lands on step `ℓ−1` and every other step, padding included, gets zero.
+    the cotangent lands on step $ℓ−1$ and every other step, padding included, gets zero.
 
-    Residuals: `lengths` and `T` (a zero-size array's shape).
+    Residuals: `lengths` and $T$ (a zero-size array's shape).
 
-    Tangent: `dy = dx_{ℓ−1}`.
+    Tangent: $dy = dx_{ℓ−1}$.
     """
     return jnp.take_along_axis(x, _last_index(x, lengths), axis=-2)[..., 0, :]
 
@@ -294,10 +294,10 @@ sequence_last = primitive(
 
 
 def reverse_sequences(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
-    r"""Reverse each sequence within its own length: `y_t = x_{ℓ−1−t}` for `t < ℓ`,
-    `y_t = x_t` for `t ≥ ℓ` (padding stays where it is).
+    r"""Reverse each sequence within its own length: $y_t = x_{ℓ−1−t}$ for $t < ℓ$,
+    $y_t = x_t$ for $t ≥ ℓ$ (padding stays where it is).
 
-    `X ∈ ℝ^{…×T×d}`, `ℓ` = `lengths ∈ {1…T}^{…}` (None: `T`, a plain flip of the
+    $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$, a plain flip of the
     time axis). It is its own inverse. Running a recurrence forward over
     `reverse_sequences(x, ℓ)` and reversing its outputs back is the backward direction
     of a packed sequence: each sequence starts from its own last step, not from the
@@ -316,8 +316,8 @@ def reverse_sequences(x: jax.Array, lengths: jax.Array | None = None) -> jax.Arr
 
 def padding_mask(lengths: jax.Array | None, kv_lengths: jax.Array | None, steps: int,
                  kv_steps: int) -> jax.Array | None:
-    """The attention mask `…×T×S` of padded batches: query `t` of a sequence of length
-    `ℓ` and key `s` of a source of length `ℓ'` attend iff `t < ℓ` and `s < ℓ'`
+    """The attention mask $…×T×S$ of padded batches: query $t$ of a sequence of length
+    $ℓ$ and key $s$ of a source of length $ℓ'$ attend iff $t < ℓ$ and $s < ℓ'$
     (`lengths` masks queries, `kv_lengths` keys; either may be None; both None: None).
     A padded query's row is all False, so attention gives it zero weights."""
     if lengths is None and kv_lengths is None:
