@@ -1,7 +1,7 @@
 """Softmax and log-softmax along one axis (default: the last, the classes).
 
-For a row `z ∈ ℝ^K`: `p = softmax(z)`, `p_i = e^{z_i} / Σ_k e^{z_k}`, and
-`log p = z − logsumexp(z)`. Both are shift-invariant, so the forward subtracts
+For a row $z ∈ ℝ^K$: $p = softmax(z)$, $p_i = e^{z_i} / Σ_k e^{z_k}$, and
+$log p = z − logsumexp(z)$. Both are shift-invariant, so the forward subtracts
 `max(z)` first; no `e^{z}` overflows even for logits of magnitude 1e4.
 """
 
@@ -22,15 +22,15 @@ def _shifted(x, axis):
 
 
 def softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    r"""Softmax `p = e^{z} / Σ_k e^{z_k}` along `axis` (static).
+    r"""Softmax $p = e^{z} / Σ_k e^{z_k}$ along `axis` (static).
 
-    Jacobian of one row: `∂p_i/∂z_j = p_i(δ_ij − p_j)`, i.e.
-    `J = diag(p) − p pᵀ` (`K×K`, symmetric). The VJP never forms it:
-    `∂L/∂z = Jᵀ g = p ⊙ g − p (pᵀ g) = p ⊙ (g − ⟨g, p⟩)`, with the inner product
-    taken along `axis`. Saves `p`.
+    Jacobian of one row: $∂p_i/∂z_j = p_i(δ_ij − p_j)$, i.e.
+    $J = diag(p) − p pᵀ$ ($K×K$, symmetric). The VJP never forms it:
+    $∂L/∂z = Jᵀ g = p ⊙ g − p (pᵀ g) = p ⊙ (g − ⟨g, p⟩)$, with the inner product
+    taken along `axis`. Saves $p$.
 
-    Tangent (forward mode): `dp = J dz = p ⊙ (dz − ⟨p, dz⟩)` (same shape as `z`, inner
-    product along `axis`); `J` is symmetric, so it is the VJP's formula with `dz` for `g`.
+    Tangent (forward mode): $dp = J dz = p ⊙ (dz − ⟨p, dz⟩)$ (same shape as $z$, inner
+    product along `axis`); $J$ is symmetric, so it is the VJP's formula with `dz` for $g$.
     """
     e = jnp.exp(_shifted(x, axis))
     return e / jnp.sum(e, axis=axis, keepdims=True)
@@ -71,13 +71,13 @@ softmax = primitive(
 
 
 def log_softmax(x: jax.Array, axis: int = -1) -> jax.Array:
-    r"""Log-softmax `y = z − logsumexp(z)` along `axis` (static).
+    r"""Log-softmax $y = z − logsumexp(z)$ along `axis` (static).
 
-    `∂y_i/∂z_j = δ_ij − p_j` with `p = softmax(z) = e^{y}`, so
-    `∂L/∂z = g − p Σ_i g_i` (sum along `axis`). Saves `y` (`p = e^{y}`).
+    $∂y_i/∂z_j = δ_ij − p_j$ with $p = softmax(z) = e^{y}$, so
+    $∂L/∂z = g − p Σ_i g_i$ (sum along `axis`). Saves $y$ ($p = e^{y}$).
 
-    Tangent: `dy = dz − ⟨p, dz⟩` (inner product along `axis`, broadcast back): row `i`
-    of `J` is `e_iᵀ − pᵀ`, so `(J dz)_i = dz_i − Σ_j p_j dz_j` — not symmetric, unlike
+    Tangent: $dy = dz − ⟨p, dz⟩$ (inner product along `axis`, broadcast back): row $i$
+    of $J$ is $e_iᵀ − pᵀ$, so $(J dz)_i = dz_i − Σ_j p_j dz_j$ — not symmetric, unlike
     softmax's.
     """
     s = _shifted(x, axis)
