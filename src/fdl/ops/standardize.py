@@ -33,7 +33,7 @@ __all__ = ["affine", "affine_backward", "affine_tangent", "per_channel", "projec
 
 
 def per_channel(a: jax.Array, ndim: int) -> jax.Array:
-    """A `(C,)` vector reshaped to `(1, …, 1, C)` to broadcast over rank `ndim`."""
+    """A `(C,)` vector reshaped to $(1, …, 1, C)$ to broadcast over rank `ndim`."""
     return a.reshape((1,) * (ndim - 1) + a.shape)
 
 
