@@ -1,14 +1,14 @@
 """Losses as primitives, each with the gradient derived beside it.
 
-Every loss computes a per-example value `ℓ` and reduces it with `reduction`
+Every loss computes a per-example value $ℓ$ and reduces it with `reduction`
 (static): `"mean"` (default) over all per-example values, `"sum"`, or
-`"none"` (the per-example values). With `n` values and output cotangent
-`g` (a scalar for `mean`/`sum`), the per-example cotangent is
-`g/n` (mean), `g` (sum) or `g` itself (none); each backward below writes
-`∂ℓ/∂inputs` and multiplies by it.
+`"none"` (the per-example values). With $n$ values and output cotangent
+$g$ (a scalar for `mean`/`sum`), the per-example cotangent is
+`g/n` (mean), $g$ (sum) or $g$ itself (none); each backward below writes
+$∂ℓ/∂inputs$ and multiplies by it.
 
-Layout: classes on the last axis, `Z ∈ ℝ^{N×K}`; leading batch dimensions may be
-any number (`N = n₁×…×n_k`).
+Layout: classes on the last axis, $Z ∈ ℝ^{N×K}$; leading batch dimensions may be
+any number ($N = n₁×…×n_k$).
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ def _keep(x: jax.Array) -> jax.Array:
 
 
 def mse(pred: jax.Array, target: jax.Array, reduction: str = "mean") -> jax.Array:
-    r"""Mean squared error, per element `ℓ = (p − t)²`.
+    r"""Mean squared error, per element $ℓ = (p − t)²$.
 
-    With `mean` over `n` elements, `L = (1/n) Σ (p − t)²` and
-    `∂L/∂p = (2/n)(p − t)`, `∂L/∂t = −∂L/∂p` (same shape as `p`). Saves `p − t`.
+    With `mean` over $n$ elements, $L = (1/n) Σ (p − t)²$ and
+    $∂L/∂p = (2/n)(p − t)$, $∂L/∂t = −∂L/∂p$ (same shape as $p$). Saves $p − t$.
 
-    Tangent: per element `dℓ = 2(p − t)(dp − dt)`, then reduced like `ℓ`
-    (`mean`: `dL = (2/n) Σ (p − t)(dp − dt)`, a scalar).
+    Tangent: per element $dℓ = 2(p − t)(dp − dt)$, then reduced like $ℓ$
+    (`mean`: $dL = (2/n) Σ (p − t)(dp − dt)$, a scalar).
     """
     return _reduce(jnp.square(pred - target), reduction)
 
@@ -212,14 +212,14 @@ softmax_cross_entropy = primitive(
 def sigmoid_binary_cross_entropy(
     logits: jax.Array, targets: jax.Array, reduction: str = "mean"
 ) -> jax.Array:
-    r"""Binary cross-entropy of `σ(z)` against targets `y ∈ [0, 1]`, from logits.
+    r"""Binary cross-entropy of $σ(z)$ against targets $y ∈ [0, 1]$, from logits.
 
-    `ℓ = −y log σ(z) − (1 − y) log(1 − σ(z)) = softplus(z) − y z`, computed as
-    `max(z, 0) + log(1 + e^{−|z|}) − y z` (no overflow for any `z`).
+    $ℓ = −y log σ(z) − (1 − y) log(1 − σ(z)) = softplus(z) − y z$, computed as
+    $max(z, 0) + log(1 + e^{−|z|}) − y z$ (no overflow for any $z$).
 
-    `∂ℓ/∂z = σ(z) − y` and `∂ℓ/∂y = −z` (element-wise, any shape). Saves `z, y`.
+    $∂ℓ/∂z = σ(z) − y$ and $∂ℓ/∂y = −z$ (element-wise, any shape). Saves $z, y$.
 
-    Tangent: per element `dℓ = (σ(z) − y) dz − z dy`, reduced like `ℓ`.
+    Tangent: per element $dℓ = (σ(z) − y) dz − z dy$, reduced like $ℓ$.
     """
     return _reduce(jnp.logaddexp(logits, jnp.zeros_like(logits)) - targets * logits, reduction)
 
@@ -270,17 +270,17 @@ sigmoid_binary_cross_entropy = primitive(
 
 def huber(pred: jax.Array, target: jax.Array, delta: float = 1.0,
           reduction: str = "mean") -> jax.Array:
-    r"""Huber loss with threshold `δ` = `delta` (static), per element with `r = p − t`.
+    r"""Huber loss with threshold $δ$ = `delta` (static), per element with $r = p − t$.
 
-    `ℓ = ½ r²` for `|r| ≤ δ` and `δ(|r| − ½δ)` otherwise: quadratic near zero,
-    linear in the tails, continuous with a continuous derivative at `|r| = δ`.
+    $ℓ = ½ r²$ for $|r| ≤ δ$ and $δ(|r| − ½δ)$ otherwise: quadratic near zero,
+    linear in the tails, continuous with a continuous derivative at $|r| = δ$.
 
-    `∂ℓ/∂r = r` inside, `δ·sign(r)` outside, i.e. `clip(r, −δ, δ)`; then
-    `∂ℓ/∂p = clip(r, −δ, δ)` and `∂ℓ/∂t = −clip(r, −δ, δ)`. Saves `r`.
+    $∂ℓ/∂r = r$ inside, $δ·sign(r)$ outside, i.e. $clip(r, −δ, δ)$; then
+    $∂ℓ/∂p = clip(r, −δ, δ)$ and $∂ℓ/∂t = −clip(r, −δ, δ)$. Saves $r$.
 
     References: Huber, "Robust Estimation of a Location Parameter", 1964.
 
-    Tangent: per element `dℓ = clip(r, −δ, δ)(dp − dt)`, reduced like `ℓ`.
+    Tangent: per element $dℓ = clip(r, −δ, δ)(dp − dt)$, reduced like $ℓ$.
     """
     r = pred - target
     a = jnp.abs(r)
@@ -307,7 +307,7 @@ def _huber_tangent(delta, reduction, r, t):
 
 
 def _huber_switches(pred, target, delta, reduction):
-    """Switches: `|r| ≤ δ`, where the quadratic meets the linear piece (`ℓ''` jumps)."""
+    """Switches: $|r| ≤ δ$, where the quadratic meets the linear piece ($ℓ''$ jumps)."""
     return jnp.abs(pred - target) <= delta
 
 
