@@ -81,9 +81,32 @@ is larger than the gradient (here `S ≈ 8·max|r|`). Finite differences in floa
 resolve a derivative to about `ε·F/h` (1e-5 to 1e-3 relative): they confirm the
 reference, the autodiff row carries the fine comparison.
 
-Points where the function has a kink (ReLU at 0) are not differentiable; the
-step ladder moves away from kinks it can see, and the built-in examples avoid
-them.
+On a ReLU CNN (`Conv2D(4, 3×3)` → ReLU → 2×2 max-pool → `Dense(10)` under softmax
+cross-entropy, 16 images of 8×8, float32), a hand-written backward off by a factor
+`1 + r` in one primitive (the convolution, the ReLU or the max-pool; each scales the
+convolution's parameter gradient) fails `check.model` at 10 of 10 initialisations for
+`r = 1.5e-4`, at 7 of 10 for `1e-4` and at none for `5e-5`; in the final dense layer
+`r = 1e-4` fails at 10 of 10. Correct models do not fail: `tests/test_check_models.py`
+passes fifteen of them (MLPs, CNNs, normalisation, dropout, recurrent and attention
+models) at 20 initialisations each, and fails each with a 1% wrong rule at every one.
+
+Kinks. Where a non-smooth primitive switches (ReLU at 0, max-pool's arg-max, declared
+with `switches=`), the function is not differentiable and a difference quotient across
+the switch is not the derivative. The finite differences see every switch of the
+primitives called (`fdl.check.fd`): a step that changes one is refused, smaller steps
+are tried down to `2·ε^{1/2}` of the scale, and a row notes how many switching points
+its steps avoided. Where no step down to that limit avoids them, the direction is
+*not differentiable within reach*: the row's note says so with the number of
+switching points the smallest step crosses, e.g.
+
+    note: params['conv2d_0']['w'] (gradient and 1 random direction) vs finite
+    differences: direction 0: not differentiable within reach: 1 switching point
+    crossed at this point
+
+and that direction is not judged against finite differences; the row fails only if
+manual and autodiff disagree there too (the autodiff row carries the comparison). In
+float32 this is common for the parameters before thousands of ReLUs (a CNN's
+convolutions): about one switch per `10⁻³` of step.
 
 Speed: a check is one XLA program (the reference, the finite differences as one
 `vmap` over all stencil points and, with `jit=True`, the rule under test),
