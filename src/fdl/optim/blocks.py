@@ -168,6 +168,22 @@ def scale_by_factored_rms(
             zero_count(), *(treedef.unflatten(list(x)) for x in (rows, cols, full))
         )
 
+    def step(g, row, col, full, beta):
+        """One leaf: (d, new v_row, new v_col, new v); the unused fields pass through."""
+        g32 = g.astype(row.dtype)
+        sq = g32 * g32 + eps
+        if factored(g.shape):
+            new_row = beta * row + (1 - beta) * jnp.mean(sq, axis=-1)
+            new_col = beta * col + (1 - beta) * jnp.mean(sq, axis=-2)
+            mean_row = jnp.mean(new_row, axis=-1)[..., None, None]
+            v_hat = new_row[..., :, None] * new_col[..., None, :] / mean_row
+            new_full = full
+        else:
+            new_row, new_col = row, col
+            new_full = v_hat = beta * full + (1 - beta) * sq
+        news = (new.astype(old.dtype) for new, old in zip((new_row, new_col, new_full), (row, col, full)))
+        return ((g32 / jnp.sqrt(v_hat)).astype(g.dtype), *news)
+
     def update(grads: Updates, state: ScaleByFactoredRmsState, params: Params = None):
         check_state(fn, state, ScaleByFactoredRmsState)
         check_float(fn, grads, "gradient")
@@ -181,27 +197,14 @@ def scale_by_factored_rms(
         beta = 1.0 - step_number(state.count) ** (-decay_exponent)
         out = []
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(grads)[0]]
-        for path, g, row, col, full in zip(paths, leaves, *columns):
-            olds = (row, col, full)
+        for path, g, *olds in zip(paths, leaves, *columns):
             want = fields_shapes(g.shape)
             if tuple(x.shape for x in olds) != want:
                 raise ValueError(
                     f"{fn}: the gradient at {path or '<root>'} has shape {g.shape}, so the state's "
                     f"(v_row, v_col, v) should have shapes {want}, got {tuple(x.shape for x in olds)}"
                 )
-            g32 = g.astype(row.dtype)
-            sq = g32 * g32 + eps
-            if factored(g.shape):
-                row = beta * row + (1 - beta) * jnp.mean(sq, axis=-1)
-                col = beta * col + (1 - beta) * jnp.mean(sq, axis=-2)
-                v_hat = row[..., :, None] * col[..., None, :] / jnp.mean(row, axis=-1)[..., None, None]
-            else:
-                full = beta * full + (1 - beta) * sq
-                v_hat = full
-            out.append((
-                (g32 / jnp.sqrt(v_hat)).astype(g.dtype),
-                *(new.astype(old.dtype) for new, old in zip((row, col, full), olds)),
-            ))
+            out.append(step(g, *olds, beta))
         d, rows, cols, fulls = (treedef.unflatten([o[i] for o in out]) for i in range(4))
         return d, ScaleByFactoredRmsState(increment(state.count), rows, cols, fulls)
 
