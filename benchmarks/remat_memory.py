@@ -6,6 +6,7 @@ For each variant: the temporary bytes XLA's buffer assignment needs for
 residuals kept for the backward, plus scratch), and the median wall time of a step.
 
 Run:  python benchmarks/remat_memory.py [--depth 12] [--d-model 64] [--seq 64] [--batch 8]
+      [--depths 6,12,24]   (the second table: temp MiB against depth, compile only)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def measure(model: L.Layer, x: jax.Array, repeats: int) -> tuple[float, float]:
     step = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(model.apply(p, state, x)[0]))))
     compiled = step.lower(params, x).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
+    if not repeats:  # memory only
+        return temp / 2**20, float("nan")
     jax.block_until_ready(compiled(params, x))
     times = []
     for _ in range(repeats):
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--depths", default="6,12,24")
     a = parser.parse_args()
     block = L.TransformerEncoderBlock(a.d_model, a.heads, 4 * a.d_model, causal=True)
     x = jax.random.normal(jax.random.key(1), (a.batch, a.seq, a.d_model))
@@ -59,6 +63,11 @@ def main() -> None:
     for name, model in variants.items():
         temp, ms = measure(model, x, a.repeats)
         print(f"| {name} | {temp:.1f} | {ms:.1f} |")
+    print("\n| depth | scan_layers temp MiB | scan_layers(remat) temp MiB |\n| ---: | ---: | ---: |")
+    for depth in (int(d) for d in a.depths.split(",")):
+        plain = measure(L.scan_layers(block, depth), x, 0)[0]
+        rematted = measure(L.scan_layers(L.remat(block, prevent_cse=False), depth), x, 0)[0]
+        print(f"| {depth} | {plain:.1f} | {rematted:.1f} |")
 
 
 if __name__ == "__main__":
