@@ -11,9 +11,9 @@ transformer encoder, each written the way its users write it.
 * `torch` — PyTorch eager: `nn.Embedding`, `nn.LSTM(batch_first=True)`,
   `nn.TransformerEncoderLayer(norm_first=True, batch_first=True, dropout=0)`.
 
-Every peer starts from the same parameters (`lstm_params`, `transformer_params`: a
-framework-neutral dict of numpy arrays, batch-first `Y = XW + b` layout), copied into
-its own layout. LSTM gates are stacked `i, f, g, o` in every framework here.
+Every peer starts from fdl's parameters (`lstm_params`, `transformer_params_of_fdl`:
+a framework-neutral dict of numpy arrays, batch-first `Y = XW + b` layout; without
+fdl's transformer blocks, `transformer_params` draws one), copied into its own layout. LSTM gates are stacked `i, f, g, o` in every framework here.
 """
 
 from __future__ import annotations
@@ -39,6 +39,27 @@ def lstm_params(fdl_params: dict) -> dict[str, np.ndarray]:
     e, r, d = (fdl_params[k] for k in ("embedding_0", "lstm_1", "dense_2"))
     return {k: np.array(v) for k, v in (("emb", e["table"]), ("wx", r["wx"]), ("wh", r["wh"]),
                                         ("b", r["b"]), ("wo", d["w"]), ("bo", d["b"]))}
+
+
+def transformer_params_of_fdl(fdl_params: dict) -> dict[str, Any]:
+    """fdl's `serial(Dense, TransformerEncoderBlock × k, mean, Dense)` params as a
+    neutral dict."""
+    names = sorted(fdl_params, key=lambda k: int(k.rsplit("_", 1)[1]))
+    dense = [fdl_params[k] for k in names if k.startswith("dense")]
+    blocks = []
+    for k in names:
+        if not k.startswith("transformer_encoder_block"):
+            continue
+        b = fdl_params[k]
+        blk = {name: b["self_attn"][name] for name in
+               ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo")}
+        blk.update(ln1_g=b["norm1"]["gamma"], ln1_b=b["norm1"]["beta"],
+                   ln2_g=b["norm2"]["gamma"], ln2_b=b["norm2"]["beta"],
+                   w1=b["linear1"]["w"], b1=b["linear1"]["b"], w2=b["linear2"]["w"],
+                   b2=b["linear2"]["b"])
+        blocks.append({n: np.array(a) for n, a in blk.items()})
+    return {"w_in": np.array(dense[0]["w"]), "b_in": np.array(dense[0]["b"]), "blocks": blocks,
+            "w_out": np.array(dense[-1]["w"]), "b_out": np.array(dense[-1]["b"])}
 
 
 def transformer_params(cfg: TransformerConfig, seed: int = 0) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from harness import (Runner, Settings, find, jit_runner, looped, measure, set_ra
                      xla_cost)
 from peers import (build_peers, cnn_peers, cross_entropy, jax_mlp, mlp_peers, torch_device,
                    torch_sync)
-from peers_seq import lstm_params, lstm_peers, transformer_params, transformer_peers
+from peers_seq import (lstm_params, lstm_peers, transformer_params, transformer_params_of_fdl,
+                       transformer_peers)
 
 SECTIONS = ("peak", "A", "B", "C", "CNN", "LSTM", "transformer", "dp", "digits", "perex")
 STEP_SECTIONS = ("A", "B", "C", "CNN", "LSTM", "transformer")
@@ -179,17 +180,17 @@ def transformer_runners(cfg: TransformerConfig, mods: dict, settings: Settings,
     """fdl's rows (its transformer blocks; pending until they exist) and the peers'."""
     xn, yn = batch(5, (cfg.tokens, cfg.features), cfg.classes, cfg.batch)
     runners: list[Runner] = []
+    neutral = None
     try:
         model = fdl_transformer(cfg)
         shape = (cfg.tokens, cfg.features)
         _, params, model_state = model.init(jax.random.key(0), shape)
         runners = fdl_runners(model, params, model_state, jnp.asarray(xn), jnp.asarray(yn),
                               flops=cfg.flops, bf16=settings.bf16, input_shape=shape)
-        notes.append("fdl's rows start from fdl's own initialisation, the peers' from "
-                     "transformer_params: their first losses differ by the draw")
+        neutral = transformer_params_of_fdl(params)
     except Pending as e:
         notes.append(str(e))
-    peers = transformer_peers(cfg, mods, transformer_params(cfg), xn, yn)
+    peers = transformer_peers(cfg, mods, neutral or transformer_params(cfg), xn, yn)
     return runners + build_peers(peers, mods, notes)
 
 
