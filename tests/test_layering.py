@@ -23,7 +23,7 @@ SRC = pathlib.Path(fdl.__file__).parent
 # docs/design.md's table, top to bottom: a module may import only those before it.
 ORDER = ["_validate", "random", "modes", "recording", "_samplers", "_tangent", "primitive",
          "hessian", "ops", "_losses", "losses", "check", "layers", "optim", "data", "io",
-         "train", "privacy", "parallel", "models", "cli"]
+         "train", "privacy", "parallel", "models", "cli_lm", "cli"]
 
 
 def _modules() -> dict[str, pathlib.Path]:
