@@ -296,7 +296,7 @@ def dp_runners(label: str, model: L.Layer, params: Any, st: Any, x: Any, y: Any,
 
     def state() -> tuple:
         p = copy(params)
-        return p, opt.init(p), jax.random.key(1)
+        return p, opt.init(p), fdl.random.key(1)  # the key fdl train makes (philox)
 
     p0 = copy(params)
     return [
