@@ -309,7 +309,9 @@ def dp_sgd_grads(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
 
     Args:
       model, params, state, x, y, loss, train: as in `per_example_grad_norms`.
-      key: PRNG key for the noise `ξ` (and, split off, the model's randomness).
+      key: PRNG key for the noise `ξ` (and, split off, the model's randomness);
+        `fdl.random.key(seed)` draws it in straight-line code on CPU, where JAX's
+        default Threefry key runs a loop per parameter.
       clip_norm: `C > 0`, the bound on each example's gradient norm.
       noise_multiplier: `σ ≥ 0`; the noise has standard deviation `σC` per
         coordinate of the summed gradient (0: clipping only, no privacy).
