@@ -3,9 +3,9 @@
 * `Bidirectional(layer, merge=…)` runs a sequence layer forwards and, with its own
   parameters, backwards over each sequence *within its length* (a packed sequence's
   backward direction), and merges the two.
-* `scan_layers(layer, n)` applies `n` copies of one layer in sequence, with their
+* `scan_layers(layer, n)` applies $n$ copies of one layer in sequence, with their
   parameters stacked on a leading axis, as one `lax.scan`: the block is traced and
-  compiled once, whatever `n`.
+  compiled once, whatever $n$.
 * `remat(layer, policy=…)` rematerialises a layer in the backward pass
   (`jax.checkpoint`): its activations are not kept but recomputed, trading compute for
   memory. The recomputation runs the same primitives in the same gradient mode, so the
@@ -47,20 +47,20 @@ _MERGES = ("concat", "sum")
 
 
 def Bidirectional(layer: Layer, merge: str = "concat") -> Layer:
-    """Run a sequence layer in both directions and merge: `[→h_t ; ←h_t]` or their sum.
+    """Run a sequence layer in both directions and merge: $[→h_t ; ←h_t]$ or their sum.
 
-    `layer` maps `N×T×D` to `N×T×H` (or to `N×H`, a final state) and, when
+    `layer` maps $N×T×D$ to $N×T×H$ (or to $N×H$, a final state) and, when
     `apply` is given `lengths=`, honours them (the recurrent layers do). The backward
     direction is a second copy of `layer` with its own parameters, run forward over
     `reverse_sequences(x, lengths)` (each sequence reversed within its length) and its
-    outputs reversed back, so step `t` of the backward half has seen steps `t…ℓ−1` of
+    outputs reversed back, so step $t$ of the backward half has seen steps $t…ℓ−1$ of
     its own sequence and never the padding — what PyTorch's packed sequences do.
 
     Output layout as PyTorch's `bidirectional=True`: `merge="concat"` gives
-    `N×T×2H` with the forward direction in `[..., :H]` and the backward in
+    $N×T×2H$ with the forward direction in `[..., :H]` and the backward in
     `[..., H:]`; a final-state output (`return_sequences=False`) is
-    `[→h_{ℓ−1} ; ←h_0]` (the forward state at each sequence's last step, the backward
-    state after it has read back to step 0). `merge="sum"` adds the two (`N×T×H`).
+    $[→h_{ℓ−1} ; ←h_0]$ (the forward state at each sequence's last step, the backward
+    state after it has read back to step 0). `merge="sum"` adds the two ($N×T×H$).
 
     Params: `{"forward": …, "backward": …}`, each the inner layer's.
     """
@@ -109,10 +109,10 @@ def Bidirectional(layer: Layer, merge: str = "concat") -> Layer:
 def scan_layers(layer: Layer, num_layers: int) -> Layer:
     """`num_layers` copies of `layer` applied in sequence, as one `lax.scan`.
 
-    `y = f_{θ_n}(…f_{θ_2}(f_{θ_1}(x)))` for one layer `f` (which must keep the shape,
-    e.g. a transformer block) with parameters `θ_1…θ_n` stacked along a new leading
+    $y = f_{θ_n}(…f_{θ_2}(f_{θ_1}(x)))$ for one layer $f$ (which must keep the shape,
+    e.g. a transformer block) with parameters $θ_1…θ_n$ stacked along a new leading
     axis: every leaf of `params` has shape `(num_layers, …)`, `params[i]` being layer
-    `i`'s (`jax.tree.map(lambda a: a[i], params)`). The block is traced and compiled
+    $i$'s (`jax.tree.map(lambda a: a[i], params)`). The block is traced and compiled
     once, so compile time does not grow with depth; the result equals the unrolled
     `serial` of the same blocks (`tests/test_transformer_stack.py`).
 

@@ -1,4 +1,4 @@
-"""Transformer blocks and a decoder-only language model, composed from the primitives.
+r"""Transformer blocks and a decoder-only language model, composed from the primitives.
 
 Every differentiable step is a primitive with a hand-written rule — `linear` for the
 projections, `attention` per head, `layer_norm`/`rms_norm`, `gelu`/`relu`/`silu`,
@@ -9,25 +9,26 @@ paths). So a block's gradient is the chain of the primitives' rules, and
 where it happens: with `attention_dropout > 0` in training, the two matrix products
 around the dropped attention weights are plain `jnp.matmul`, differentiated by JAX.)
 
-Layout is batch-first: `X ∈ ℝ^{N×T×d}` (`d` = `d_model`), `input_shape = (T, d)`.
+Layout is batch-first: $X ∈ ℝ^{N×T×d}$ ($d$ = `d_model`), `input_shape = (T, d)`.
 
 Blocks (pre-norm, the default, as in GPT-2 and PyTorch's `norm_first=True`):
 
-    `X ← X + Drop(MHA(Norm₁(X)))`,  `X ← X + Drop(FFN(Norm₂(X)))`,
-    `FFN(H) = Drop(act(H W₁ + b₁)) W₂ + b₂`   (`W₁ ∈ ℝ^{d×d_ff}`, `W₂ ∈ ℝ^{d_ff×d}`)
+$$ X ← X + Drop(MHA(Norm₁(X))), \qquad X ← X + Drop(FFN(Norm₂(X))), $$
+
+with $FFN(H) = Drop(act(H W₁ + b₁)) W₂ + b₂$, $W₁ ∈ ℝ^{d×d_ff}$, $W₂ ∈ ℝ^{d_ff×d}$,
 
 and post-norm (`pre_norm=False`, the original transformer):
-`X ← Norm₁(X + Drop(MHA(X)))`, `X ← Norm₂(X + Drop(FFN(X)))`.
+$X ← Norm₁(X + Drop(MHA(X)))$, $X ← Norm₂(X + Drop(FFN(X)))$.
 
-Variable length: `apply(..., lengths=ℓ)` (int `N`, each in `[1, T]`) masks keys past
+Variable length: `apply(..., lengths=ℓ)` (int $N$, each in `[1, T]`) masks keys past
 each sequence's length; padded positions are zeroed on the way in (so even a NaN there
 cannot reach a valid position through `0 · NaN` in `P V`) and their output is zero, so
-they pass zero gradient. `mask=` (boolean, broadcast to `N×T×S`, True =
+they pass zero gradient. `mask=` (boolean, broadcast to $N×T×S$, True =
 attend) may be given instead or as well.
 
 Parameters are named after PyTorch's `nn.TransformerEncoderLayer`
 (`self_attn`, `linear1`, `linear2`, `norm1`, `norm2`), laid out batch-first
-(`Y = XW + b`, so each weight is the transpose of torch's); `from_torch_encoder_layer`
+($Y = XW + b$, so each weight is the transpose of torch's); `from_torch_encoder_layer`
 maps a torch state dict onto a block.
 
 References: Vaswani et al., "Attention Is All You Need", 2017; Radford et al.,
@@ -99,12 +100,12 @@ def _attn_params(key: jax.Array, d_q: int, d_kv: int, d: int, w_init: Initialize
 
 
 def _split_heads(x: jax.Array, h: int) -> jax.Array:
-    """`N×T×(h·d_h) → N×h×T×d_h`."""
+    """$N×T×(h·d_h) → N×h×T×d_h$."""
     return jnp.moveaxis(x.reshape(x.shape[:-1] + (h, x.shape[-1] // h)), -2, -3)
 
 
 def _merge_heads(x: jax.Array) -> jax.Array:
-    """`N×h×T×d_h → N×T×(h·d_h)`."""
+    """$N×h×T×d_h → N×T×(h·d_h)$."""
     x = jnp.moveaxis(x, -3, -2)
     return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
 
@@ -113,7 +114,7 @@ def _attend(p: dict, x_q: jax.Array, x_kv: jax.Array, num_heads: int, mask: jax.
             causal: bool, rope: bool, rate: float, key: jax.Array | None,
             train: bool) -> jax.Array:
     """Multi-head attention with optional RoPE on queries and keys and dropout on the
-    attention weights; `mask` is `N×T×S` (or None)."""
+    attention weights; `mask` is $N×T×S$ (or None)."""
     probes = ghost.fan_out(p[PROBE], 4) if has_probe(p) else (None,) * 4  # fdl.privacy
     q = _split_heads(_dense(x_q, p["wq"], p["bq"], probes[0]), num_heads)
     k = _split_heads(_dense(x_kv, p["wk"], p["bk"], probes[1]), num_heads)
@@ -161,7 +162,7 @@ def _ff_params(key: jax.Array, d: int, d_ff: int, w_init: Initializer, dtype: An
 def _padding_mask(lengths: jax.Array | None, mask: jax.Array | None, t: int, s: int,
                   batch: tuple, kv_lengths: jax.Array | None = None,
                   self_attention: bool = True) -> jax.Array | None:
-    """The `N×T×S` mask: keys within their length (the query's own lengths for
+    """The $N×T×S$ mask: keys within their length (the query's own lengths for
     self-attention, `kv_lengths` for cross-attention), queries within theirs, and `mask`."""
     out = None
     keys = lengths if self_attention else kv_lengths
@@ -231,20 +232,20 @@ def TransformerEncoderBlock(d_model: int, num_heads: int, d_ff: int, *, dropout:
     a residual branch with a norm (see the module docstring for the equations).
 
     Args:
-      d_model: `d`, the width of the residual stream (`input_shape = (T, d)`).
-      num_heads: `h`; must divide `d` (each head has `d/h` features).
+      d_model: $d$, the width of the residual stream (`input_shape = (T, d)`).
+      num_heads: $h$; must divide $d$ (each head has `d/h` features).
       d_ff: the hidden width of the feed-forward network.
       dropout: drop rate on each branch's output and after the FFN's activation.
       attention_dropout: drop rate on the attention weights.
       pre_norm: norm at the start of each branch (True) or after each sum (False).
       norm: `"layer"` (`LayerNorm`) or `"rms"` (`RMSNorm`).
       activation: the FFN's activation, a name in `ACTIVATIONS`.
-      causal: position `t` attends to `s ≤ t` only (a GPT block).
+      causal: position $t$ attends to $s ≤ t$ only (a GPT block).
       rope: apply rotary position embeddings (`fdl.ops.rope`) to queries and keys.
-      eps: the norms' `ε`.
+      eps: the norms' $ε$.
 
-    Params: `self_attn` (`wq, wk, wv, wo` of shape `d×d`, `bq, bk, bv, bo`),
-    `linear1` (`w d×d_ff`, `b`), `linear2` (`w d_ff×d`, `b`), `norm1`, `norm2`
+    Params: `self_attn` (`wq, wk, wv, wo` of shape $d×d$, `bq, bk, bv, bo`),
+    `linear1` (`w` $d×d_ff$, `b`), `linear2` (`w` $d_ff×d$, `b`), `norm1`, `norm2`
     (`gamma`, and `beta` for `"layer"`). `apply(params, state, x, *, key, train,
     lengths=None, mask=None)`.
     """
@@ -316,10 +317,10 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
     cross-attention over an encoder's output, and a feed-forward network, each in a
     residual branch with a norm.
 
-    Pre-norm: `X ← X + Drop(MHA_causal(Norm₁(X)))`, then with `cross_attention`
-    `X ← X + Drop(MHA(Norm₂(X), M))` (queries from `X`, keys and values from the
-    encoder output `M ∈ ℝ^{N×S×d_mem}`), then `X ← X + Drop(FFN(Norm₃(X)))`.
-    Position `t`'s output depends on `X` at steps `s ≤ t` only (and on all of `M`).
+    Pre-norm: $X ← X + Drop(MHA_causal(Norm₁(X)))$, then with `cross_attention`
+    $X ← X + Drop(MHA(Norm₂(X), M))$ (queries from $X$, keys and values from the
+    encoder output $M ∈ ℝ^{N×S×d_mem}$), then $X ← X + Drop(FFN(Norm₃(X)))$.
+    Position $t$'s output depends on $X$ at steps $s ≤ t$ only (and on all of $M$).
 
     `input_shape = (T, d)` without cross-attention, `((T, d), (S, d_mem))` with it,
     and then `x = (x, memory)`. `apply(params, state, x, *, key, train, lengths=None,
@@ -327,7 +328,7 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
     `memory_lengths` the encoder's padded steps (keys of the cross-attention).
 
     Params: `self_attn`, `cross_attn` (with `cross_attention`; `wk, wv` of shape
-    `d_mem×d`), `linear1`, `linear2`, `norm1`, `norm2`, `norm3` (the middle norm
+    $d_mem×d$), `linear1`, `linear2`, `norm1`, `norm2`, `norm3` (the middle norm
     only with cross-attention). Other arguments as `TransformerEncoderBlock`.
     """
     fn = "TransformerDecoderBlock"
@@ -426,12 +427,12 @@ def TransformerDecoderBlock(d_model: int, num_heads: int, d_ff: int, *,
 
 
 def tied_logits(h: jax.Array, table: jax.Array) -> jax.Array:
-    r"""Output logits with the embedding table as the projection: `Z = H Eᵀ`.
+    r"""Output logits with the embedding table as the projection: $Z = H Eᵀ$.
 
-    `H ∈ ℝ^{…×d}`, `E ∈ ℝ^{V×d}` (the `Embedding` table), `Z ∈ ℝ^{…×V}`: the
-    `linear` primitive with `W = Eᵀ` and a zero bias. When `E` also embeds the inputs,
-    its gradient is the sum of both uses, `∂L/∂E = onehot(ids)ᵀ G_emb + (Hᵀ G_Z)ᵀ`
-    (the scatter-add of the lookup plus the transposed `∂L/∂W = Hᵀ G_Z` of the
+    $H ∈ ℝ^{…×d}$, $E ∈ ℝ^{V×d}$ (the `Embedding` table), $Z ∈ ℝ^{…×V}$: the
+    `linear` primitive with $W = Eᵀ$ and a zero bias. When $E$ also embeds the inputs,
+    its gradient is the sum of both uses, $∂L/∂E = onehot(ids)ᵀ G_emb + (Hᵀ G_Z)ᵀ$
+    (the scatter-add of the lookup plus the transposed $∂L/∂W = Hᵀ G_Z$ of the
     projection), which JAX's fan-in adds up.
     """
     return ops.linear(h, table.T, jnp.zeros((table.shape[0],), table.dtype))
@@ -444,15 +445,15 @@ def TransformerLM(vocab_size: int, d_model: int, num_heads: int, d_ff: int, num_
                   remat_blocks: bool = False, dtype: Any = jnp.float32) -> Layer:
     """A decoder-only (GPT-style) causal language model over token ids.
 
-    `ids ∈ {0…V−1}^{N×T}` → embedding (`N×T×d`, scaled by `√d` when tied) →
+    `ids` (integers in $[0, V)$, $N×T$) → embedding ($N×T×d$, scaled by $√d$ when tied) →
     positions (`"rope"` inside each block's attention, or `"sinusoidal"` added once)
     → `num_layers` pre-norm causal blocks, run as one `scan_layers` (parameters stacked
-    on a leading axis: one compiled block) → final norm → logits `N×T×V`
+    on a leading axis: one compiled block) → final norm → logits $N×T×V$
     (`tied_logits` with the embedding table when `tie_embeddings`, else a `head`
     dense layer). `input_shape = (T,)`. With `remat_blocks` each block is
     rematerialised in the backward (`remat`), trading compute for memory.
 
-    Params: `embed` (`table V×d`), `blocks` (one block's params, each leaf with a
+    Params: `embed` (`table` $V×d$), `blocks` (one block's params, each leaf with a
     leading axis of `num_layers`), `norm`, and `head` (`w`, `b`) when untied.
     `apply(params, state, ids, *, key, train, lengths=None)`.
     """
@@ -528,19 +529,19 @@ def from_torch_encoder_layer(state_dict: Mapping[str, Any], *, prefix: str = "",
     `state_dict` holds numpy arrays (or anything `np.asarray` reads) keyed by torch's
     names, e.g. `{k: t.detach().numpy() for k, t in layer.state_dict().items()}`;
     `prefix` is prepended to each name (e.g. `"layers.0."` inside an
-    `nn.TransformerEncoder`). Torch stores `Y = X Wᵀ + b` with `W ∈ ℝ^{out×in}`;
-    fdl stores `W ∈ ℝ^{in×out}`, so every weight is transposed:
+    `nn.TransformerEncoder`). Torch stores $Y = X Wᵀ + b$ with $W ∈ ℝ^{out×in}$;
+    fdl stores $W ∈ ℝ^{in×out}$, so every weight is transposed:
 
     | torch | fdl |
     | --- | --- |
-    | `self_attn.in_proj_weight` `(3d, d)` = `[W_q; W_k; W_v]` | `self_attn.wq, wk, wv`, each `ᵀ` |
+    | `self_attn.in_proj_weight` $(3d, d)$ = $[W_q; W_k; W_v]$ | `self_attn.wq, wk, wv` (ᵀ) |
     | `self_attn.in_proj_bias` `(3d,)` | `self_attn.bq, bk, bv` |
-    | `self_attn.out_proj.weight`, `.bias` | `self_attn.wo` (`ᵀ`), `bo` |
-    | `linear1.weight` `(d_ff, d)`, `linear1.bias` | `linear1.w` `(d, d_ff)`, `linear1.b` |
-    | `linear2.weight` `(d, d_ff)`, `linear2.bias` | `linear2.w` `(d_ff, d)`, `linear2.b` |
+    | `self_attn.out_proj.weight`, `.bias` | `self_attn.wo` (transposed), `bo` |
+    | `linear1.weight` $(d_ff, d)$, `linear1.bias` | `linear1.w` $(d, d_ff)$, `linear1.b` |
+    | `linear2.weight` $(d, d_ff)$, `linear2.bias` | `linear2.w` $(d_ff, d)$, `linear2.b` |
     | `norm1.weight`, `norm1.bias` (and `norm2`) | `norm1.gamma`, `norm1.beta` (and `norm2`) |
 
-    Heads: torch splits the `d` projected features into `nhead` consecutive blocks of
+    Heads: torch splits the $d$ projected features into `nhead` consecutive blocks of
     `d/nhead`, as `fdl` does, so no permutation is needed.
     """
     def get(name: str) -> np.ndarray:

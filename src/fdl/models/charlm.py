@@ -1,11 +1,11 @@
-"""Character-level language models: the shipped corpus, a vocabulary, the models, a
+r"""Character-level language models: the shipped corpus, a vocabulary, the models, a
 jitted training chunk and temperature sampling.
 
-A text `c₁ … c_M` of characters from a vocabulary of `V` is cut into windows of `T + 1`
-characters; a model reads the first `T` and predicts each next one. The loss is the
+A text $c₁ … c_M$ of characters from a vocabulary of $V$ is cut into windows of `T + 1`
+characters; a model reads the first $T$ and predicts each next one. The loss is the
 mean cross-entropy in nats per character,
 
-    `L(θ) = −(1/NT) Σ_{n,t} log softmax(z_{n,t})[c_{n,t+1}]`,  `z = f_θ(c_{n,≤t}) ∈ ℝ^V`,
+$$ L(θ) = −(1/NT) Σ_{n,t} log softmax(z_{n,t})[c_{n,t+1}], \qquad z = f_θ(c_{n,≤t}) ∈ ℝ^V, $$
 
 (`log V` for a uniform guess). Two models: `"transformer"` (`fdl.layers.TransformerLM`:
 causal pre-norm blocks with rotary positions, scanned over layers, tied embedding) and
@@ -71,8 +71,8 @@ class Vocabulary:
 
 def build(kind: str, vocab_size: int, *, d_model: int = 64, num_layers: int = 2,
           num_heads: int = 4, dropout: float = 0.0) -> L.Layer:
-    """The model `ids ∈ ℕ^{N×T} → logits ∈ ℝ^{N×T×V}`: a causal transformer
-    (`d_ff = 4 d_model`) or an LSTM (`hidden = 2 d_model`, `num_layers` layers)."""
+    """The model `ids` $∈ ℕ^{N×T}$ → logits $∈ ℝ^{N×T×V}$: a causal transformer
+    (`d_ff = 4 * d_model`) or an LSTM (`hidden = 2 * d_model`, `num_layers` layers)."""
     if kind == "transformer":
         return L.TransformerLM(vocab_size, d_model, num_heads, 4 * d_model, num_layers,
                                dropout=dropout)
@@ -107,7 +107,7 @@ def train_chunk(model: L.Layer, optimizer: optim.Optimizer, data: jax.Array, *,
                 state: Any = None) -> Callable[[LMState], tuple[LMState, jax.Array]]:
     """`chunk(state) -> (state, losses)`: `steps` Adam-style updates as one `lax.scan`
     (one compiled program), each on `batch_size` random windows of `data` (int ids);
-    `losses ∈ ℝ^{steps}` are the training losses; `state` is the model's from `init`.
+    `losses` $∈ ℝ^{steps}$ are the training losses; `state` is the model's from `init`.
     Jit it."""
     model_state = state
     offsets = jnp.arange(seq_len + 1)
@@ -131,8 +131,8 @@ def train_chunk(model: L.Layer, optimizer: optim.Optimizer, data: jax.Array, *,
 
 def sample(model: L.Layer, params: Any, vocab: Vocabulary, prompt: str, n: int, *,
            seq_len: int, temperature: float, key: jax.Array, state: Any = None) -> str:
-    """`prompt` followed by `n` characters drawn one at a time, `c ~ softmax(z/τ)` with
-    `τ` = `temperature`, from the model's logits at the last of the previous `T`
+    """`prompt` followed by $n$ characters drawn one at a time, $c ∼ softmax(z/τ)$ with
+    $τ$ = `temperature`, from the model's logits at the last of the previous $T$
     characters (the window is right-padded; a causal model's logits at a position do not
     depend on what follows it). One compiled step, reused for every character."""
     v.finite_real("sample", "temperature", temperature, minimum=0.0, strict=True)
