@@ -323,8 +323,8 @@ def multi_head_attention(
     heads; `causal` as in `attention`. A fully masked query row yields
     $b_o$ (zero heads, then the output projection).
 
-    Padded batches: $lengths ∈ {1…T}^{…}$ (int) are the queries' lengths and
-    $kv_lengths ∈ {1…S}^{…}$ the keys'; `kv_lengths` defaults to `lengths` when
+    Padded batches: `lengths` (ints in $[1, T]$) are the queries' lengths and
+    `kv_lengths` (ints in $[1, S]$) the keys'; `kv_lengths` defaults to `lengths` when
     $S = T$ (self-attention; pass it explicitly for a cross-attention with $S = T$).
     Keys $s ≥ ℓ'$ get weight exactly 0 and a padded query $t ≥ ℓ$ outputs exactly
     **0** (its heads are zero and the output row, $b_o$ included, is set to 0), so it

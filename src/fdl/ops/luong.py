@@ -363,7 +363,7 @@ def luong_attention(h_t: jax.Array, h_bar: jax.Array, *score_params: jax.Array,
     Symbols: $h_t ∈ ℝ^{…×d}$ ($h_t$, the decoder state at step $t$),
     $h̄ ∈ ℝ^{…×S×d̄}$ ($h_bar$, the encoder states), $mask ∈ {True,False}^{…×S}$
     (True = real source position; `None` = all), `kind` and `score_params`
-    as in `luong_score`. $lengths ∈ {1…S}^{…}$ (int) gives the source lengths
+    as in `luong_score`. `lengths` (ints in $[1, S]$) gives the source lengths
     instead of (or as well as) `mask`: positions $s ≥ ℓ$ get weight exactly 0 and
     no gradient.
 

@@ -1,7 +1,7 @@
 """Variable-length sequences: length masks and pooling over the valid steps.
 
 Layout is batch-first: $X ∈ ℝ^{…×T×d}$ (time second to last, features last; $…$
-the batch axes, usually $N$), with $lengths ℓ ∈ {1…T}^{…}$ (an int per sequence):
+the batch axes, usually $N$), with `lengths` $ℓ$ (an int in $[1, T]$ per sequence):
 steps $t < ℓ$ are real, steps $t ≥ ℓ$ are padding. `lengths=None` means every
 sequence is full ($ℓ = T$). The mask is $m_t = [t < ℓ]$ (`sequence_mask`).
 
@@ -119,7 +119,7 @@ def _examples() -> list[Example]:
 def sequence_mean(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     r"""Mean over the valid steps: $y = (1/ℓ) Σ_{t<ℓ} x_t$.
 
-    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$),
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = `lengths` (ints in $[1, T]$, one per sequence) (None: $T$),
     $Y ∈ ℝ^{…×d}$.
 
     Derivation: $y = (1/ℓ) Σ_t m_t x_t$ with the constant mask $m_t = [t < ℓ]$, so
@@ -184,7 +184,7 @@ def _argmax(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
 def sequence_max(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     r"""Max over the valid steps, feature by feature: $y_k = max_{t<ℓ} x_{t,k}$.
 
-    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$),
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = `lengths` (ints in $[1, T]$, one per sequence) (None: $T$),
     $Y ∈ ℝ^{…×d}$.
 
     Derivation: where the maximum is attained at one step $a_k = argmax_{t<ℓ} x_{t,k}$,
@@ -248,7 +248,7 @@ def _last_index(x: jax.Array, lengths: jax.Array | None) -> jax.Array:
 def sequence_last(x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     r"""The last valid step of each sequence: $y = x_{ℓ−1}$.
 
-    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$, the
+    Shapes: $X ∈ ℝ^{…×T×d}$, $ℓ$ = `lengths` (ints in $[1, T]$, one per sequence) (None: $T$, the
     last step), $Y ∈ ℝ^{…×d}$.
 
     Derivation: a selection, $y = Σ_t [t = ℓ−1] x_t$, linear in $X$, so
@@ -297,7 +297,7 @@ def reverse_sequences(x: jax.Array, lengths: jax.Array | None = None) -> jax.Arr
     r"""Reverse each sequence within its own length: $y_t = x_{ℓ−1−t}$ for $t < ℓ$,
     $y_t = x_t$ for $t ≥ ℓ$ (padding stays where it is).
 
-    $X ∈ ℝ^{…×T×d}$, $ℓ$ = $lengths ∈ {1…T}^{…}$ (None: $T$, a plain flip of the
+    $X ∈ ℝ^{…×T×d}$, $ℓ$ = `lengths` (ints in $[1, T]$, one per sequence) (None: $T$, a plain flip of the
     time axis). It is its own inverse. Running a recurrence forward over
     `reverse_sequences(x, ℓ)` and reversing its outputs back is the backward direction
     of a packed sequence: each sequence starts from its own last step, not from the
