@@ -96,7 +96,7 @@ def MultiHeadAttention(num_heads: int, features: int | None = None,
         _check_features(fn, "x_kv", x_kv, params["wk"].shape[0], "S, d_kv")
         weights = {n: params[n] for n in ("wq", "wk", "wv", "wo")}
         biases = {n: params[n] for n in ("bq", "bk", "bv", "bo") if n in params}
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             if lengths is not None or kv_lengths is not None:
                 raise ValueError(f"{fn}: per-example gradient norms (fdl.privacy) are not "
                                  "available with lengths=; pass a boolean mask= instead")

@@ -62,7 +62,7 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
                 f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
                 f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
                 "input_shape passed to init")
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             return ghost_op(x, params["w"], params["b"], params[PROBE], s, padding, d)
         return op(x, params["w"], params["b"], s, padding, d)
 

@@ -41,7 +41,7 @@ def Embedding(vocab_size: int, features: int, *,
         return input_shape + (features,), {"table": table}
 
     def lookup(params: dict, x: jax.Array) -> jax.Array:
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             return ghost.ghost_embedding(x, params["table"], params[PROBE])
         return ops.embedding(x, params["table"])
 

@@ -104,7 +104,7 @@ def LayerNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("LayerNorm", x, params["gamma"].shape[0], "features")
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             return ghost.ghost_layer_norm(x, params["gamma"], params["beta"], params[PROBE],
                                           eps)
         return ops.layer_norm(x, params["gamma"], params["beta"], eps)
@@ -127,7 +127,7 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
         _check_last_axis("RMSNorm", x, params["gamma"].shape[0], "features")
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             return ghost.ghost_rms_norm(x, params["gamma"], params[PROBE], eps)
         return ops.rms_norm(x, params["gamma"], eps)
 

@@ -126,7 +126,7 @@ def _sequence_layer(name: str, hidden: int, gates: int, bias_names: tuple[str, .
             raise ValueError(f"{fn}: train=True with dropout between layers needs a PRNG key; "
                              "call apply(params, state, x, key=jax.random.key(0), train=True)")
         starts = iter(initial(initial_state, x, (params if simple else params["l0"])["wh"].dtype))
-        if has_probe(params):  # per-example gradient norms asked for (fdl.privacy)
+        if has_probe(params):  # a probe: per-example gradient norms asked for
             if lengths is not None:
                 raise ValueError(f"{fn}: per-example gradient norms (fdl.privacy) are not "
                                  "available with lengths=; pad-free batches only")

@@ -81,7 +81,7 @@ def _norm_params(kind: str, d: int, dtype: Any) -> dict:
 
 
 def _norm(kind: str, eps: float, p: dict, x: jax.Array) -> jax.Array:
-    if has_probe(p):  # per-example gradient norms asked for (fdl.privacy)
+    if has_probe(p):  # a probe: per-example gradient norms asked for
         if kind == "layer":
             return ghost.ghost_layer_norm(x, p["gamma"], p["beta"], p[PROBE], eps)
         return ghost.ghost_rms_norm(x, p["gamma"], p[PROBE], eps)
@@ -115,7 +115,7 @@ def _attend(p: dict, x_q: jax.Array, x_kv: jax.Array, num_heads: int, mask: jax.
             train: bool) -> jax.Array:
     """Multi-head attention with optional RoPE on queries and keys and dropout on the
     attention weights; `mask` is $N×T×S$ (or None)."""
-    probes = ghost.fan_out(p[PROBE], 4) if has_probe(p) else (None,) * 4  # fdl.privacy
+    probes = ghost.fan_out(p[PROBE], 4) if has_probe(p) else (None,) * 4  # a probe: ghost rules
     q = _split_heads(_dense(x_q, p["wq"], p["bq"], probes[0]), num_heads)
     k = _split_heads(_dense(x_kv, p["wk"], p["bk"], probes[1]), num_heads)
     val = _split_heads(_dense(x_kv, p["wv"], p["bv"], probes[2]), num_heads)
@@ -142,7 +142,7 @@ def _drop(x: jax.Array, rate: float, key: jax.Array | None, train: bool) -> jax.
 
 
 def _dense(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array | None) -> jax.Array:
-    """`XW + b`; with a probe (fdl.privacy), the ghost-norm form of the same map."""
+    """`XW + b`; with a probe, the ghost-norm form of the same map (`ghost_linear`)."""
     return ops.linear(x, w, b) if probe is None else ops.ghost_linear(x, w, b, probe)
 
 
