@@ -12,51 +12,51 @@ The contract
     params = fdl.optim.apply_updates(params, updates)
 
 * `model` is a `fdl.layers.Layer` whose parameters all belong to layers with a
-  ghost-norm rule: `Dense` (on `N×d_in` or sequence `N×T×d_in` inputs),
+  ghost-norm rule: `Dense` (on $N×d_in$ or sequence $N×T×d_in$ inputs),
   `Conv1D`, `Conv2D`, `Embedding`, `LayerNorm`, `RMSNorm`,
   `MultiHeadAttention`, `RNN`, `LSTM`, `GRU`, `TransformerEncoderBlock`,
-  `TransformerDecoderBlock` (`fdl.ops.ghost_linear` and `fdl.ops.ghost`); parameter-free layers (activations, pools, Flatten,
-  Dropout) and the combinators `serial`/`parallel`/`residual` may be used
+  `TransformerDecoderBlock` (`fdl.ops.ghost_linear` and `fdl.ops.ghost`);
+  parameter-free layers (activations, pools, Flatten, Dropout) and the combinators `serial`/`parallel`/`residual` may be used
   freely. Any other parameter (BatchNorm's, whose batch statistics mix the
   examples), a layer applied twice (shared weights) or inside a loop, raises
   `ValueError` naming the parameter — never a silently wrong norm. Use
   `fdl.train.per_example_grads` (`vmap`) for other models.
 * `loss(outputs, y) -> ℓ ∈ ℝ^N` gives one loss per example (default: softmax
-  cross-entropy on logits and integer labels, `reduction="none"`). `ℓᵢ` must
-  depend on example `i` only (no statistics across the batch).
+  cross-entropy on logits and integer labels, `reduction="none"`). $ℓᵢ$ must
+  depend on example $i$ only (no statistics across the batch).
 * `state`, `key` and `train` are passed to `model.apply` as usual. Both
   functions are pure; `jit` them (the models, losses and hyperparameters are
   Python values closed over or static).
 
 The method
 ----------
-Symbols: `N` examples, `θ` all parameters, `gᵢ = ∇_θ ℓᵢ` the per-example
-gradient, `C` = `clip_norm`, `σ` = `noise_multiplier`.
+Symbols: $N$ examples, $θ$ all parameters, $gᵢ = ∇_θ ℓᵢ$ the per-example
+gradient, $C$ = `clip_norm`, $σ$ = `noise_multiplier`.
 
-1. *Ghost norms* — one forward and one backward of `L = Σᵢ ℓᵢ`, no per-example
-   gradient formed. Every layer with parameters gets a zero `probe ∈ ℝ^N`
+1. *Ghost norms* — one forward and one backward of $L = Σᵢ ℓᵢ$, no per-example
+   gradient formed. Every layer with parameters gets a zero `probe` $∈ ℝ^N$
    (installed with `fdl.layers.base.install_probe`, the slot the layers expose)
-   and runs its ghost primitive, whose backward has the layer's input `X` and
-   output cotangent `G = ∂L/∂Y` (`Gᵢ = ∂ℓᵢ/∂Yᵢ`) and returns, as the probe's
-   cotangent, the layer's `Σ_θ ‖∂ℓᵢ/∂θ‖²`: for Dense
-   `‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²`, for a weight used at `T` positions (sequences,
-   unfolded convolutions, recurrent steps) `⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²`
-   (`fdl.ops.ghost` derives each). Then `‖gᵢ‖ = (Σ_layers ·)^{1/2}`.
-2. *Clip factors* `cᵢ = min(1, C/‖gᵢ‖)`, so `‖cᵢ gᵢ‖ ≤ C` (Abadi et al.'s
-   `gᵢ / max(1, ‖gᵢ‖/C)`).
-3. *Clipped sum* by a second backward, of `Σᵢ cᵢ ℓᵢ` with the `cᵢ` held constant
-   (stop-gradient): `∇_θ Σᵢ cᵢ ℓᵢ = Σᵢ cᵢ gᵢ`. Both backwards share one forward
-   (one `jax.vjp`, its backward run with cotangents `1` and `c`).
-4. *Noise*: `g̃ = (Σᵢ cᵢ gᵢ + σ C ξ) / N` with `ξ ~ N(0, I)` drawn from the
+   and runs its ghost primitive, whose backward has the layer's input $X$ and
+   output cotangent $G = ∂L/∂Y$ ($Gᵢ = ∂ℓᵢ/∂Yᵢ$) and returns, as the probe's
+   cotangent, the layer's $Σ_θ ‖∂ℓᵢ/∂θ‖²$: for Dense
+   $‖xᵢ‖²‖gᵢ‖² + ‖gᵢ‖²$, for a weight used at $T$ positions (sequences,
+   unfolded convolutions, recurrent steps) $⟨XᵢXᵢᵀ, GᵢGᵢᵀ⟩_F + ‖Gᵢᵀ1‖²$
+   (`fdl.ops.ghost` derives each). Then $‖gᵢ‖ = (Σ_layers ·)^{1/2}$.
+2. *Clip factors* $cᵢ = min(1, C/‖gᵢ‖)$, so $‖cᵢ gᵢ‖ ≤ C$ (Abadi et al.'s
+   $gᵢ / max(1, ‖gᵢ‖/C)$).
+3. *Clipped sum* by a second backward, of $Σᵢ cᵢ ℓᵢ$ with the $cᵢ$ held constant
+   (stop-gradient): $∇_θ Σᵢ cᵢ ℓᵢ = Σᵢ cᵢ gᵢ$. Both backwards share one forward
+   (one `jax.vjp`, its backward run with cotangents `1` and $c$).
+4. *Noise*: $g̃ = (Σᵢ cᵢ gᵢ + σ C ξ) / N$ with `ξ ~ N(0, I)` drawn from the
    explicit `key`, independently for every parameter. (Abadi et al. divide by the
-   expected lot size `L`; here the lot is the batch, `L = N`.)
+   expected lot size $L$; here the lot is the batch, $L = N$.)
 
 Cost: one forward and two backwards (the first needs no parameter gradients, the
 second no norms; XLA drops what is unused), about 1.5 ordinary steps plus the
-norms, against `N` materialised gradients of `|θ|` numbers each for `vmap`. Because each clipped
-gradient has norm `≤ C`, the sum changes by at most `C` when one example is
-added or removed, and Gaussian noise of standard deviation `σC` makes the step
-`(ε, δ)`-differentially private; accounting for `ε` over many steps (the moments
+norms, against $N$ materialised gradients of $|θ|$ numbers each for `vmap`.
+Because each clipped gradient has norm $≤ C$, the sum changes by at most $C$ when one example is
+added or removed, and Gaussian noise of standard deviation $σC$ makes the step
+$(ε, δ)$-differentially private; accounting for $ε$ over many steps (the moments
 accountant) is not part of this module.
 
 References: Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang, "Deep Learning
@@ -91,9 +91,9 @@ class DPGrads(NamedTuple):
     """The result of `dp_sgd_grads`.
 
     Attributes:
-      grads: `(Σᵢ cᵢ gᵢ + σ C ξ) / N`, structured like `params` (their dtypes).
-      norms: `(N,)` per-example gradient norms `‖gᵢ‖` before clipping.
-      loss: scalar, the mean per-example loss `(1/N) Σᵢ ℓᵢ` (unclipped).
+      grads: $(Σᵢ cᵢ gᵢ + σ C ξ) / N$, structured like `params` (their dtypes).
+      norms: `(N,)` per-example gradient norms $‖gᵢ‖$ before clipping.
+      loss: scalar, the mean per-example loss $(1/N) Σᵢ ℓᵢ$ (unclipped).
       model_state: the model's new state from `model.apply`.
     """
 
@@ -136,7 +136,7 @@ def _unsupported(fn: str, path: str, leaf: Any, more: int) -> ValueError:
 
 
 def _with_probes(fn: str, params: PyTree, n: int) -> PyTree:
-    """`params` with a zero `probe ∈ ℝ^N` added to every layer's params dict (a dict
+    """`params` with a zero `probe` $∈ ℝ^N$ added to every layer's params dict (a dict
     of arrays); whether the layer reads it is checked by `_check_probe_uses`.
 
     Raises `ValueError` for any float leaf outside such a dict.
@@ -238,7 +238,7 @@ def _check_losses(fn: str, ell: Any, n: int) -> None:
 def _ghost_pass(fn: str, model: Layer, params: PyTree, state: PyTree, x: Any, y: Any,
                 loss: LossFn, key: jax.Array | None, train: bool
                 ) -> tuple[jax.Array, jax.Array, Callable, PyTree]:
-    """`(ℓ, ‖g‖, vjp, new_state)`: one forward, one backward (of `Σᵢ ℓᵢ`)."""
+    """$(ℓ, ‖g‖, vjp, new_state)$: one forward, one backward (of $Σᵢ ℓᵢ$)."""
     _check_inputs(fn, model, loss)
     n = _batch_size(fn, x)
     probed = _with_probes(fn, params, n)
@@ -273,14 +273,14 @@ def _without_probes(tree: PyTree) -> PyTree:
 def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
                            loss: LossFn = _per_example_cross_entropy,
                            key: jax.Array | None = None, train: bool = False) -> jax.Array:
-    """Per-example gradient norms `‖∇_θ ℓᵢ‖₂` over all parameters, without forming
+    """Per-example gradient norms $‖∇_θ ℓᵢ‖₂$ over all parameters, without forming
     per-example gradients (ghost norms: step 1 in `fdl.privacy`).
 
     Args:
       model: a `fdl.layers.Layer` whose parameters all belong to layers with a
         ghost-norm rule (see `fdl.privacy`).
       params, state: the model's parameters and state.
-      x, y: a batch (axis 0 of `x` indexes the `N` examples) and its targets.
+      x, y: a batch (axis 0 of $x$ indexes the $N$ examples) and its targets.
       loss: `loss(outputs, y) -> (N,)` per-example losses.
       key, train: passed to `model.apply`.
 
@@ -297,23 +297,23 @@ def per_example_grad_norms(model: Layer, params: PyTree, state: PyTree, x: Any, 
 
 
 def clip_factors(norms: jax.Array, clip_norm: float) -> jax.Array:
-    """`cᵢ = min(1, C/‖gᵢ‖)`, computed as `C / max(C, ‖gᵢ‖)` (1 at ‖gᵢ‖ = 0)."""
+    """$cᵢ = min(1, C/‖gᵢ‖)$, computed as $C / max(C, ‖gᵢ‖)$ (1 at ‖gᵢ‖ = 0)."""
     return clip_norm / jnp.maximum(norms, clip_norm)
 
 
 def dp_sgd_grads(model: Layer, params: PyTree, state: PyTree, x: Any, y: Any, *,
                  key: jax.Array, clip_norm: float, noise_multiplier: float,
                  loss: LossFn = _per_example_cross_entropy, train: bool = False) -> DPGrads:
-    """The DP-SGD gradient `g̃ = (Σᵢ cᵢ gᵢ + σ C ξ)/N` (Abadi et al. 2016), from ghost
+    """The DP-SGD gradient $g̃ = (Σᵢ cᵢ gᵢ + σ C ξ)/N$ (Abadi et al. 2016), from ghost
     norms and a second backward pass; see `fdl.privacy` for the equations.
 
     Args:
       model, params, state, x, y, loss, train: as in `per_example_grad_norms`.
-      key: PRNG key for the noise `ξ` (and, split off, the model's randomness);
+      key: PRNG key for the noise $ξ$ (and, split off, the model's randomness);
         `fdl.random.key(seed)` draws it in straight-line code on CPU, where JAX's
         default Threefry key runs a loop per parameter.
-      clip_norm: `C > 0`, the bound on each example's gradient norm.
-      noise_multiplier: `σ ≥ 0`; the noise has standard deviation `σC` per
+      clip_norm: $C > 0$, the bound on each example's gradient norm.
+      noise_multiplier: $σ ≥ 0$; the noise has standard deviation $σC$ per
         coordinate of the summed gradient (0: clipping only, no privacy).
 
     Returns:

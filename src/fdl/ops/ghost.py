@@ -4,7 +4,7 @@ gradient norm for their own parameters, without forming per-example gradients.
 The contract
 ------------
 A *ghost* primitive takes the arguments of an ordinary primitive plus a
-$probe ∈ ℝ^N$ (zeros; axis 0 of the data indexes the $N$ examples). Its forward
+`probe` $∈ ℝ^N$ (zeros; axis 0 of the data indexes the $N$ examples). Its forward
 is the ordinary forward, its cotangents for the ordinary arguments are the
 ordinary hand-written ones, and the probe's "cotangent" is
 
@@ -218,58 +218,63 @@ def _unfold(x: jax.Array, kernel: tuple, stride: Any, padding: Any, dilation: An
     o = [(n + lo + hi - e) // si + 1 for n, (lo, hi), e, si in zip(x.shape[1:3], pads, extents, s)]
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, c = x.shape[0], x.shape[3]
-    slices = [lax.slice(xp, (0, d[0] * jh, d[1] * jw, 0),
-                        (n, d[0] * jh + s[0] * (o[0] - 1) + 1, d[1] * jw + s[1] * (o[1] - 1) + 1, c),
-                        (1, s[0], s[1], 1))
-              for jh in range(kernel[0]) for jw in range(kernel[1])]
+    starts = [(d[0] * jh, d[1] * jw) for jh in range(kernel[0]) for jw in range(kernel[1])]
+    slices = [lax.slice(xp, (0, h0, w0, 0),
+                        (n, h0 + s[0] * (o[0] - 1) + 1, w0 + s[1] * (o[1] - 1) + 1, c),
+                        (1, s[0], s[1], 1)) for h0, w0 in starts]
     return jnp.stack(slices, axis=3).reshape(n, o[0] * o[1], kernel[0] * kernel[1] * c)
 
 
-def _conv2d_sq_norms(stride, padding, dilation, residuals, g):
+def _conv2d_sq_norms(stride, padding, dilation, groups, residuals, g):
     x, w = residuals
-    patches = _unfold(x, w.shape[:2], stride, padding, dilation)
-    return weight_sq_norms(patches, g) + bias_sq_norms(g)
+    # grouped: the kernel gradient is block by block, ‖∂ℓᵢ/∂W‖² = Σ_g ‖U_gᵢᵀ G_gᵢ‖²
+    ci, co = x.shape[-1] // groups, g.shape[-1] // groups
+    weight = sum(weight_sq_norms(_unfold(x[..., k * ci:(k + 1) * ci], w.shape[:2], stride,
+                                         padding, dilation), g[..., k * co:(k + 1) * co])
+                 for k in range(groups))
+    return weight + bias_sq_norms(g)
 
 
 ghost_conv2d = _ghost_of(conv2d, _conv2d_sq_norms, "ghost_conv2d", r"""2-D convolution
-`Y = X ⋆ W + b` (`fdl.ops.conv2d`, NHWC/HWIO) whose backward also returns, as the
-probe's cotangent, each example's `‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²`.
+$Y = X ⋆ W + b$ (`fdl.ops.conv2d`, NHWC/HWIO) whose backward also returns, as the
+probe's cotangent, each example's $‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²$.
 
-Shapes: `X ∈ ℝ^{N×H×W×C_in}`, `W ∈ ℝ^{k_h×k_w×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
-`probe ∈ ℝ^N` (zeros), `Y ∈ ℝ^{N×o_h×o_w×C_out}`; `stride`, `padding`,
+Shapes: $X ∈ ℝ^{N×H×W×C_in}$, $W ∈ ℝ^{k_h×k_w×C_in×C_out}$, $b ∈ ℝ^{C_out}$,
+`probe` $∈ ℝ^N$ (zeros), $Y ∈ ℝ^{N×o_h×o_w×C_out}$; `stride`, `padding`,
 `dilation` as for `conv2d`.
 
-Derivation. `conv2d`'s kernel gradient is `∂L/∂W[j, c, c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν, i, c']`;
-keeping example `ν = i`'s terms only, with the unfolded input
-`Uᵢ ∈ ℝ^{P×K}` (`P = o_h o_w` output positions, `K = k_h k_w C_in`; row `p` holds
-the pixels the kernel meets at output `p`) and `Gᵢ ∈ ℝ^{P×C_out}`,
+Derivation. `conv2d`'s kernel gradient is
+$∂L/∂W[j, c, c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν, i, c']$; keeping example $ν = i$'s terms only, with the unfolded input
+$Uᵢ ∈ ℝ^{P×K}$ ($P = o_h o_w$ output positions, $K = k_h k_w C_in$; row $p$ holds
+the pixels the kernel meets at output $p$) and $Gᵢ ∈ ℝ^{P×C_out}$,
 
 $$ ∂ℓᵢ/∂W = Uᵢᵀ Gᵢ  (K×C_out, reshaped to k_h×k_w×C_in×C_out),   ∂ℓᵢ/∂b = Gᵢᵀ 1_P, $$
 
-so `‖∂ℓᵢ/∂W‖²_F = ⟨Uᵢ Uᵢᵀ, Gᵢ Gᵢᵀ⟩_F` (Gram form, `P×P`) or `‖Uᵢᵀ Gᵢ‖²_F`
-(direct form, `K×C_out`), whichever is cheaper (`weight_sq_norms`; for usual
-image sizes `P(K + C_out) > K C_out` and the direct form wins — it costs as much as
-the kernel gradient itself). The cotangents of `X, W, b` are `conv2d`'s.
+so $‖∂ℓᵢ/∂W‖²_F = ⟨Uᵢ Uᵢᵀ, Gᵢ Gᵢᵀ⟩_F$ (Gram form, $P×P$) or $‖Uᵢᵀ Gᵢ‖²_F$
+(direct form, $K×C_out$), whichever is cheaper (`weight_sq_norms`; for usual
+image sizes $P(K + C_out) > K C_out$ and the direct form wins — it costs as much as
+the kernel gradient itself). The cotangents of $X, W, b$ are `conv2d`'s.
 
-Residuals: `conv2d`'s (`X`, `W`) and the probe (for its dtype).
+Residuals: `conv2d`'s ($X$, $W$) and the probe (for its dtype).
 """)
 
 
 def ghost_conv1d(x: jax.Array, w: jax.Array, b: jax.Array, probe: jax.Array,
-                 stride: Any = 1, padding: Any = "SAME", dilation: Any = 1) -> jax.Array:
+                 stride: Any = 1, padding: Any = "SAME", dilation: Any = 1,
+                 groups: int = 1) -> jax.Array:
     r"""1-D convolution (`fdl.ops.conv1d`, NWC/WIO) with a probe: `ghost_conv2d` on
     $X$ as $N×1×L×C_in$ and the kernel as $1×k×C_in×C_out$, exactly as `conv1d`
     is `conv2d` with a unit H axis, so the probe's cotangent is
     $‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²$ by the same derivation ($P = o$, $K = k C_in$).
 
     Shapes: $X ∈ ℝ^{N×L×C_in}$, $W ∈ ℝ^{k×C_in×C_out}$, $b ∈ ℝ^{C_out}$,
-    $probe ∈ ℝ^N$, $Y ∈ ℝ^{N×o×C_out}$.
+    `probe` $∈ ℝ^N$, $Y ∈ ℝ^{N×o×C_out}$.
     """
     if jnp.ndim(x) != 3 or jnp.ndim(w) != 3:
         raise ValueError(f"ghost_conv1d: x must be N×L×C_in and w k×C_in×C_out, got x of "
                          f"shape {tuple(jnp.shape(x))} and w of shape {tuple(jnp.shape(w))}")
     s2, pad2, d2 = _as_2d(stride, padding, dilation)
-    return ghost_conv2d(x[:, None], w[None], b, probe, s2, pad2, d2)[:, 0]
+    return ghost_conv2d(x[:, None], w[None], b, probe, s2, pad2, d2, groups)[:, 0]
 
 
 # --------------------------------------------------------------------------- #
@@ -296,24 +301,24 @@ def _embedding_sq_norms(residuals, g):
 
 ghost_embedding = _ghost_of(embedding, _embedding_sq_norms, "ghost_embedding", r"""Embedding
 lookup `Y[s] = T[ids[s]]` (`fdl.ops.embedding`) whose backward also returns, as the
-probe's cotangent, each example's `‖∂ℓᵢ/∂T‖²_F`.
+probe's cotangent, each example's $‖∂ℓᵢ/∂T‖²_F$.
 
-Shapes: `ids ∈ {0…V−1}^{N×…}` (axis 0 indexes the examples; the rest, e.g. a
-sequence, is folded into `L` positions), `T ∈ ℝ^{V×d}`, `probe ∈ ℝ^N`,
-`Y ∈ ℝ^{N×…×d}`.
+Shapes: `ids` $∈ {0…V−1}^{N×…}$ (axis 0 indexes the examples; the rest, e.g. a
+sequence, is folded into $L$ positions), $T ∈ ℝ^{V×d}$, `probe` $∈ ℝ^N$,
+$Y ∈ ℝ^{N×…×d}$.
 
-Derivation. `embedding`'s rule is `∂L/∂T[u] = Σ_{s : ids[s] = u} G[s]`; example
-`i`'s share is `∂ℓᵢ/∂T = Σ_l e_{ids_{il}} g_{il}ᵀ = Aᵢᵀ Gᵢ` with the one-hot rows
-`Aᵢ ∈ {0,1}^{L×V}` and `Gᵢ ∈ ℝ^{L×d}`. Its Gram matrix is
-`(Aᵢ Aᵢᵀ)_{lm} = [ids_{il} = ids_{im}]`, so (the repeated-index form)
+Derivation. `embedding`'s rule is $∂L/∂T[u] = Σ_{s : ids[s] = u} G[s]$; example
+$i$'s share is $∂ℓᵢ/∂T = Σ_l e_{ids_{il}} g_{il}ᵀ = Aᵢᵀ Gᵢ$ with the one-hot rows
+$Aᵢ ∈ {0,1}^{L×V}$ and $Gᵢ ∈ ℝ^{L×d}$. Its Gram matrix is
+$(Aᵢ Aᵢᵀ)_{lm} = [ids_{il} = ids_{im}]$, so (the repeated-index form)
 
 $$ ‖∂ℓᵢ/∂T‖²_F = Σ_{l,m} [ids_{il} = ids_{im}] ⟨g_{il}, g_{im}⟩ $$
 
-(`O(L² d)` per example; for `L = 1` it is `‖gᵢ‖²`). When the vocabulary is
-small (`V ≤ L²`) the example's `V×d` gradient is scattered and squared instead
-(`O((L + V) d)`). The cotangent of `T` is `embedding`'s; `ids` has none.
+($O(L² d)$ per example; for $L = 1$ it is $‖gᵢ‖²$). When the vocabulary is
+small ($V ≤ L²$) the example's $V×d$ gradient is scattered and squared instead
+($O((L + V) d)$). The cotangent of $T$ is `embedding`'s; `ids` has none.
 
-Residuals: `embedding`'s (`ids` and the number of rows `V`) and the probe.
+Residuals: `embedding`'s (`ids` and the number of rows $V$) and the probe.
 """)
 
 
@@ -334,28 +339,28 @@ def _rms_norm_sq_norms(eps, residuals, g):
 _NORM_DOC = r"""{what} (`fdl.ops.{op}`) whose backward also returns, as the probe's
 cotangent, each example's {norms}.
 
-Shapes: `X ∈ ℝ^{{N×…×d}}` (axis 0 indexes the examples, the middle axes fold
-into `T` positions), `γ{beta} ∈ ℝ^d`, `probe ∈ ℝ^N`, `Y` like `X`; `eps` static.
+Shapes: $X ∈ ℝ^{{N×…×d}}$ (axis 0 indexes the examples, the middle axes fold
+into $T$ positions), $γ{beta} ∈ ℝ^d$, `probe` $∈ ℝ^N$, $Y$ like $X$; `eps` static.
 
 Derivation. `{op}`'s rule sums over the batch and positions,
-`∂L/∂γ = Σ G ⊙ X̂`{dbeta}; example `i`'s share keeps its own `T` rows:
+$∂L/∂γ = Σ G ⊙ X̂${dbeta}; example $i$'s share keeps its own $T$ rows:
 
 $$ ∂ℓᵢ/∂γ = Σ_t gᵢₜ ⊙ x̂ᵢₜ ∈ ℝ^d{dbeta_i} $$
 
-— `N×d` numbers, as few as the parameters' own gradient, so they are formed and
+— $N×d$ numbers, as few as the parameters' own gradient, so they are formed and
 squared (no Gram form needed). The other cotangents are `{op}`'s.
 
-Residuals: `{op}`'s (`X̂`, the inverse scale per row, `γ`) and the probe.
+Residuals: `{op}`'s ($X̂$, the inverse scale per row, $γ$) and the probe.
 """
 
 ghost_layer_norm = _ghost_of(layer_norm, _layer_norm_sq_norms, "ghost_layer_norm",
                              _NORM_DOC.format(
-                                 what="Layer normalisation `Y = γ ⊙ X̂ + β`", op="layer_norm",
-                                 norms="`‖∂ℓᵢ/∂γ‖² + ‖∂ℓᵢ/∂β‖²`", beta=", β",
-                                 dbeta=", `∂L/∂β = Σ G`", dbeta_i=",   ∂ℓᵢ/∂β = Σ_t gᵢₜ"))
+                                 what="Layer normalisation $Y = γ ⊙ X̂ + β$", op="layer_norm",
+                                 norms="$‖∂ℓᵢ/∂γ‖² + ‖∂ℓᵢ/∂β‖²$", beta=", β",
+                                 dbeta=", $∂L/∂β = Σ G$", dbeta_i=",   ∂ℓᵢ/∂β = Σ_t gᵢₜ"))
 ghost_rms_norm = _ghost_of(rms_norm, _rms_norm_sq_norms, "ghost_rms_norm",
-                           _NORM_DOC.format(what="RMS normalisation `Y = γ ⊙ X/r`",
-                                            op="rms_norm", norms="`‖∂ℓᵢ/∂γ‖²`", beta="",
+                           _NORM_DOC.format(what="RMS normalisation $Y = γ ⊙ X/r$",
+                                            op="rms_norm", norms="$‖∂ℓᵢ/∂γ‖²$", beta="",
                                             dbeta="", dbeta_i=""))
 
 
@@ -369,9 +374,9 @@ def _linear_weight_sq_norms(residuals, g):
     return weight_sq_norms(x, g)
 
 
-_ghost_projection = _ghost_of(linear, _linear_weight_sq_norms, "ghost_projection", r"""`Y = XW`
+_ghost_projection = _ghost_of(linear, _linear_weight_sq_norms, "ghost_projection", r"""$Y = XW$
 (`fdl.ops.linear` with a zero bias that is not a parameter) whose probe receives
-`‖∂ℓᵢ/∂W‖²_F = ‖Xᵢᵀ Gᵢ‖²_F` only (no bias term): `ghost_linear` without the bias.""")
+$‖∂ℓᵢ/∂W‖²_F = ‖Xᵢᵀ Gᵢ‖²_F$ only (no bias term): `ghost_linear` without the bias.""")
 
 
 def _fan_out(probe: jax.Array, k: int) -> tuple:
@@ -412,7 +417,7 @@ def ghost_multi_head_attention(
     over all four projections and their biases.
 
     Shapes: $X_q ∈ ℝ^{N×T×d_q}$, $X_kv ∈ ℝ^{N×S×d_kv}$, the weights and biases as
-    in `multi_head_attention`, $probe ∈ ℝ^N$; output $N×T×d_out$.
+    in `multi_head_attention`, `probe` $∈ ℝ^N$; output $N×T×d_out$.
 
     Derivation. The attention core has no parameters; the parameters sit in four
     affine maps applied at every position of the example's sequence:
@@ -538,38 +543,40 @@ _RECURRENT_DOC = r"""{what} over a sequence (`fdl.ops.{op}`, the same `(hs, fina
 backward also returns, as the probe's cotangent, each example's squared gradient
 norm over {params}.
 
-Shapes: `xs ∈ ℝ^{{N×T×D}}` (batch-first; axis 0 indexes the examples),
-`state0` as for `{op}`, `W_x ∈ ℝ^{{D×kH}}`, `W_h ∈ ℝ^{{H×kH}}`, biases `ℝ^{{kH}}`
-(`k = {k}` stacked gates), `probe ∈ ℝ^N`; `reverse` static.
+Shapes: `xs` $∈ ℝ^{{N×T×D}}$ (batch-first; axis 0 indexes the examples),
+`state0` as for `{op}`, $W_x ∈ ℝ^{{D×kH}}$, $W_h ∈ ℝ^{{H×kH}}$, biases $ℝ^{{kH}}$
+($k = {k}$ stacked gates), `probe` $∈ ℝ^N$; `reverse` static.
 
 Derivation (per-step sums). Every step applies the same weights through the
-pre-activation{pre}; by the chain rule through time example `i`'s gradient is the
+pre-activation{pre}; by the chain rule through time example $i$'s gradient is the
 sum of its steps' terms,
 
-$$ ∂ℓᵢ/∂W_x = Σ_t x_{{it}}ᵀ δ_{{it}} = Xᵢᵀ Δᵢ,   ∂ℓᵢ/∂W_h = Σ_t h_{{i,t−1}}ᵀ δ'_{{it}} = H⁻ᵢᵀ Δ'ᵢ,   ∂ℓᵢ/∂b = Δᵢᵀ 1_T, $$
+$$ ∂ℓᵢ/∂W_x = Σ_t x_{{it}}ᵀ δ_{{it}} = Xᵢᵀ Δᵢ, \qquad ∂ℓᵢ/∂b = Δᵢᵀ 1_T, $$
 
-with `Δᵢ ∈ ℝ^{{T×kH}}` the steps' pre-activation cotangents `δ_{{it}} = ∂ℓᵢ/∂A_{{it}}`
-(`Δ'` those of the hidden-side pre-activation, the same `Δ` except for the GRU's
-`U`), `Xᵢ ∈ ℝ^{{T×D}}` the inputs and `H⁻ᵢ ∈ ℝ^{{T×H}}` the states entering each
-step. Each is a weight used at `T` positions, so `weight_sq_norms` (Gram or
-direct form) gives `‖·‖²_F` without a `D×kH` matrix per example.
+$$ ∂ℓᵢ/∂W_h = Σ_t h_{{i,t−1}}ᵀ δ'_{{it}} = H⁻ᵢᵀ Δ'ᵢ, $$
+
+with $Δᵢ ∈ ℝ^{{T×kH}}$ the steps' pre-activation cotangents $δ_{{it}} = ∂ℓᵢ/∂A_{{it}}$
+($Δ'$ those of the hidden-side pre-activation, the same $Δ$ except for the GRU's
+$U$), $Xᵢ ∈ ℝ^{{T×D}}$ the inputs and $H⁻ᵢ ∈ ℝ^{{T×H}}$ the states entering each
+step. Each is a weight used at $T$ positions, so `weight_sq_norms` (Gram or
+direct form) gives $‖·‖²_F$ without a $D×kH$ matrix per example.
 
 The backward runs the cell's own hand-written rule (`{cell}`) once per step in
 reverse time, mapped over the examples (`vmap`): for one example's row its bias
-cotangent *is* `δ_{{it}}`, which the scan collects; the state cotangent is threaded
+cotangent *is* $δ_{{it}}$, which the scan collects; the state cotangent is threaded
 back as in BPTT. The weight gradients are then one product over all steps,
-`∂L/∂W_x = Σ_{{t,i}} x_{{it}}ᵀ δ_{{it}}`, and `∂L/∂xs = Δ W_xᵀ`.
+$∂L/∂W_x = Σ_{{t,i}} x_{{it}}ᵀ δ_{{it}}$, and $∂L/∂xs = Δ W_xᵀ$.
 
 Residuals: the cell's per step (its weights once) and the probe.
 """
 
 ghost_rnn = _ghost_sequence(rnn_cell, rnn, "ghost_rnn", 1, _RECURRENT_DOC.format(
-    what="Elman RNN", op="rnn", params="`W_x, W_h, b`", k=1, cell="rnn_cell",
-    pre=" `A_t = x_t W_x + h_{t−1} W_h + b`"))
+    what="Elman RNN", op="rnn", params="$W_x, W_h, b$", k=1, cell="rnn_cell",
+    pre=" $A_t = x_t W_x + h_{t−1} W_h + b$"))
 ghost_lstm = _ghost_sequence(lstm_cell, lstm, "ghost_lstm", 1, _RECURRENT_DOC.format(
-    what="LSTM", op="lstm", params="`W_x, W_h, b`", k=4, cell="lstm_cell",
-    pre=" `Z_t = x_t W_x + h_{t−1} W_h + b` (the four gates)"))
+    what="LSTM", op="lstm", params="$W_x, W_h, b$", k=4, cell="lstm_cell",
+    pre=" $Z_t = x_t W_x + h_{t−1} W_h + b$ (the four gates)"))
 ghost_gru = _ghost_sequence(gru_cell, gru, "ghost_gru", 2, _RECURRENT_DOC.format(
-    what="GRU (reset-after)", op="gru", params="`W_x, W_h, b_x, b_h`", k=3, cell="gru_cell",
-    pre="s `A_t = x_t W_x + b_x` (cotangent `Δ`, also `b_x`'s) and "
-        "`U_t = h_{t−1} W_h + b_h` (cotangent `Δ'`, also `b_h`'s)"))
+    what="GRU (reset-after)", op="gru", params="$W_x, W_h, b_x, b_h$", k=3, cell="gru_cell",
+    pre="s $A_t = x_t W_x + b_x$ (cotangent $Δ$, also $b_x$'s) and "
+        "$U_t = h_{t−1} W_h + b_h$ (cotangent $Δ'$, also $b_h$'s)"))
