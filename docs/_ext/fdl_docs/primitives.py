@@ -321,8 +321,8 @@ def _public_module(p: Any) -> str:
 
     mod = p.forward.__module__
     parts = mod.split(".")
-    for k in range(2, len(parts) + 1):
-        candidate = ".".join(parts[:k])
+    prefixes = [".".join(parts[:k]) for k in range(2, len(parts) + 1)]
+    for candidate in [*(c for c in prefixes if "._" not in c), "fdl.ops", "fdl.losses"]:
         try:
             m = importlib.import_module(candidate)
         except ImportError:
