@@ -222,3 +222,46 @@ def test_forward_mode_through_a_block_and_a_padded_lstm_runs_the_tangent_rules()
 
     x = jax.random.normal(jax.random.key(10), (2, T, D), jnp.float64)
     check.jvp(f, x, params, lstm_params).raise_if_failed()
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_pytorch_decoder_layer_maps_onto_a_decoder_block_with_cross_attention(norm_first):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    layer = torch.nn.TransformerDecoderLayer(D, H, F, dropout=0.0, activation="relu",
+                                             norm_first=norm_first, batch_first=True,
+                                             dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    params = L.from_torch_decoder_layer(
+        {k: v.detach().numpy() for k, v in layer.state_dict().items()}, dtype=jnp.float64)
+    block = L.TransformerDecoderBlock(D, H, F, cross_attention=True, activation="relu",
+                                      pre_norm=norm_first, dtype=jnp.float64)
+    rng = np.random.default_rng(2)
+    x, memory = rng.standard_normal((2, T, D)), rng.standard_normal((2, 4, D))
+    mem_lengths = np.array([4, 2])
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=torch.float64)
+    xt = torch.tensor(x, requires_grad=True)
+    mt = torch.tensor(memory, requires_grad=True)
+    yt = layer(xt, mt, tgt_mask=causal, tgt_is_causal=True,
+               memory_key_padding_mask=torch.tensor(np.arange(4)[None] >= mem_lengths[:, None]))
+    weights = rng.standard_normal(yt.shape)
+    (yt * torch.tensor(weights)).sum().backward()
+
+    def loss(params, x, memory):
+        y, _ = block.apply(params, {}, (x, memory),
+                           memory_lengths=jnp.asarray(mem_lengths, jnp.int32))
+        return jnp.sum(y * weights), y
+
+    (_, y), (g_params, g_x, g_m) = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(
+        params, jnp.asarray(x), jnp.asarray(memory))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g_x, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_m, mt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_params["cross_attn"]["wk"],
+                               layer.multihead_attn.in_proj_weight.grad.numpy()[D:2 * D].T,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_params["norm3"]["gamma"], layer.norm3.weight.grad.numpy(),
+                               rtol=1e-9, atol=1e-12)

@@ -55,6 +55,7 @@ from fdl.layers.transformer import (
     TransformerDecoderBlock,
     TransformerEncoderBlock,
     TransformerLM,
+    from_torch_decoder_layer,
     from_torch_encoder_layer,
     tied_logits,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "TransformerDecoderBlock",
     "TransformerEncoderBlock",
     "TransformerLM",
+    "from_torch_decoder_layer",
     "from_torch_encoder_layer",
     "tied_logits",
 ]

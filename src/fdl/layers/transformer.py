@@ -56,7 +56,7 @@ from fdl.layers.initializers import Initializer, get_initializer, normal
 from fdl.ops.sequence import check_lengths, sequence_mask
 
 __all__ = ["ACTIVATIONS", "TransformerDecoderBlock", "TransformerEncoderBlock",
-           "TransformerLM", "from_torch_encoder_layer", "tied_logits"]
+           "TransformerLM", "from_torch_decoder_layer", "from_torch_encoder_layer", "tied_logits"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": ops.gelu,
@@ -544,29 +544,54 @@ def from_torch_encoder_layer(state_dict: Mapping[str, Any], *, prefix: str = "",
     Heads: torch splits the $d$ projected features into `nhead` consecutive blocks of
     `d/nhead`, as `fdl` does, so no permutation is needed.
     """
+    return _from_torch(state_dict, prefix, dtype, "from_torch_encoder_layer",
+                       {"self_attn": "self_attn"}, ("norm1", "norm2"))
+
+
+def from_torch_decoder_layer(state_dict: Mapping[str, Any], *, prefix: str = "",
+                             dtype: Any = jnp.float32) -> dict:
+    """Map a PyTorch `nn.TransformerDecoderLayer`'s weights onto one decoder block's params.
+
+    For `nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout,
+    activation, norm_first=…, batch_first=True)` and `TransformerDecoderBlock(d_model,
+    nhead, dim_feedforward, cross_attention=True, pre_norm=norm_first, …)`, called with a
+    causal target mask: the same function. Names as `from_torch_encoder_layer`, plus
+    torch's `multihead_attn.*` (the cross-attention, keys and values from the memory of
+    width $d$) as `cross_attn`, and `norm3` (torch's, before the feed-forward network) as
+    `norm3`; torch's `norm2` is the norm before the cross-attention, fdl's `norm2` too.
+    """
+    return _from_torch(state_dict, prefix, dtype, "from_torch_decoder_layer",
+                       {"self_attn": "self_attn", "multihead_attn": "cross_attn"},
+                       ("norm1", "norm2", "norm3"))
+
+
+def _from_torch(state_dict: Mapping[str, Any], prefix: str, dtype: Any, fn: str,
+                attentions: dict[str, str], norms: tuple[str, ...]) -> dict:
     def get(name: str) -> np.ndarray:
         full = prefix + name
         if full not in state_dict:
-            raise KeyError(f"from_torch_encoder_layer: the state dict has no {full!r}; it "
-                           f"has {sorted(state_dict)[:12]}")
+            raise KeyError(f"{fn}: the state dict has no {full!r}; it has "
+                           f"{sorted(state_dict)[:12]}")
         return np.asarray(state_dict[full])
 
     def arr(a: np.ndarray) -> jax.Array:
         return jnp.asarray(a, dtype)
 
-    w_in, b_in = get("self_attn.in_proj_weight"), get("self_attn.in_proj_bias")
-    d = w_in.shape[1]
-    if w_in.shape != (3 * d, d):
-        raise ValueError(f"from_torch_encoder_layer: self_attn.in_proj_weight must have "
-                         f"shape (3d, d), got {w_in.shape}")
-    wq, wk, wv = np.split(w_in, 3, axis=0)
-    bq, bk, bv = np.split(b_in, 3)
-    attn = {"wq": arr(wq.T), "wk": arr(wk.T), "wv": arr(wv.T),
-            "wo": arr(get("self_attn.out_proj.weight").T),
-            "bq": arr(bq), "bk": arr(bk), "bv": arr(bv), "bo": arr(get("self_attn.out_proj.bias"))}
-    params = {"self_attn": attn}
+    params = {}
+    for torch_name, name in attentions.items():
+        w_in, b_in = get(f"{torch_name}.in_proj_weight"), get(f"{torch_name}.in_proj_bias")
+        d = w_in.shape[1]
+        if w_in.shape != (3 * d, d):
+            raise ValueError(f"{fn}: {torch_name}.in_proj_weight must have shape (3d, d), "
+                             f"got {w_in.shape}")
+        wq, wk, wv = np.split(w_in, 3, axis=0)
+        bq, bk, bv = np.split(b_in, 3)
+        params[name] = {"wq": arr(wq.T), "wk": arr(wk.T), "wv": arr(wv.T),
+                        "wo": arr(get(f"{torch_name}.out_proj.weight").T),
+                        "bq": arr(bq), "bk": arr(bk), "bv": arr(bv),
+                        "bo": arr(get(f"{torch_name}.out_proj.bias"))}
     for lin in ("linear1", "linear2"):
         params[lin] = {"w": arr(get(f"{lin}.weight").T), "b": arr(get(f"{lin}.bias"))}
-    for nm in ("norm1", "norm2"):
+    for nm in norms:
         params[nm] = {"gamma": arr(get(f"{nm}.weight")), "beta": arr(get(f"{nm}.bias"))}
     return params
