@@ -196,3 +196,60 @@ def test_global_max_pool_routes_each_cotangent_to_its_argmax():
     np.testing.assert_array_equal(sw, xf.argmax(axis=1))
     dy = jax.jvp(global_max_pool, (x,), (g[:, None, None, :] * jnp.ones_like(x),))[1]
     np.testing.assert_allclose(dy, g, rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- #
+# grouped and depthwise convolution
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("c_in, c_out, groups, stride, padding", [
+    (4, 6, 2, (2, 1), "SAME"), (3, 3, 3, 1, "VALID"), (6, 4, 2, 1, ((1, 0), (2, 1)))])
+def test_grouped_conv2d_is_per_group_convolutions_side_by_side(c_in, c_out, groups, stride,
+                                                               padding):
+    from fdl.ops import conv2d
+    x, w, b = normal(30, 2, 5, 6, c_in), normal(31, 3, 2, c_in // groups, c_out), normal(32, c_out)
+    y = conv2d(x, w, b, stride, padding, 1, groups)
+    ci, co = c_in // groups, c_out // groups
+    parts = [conv2d(x[..., g * ci:(g + 1) * ci], w[..., g * co:(g + 1) * co],
+                    b[g * co:(g + 1) * co], stride, padding, 1) for g in range(groups)]
+    np.testing.assert_allclose(y, jnp.concatenate(parts, axis=-1), rtol=1e-12, atol=1e-12)
+    # gradients too: the grouped rule against the per-group rules
+    gy = normal(33, *y.shape)
+    dx, dw, db = jax.vjp(lambda x, w, b: conv2d(x, w, b, stride, padding, 1, groups), x, w, b)[1](gy)
+    for g in range(groups):
+        sl_x, sl_w = slice(g * ci, (g + 1) * ci), slice(g * co, (g + 1) * co)
+        pdx, pdw, _ = jax.vjp(lambda x, w, b: conv2d(x, w, b, stride, padding, 1),
+                              x[..., sl_x], w[..., sl_w], b[sl_w])[1](gy[..., sl_w])
+        np.testing.assert_allclose(dx[..., sl_x], pdx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw[..., sl_w], pdw, rtol=1e-12, atol=1e-12)
+    check.vjp(conv2d, x, w, b, stride, padding, 1, groups).raise_if_failed()
+    check.jvp(conv2d, x, w, b, stride, padding, 1, groups).raise_if_failed()
+
+
+@pytest.mark.x64
+def test_depthwise_conv1d_filters_each_channel_alone():
+    from fdl.ops import conv1d
+    x, w, b = normal(34, 2, 7, 3), normal(35, 3, 1, 3), normal(36, 3)
+    y = conv1d(x, w, b, 1, "VALID", 1, 3)
+    xn, wn = np.asarray(x), np.asarray(w)
+    expected = np.stack([sum(xn[:, j:j + 5, c] * wn[j, 0, c] for j in range(3)) for c in range(3)],
+                        axis=-1) + np.asarray(b)
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+
+
+@pytest.mark.float32
+def test_grouped_conv_messages():
+    from fdl.ops import conv1d, conv2d
+    x = normal(37, 1, 4, 4, 4)
+    assert conv2d(x, normal(38, 3, 3, 2, 6), jnp.zeros(6), groups=2).shape == (1, 4, 4, 6)
+    with pytest.raises(ValueError, match=r"conv2d: x has C_in = 4 channels .* reads 4 per group "
+                                         r"× groups=2 = 8; w's I axis must be C_in/groups = 2"):
+        conv2d(x, normal(38, 3, 3, 4, 6), jnp.zeros(6), groups=2)
+    with pytest.raises(ValueError, match="conv2d: x has C_in = 4 .* groups must divide C_in = 4"):
+        conv2d(x, normal(38, 3, 3, 1, 6), jnp.zeros(6), groups=3)
+    with pytest.raises(ValueError, match="conv2d: groups=2 must divide C_out = 5"):
+        conv2d(x, normal(38, 3, 3, 2, 5), jnp.zeros(5), groups=2)
+    with pytest.raises(ValueError, match="conv1d: groups must be a positive int, got 0"):
+        conv1d(x[:, 0], normal(38, 3, 4, 4), jnp.zeros(4), groups=0)

@@ -29,7 +29,18 @@ from fdl.layers import initializers
 from fdl.layers.attention import LuongAttention, MultiHeadAttention
 from fdl.layers.base import Layer, parallel, residual, serial, split_key, stateless
 from fdl.layers.combinators import Bidirectional, remat, scan_layers
-from fdl.layers.conv import AvgPool2D, Conv1D, Conv2D, GlobalAvgPool, MaxPool2D
+from fdl.layers.conv import (
+    AdaptiveAvgPool2D,
+    AvgPool2D,
+    Conv1D,
+    Conv2D,
+    Conv3D,
+    ConvTranspose1D,
+    ConvTranspose2D,
+    GlobalAvgPool,
+    GlobalMaxPool,
+    MaxPool2D,
+)
 from fdl.layers.core import (
     ACTIVATIONS,
     Dense,
@@ -49,7 +60,15 @@ from fdl.layers.core import (
     mlp,
 )
 from fdl.layers.embedding import Embedding
-from fdl.layers.norm import BatchNorm, LayerNorm, RMSNorm
+from fdl.layers.norm import (
+    BatchNorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    RMSNorm,
+    SpectralNorm,
+    WeightNorm,
+)
 from fdl.layers.recurrent import GRU, LSTM, RNN
 from fdl.layers.transformer import (
     TransformerDecoderBlock,
@@ -61,6 +80,15 @@ from fdl.layers.transformer import (
 )
 
 __all__ = [
+    "AdaptiveAvgPool2D",
+    "Conv3D",
+    "ConvTranspose1D",
+    "ConvTranspose2D",
+    "GlobalMaxPool",
+    "GroupNorm",
+    "InstanceNorm",
+    "SpectralNorm",
+    "WeightNorm",
     "ACTIVATIONS",
     "AvgPool2D",
     "BatchNorm",

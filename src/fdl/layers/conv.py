@@ -1,4 +1,5 @@
-"""Convolution and pooling layers: Conv2D, Conv1D, MaxPool2D, AvgPool2D, GlobalAvgPool.
+"""Convolution and pooling layers: Conv1D/2D/3D (grouped and depthwise with `groups`),
+ConvTranspose1D/2D, MaxPool2D, AvgPool2D, GlobalAvgPool, GlobalMaxPool, AdaptiveAvgPool2D.
 
 Thin `Layer` wrappers over `fdl.ops.conv` and
 `fdl.ops.pool`, whose primitives carry the derivations. Batch-first, images
@@ -21,8 +22,10 @@ from fdl.ops import ghost
 from fdl.layers.base import PROBE, Layer, Shape, has_probe, stateless
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import Padding, explicit_padding
+from fdl.ops.conv_transpose import transpose_crops
 
-__all__ = ["AvgPool2D", "Conv1D", "Conv2D", "GlobalAvgPool", "MaxPool2D"]
+__all__ = ["AdaptiveAvgPool2D", "AvgPool2D", "Conv1D", "Conv2D", "Conv3D", "ConvTranspose1D",
+           "ConvTranspose2D", "GlobalAvgPool", "GlobalMaxPool", "MaxPool2D"]
 
 
 def _output_sizes(fn: str, sizes, extents, strides, padding, axes: str) -> tuple[int, ...]:
@@ -33,45 +36,73 @@ def _output_sizes(fn: str, sizes, extents, strides, padding, axes: str) -> tuple
                  for axis, n, e, s, pad in zip(axes, sizes, extents, strides, pads))
 
 
+_LAYOUTS = {1: "LC", 2: "HWC", 3: "DHWC"}
+
+
 def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, padding: Padding,
           dilation: Any, w_init: str | Initializer, b_init: str | Initializer,
-          dtype: Any) -> Layer:
-    layout = "HWC" if nd == 2 else "LC"
+          dtype: Any, groups: int = 1, transpose: bool = False) -> Layer:
+    layout = _LAYOUTS[nd]
     v.positive_int(fn, "features", features)
+    g = v.positive_int(fn, "groups", groups)
+    if features % g:
+        raise ValueError(f"{fn}: groups={g} must divide features={features} (each group "
+                         "writes features/groups channels)")
     k = v.positive_ints(fn, "kernel_size", kernel_size, nd)
     s = v.positive_ints(fn, "stride", stride, nd)
     d = v.positive_ints(fn, "dilation", dilation, nd)
     v.padding(fn, padding, nd)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
-    op = ops.conv2d if nd == 2 else ops.conv1d
-    ghost_op = ghost.ghost_conv2d if nd == 2 else ghost.ghost_conv1d  # with a probe
+    if transpose:
+        op = ops.conv_transpose2d if nd == 2 else ops.conv_transpose1d
+    else:
+        op = {1: ops.conv1d, 2: ops.conv2d, 3: ops.conv3d}[nd]
+    ghost_op = {1: ghost.ghost_conv1d, 2: ghost.ghost_conv2d}.get(nd)  # with a probe
+    plain = transpose or nd == 3  # no groups argument, no ghost
 
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         shape = v.input_shape(fn, input_shape, f"({', '.join(layout)})", rank=len(layout))
+        if shape[-1] % g:
+            raise ValueError(f"{fn}: groups={g} must divide the input's {shape[-1]} channels "
+                             f"(input_shape {shape})")
         extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
-        out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
+        if transpose:
+            crops = transpose_crops(padding, shape[:-1], extents, s)
+            out = tuple(si * (n - 1) + e - lo - hi
+                        for n, e, si, (lo, hi) in zip(shape[:-1], extents, s, crops))
+            if min(out) < 1:
+                raise ValueError(f"{fn}: padding {padding!r} crops every output along some "
+                                 f"axis for input_shape {shape}")
+        else:
+            out = _output_sizes(fn, shape[:-1], extents, s, padding, layout[:-1])
         kw, kb = jax.random.split(key)
-        params = {"w": w_init(kw, (*k, shape[-1], features), dtype),
+        params = {"w": w_init(kw, (*k, shape[-1] // g, features), dtype),
                   "b": b_init(kb, (features,), dtype)}
         return out + (features,), params
 
     def apply(params: dict, x: jax.Array) -> jax.Array:
-        c_in = params["w"].shape[-2]
+        c_in = params["w"].shape[-2] * g
         if jnp.ndim(x) != nd + 2 or jnp.shape(x)[-1] != c_in:
             raise ValueError(
                 f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
                 f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
                 "input_shape passed to init")
+        if plain:
+            if has_probe(params):
+                raise ValueError(f"{fn}: per-example gradient norms (a probe) are not "
+                                 "available for this layer; use vmap of grad instead")
+            return op(x, params["w"], params["b"], s, padding, d)
         if has_probe(params):  # a probe: per-example gradient norms asked for
-            return ghost_op(x, params["w"], params["b"], params[PROBE], s, padding, d)
-        return op(x, params["w"], params["b"], s, padding, d)
+            return ghost_op(x, params["w"], params["b"], params[PROBE], s, padding, d, g)
+        return op(x, params["w"], params["b"], s, padding, d, g)
 
     return stateless(fn.lower(), apply, init=init)
 
 
 def Conv2D(features: int, kernel_size: int | Sequence[int], *,
            stride: int | Sequence[int] = 1, padding: Padding = "SAME",
-           dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
+           dilation: int | Sequence[int] = 1, groups: int = 1,
+           w_init: str | Initializer = "glorot_uniform",
            b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
     """2-D convolution layer (`fdl.ops.conv2d`), NHWC images, HWIO kernel.
 
@@ -79,24 +110,71 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *,
     `{"w": (k_h, k_w, C_in, features), "b": (features,)}`. `padding` is
     `"SAME"` (default: `o = ⌈n/s⌉`), `"VALID"` or `((top, bottom), (left,
     right))`; `stride`, `dilation` and `kernel_size` an int or a pair. The
-    initialisers see the HWIO fans (`fan_in = k_h k_w C_in`).
+    initialisers see the HWIO fans (`fan_in = k_h k_w C_in/groups`). `groups` $G$
+    splits the channels into $G$ blocks convolved separately (kernel
+    `(k_h, k_w, C_in/G, features)`); `groups=C_in` is a depthwise convolution.
     """
     return _conv("Conv2D", 2, features, kernel_size, stride, padding, dilation, w_init,
-                 b_init, dtype)
+                 b_init, dtype, groups)
 
 
 def Conv1D(features: int, kernel_size: int | Sequence[int], *,
            stride: int | Sequence[int] = 1, padding: Padding = "SAME",
-           dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
+           dilation: int | Sequence[int] = 1, groups: int = 1,
+           w_init: str | Initializer = "glorot_uniform",
            b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
     """1-D convolution layer (`fdl.ops.conv1d`), NWC signals, WIO kernel.
 
     `init(key, (L, C_in))` → `(o, features)`; params
     `{"w": (k, C_in, features), "b": (features,)}`; `padding` is `"SAME"`,
-    `"VALID"` or `((lo, hi),)`.
+    `"VALID"` or `((lo, hi),)`; `groups` as Conv2D's (kernel `(k, C_in/groups, features)`).
     """
     return _conv("Conv1D", 1, features, kernel_size, stride, padding, dilation, w_init,
+                 b_init, dtype, groups)
+
+
+def Conv3D(features: int, kernel_size: int | Sequence[int], *,
+           stride: int | Sequence[int] = 1, padding: Padding = "SAME",
+           dilation: int | Sequence[int] = 1, w_init: str | Initializer = "glorot_uniform",
+           b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """3-D convolution layer (`fdl.ops.conv3d`), NDHWC volumes, DHWIO kernel.
+
+    `init(key, (D, H, W, C_in))` → `(o_d, o_h, o_w, features)`; params
+    `{"w": (k_d, k_h, k_w, C_in, features), "b": (features,)}`; `padding` is `"SAME"`,
+    `"VALID"` or three `(lo, hi)` pairs.
+    """
+    return _conv("Conv3D", 3, features, kernel_size, stride, padding, dilation, w_init,
                  b_init, dtype)
+
+
+def ConvTranspose2D(features: int, kernel_size: int | Sequence[int], *,
+                    stride: int | Sequence[int] = 1, padding: Padding = "SAME",
+                    dilation: int | Sequence[int] = 1,
+                    w_init: str | Initializer = "glorot_uniform",
+                    b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """2-D transposed convolution layer (`fdl.ops.conv_transpose2d`), NHWC, HWIO kernel.
+
+    The adjoint of Conv2D's map: `init(key, (h, w, C_in))` → `(o_h, o_w, features)` with
+    `o = s(n − 1) + d(k − 1) + 1 − lo − hi`; `"SAME"` gives `o = s·n` (upsampling by the
+    stride), `"VALID"` crops nothing, explicit pairs crop `(lo, hi)`. Params
+    `{"w": (k_h, k_w, C_in, features), "b": (features,)}`.
+    """
+    return _conv("ConvTranspose2D", 2, features, kernel_size, stride, padding, dilation,
+                 w_init, b_init, dtype, transpose=True)
+
+
+def ConvTranspose1D(features: int, kernel_size: int | Sequence[int], *,
+                    stride: int | Sequence[int] = 1, padding: Padding = "SAME",
+                    dilation: int | Sequence[int] = 1,
+                    w_init: str | Initializer = "glorot_uniform",
+                    b_init: str | Initializer = "zeros", dtype: Any = jnp.float32) -> Layer:
+    """1-D transposed convolution layer (`fdl.ops.conv_transpose1d`), NWC, WIO kernel.
+
+    `init(key, (L, C_in))` → `(o, features)`, `o = s(L − 1) + d(k − 1) + 1 − lo − hi`
+    (`"SAME"`: `o = s·L`).
+    """
+    return _conv("ConvTranspose1D", 1, features, kernel_size, stride, padding, dilation,
+                 w_init, b_init, dtype, transpose=True)
 
 
 def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding) -> Layer:
@@ -148,3 +226,31 @@ def GlobalAvgPool() -> Layer:
     """
     return stateless("global_avg_pool", ops.global_avg_pool,
                      lambda shape: v.input_shape("GlobalAvgPool", shape, "(H, W, C)", rank=3)[2:])
+
+
+def GlobalMaxPool() -> Layer:
+    """Max over all pixels (`fdl.ops.global_max_pool`): NHWC → NC.
+
+    `init(key, (H, W, C))` → `(C,)`; the gradient goes to each channel's first maximum.
+    """
+    return stateless("global_max_pool", ops.global_max_pool,
+                     lambda shape: v.input_shape("GlobalMaxPool", shape, "(H, W, C)", rank=3)[2:])
+
+
+def AdaptiveAvgPool2D(output_size: int | Sequence[int]) -> Layer:
+    """Average pooling to a fixed `(o_h, o_w)` (`fdl.ops.adaptive_avg_pool2d`), NHWC.
+
+    `init(key, (H, W, C))` → `(o_h, o_w, C)` for any `H ≥ o_h`, `W ≥ o_w`: output
+    `(i, j)` averages rows `⌊iH/o_h⌋ … ⌈(i + 1)H/o_h⌉ − 1` and likewise columns.
+    """
+    fn = "AdaptiveAvgPool2D"
+    o = v.positive_ints(fn, "output_size", output_size, 2)
+
+    def output_shape(input_shape: Shape) -> Shape:
+        shape = v.input_shape(fn, input_shape, "(H, W, C)", rank=3)
+        for axis, n, oi in zip("HW", shape[:2], o):
+            if oi > n:
+                raise ValueError(f"{fn}: output_size {oi} along {axis} exceeds the input's {n}")
+        return o + shape[2:]
+
+    return stateless("adaptive_avg_pool2d", lambda x: ops.adaptive_avg_pool2d(x, o), output_shape)

@@ -1,12 +1,14 @@
-"""Normalisation layers: BatchNorm, LayerNorm, RMSNorm.
+"""Normalisation layers: BatchNorm, LayerNorm, RMSNorm, GroupNorm, InstanceNorm, and the
+weight reparametrisations WeightNorm and SpectralNorm (wrappers around another layer).
 
 Thin `Layer` wrappers over `fdl.ops.norm`, whose primitives carry the derivations. Features are on
 the last axis (`N×d`, or NHWC images for BatchNorm); shapes given to `init`
 exclude the batch axis.
 
-BatchNorm is the one layer with state: its running statistics
-`{"mean": (C,), "var": (C,)}` are returned by `init` and threaded through
-`apply` explicitly — updated in training (`train=True`), read at inference.
+BatchNorm and SpectralNorm carry state: BatchNorm's running statistics
+`{"mean": (C,), "var": (C,)}`, SpectralNorm's power-iteration vector `{"u": (m,)}`, are
+returned by `init` and threaded through `apply` explicitly — updated in training
+(`train=True`), read at inference.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from fdl import ops
 from fdl.ops import ghost
 from fdl.layers.base import PROBE, Layer, Shape, has_probe, stateless
 
-__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
+__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SpectralNorm",
+           "WeightNorm"]
 
 
 def _features(fn: str, input_shape: Any, what: str) -> int:
@@ -132,3 +135,141 @@ def RMSNorm(*, eps: float = 1e-6, dtype: Any = jnp.float32) -> Layer:
         return ops.rms_norm(x, params["gamma"], eps)
 
     return stateless("rms_norm", apply, init=init)
+
+
+def GroupNorm(groups: int, *, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
+    """Group normalisation (`fdl.ops.group_norm`): per example, the channels in `groups`
+    blocks, each block standardised over its channels and positions.
+
+    `init(key, (…, C))` (channels last; `groups` divides `C`) → params
+    `{"gamma": ones(C), "beta": zeros(C)}`; stateless, the same in training and inference.
+
+    References: Wu & He, "Group Normalization", 2018.
+    """
+    fn = "GroupNorm"
+    g = v.positive_int(fn, "groups", groups)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
+        c = _features(fn, input_shape, "C")
+        if c % g:
+            raise ValueError(f"{fn}: groups={g} must divide the {c} channels of input_shape "
+                             f"{tuple(input_shape)}")
+        return input_shape, {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
+
+    def apply(params: dict, x: jax.Array) -> jax.Array:
+        _check_last_axis(fn, x, params["gamma"].shape[0], "channels")
+        return ops.group_norm(x, params["gamma"], params["beta"], g, eps)
+
+    return stateless("group_norm", apply, init=init)
+
+
+def InstanceNorm(*, eps: float = 1e-5, dtype: Any = jnp.float32) -> Layer:
+    """Instance normalisation (`fdl.ops.instance_norm`): each channel of each example
+    standardised over its positions (group norm with one channel per group).
+
+    `init(key, (…, C))` with at least one position axis (e.g. `(H, W, C)`) → params
+    `{"gamma": ones(C), "beta": zeros(C)}`; stateless.
+
+    References: Ulyanov, Vedaldi & Lempitsky, "Instance Normalization", 2016.
+    """
+    fn = "InstanceNorm"
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
+        shape = v.input_shape(fn, input_shape, "(…, C) with a position axis, e.g. (H, W, C)",
+                              min_rank=2)
+        c = shape[-1]
+        return shape, {"gamma": jnp.ones((c,), dtype), "beta": jnp.zeros((c,), dtype)}
+
+    def apply(params: dict, x: jax.Array) -> jax.Array:
+        _check_last_axis(fn, x, params["gamma"].shape[0], "channels")
+        return ops.instance_norm(x, params["gamma"], params["beta"], eps)
+
+    return stateless("instance_norm", apply, init=init)
+
+
+def _wrapped_weight(fn: str, layer: Layer, param: str, params: Any) -> jax.Array:
+    if not isinstance(params, dict) or param not in params:
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"{fn}: the wrapped layer {layer.name!r} has no parameter {param!r} "
+                         f"(its params: {keys}); pass param= naming its weight")
+    w = params[param]
+    if jnp.ndim(w) < 2:
+        raise ValueError(f"{fn}: parameter {param!r} of {layer.name!r} must have at least 2 "
+                         f"dimensions (output units last), got shape {tuple(jnp.shape(w))}")
+    return w
+
+
+def WeightNorm(layer: Layer, *, param: str = "w") -> Layer:
+    """Weight normalisation of another layer's weight (`fdl.ops.weight_norm`).
+
+    The wrapped layer's `params[param]` (output units last, e.g. Dense's `w`, Conv2D's
+    HWIO kernel) becomes `{"v": V, "g": g}` with `W = g ⊙ V/‖V‖` per output unit;
+    `init` starts from the wrapped layer's own `W` (`V = W`, `g = ‖W‖` per column), so
+    the wrapped layer computes the same function at initialisation. State is the
+    wrapped layer's.
+
+    References: Salimans & Kingma, "Weight Normalization", 2016.
+    """
+    fn = "WeightNorm"
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{fn}: layer must be a Layer, got {type(layer).__name__}")
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict, Any]:
+        shape, params, state = layer.init(key, input_shape)
+        w = _wrapped_weight(fn, layer, param, params)
+        g = jnp.sqrt(jnp.sum(w * w, axis=tuple(range(w.ndim - 1))))
+        return shape, {**params, param: {"v": w, "g": g}}, state
+
+    def apply(params: dict, state: Any, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, Any]:
+        w = ops.weight_norm(params[param]["v"], params[param]["g"])
+        return layer.apply({**params, param: w}, state, x, key=key, train=train)
+
+    return Layer(init, apply, f"weight_norm_{layer.name}")
+
+
+def SpectralNorm(layer: Layer, *, param: str = "w", steps: int = 1,
+                 eps: float = 1e-12) -> Layer:
+    """Spectral normalisation of another layer's weight (`fdl.ops.spectral_normalize`).
+
+    The wrapped layer uses `W/σ`, `σ ≈ σ_max(W̄)` for `W` read as the `m×d_out` matrix
+    `W̄` (output units last). `init` → state `{"u": (m,), "layer": wrapped state}`, `u`
+    a random unit vector. `apply(…, train=True)` runs `steps` power-iteration steps
+    (`fdl.ops.power_iteration`, not differentiated) from the stored `u` and returns the
+    new one; `train=False` reads `u` unchanged and takes `v = W̄ᵀu/‖W̄ᵀu‖`. Either way
+    `σ = uᵀ W̄ v` with `u, v` held fixed in the gradient.
+
+    References: Miyato et al., "Spectral Normalization for Generative Adversarial
+    Networks", 2018.
+    """
+    fn = "SpectralNorm"
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{fn}: layer must be a Layer, got {type(layer).__name__}")
+    n_steps = v.positive_int(fn, "steps", steps)
+    v.finite_number(fn, "eps", eps, low=0, low_inclusive=False)
+
+    def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, Any, dict]:
+        k_layer, k_u = jax.random.split(key)
+        shape, params, state = layer.init(k_layer, input_shape)
+        w = _wrapped_weight(fn, layer, param, params)
+        u = jax.random.normal(k_u, (w.size // w.shape[-1],), w.dtype)
+        return shape, params, {"u": u / jnp.linalg.norm(u), "layer": state}
+
+    def apply(params: dict, state: dict, x: Any, *, key: jax.Array | None = None,
+              train: bool = False) -> tuple[Any, dict]:
+        w = params[param]
+        fixed = lax.stop_gradient(w)
+        if train:
+            u, vec = ops.power_iteration(fixed, state["u"], n_steps, eps)
+        else:
+            u = state["u"]
+            vec = fixed.reshape(-1, w.shape[-1]).T @ u
+            vec = vec / (jnp.linalg.norm(vec) + eps)
+        u, vec = lax.stop_gradient(u), lax.stop_gradient(vec)
+        y, inner = layer.apply({**params, param: ops.spectral_normalize(w, u, vec)},
+                               state["layer"], x, key=key, train=train)
+        return y, {"u": u.astype(state["u"].dtype), "layer": inner}
+
+    return Layer(init, apply, f"spectral_norm_{layer.name}")

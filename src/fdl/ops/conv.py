@@ -81,7 +81,8 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):
 
 
 def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
-           padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
+           padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
+           groups: int = 1) -> jax.Array:
     r"""2-D convolution (cross-correlation) `Y = X ⋆ W + b`, NHWC/HWIO.
 
     Shapes: `X ∈ ℝ^{N×H×W×C_in}`, `W ∈ ℝ^{k_h×k_w×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
@@ -113,6 +114,15 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
       exactly `n` outputs come out (`lo' + s(o − 1) + 1 + hi' − d(k − 1) = n`).
       This is the *transposed convolution*; `lhs_dilation = s` does the dilation.
 
+    Groups (`groups` $= G$, static, dividing $C_{in}$ and $C_{out}$): the channels
+    split into $G$ consecutive blocks and block $g$ of the output sees only block $g$
+    of the input, $W ∈ ℝ^{k_h×k_w×(C_{in}/G)×C_{out}}$ (output channel $c'$ in block
+    $⌊c' G/C_{out}⌋$); $G = C_{in}$ is a depthwise convolution. The forward is $G$
+    independent convolutions side by side, so each formula above holds block by
+    block: $∂L/∂W$ pairs input block $g$ with output block $g$ (one batched matrix
+    product per kernel offset, the blocks as the batch), and $∂L/∂X$ is the grouped
+    transposed convolution, its kernel $W̃$ regrouped to $k_h×k_w×(C_{out}/G)×C_{in}$.
+
     Residuals: `X` and `W` (`b` and `Y` are not needed).
 
     Tangent: `Y` is bilinear in `(X, W)` and affine in `b`, so by the product rule
@@ -120,25 +130,34 @@ def conv2d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
     padding and dilation (`N×o_h×o_w×C_out` each) and `db` broadcast over `N, o_h, o_w`.
     """
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
-    y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d, dimension_numbers=_NHWC)
+    y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d, dimension_numbers=_NHWC,
+                                 feature_group_count=groups)
     return y + b.reshape(1, 1, 1, -1)
 
 
-def _conv2d_save(x, w, b, stride, padding, dilation, y):
+def _conv2d_save(x, w, b, stride, padding, dilation, groups, y):
     return x, w
 
 
-def _conv2d_backward(stride, padding, dilation, residuals, g):
+def _transposed_kernel(w, groups):
+    """`W̃`: the kernel flipped in space and transposed in channels, per group:
+    `k_h×k_w×(C_in/G)×C_out` → `k_h×k_w×(C_out/G)×C_in`."""
+    kh, kw, c_in_g, c_out = w.shape
+    w = jnp.flip(w, axis=(0, 1)).reshape(kh, kw, c_in_g, groups, c_out // groups)
+    return jnp.transpose(w, (0, 1, 4, 3, 2)).reshape(kh, kw, c_out // groups, groups * c_in_g)
+
+
+def _conv2d_backward(stride, padding, dilation, groups, residuals, g):
     x, w = residuals
     s, d, pads = _geometry(x.shape, w.shape, stride, padding, dilation)
     k, n, o = w.shape[:2], x.shape[1:3], g.shape[1:3]
     # ∂L/∂X: transposed convolution of G with the flipped, channel-transposed kernel.
     pads_dx = [(di * (ki - 1) - lo, ni + lo - si * (oi - 1) - 1)
                for si, di, ki, ni, oi, (lo, _) in zip(s, d, k, n, o, pads)]
-    w_flipped = jnp.swapaxes(jnp.flip(w, axis=(0, 1)), 2, 3)  # k_h×k_w×C_out×C_in
-    dx = lax.conv_general_dilated(g, w_flipped, (1, 1), pads_dx, lhs_dilation=s,
-                                  rhs_dilation=d, dimension_numbers=_NHWC)
-    return dx, _conv2d_kernel_grad(x, g, s, d, pads, k), jnp.sum(g, axis=(0, 1, 2))
+    dx = lax.conv_general_dilated(g, _transposed_kernel(w, groups), (1, 1), pads_dx,
+                                  lhs_dilation=s, rhs_dilation=d, dimension_numbers=_NHWC,
+                                  feature_group_count=groups)
+    return dx, _conv2d_kernel_grad(x, g, s, d, pads, k, groups), jnp.sum(g, axis=(0, 1, 2))
 
 
 # ∂L/∂W with K = k_h·k_w·C_in at most this: one matmul over all patches (im2col);
@@ -146,7 +165,7 @@ def _conv2d_backward(stride, padding, dilation, residuals, g):
 _IM2COL_MAX_K = 128
 
 
-def _conv2d_kernel_grad(x, g, s, d, pads, k):
+def _conv2d_kernel_grad(x, g, s, d, pads, k, groups=1):
     """`∂L/∂W[j,c,c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν,i,c']` (`X_p`: `X` padded by
     the forward's `lo`) as matrix products instead of a convolution.
 
@@ -159,8 +178,11 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
     backends keep that form. Small
     `K = k_h·k_w·C_in` (first layers): stack the slices into the `M×K` patch
     matrix ("im2col") and do one product; otherwise one `C_in×M · M×C_out` product per
-    offset, so no patch matrix is ever materialised.
+    offset, so no patch matrix is ever materialised. With `groups` $G > 1$ the products
+    are batched over the blocks (`_grouped_kernel_grad`).
     """
+    if groups > 1:
+        return _grouped_kernel_grad(x, g, s, d, pads, k, groups)
     if jax.default_backend() != "cpu":  # GPU/TPU: the vendor's kernel-gradient convolution
         return _conv2d_kernel_grad_correlation(x, g, s, d, pads, k)
     n_batch, c_in, c_out = x.shape[0], x.shape[3], g.shape[3]
@@ -184,6 +206,27 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k):
     return dw.reshape(k[0], k[1], c_in, c_out)
 
 
+def _offset_slices(x, s, d, pads, k, o):
+    """`S_j = X_p[:, d·j + s·i, :]` for each kernel offset `j`, row-major."""
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))  # pads are ≥ 0
+    return [lax.slice(xp, (0, d[0] * jh, d[1] * jw, 0),
+                      (x.shape[0], d[0] * jh + s[0] * (o[0] - 1) + 1,
+                       d[1] * jw + s[1] * (o[1] - 1) + 1, x.shape[3]), (1, s[0], s[1], 1))
+            for jh in range(k[0]) for jw in range(k[1])]
+
+
+def _grouped_kernel_grad(x, g, s, d, pads, k, groups):
+    """`∂L/∂W[j, c, g·C_out/G + c'] = Σ_m S_j[m, g·C_in/G + c] G[m, g·C_out/G + c']`:
+    per offset, one matrix product batched over the $G$ blocks (input block $g$ with
+    output block $g$ only)."""
+    c_in_g, c_out_g = x.shape[3] // groups, g.shape[3] // groups
+    g3 = g.reshape(-1, groups, c_out_g)
+    batched = (((0,), (0,)), ((1,), (1,)))  # contract the rows, batch the blocks
+    dw = jnp.stack([lax.dot_general(sl.reshape(-1, groups, c_in_g), g3, batched)
+                    for sl in _offset_slices(x, s, d, pads, k, g.shape[1:3])])  # kk×G×Ci×Co
+    return jnp.transpose(dw, (0, 2, 1, 3)).reshape(k[0], k[1], c_in_g, groups * c_out_g)
+
+
 def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
     """The same `∂L/∂W` as one convolution: `X` correlated with `G`, `C_in` as the
     batch, `N` contracted, `G` as the kernel (window stride `d`, kernel dilation
@@ -197,10 +240,30 @@ def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))
 
 
-def _check_conv(fn, x, w, stride, padding, dilation, axes):
-    """The static arguments, and the dilated kernel fits the padded input along each
-    spatial axis (`axes`: `"HW"` or `"W"`); the shapes are the spec's."""
+def _check_conv(fn, x, w, stride, padding, dilation, axes, groups=1):
+    """The static arguments, the channels against `groups`, and the dilated kernel fits
+    the padded input along each spatial axis (`axes`: `"HW"` or `"W"`); the shapes are
+    the spec's."""
     nd = len(axes)
+    kernel = "HWIO" if nd == 2 else "WIO"
+    g = v.positive_int(fn, "groups", groups)
+    if g == 1 and x.shape[-1] != w.shape[-2]:
+        which = "third" if nd == 2 else "second"
+        raise ValueError(
+            f"{fn}: x has C_in = {x.shape[-1]} (shape {tuple(x.shape)}) but w has C_in = "
+            f"{w.shape[-2]} (shape {tuple(w.shape)}); the last dimension of x must equal the "
+            f"{which} of w")
+    if x.shape[-1] != g * w.shape[-2]:
+        fix = (f"w's I axis must be C_in/groups = {x.shape[-1] // g}" if x.shape[-1] % g == 0
+               else f"groups must divide C_in = {x.shape[-1]}")
+        raise ValueError(
+            f"{fn}: x has C_in = {x.shape[-1]} channels (shape {tuple(x.shape)}) but w "
+            f"(shape {tuple(w.shape)}, {kernel}) reads {w.shape[-2]} per group × groups={g} "
+            f"= {g * w.shape[-2]}; {fix}")
+    if w.shape[-1] % g:
+        raise ValueError(
+            f"{fn}: groups={g} must divide C_out = {w.shape[-1]} (the O axis of w, shape "
+            f"{tuple(w.shape)}): each group writes C_out/groups channels")
     s = v.positive_ints(fn, "stride", stride, nd)
     d = v.positive_ints(fn, "dilation", dilation, nd)
     v.padding(fn, padding, nd)
@@ -210,21 +273,22 @@ def _check_conv(fn, x, w, stride, padding, dilation, axes):
         v.window_output_size(fn, axis, n, e, si, pad, "dilated kernel")
 
 
-def _conv2d_validate(x, w, b, stride, padding, dilation):
-    _check_conv("conv2d", x, w, stride, padding, dilation, "HW")
+def _conv2d_validate(x, w, b, stride, padding, dilation, groups):
+    _check_conv("conv2d", x, w, stride, padding, dilation, "HW", groups)
 
 
-def _conv2d_tangent(stride, padding, dilation, residuals, t):
+def _conv2d_tangent(stride, padding, dilation, groups, residuals, t):
     x, w = residuals
     dx, dw, db = t
-    return (conv2d.forward(dx, w, db, stride, padding, dilation)
-            + conv2d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation))
+    return (conv2d.forward(dx, w, db, stride, padding, dilation, groups)
+            + conv2d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation, groups))
 
 
 conv2d = primitive(
     conv2d, _conv2d_backward, save=_conv2d_save,
-    static=("stride", "padding", "dilation"),
-    spec=v.shapes("conv2d", x="N×H×W×C_in", w="k_h×k_w×C_in×C_out", b="C_out"),
+    static=("stride", "padding", "dilation", "groups"),
+    spec=v.shapes("conv2d", x="N×H×W×C_in", w="k_h×k_w×C_g×C_out: C_g = C_in/groups",
+                  b="C_out"),
     validate=_conv2d_validate,
     tangent=_conv2d_tangent, examples=[
         Example((gaussian(2, 5, 5, 3), gaussian(3, 3, 3, 4), gaussian(4), 1, "SAME", 1)),
@@ -232,6 +296,8 @@ conv2d = primitive(
         Example((gaussian(1, 7, 6, 2), gaussian(2, 3, 2, 2), gaussian(2), (2, 1), ((1, 2), (0, 3)),
                  (1, 2))),
         Example((gaussian(2, 6, 6, 1), gaussian(3, 3, 1, 1), gaussian(1), 1, "SAME", 2)),
+        Example((gaussian(2, 5, 4, 4), gaussian(3, 2, 2, 6), gaussian(6), (2, 1), "SAME", 1, 2)),
+        Example((gaussian(1, 5, 5, 3), gaussian(3, 3, 1, 3), gaussian(3), 1, "VALID", 1, 3)),
     ],
 )
 
@@ -249,7 +315,8 @@ def _as_2d(stride, padding, dilation):
 
 
 def conv1d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int] = 1,
-           padding: Padding = "SAME", dilation: int | Sequence[int] = 1) -> jax.Array:
+           padding: Padding = "SAME", dilation: int | Sequence[int] = 1,
+           groups: int = 1) -> jax.Array:
     r"""1-D convolution (cross-correlation) `Y = X ⋆ W + b`, NWC/WIO.
 
     Shapes: `X ∈ ℝ^{N×L×C_in}`, `W ∈ ℝ^{k×C_in×C_out}`, `b ∈ ℝ^{C_out}`,
@@ -265,40 +332,43 @@ def conv1d(x: jax.Array, w: jax.Array, b: jax.Array, stride: int | Sequence[int]
       `d(k − 1) − lo` below and `n + lo − s(o − 1) − 1` above) with the flipped,
       channel-transposed kernel.
 
+    `groups` as conv2d's ($W ∈ ℝ^{k×(C_{in}/G)×C_{out}}$; $G = C_{in}$: depthwise).
+
     The backward is conv2d's backward on the reshaped residuals. Residuals: `X`, `W`.
 
     Tangent: as conv2d's, `dY = dX ⋆ W + X ⋆ dW + db` (`N×o×C_out`).
     """
     s2, pad2, d2 = _as_2d(stride, padding, dilation)
-    return conv2d.forward(x[:, None], w[None], b, s2, pad2, d2)[:, 0]
+    return conv2d.forward(x[:, None], w[None], b, s2, pad2, d2, groups)[:, 0]
 
 
-def _conv1d_backward(stride, padding, dilation, residuals, g):
+def _conv1d_backward(stride, padding, dilation, groups, residuals, g):
     x, w = residuals
     s2, pad2, d2 = _as_2d(stride, padding, dilation)
-    dx, dw, db = _conv2d_backward(s2, pad2, d2, (x[:, None], w[None]), g[:, None])
+    dx, dw, db = _conv2d_backward(s2, pad2, d2, groups, (x[:, None], w[None]), g[:, None])
     return dx[:, 0], dw[0], db
 
 
-def _conv1d_validate(x, w, b, stride, padding, dilation):
-    _check_conv("conv1d", x, w, stride, padding, dilation, "W")
+def _conv1d_validate(x, w, b, stride, padding, dilation, groups):
+    _check_conv("conv1d", x, w, stride, padding, dilation, "W", groups)
 
 
-def _conv1d_tangent(stride, padding, dilation, residuals, t):
+def _conv1d_tangent(stride, padding, dilation, groups, residuals, t):
     x, w = residuals
     dx, dw, db = t
-    return (conv1d.forward(dx, w, db, stride, padding, dilation)
-            + conv1d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation))
+    return (conv1d.forward(dx, w, db, stride, padding, dilation, groups)
+            + conv1d.forward(x, dw, jnp.zeros_like(db), stride, padding, dilation, groups))
 
 
 conv1d = primitive(
     conv1d, _conv1d_backward, save=_conv2d_save,
-    static=("stride", "padding", "dilation"),
-    spec=v.shapes("conv1d", x="N×W×C_in", w="k_w×C_in×C_out", b="C_out"),
+    static=("stride", "padding", "dilation", "groups"),
+    spec=v.shapes("conv1d", x="N×W×C_in", w="k_w×C_g×C_out: C_g = C_in/groups", b="C_out"),
     validate=_conv1d_validate,
     tangent=_conv1d_tangent, examples=[
         Example((gaussian(2, 9, 3), gaussian(3, 3, 4), gaussian(4), 1, "SAME", 1)),
         Example((gaussian(3, 10, 2), gaussian(4, 2, 3), gaussian(3), 2, "VALID", 2)),
         Example((gaussian(1, 7, 1), gaussian(2, 1, 1), gaussian(1), 3, ((2, 1),), 1)),
+        Example((gaussian(2, 8, 4), gaussian(3, 1, 4), gaussian(4), 1, "SAME", 2, 4)),
     ],
 )
