@@ -95,3 +95,26 @@ def test_bad_lengths_are_clear_errors(lengths, error, message):
     arg = jnp.asarray(lengths) if isinstance(lengths, np.ndarray) else lengths
     with pytest.raises(error, match=message):
         fdl.ops.sequence_mean(x, arg)
+
+
+@pytest.mark.float32
+def test_sequence_layers_wrap_the_primitives_and_compose_into_a_classifier():
+    from fdl import layers as L
+
+    x, lengths = _batch(np.float32)
+    for kind, (op, _) in POOLS.items():
+        layer = L.SequencePool(kind)
+        shape, params, state = layer.init(jax.random.key(0), (6, 3))
+        y, _ = layer.apply(params, state, jnp.asarray(x), lengths=jnp.asarray(lengths))
+        assert shape == (3,) and params == {}
+        np.testing.assert_array_equal(y, op(jnp.asarray(x), jnp.asarray(lengths)))
+    enc = L.SinusoidalEncoding(offset=2)
+    y, _ = enc.apply({}, {}, jnp.asarray(x))
+    np.testing.assert_array_equal(y, fdl.ops.sinusoidal(jnp.asarray(x), 2))
+    model = L.serial(L.Dense(8), L.SinusoidalEncoding(), L.TransformerEncoderBlock(8, 2, 16),
+                     L.SequencePool("mean"), L.Dense(4))
+    shape, params, state = model.init(jax.random.key(1), (6, 3))
+    logits, _ = model.apply(params, state, jnp.asarray(x))
+    assert shape == (4,) and logits.shape == (4, 4) and logits.dtype == jnp.float32
+    with pytest.raises(ValueError, match="SequencePool: kind must be one of"):
+        L.SequencePool("median")

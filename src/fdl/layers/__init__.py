@@ -70,6 +70,7 @@ from fdl.layers.norm import (
     WeightNorm,
 )
 from fdl.layers.recurrent import GRU, LSTM, RNN
+from fdl.layers.sequence import POOLINGS, SequencePool, SinusoidalEncoding
 from fdl.layers.transformer import (
     TransformerDecoderBlock,
     TransformerEncoderBlock,
@@ -132,6 +133,9 @@ __all__ = [
     "TransformerDecoderBlock",
     "TransformerEncoderBlock",
     "TransformerLM",
+    "POOLINGS",
+    "SequencePool",
+    "SinusoidalEncoding",
     "from_torch_decoder_layer",
     "from_torch_encoder_layer",
     "tied_logits",
