@@ -25,6 +25,8 @@ KEY = jax.random.key(0)
     (layers.ConvTranspose2D(3, (2, 3), stride=2, padding="VALID"), (4, 5, 2), (8, 11, 3)),
     (layers.ConvTranspose1D(2, 4, stride=3), (5, 3), (15, 2)),
     (layers.GlobalMaxPool(), (3, 4, 5), (5,)),
+    (layers.MaxPool2D(2, 1, dilation=2), (5, 6, 1), (3, 4, 1)),
+    (layers.AvgPool2D(2, 2, "SAME", dilation=(2, 1)), (5, 6, 1), (3, 3, 1)),
     (layers.AdaptiveAvgPool2D((2, 3)), (5, 7, 2), (2, 3, 2)),
     (layers.GroupNorm(2), (3, 3, 4), (3, 3, 4)),
     (layers.InstanceNorm(), (3, 3, 4), (3, 3, 4)),

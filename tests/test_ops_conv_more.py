@@ -253,3 +253,48 @@ def test_grouped_conv_messages():
         conv2d(x, normal(38, 3, 3, 2, 5), jnp.zeros(5), groups=2)
     with pytest.raises(ValueError, match="conv1d: groups must be a positive int, got 0"):
         conv1d(x[:, 0], normal(38, 3, 4, 4), jnp.zeros(4), groups=0)
+
+
+# --------------------------------------------------------------------------- #
+# dilated pooling
+# --------------------------------------------------------------------------- #
+
+
+def _pool_numpy(x, k, s, pads, d, reduce):
+    """Pooling by its definition: taps s·i + d·j − lo inside the image only."""
+    n, h, w, c = x.shape
+    (lo_h, hi_h), (lo_w, hi_w) = pads
+    o = [(h + lo_h + hi_h - (d[0] * (k[0] - 1) + 1)) // s[0] + 1,
+         (w + lo_w + hi_w - (d[1] * (k[1] - 1) + 1)) // s[1] + 1]
+    y = np.zeros((n, *o, c))
+    for i, j in itertools.product(range(o[0]), range(o[1])):
+        taps = [x[:, p, q] for a in range(k[0]) for b in range(k[1])
+                for p, q in [(s[0] * i + d[0] * a - lo_h, s[1] * j + d[1] * b - lo_w)]
+                if 0 <= p < h and 0 <= q < w]
+        y[:, i, j] = reduce(np.stack(taps), axis=0)
+    return y
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("k, s, pads, d", [((2, 2), (1, 1), ((0, 0), (0, 0)), (2, 3)),
+                                           ((3, 2), (2, 1), ((2, 1), (1, 1)), (2, 2))])
+def test_dilated_pools_are_their_definition(k, s, pads, d):
+    from fdl.ops import avg_pool2d, max_pool2d
+    x = normal(40, 2, 7, 8, 2)
+    np.testing.assert_allclose(max_pool2d(x, k, s, pads, d),
+                               _pool_numpy(np.asarray(x), k, s, pads, d, np.max), rtol=1e-14)
+    np.testing.assert_allclose(avg_pool2d(x, k, s, pads, d),
+                               _pool_numpy(np.asarray(x), k, s, pads, d, np.mean), rtol=1e-12)
+    check.vjp(avg_pool2d, x, k, s, pads, d).raise_if_failed()
+    check.jvp(max_pool2d, x, k, s, pads, d, finite_differences=False).raise_if_failed()
+
+
+@pytest.mark.float32
+def test_dilated_pool_messages():
+    from fdl.ops import max_pool2d
+    x = normal(41, 1, 4, 4, 1)
+    assert max_pool2d(x, 2, 1, "VALID", 2).shape == (1, 2, 2, 1)
+    with pytest.raises(ValueError, match="max_pool2d: dilation must be a positive int"):
+        max_pool2d(x, 2, 1, "VALID", 0)
+    with pytest.raises(ValueError, match="max_pool2d: along H the window spans 5"):
+        max_pool2d(x, 2, 1, "VALID", 4)

@@ -177,46 +177,50 @@ def ConvTranspose1D(features: int, kernel_size: int | Sequence[int], *,
                  w_init, b_init, dtype, transpose=True)
 
 
-def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding) -> Layer:
+def _pool(fn: str, name: str, op, window: Any, stride: Any, padding: Padding,
+          dilation: Any = 1) -> Layer:
     k = v.positive_ints(fn, "window", window, 2)
     s = k if stride is None else v.positive_ints(fn, "stride", stride, 2)
+    d = v.positive_ints(fn, "dilation", dilation, 2)
+    extents = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
     v.padding(fn, padding, 2)
     if not isinstance(padding, str):
-        for axis, ki, pad in zip("HW", k, padding):
-            v.padding_within_window(fn, axis, pad, ki)
+        for axis, e, pad in zip("HW", extents, padding):
+            v.padding_within_window(fn, axis, pad, e)
 
     def output_shape(input_shape: Shape) -> Shape:
         shape = v.input_shape(fn, input_shape, "(H, W, C)", rank=3)
-        return _output_sizes(fn, shape[:2], k, s, padding, "HW") + shape[2:]
+        return _output_sizes(fn, shape[:2], extents, s, padding, "HW") + shape[2:]
 
     def pool(x: jax.Array) -> jax.Array:
         if jnp.ndim(x) != 4:
             raise ValueError(
                 f"{fn}: input must be a batch of NHWC images (4 dimensions), got shape "
                 f"{tuple(jnp.shape(x))}")
-        return op(x, k, s, padding)
+        return op(x, k, s, padding, d)
 
     return stateless(name, pool, output_shape)
 
 
 def MaxPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
-              padding: Padding = "VALID") -> Layer:
+              padding: Padding = "VALID", dilation: int | Sequence[int] = 1) -> Layer:
     """Max pooling over `window` (`fdl.ops.max_pool2d`), NHWC.
 
-    `stride` defaults to `window` (non-overlapping). `init(key, (H, W, C))` →
-    `(o_h, o_w, C)`. The gradient goes to each window's first maximum.
+    `stride` defaults to `window` (non-overlapping); `dilation` spaces the window's
+    taps. `init(key, (H, W, C))` → `(o_h, o_w, C)`. The gradient goes to each window's
+    first maximum.
     """
-    return _pool("MaxPool2D", "max_pool2d", ops.max_pool2d, window, stride, padding)
+    return _pool("MaxPool2D", "max_pool2d", ops.max_pool2d, window, stride, padding, dilation)
 
 
 def AvgPool2D(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
-              padding: Padding = "VALID") -> Layer:
+              padding: Padding = "VALID", dilation: int | Sequence[int] = 1) -> Layer:
     """Average pooling over `window` (`fdl.ops.avg_pool2d`), NHWC.
 
-    `stride` defaults to `window`. With `"SAME"` or explicit padding, padded
-    pixels are left out of each window's average.
+    `stride` defaults to `window`; `dilation` spaces the window's taps. With `"SAME"`
+    or explicit padding, padded pixels are left out of each window's average.
     """
-    return _pool("AvgPool2D", "avg_pool2d", ops.avg_pool2d, window, stride, padding)
+    return _pool("AvgPool2D", "avg_pool2d", ops.avg_pool2d, window, stride, padding, dilation)
 
 
 def GlobalAvgPool() -> Layer:
