@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import jax
@@ -624,3 +625,14 @@ def test_fit_names_a_callback_that_is_not_a_function_before_training(digits, nam
         fit(trainer, ts, digits.x_train, digits.y_train, epochs=1, batch_size=64,
             progress=False, **{name: 5})
     assert int(ts.epoch) == 0  # not consumed: nothing ran
+
+
+@pytest.mark.float32
+def test_available_memory_reports_bytes_and_their_source():
+    free, source = fdl.train.available_memory()
+    assert isinstance(free, int) and free > 0
+    if jax.default_backend() == "cpu" and os.path.exists("/proc/meminfo"):
+        assert source == "the host's MemAvailable"
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        assert abs(free - int(line.split()[1]) * 1024) < 2**30  # read a moment apart
