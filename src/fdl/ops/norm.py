@@ -19,7 +19,9 @@ from $μ$, the $x̂_i x̂_j/m$ from $σ$, using $∂σ/∂x_j = x̂_j/m$), so
 
 $$ ∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)), $$
 
-the compact form that never builds the $m×m$ Jacobian.
+the compact form that never builds the $m×m$ Jacobian. It, and the tail
+$y = γ x̂ + β$ with its rules, are written once in `fdl.ops.standardize` (shared with
+group and instance norm); each rule below is those pieces plus its own statistics.
 
 References: Ioffe & Szegedy, "Batch Normalization", 2015; Ba, Kiros & Hinton,
 "Layer Normalization", 2016; Zhang & Sennrich, "Root Mean Square Layer
@@ -33,14 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl import _validate as v
+from fdl.ops.standardize import affine, affine_backward, affine_tangent, per_channel, project
 from fdl.primitive import Example, gaussian, positive, primitive
 
 __all__ = ["batch_norm", "batch_norm_inference", "layer_norm", "rms_norm"]
 
 
-def _per_channel(a: jax.Array, ndim: int) -> jax.Array:
-    """A `(C,)` vector reshaped to $(1, …, 1, C)$ to broadcast over rank `ndim`."""
-    return a.reshape((1,) * (ndim - 1) + a.shape)
+_per_channel = per_channel
 
 
 def _eps_validate(fn: str):
@@ -93,8 +94,7 @@ def batch_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
     centred = x - _per_channel(mean, x.ndim)
     var = jnp.mean(centred * centred, axis=axes)
     xhat = centred / _per_channel(jnp.sqrt(var + eps), x.ndim)
-    y = _per_channel(gamma, x.ndim) * xhat + _per_channel(beta, x.ndim)
-    return y, mean, var
+    return affine(xhat, gamma, beta), mean, var
 
 
 def _batch_norm_save(x, gamma, beta, eps, outputs):
@@ -108,10 +108,8 @@ def _batch_norm_backward(eps, residuals, cotangents):
     g, g_mean, g_var = cotangents
     axes, nd = tuple(range(xhat.ndim - 1)), xhat.ndim
     m = xhat.size // xhat.shape[-1]
-    dbeta = jnp.sum(g, axis=axes)
-    dgamma = jnp.sum(g * xhat, axis=axes)
-    dx = _per_channel(gamma * inv_std, nd) * (
-        g - _per_channel(dbeta / m, nd) - xhat * _per_channel(dgamma / m, nd))
+    ghat, dgamma, dbeta = affine_backward(xhat, gamma, g)
+    dx = project(xhat, _per_channel(inv_std, nd), ghat, axes)
     dx = dx + _per_channel(g_mean / m, nd) + xhat * _per_channel(2 * g_var / (m * inv_std), nd)
     return dx, dgamma, dbeta
 
@@ -132,10 +130,8 @@ def _batch_norm_tangent(eps, residuals, t):
     axes, nd = tuple(range(xhat.ndim - 1)), xhat.ndim
     dmean = jnp.mean(dx, axis=axes)
     proj = jnp.mean(xhat * dx, axis=axes)  # mean(X̂ ⊙ dX), per channel
-    dxhat = _per_channel(inv_std, nd) * (
-        dx - _per_channel(dmean, nd) - xhat * _per_channel(proj, nd))
-    dy = _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(dbeta, nd)
-    return dy, dmean, 2 * proj / inv_std
+    dxhat = project(xhat, _per_channel(inv_std, nd), dx, axes)
+    return affine_tangent(xhat, gamma, dxhat, dgamma, dbeta), dmean, 2 * proj / inv_std
 
 
 batch_norm = primitive(
@@ -178,7 +174,7 @@ def batch_norm_inference(x: jax.Array, gamma: jax.Array, beta: jax.Array, mean: 
     """
     inv_std = 1 / jnp.sqrt(var + eps)
     xhat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
-    return _per_channel(gamma, x.ndim) * xhat + _per_channel(beta, x.ndim)
+    return affine(xhat, gamma, beta)
 
 
 def _bn_inference_save(x, gamma, beta, mean, var, eps, y):
@@ -188,11 +184,9 @@ def _bn_inference_save(x, gamma, beta, mean, var, eps, y):
 
 def _bn_inference_backward(eps, residuals, g):
     xhat, inv_std, gamma = residuals
-    axes = tuple(range(g.ndim - 1))
     scale = gamma * inv_std
-    dbeta = jnp.sum(g, axis=axes)
-    dgamma = jnp.sum(g * xhat, axis=axes)
-    dx = g * _per_channel(scale, g.ndim)
+    ghat, dgamma, dbeta = affine_backward(xhat, gamma, g)
+    dx = ghat * _per_channel(inv_std, g.ndim)
     return dx, dgamma, dbeta, -scale * dbeta, -0.5 * scale * inv_std * dgamma
 
 
@@ -210,8 +204,7 @@ def _bn_inference_tangent(eps, residuals, t):
     nd = xhat.ndim
     dxhat = (dx - _per_channel(dmean, nd)) * _per_channel(inv_std, nd) - xhat * _per_channel(
         0.5 * inv_std * inv_std * dvar, nd)
-    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(
-        dbeta, nd)
+    return affine_tangent(xhat, gamma, dxhat, dgamma, dbeta)
 
 
 batch_norm_inference = primitive(
@@ -256,7 +249,7 @@ def layer_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array,
     centred = x - mean
     var = jnp.mean(centred * centred, axis=-1, keepdims=True)
     xhat = centred / jnp.sqrt(var + eps)
-    return _per_channel(gamma, x.ndim) * xhat + _per_channel(beta, x.ndim)
+    return affine(xhat, gamma, beta)
 
 
 def _layer_norm_save(x, gamma, beta, eps, y):
@@ -267,21 +260,14 @@ def _layer_norm_save(x, gamma, beta, eps, y):
 
 def _layer_norm_backward(eps, residuals, g):
     xhat, inv_std, gamma = residuals
-    batch = tuple(range(g.ndim - 1))
-    ghat = g * _per_channel(gamma, g.ndim)
-    dx = inv_std * (ghat - jnp.mean(ghat, axis=-1, keepdims=True)
-                    - xhat * jnp.mean(ghat * xhat, axis=-1, keepdims=True))
-    return dx, jnp.sum(g * xhat, axis=batch), jnp.sum(g, axis=batch)
+    ghat, dgamma, dbeta = affine_backward(xhat, gamma, g)
+    return project(xhat, inv_std, ghat, -1), dgamma, dbeta
 
 
 def _layer_norm_tangent(eps, residuals, t):
     xhat, inv_std, gamma = residuals
     dx, dgamma, dbeta = t
-    nd = xhat.ndim
-    dxhat = inv_std * (dx - jnp.mean(dx, axis=-1, keepdims=True)
-                       - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True))
-    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd) + _per_channel(
-        dbeta, nd)
+    return affine_tangent(xhat, gamma, project(xhat, inv_std, dx, -1), dgamma, dbeta)
 
 
 layer_norm = primitive(
@@ -321,7 +307,7 @@ def rms_norm(x: jax.Array, gamma: jax.Array, eps: float = 1e-6) -> jax.Array:
     (shape of $X$).
     """
     xhat = x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-    return _per_channel(gamma, x.ndim) * xhat
+    return affine(xhat, gamma, None)
 
 
 def _rms_norm_save(x, gamma, eps, y):
@@ -331,17 +317,15 @@ def _rms_norm_save(x, gamma, eps, y):
 
 def _rms_norm_backward(eps, residuals, g):
     xhat, inv_rms, gamma = residuals
-    ghat = g * _per_channel(gamma, g.ndim)
-    dx = inv_rms * (ghat - xhat * jnp.mean(ghat * xhat, axis=-1, keepdims=True))
-    return dx, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
+    ghat, dgamma, _ = affine_backward(xhat, gamma, g)
+    return project(xhat, inv_rms, ghat, -1, centred=False), dgamma
 
 
 def _rms_norm_tangent(eps, residuals, t):
     xhat, inv_rms, gamma = residuals
     dx, dgamma = t
-    nd = xhat.ndim
-    dxhat = inv_rms * (dx - xhat * jnp.mean(xhat * dx, axis=-1, keepdims=True))
-    return _per_channel(gamma, nd) * dxhat + xhat * _per_channel(dgamma, nd)
+    dxhat = project(xhat, inv_rms, dx, -1, centred=False)
+    return affine_tangent(xhat, gamma, dxhat, dgamma, None)
 
 
 rms_norm = primitive(
