@@ -168,7 +168,12 @@ def _typeset(driver) -> dict:
         "const done = arguments[arguments.length - 1];"
         "MathJax.startup.promise.then(() => done(true), () => done(false));")
     return driver.execute_script("""
-        const main = document.querySelector('article') || document.body;
+        const main = (document.querySelector('article') || document.body).cloneNode(true);
+        main.querySelectorAll('pre, code, .highlight').forEach(e => e.remove());  // code shows $
+        document.body.appendChild(main);  // innerText needs a rendered node
+        main.style.position = 'absolute'; main.style.left = '-99999px';
+        const text = main.innerText;
+        main.remove();
         return {
           containers: document.querySelectorAll('mjx-container').length,
           errors: Array.from(document.querySelectorAll('mjx-merror'))
@@ -176,7 +181,7 @@ def _typeset(driver) -> dict:
           unprocessed: Array.from(document.querySelectorAll('.math'))
                        .filter(e => !e.querySelector('mjx-container'))
                        .map(e => e.textContent.slice(0, 80)).slice(0, 5),
-          text: main.innerText,
+          text: text,
         };""")
 
 

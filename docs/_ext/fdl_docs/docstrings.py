@@ -228,6 +228,18 @@ def blocks(doc: str):
             yield "display", [line]
             i += 1
             continue
+        if line.lstrip().startswith("$$") and line.strip() != "$$" and "$$" not in line.strip()[2:]:
+            # $$ … over several lines … $$
+            yield from flush()
+            j, body = i + 1, [line.strip()[2:]]
+            while j < len(lines) and "$$" not in lines[j]:
+                body.append(lines[j].strip())
+                j += 1
+            if j < len(lines):
+                body.append(lines[j].strip().split("$$")[0])
+            yield "display", ["$$" + " ".join(b for b in body if b) + "$$"]
+            i = j + 1
+            continue
         if line.rstrip().endswith("$$") and line.strip() == "$$":  # a $$ … $$ block
             yield from flush()
             j = i + 1

@@ -365,7 +365,7 @@ def looks_like_maths(span: str) -> bool:
                 and not re.search(r"[\w\]]=[\w\"'(]", span))
 
 
-_INLINE = re.compile(r"(?<![\\$])\$(?!\$)([^$\n]+?)(?<![\\\s])\$(?!\$)|``([^`]+)``|`([^`]+)`")
+_INLINE = re.compile(r"(?<![\\$])\$(?![$\s])([^$\n]+?)(?<!\\)\$(?!\$)|``([^`]+)``|`([^`]+)`")
 
 
 def uses_dollars(doc: str) -> bool:
