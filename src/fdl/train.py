@@ -50,6 +50,7 @@ from fdl._validate import first_out_of_range
 from fdl.data.batching import shuffled_batches
 from fdl.layers.base import Layer
 from fdl.optim.base import Optimizer, apply_updates
+from fdl.optim.loss_scaling import dynamic_loss_scale
 from fdl.modes import get_gradient_mode
 
 __all__ = [
@@ -238,14 +239,41 @@ class Trainer:
       optimizer: a :class:`fdl.optim.Optimizer`.
       loss: ``loss(outputs, targets) -> scalar`` (default softmax cross-entropy on
         logits and integer labels).
-      compute_dtype: dtype for the forward/backward (e.g. ``jnp.bfloat16``); params
-        and optimizer state stay in their own dtype (mixed precision: the master
-        weights are cast down for each step, gradients cast back up).
+      compute_dtype: dtype for the forward/backward (``jnp.bfloat16`` or
+        ``jnp.float16``); params and optimizer state stay in their own dtype (mixed
+        precision: the float32 master weights are cast down for each step, the
+        outputs cast up to float32 for the loss, the gradients cast back up).
+      loss_scale: how the loss is scaled before differentiation, so that float16
+        gradients neither underflow nor overflow. ``"dynamic"`` (the default for
+        ``compute_dtype=float16``): the optimizer is wrapped in
+        :func:`fdl.optim.dynamic_loss_scale` and the loss multiplied by its scale
+        $S$; a step whose gradients overflow is skipped (params and optimizer state
+        unchanged, $S$ halved, ``skipped`` counted) and $S$ doubles after
+        ``growth_interval`` good steps. Its state (``ts.opt_state``, a
+        :class:`fdl.optim.DynamicLossScaleState` around the optimizer's own state) is
+        part of the :class:`TrainState`, so checkpoints keep it. A dict of
+        :func:`fdl.optim.dynamic_loss_scale` keyword arguments (``init_scale``,
+        ``growth_interval``, ``growth_factor``, ``backoff_factor``, ``min_scale``):
+        dynamic with those settings. A number $S > 0$: a fixed scale (the loss times
+        $S$, the gradients divided by $S$ in float32; an overflow stops training like
+        any non-finite gradient). ``None`` (the default otherwise): no scaling.
+        With dynamic scaling only a non-finite loss, or gradients that overflow at
+        the smallest scale (``min_scale``), count as non-finite (:class:`NonFiniteError`).
+      eval_params: where the optimizer's evaluation point differs from its training
+        point, a function ``eval_params(opt_state) -> params`` giving the parameters
+        that :meth:`evaluate` (and so :func:`fit`'s test metrics) uses, a pytree like
+        the params (cast to their dtypes). ``opt_state`` is the optimizer's own state
+        (inside the loss-scale state, when the trainer added one). For
+        Schedule-Free AdamW: ``fdl.optim.schedule_free_eval_params``; for
+        :func:`fdl.optim.ema_params`: ``lambda s: s.ema``; for
+        :func:`fdl.optim.lookahead`: ``lambda s: s.slow``. Default: the params.
+        :meth:`evaluation_params` gives them for inference.
     """
 
     def __init__(self, model: Layer, optimizer: Optimizer, *,
                  loss: Callable[[jax.Array, jax.Array], jax.Array] = losses.softmax_cross_entropy,
-                 compute_dtype: Any = None) -> None:
+                 compute_dtype: Any = None, loss_scale: Any = "default",
+                 eval_params: Callable[[PyTree], PyTree] | None = None) -> None:
         if not isinstance(model, Layer):
             raise TypeError(f"Trainer: model must be an fdl.layers.Layer, got {type(model).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -254,8 +282,16 @@ class Trainer:
         if not callable(loss):
             raise TypeError(f"Trainer: loss must be a function loss(outputs, targets) -> "
                             f"scalar, such as fdl.losses.softmax_cross_entropy, got {loss!r}")
+        if eval_params is not None and not callable(eval_params):
+            raise TypeError("Trainer: eval_params must be a function opt_state -> params "
+                            "(such as fdl.optim.schedule_free_eval_params) or None, got "
+                            f"{eval_params!r}")
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.compute_dtype = None if compute_dtype is None else _float_dtype(compute_dtype)
+        self.eval_params = eval_params
+        self.loss_scale, scaling = _loss_scale(loss_scale, self.compute_dtype)
+        self._min_scale = scaling.get("min_scale", 1.0) if scaling is not None else None
+        self._optimizer = optimizer if scaling is None else dynamic_loss_scale(optimizer, **scaling)
         opts = compiler_options()
         self._epoch = jax.jit(self._epoch_impl, static_argnames=("batch_size",),
                               donate_argnums=(0,), compiler_options=opts)
@@ -394,7 +430,7 @@ class Trainer:
     def _init_impl(self, key: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
         init_key, run_key = jax.random.split(key)
         _, params, model_state = self.model.init(init_key, input_shape)
-        return TrainState(params, model_state, self.optimizer.init(params),
+        return TrainState(params, model_state, self._optimizer.init(params),
                           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), run_key)
 
     def _cast(self, tree: PyTree) -> PyTree:
@@ -416,13 +452,24 @@ class Trainer:
     def _step_impl(self, ts: TrainState, x: jax.Array, y: jax.Array
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(jax.random.fold_in(ts.key, 2), ts.step)
-        (loss, (model_state, out)), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            ts.params, ts.model_state, x, y, key=key, train=True)
+        dynamic = self._min_scale is not None
+        scale = ts.opt_state.scale if dynamic else self.loss_scale  # None: no scaling
+
+        def scaled_loss(params):
+            loss, aux = self.loss_fn(params, ts.model_state, x, y, key=key, train=True)
+            return (loss if scale is None else loss * jnp.asarray(scale, loss.dtype)), (loss, aux)
+
+        (_, (loss, (model_state, out))), grads = jax.value_and_grad(
+            scaled_loss, has_aux=True)(ts.params)
+        if scale is not None and not dynamic:  # a fixed scale: unscaled here, in float32
+            grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32) / scale, grads)
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, ts.params)
-        updates, opt_state = self.optimizer.update(grads, ts.opt_state, ts.params)
+        updates, opt_state = self._optimizer.update(grads, ts.opt_state, ts.params)
         params = apply_updates(ts.params, updates)
-        finite = jnp.stack([_all_finite(g) for g in jax.tree_util.tree_leaves(grads)]
-                           + [jnp.isfinite(loss)])
+        finite = [_all_finite(g) for g in jax.tree_util.tree_leaves(grads)]
+        if dynamic:  # an overflow is skipped by the loss scale, until it is at its least
+            finite = [ok | (ts.opt_state.scale > self._min_scale) for ok in finite]
+        finite = jnp.stack(finite + [jnp.isfinite(loss)])
         new = TrainState(params, model_state, opt_state, ts.step + 1, ts.epoch, ts.key)
         return new, {"loss": loss, "accuracy": _accuracy(out, y), "finite": finite,
                      "all_finite": jnp.all(finite)}
@@ -452,10 +499,33 @@ class Trainer:
                     "bad_step": bad_step, "bad_flags": bad_flags}
 
     def _evaluate_impl(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
-        loss, (_, out) = self.loss_fn(ts.params, ts.model_state, x, y, train=False)
+        loss, (_, out) = self.loss_fn(self.evaluation_params(ts), ts.model_state, x, y,
+                                      train=False)
         return {"loss": loss, "accuracy": _accuracy(out, y)}
 
     # -- public API ----------------------------------------------------------
+
+    def evaluation_params(self, ts: TrainState) -> PyTree:
+        """The parameters :meth:`evaluate` uses: ``eval_params(opt_state)`` (cast to the
+        params' dtypes) when the trainer has one, else ``ts.params``. Use them for
+        inference too (Schedule-Free's average, the EMA, Lookahead's slow weights)."""
+        if self.eval_params is None:
+            return ts.params
+        opt_state = ts.opt_state
+        if self._min_scale is not None:  # the trainer's loss-scale wrapper: look inside
+            opt_state = opt_state.inner_state
+        got = self.eval_params(opt_state)
+        want = jax.tree_util.tree_structure(ts.params)
+        shapes = lambda t: [jnp.shape(a) for a in jax.tree_util.tree_leaves(t)]  # noqa: E731
+        if jax.tree_util.tree_structure(got) != want or shapes(got) != shapes(ts.params):
+            raise TypeError(
+                "Trainer: eval_params(opt_state) must return a pytree like the params "
+                f"(structure {want}, shapes {shapes(ts.params)}), got structure "
+                f"{jax.tree_util.tree_structure(got)}, shapes {shapes(got)}; for "
+                "fdl.optim.ema_params use lambda s: s.ema, for lookahead lambda s: s.slow")
+        return jax.tree_util.tree_map(lambda a, p: jnp.asarray(a).astype(p.dtype), got,
+                                      ts.params)
+
 
     def step(self, ts: TrainState, x: jax.Array, y: jax.Array
              ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -524,6 +594,38 @@ def _float_dtype(dtype: Any) -> jnp.dtype:
         raise TypeError("Trainer: compute_dtype must be a floating dtype such as "
                         f"jnp.bfloat16 or 'float16' (or None), got {dtype!r}")
     return parsed
+
+
+_LOSS_SCALE_OPTIONS = ("init_scale", "growth_interval", "growth_factor", "backoff_factor",
+                       "min_scale")
+
+
+def _loss_scale(option: Any, compute_dtype: Any) -> tuple[Any, dict | None]:
+    """``(what Trainer.loss_scale holds, dynamic_loss_scale's keyword arguments or None)``
+    for the ``loss_scale`` option; a ``TypeError``/``ValueError`` naming a bad one."""
+    if isinstance(option, str) and option == "default":
+        option = "dynamic" if compute_dtype == jnp.float16 else None
+    if option is None:
+        return None, None
+    if isinstance(option, str) and option == "dynamic":
+        return "dynamic", {}
+    if isinstance(option, dict):
+        unknown = sorted(set(map(str, option)) - set(_LOSS_SCALE_OPTIONS))
+        if unknown:
+            raise TypeError(f"Trainer: loss_scale as a dict holds dynamic_loss_scale's "
+                            f"options {', '.join(_LOSS_SCALE_OPTIONS)}; got unknown "
+                            f"{', '.join(unknown)}")
+        return "dynamic", dict(option)
+    number = isinstance(option, (int, float, np.integer, np.floating)) \
+        and not isinstance(option, bool)
+    if not number:
+        raise TypeError("Trainer: loss_scale must be 'dynamic', a number > 0 (a fixed "
+                        "scale), a dict of dynamic_loss_scale options, or None, got "
+                        f"{option!r}")
+    if not (math.isfinite(float(option)) and float(option) > 0):
+        raise ValueError(f"Trainer: loss_scale must be a finite number > 0 (such as "
+                         f"2.0**12), 'dynamic' or None, got {option!r}")
+    return float(option), None
 
 
 def _input_shape(shape: Any, where: str) -> tuple[int, ...]:
