@@ -580,6 +580,8 @@ class Trainer:
         else:
             bad = [n for n, ok in zip(names, flags[:-1]) if not ok]
             what = f"the gradient of params{bad[0]} was not finite" if bad else "non-finite values"
+            if bad and self._min_scale is not None:
+                what += f" even at the smallest loss scale ({self._min_scale})"
         return (f"training stopped at step {step}: {what}. Lower the learning rate, check the "
                 "inputs for NaN/inf, or clip gradients (fdl.optim.clip_by_global_norm).")
 
