@@ -57,7 +57,8 @@ def test_switch_values():
     np.testing.assert_array_equal(registry()["huber"].switches(x, jnp.zeros(3), 1.5, "mean"),
                                   [True, True, False])
     image = jnp.asarray(np.array([[1, 5], [7, 3]], np.float32)).reshape(1, 2, 2, 1)
-    assert registry()["max_pool2d"].switches(image, 2, None, "VALID").ravel().tolist() == [2]
+    pool = registry()["max_pool2d"]
+    assert pool.switches(*pool.bind(image, 2)).ravel().tolist() == [2]  # the 7, at (1, 0)
 
 
 # --------------------------------------------------------------------------- #

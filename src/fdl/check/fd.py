@@ -133,7 +133,8 @@ class Switches:
         self.calls += 1
         if p.switches is not None:
             if _trace() is self.trace:
-                self.values += [jnp.asarray(s) for s in jax.tree_util.tree_leaves(p.switches(*full))]
+                found = jax.tree_util.tree_leaves(p.switches(*full))
+                self.values += [jnp.asarray(s) for s in found]
                 self.names.add(p.name)
             else:
                 self.hidden += 1
