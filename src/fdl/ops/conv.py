@@ -1,20 +1,20 @@
-"""Convolutions `Y = X ⋆ W + b` (cross-correlation, as in every DL library).
+"""Convolutions $Y = X ⋆ W + b$ (cross-correlation, as in every DL library).
 
-Layout: images are NHWC (`X ∈ ℝ^{N×H×W×C_in}`), kernels HWIO
-(`W ∈ ℝ^{k_h×k_w×C_in×C_out}`), bias `b ∈ ℝ^{C_out}`; 1-D signals are NWC
-with WIO kernels. `stride` `s` and `dilation` `d` are an int or one per
+Layout: images are NHWC ($X ∈ ℝ^{N×H×W×C_in}$), kernels HWIO
+($W ∈ ℝ^{k_h×k_w×C_in×C_out}$), bias $b ∈ ℝ^{C_out}$; 1-D signals are NWC
+with WIO kernels. `stride` $s$ and `dilation` $d$ are an int or one per
 spatial axis; `padding` is `"SAME"`, `"VALID"` or explicit
 `((top, bottom), (left, right))`.
 
-Geometry of one spatial axis (used by the pools too). Input length `n`, kernel
-length `k`, dilated kernel extent `k_d = d(k − 1) + 1`, padding `(lo, hi)`.
+Geometry of one spatial axis (used by the pools too). Input length $n$, kernel
+length $k$, dilated kernel extent $k_d = d(k − 1) + 1$, padding `(lo, hi)`.
 Output length
 
-    `o = ⌊(n + lo + hi − k_d)/s⌋ + 1`.
+    $o = ⌊(n + lo + hi − k_d)/s⌋ + 1$.
 
-`"VALID"` is `lo = hi = 0`. `"SAME"` (XLA/TensorFlow convention) asks for
-`o = ⌈n/s⌉` and pads the minimum total `t = max((o − 1)s + k_d − n, 0)`,
-split `lo = ⌊t/2⌋`, `hi = t − lo` (the odd element goes at the end).
+`"VALID"` is $lo = hi = 0$. `"SAME"` (XLA/TensorFlow convention) asks for
+$o = ⌈n/s⌉$ and pads the minimum total $t = max((o − 1)s + k_d − n, 0)$,
+split $lo = ⌊t/2⌋$, $hi = t − lo$ (the odd element goes at the end).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def as_tuple(value: Any, n: int) -> tuple[int, ...]:
-    """An int, or a sequence of `n` ints, as a tuple of `n` ints (already validated)."""
+    """An int, or a sequence of $n$ ints, as a tuple of $n$ ints (already validated)."""
     if isinstance(value, (int, jnp.integer)):
         return (int(value),) * n
     return tuple(int(e) for e in value)
@@ -64,7 +64,7 @@ def explicit_padding(padding: Padding, sizes: Sequence[int], extents: Sequence[i
 
 
 def output_size(n: int, extent: int, stride: int, lo: int, hi: int) -> int:
-    """`o = ⌊(n + lo + hi − k_d)/s⌋ + 1` (≤ 0 when the window does not fit)."""
+    """$o = ⌊(n + lo + hi − k_d)/s⌋ + 1$ (≤ 0 when the window does not fit)."""
     return (n + lo + hi - extent) // stride + 1
 
 
@@ -140,8 +140,8 @@ def _conv2d_save(x, w, b, stride, padding, dilation, groups, y):
 
 
 def _transposed_kernel(w, groups):
-    """`W̃`: the kernel flipped in space and transposed in channels, per group:
-    `k_h×k_w×(C_in/G)×C_out` → `k_h×k_w×(C_out/G)×C_in`."""
+    """$W̃$: the kernel flipped in space and transposed in channels, per group:
+    $k_h×k_w×(C_in/G)×C_out$ → $k_h×k_w×(C_out/G)×C_in$."""
     kh, kw, c_in_g, c_out = w.shape
     w = jnp.flip(w, axis=(0, 1)).reshape(kh, kw, c_in_g, groups, c_out // groups)
     return jnp.transpose(w, (0, 1, 4, 3, 2)).reshape(kh, kw, c_out // groups, groups * c_in_g)
@@ -207,7 +207,7 @@ def _conv2d_kernel_grad(x, g, s, d, pads, k, groups=1):
 
 
 def _offset_slices(x, s, d, pads, k, o):
-    """`S_j = X_p[:, d·j + s·i, :]` for each kernel offset `j`, row-major."""
+    """$S_j = X_p[:, d·j + s·i, :]$ for each kernel offset $j$, row-major."""
     xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))  # pads are ≥ 0
     return [lax.slice(xp, (0, d[0] * jh, d[1] * jw, 0),
                       (x.shape[0], d[0] * jh + s[0] * (o[0] - 1) + 1,
@@ -228,10 +228,10 @@ def _grouped_kernel_grad(x, g, s, d, pads, k, groups):
 
 
 def _conv2d_kernel_grad_correlation(x, g, s, d, pads, k):
-    """The same `∂L/∂W` as one convolution: `X` correlated with `G`, `C_in` as the
-    batch, `N` contracted, `G` as the kernel (window stride `d`, kernel dilation
-    `s`, padding `lo` below and above just enough for `k` outputs,
-    `hi' = s(o − 1) + d(k − 1) + 1 − n − lo`; negative crops input the forward never
+    """The same $∂L/∂W$ as one convolution: $X$ correlated with $G$, $C_in$ as the
+    batch, $N$ contracted, $G$ as the kernel (window stride $d$, kernel dilation
+    $s$, padding `lo` below and above just enough for $k$ outputs,
+    $hi' = s(o − 1) + d(k − 1) + 1 − n − lo$; negative crops input the forward never
     read). What cuDNN and TPUs are built for; used off the CPU."""
     n, o = x.shape[1:3], g.shape[1:3]
     pads_dw = [(lo, si * (oi - 1) + di * (ki - 1) + 1 - ni - lo)
