@@ -116,7 +116,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 # the checkpoint and one given with another value is an error naming both values.
 _DEFAULTS: dict[str, Any] = {"data": "digits", "hidden": [512], "activation": "relu",
                              "dropout": 0.3, "optimizer": "adam", "lr": 1e-3,
-                             "batch_size": 64, "seed": 0, "num_classes": None}
+                             "batch_size": 64, "seed": 0, "num_classes": None,
+                             "compute_dtype": "float32"}
 DEFAULT_CHECKPOINT = "fdl-checkpoint.npz"
 DEFAULT_EPOCHS = 40
 DEFAULT_COORDINATOR_TIMEOUT = 60.0  # seconds
@@ -226,7 +227,9 @@ def _recorded_settings(meta: Any) -> dict[str, Any]:
              "activation": arch.get("activation"), "dropout": arch.get("dropout"),
              "optimizer": meta.get("optimizer"), "lr": meta.get("lr"),
              "batch_size": meta.get("batch_size"), "seed": meta.get("seed"),
-             "num_classes": arch.get("outputs")}
+             "num_classes": arch.get("outputs"),
+             # a checkpoint from before --compute-dtype was trained in float32
+             "compute_dtype": meta.get("compute_dtype", "float32" if arch else None)}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -332,7 +335,9 @@ def _banner(dataset: Any, settings: dict[str, Any], target: int) -> list[str]:
     return [f"fdl train: {dataset.name}, {dataset.x_train.shape[0]} training / "
             f"{dataset.x_test.shape[0]} test examples, {dataset.num_classes} classes",
             f"{model}; {settings['optimizer']} lr {settings['lr']:g}; {target} "
-            f"epoch{'' if target == 1 else 's'}, batch {settings['batch_size']}"]
+            f"epoch{'' if target == 1 else 's'}, batch {settings['batch_size']}"
+            + ("" if settings["compute_dtype"] == "float32" else
+               f"; {settings['compute_dtype']} compute, float32 weights")]
 
 
 def _silence_stdout() -> None:
@@ -617,16 +622,17 @@ def _build(run: _Run) -> tuple[Any, Any, Any]:
     model = layers.mlp(s["hidden"], run.dataset.num_classes, activation=s["activation"],
                        dropout=s["dropout"])
     optimizer = optim.get_optimizer(s["optimizer"], learning_rate=s["lr"])
+    options = {"loss": losses.softmax_cross_entropy,  # float16: dynamic loss scaling
+               "compute_dtype": None if s["compute_dtype"] == "float32" else s["compute_dtype"]}
     if run.devices > 1 or run.args.shard_params or jax.process_count() > 1:
         from fdl.parallel import DataParallel, make_mesh
 
         trainer = DataParallel(model, optimizer, make_mesh(run.devices),
-                               shard_params=run.args.shard_params,
-                               loss=losses.softmax_cross_entropy)
+                               shard_params=run.args.shard_params, **options)
     else:
         from fdl.train import Trainer
 
-        trainer = Trainer(model, optimizer, loss=losses.softmax_cross_entropy)
+        trainer = Trainer(model, optimizer, **options)
     run.key = key = jax.random.key(s["seed"], impl=_key_impl(run, trainer))
     abstract = trainer.abstract_state(run.dataset.input_shape, key=key)
     try:
@@ -638,7 +644,8 @@ def _build(run: _Run) -> tuple[Any, Any, Any]:
         "architecture": _architecture(s, run.dataset.input_shape, run.dataset.num_classes),
         "optimizer": s["optimizer"], "lr": s["lr"], "data": s["data"],
         "dataset": run.dataset.name, "seed": s["seed"], "batch_size": s["batch_size"],
-        "epochs": run.target, "key_impl": str(jax.random.key_impl(key))}
+        "epochs": run.target, "key_impl": str(jax.random.key_impl(key)),
+        "compute_dtype": s["compute_dtype"]}
     return trainer, abstract, _resumed_state(run, abstract)
 
 
@@ -919,6 +926,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="optimizer (default adam)")
     t.add_argument("--lr", type=_number(float, 0, low_open=True, what="a number"),
                    default=None, help="learning rate (default 1e-3)")
+    t.add_argument("--compute-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the forward and backward passes; the weights stay float32 "
+                        "(float16 scales the loss dynamically; default float32)")
     t.add_argument("--epochs", type=_number(int, 0, high=_INT32_MAX, what="an int"), default=None,
                    help=f"total epochs, counting those of a resumed checkpoint "
                    f"(default {DEFAULT_EPOCHS})")
