@@ -298,3 +298,45 @@ def test_dilated_pool_messages():
         max_pool2d(x, 2, 1, "VALID", 0)
     with pytest.raises(ValueError, match="max_pool2d: along H the window spans 5"):
         max_pool2d(x, 2, 1, "VALID", 4)
+
+
+# --------------------------------------------------------------------------- #
+# reflect and circular padding
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("mode, np_mode", [("reflect", "reflect"), ("circular", "wrap")])
+def test_pad_is_numpys_and_its_backward_is_the_adjoint(mode, np_mode):
+    from fdl.ops import pad
+    x = normal(50, 2, 5, 4, 3)
+    pads = ((0, 0), (3, 2), (1, 3), (0, 0))
+    y = pad(x, pads, mode)
+    np.testing.assert_array_equal(y, np.pad(np.asarray(x), pads, mode=np_mode))
+    g = normal(51, *y.shape)
+    (dx,) = jax.vjp(lambda x: pad(x, pads, mode), x)[1](g)
+    x2 = normal(52, *x.shape)  # ⟨P x', g⟩ = ⟨x', Pᵀ g⟩ with numpy's P
+    np.testing.assert_allclose(np.vdot(np.pad(np.asarray(x2), pads, mode=np_mode), g),
+                               jnp.vdot(x2, dx), rtol=1e-12)
+    check.vjp(pad, x, pads, mode).raise_if_failed()
+
+
+@pytest.mark.float32
+def test_conv_layer_with_reflect_padding_is_pad_then_valid_and_messages():
+    from fdl import layers
+    from fdl.ops import conv2d, pad
+    layer = layers.Conv2D(3, 3, padding="reflect")
+    shape, p, _ = layer.init(jax.random.key(0), (5, 6, 2))
+    assert shape == (5, 6, 3)
+    x = normal(53, 2, 5, 6, 2)
+    y, _ = layer.apply(p, {}, x)
+    expected = conv2d(pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), "reflect"), p["w"], p["b"], 1,
+                      "VALID")
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+    assert layers.Conv1D(2, 4, padding="circular").init(jax.random.key(0), (7, 1))[0] == (7, 2)
+    with pytest.raises(ValueError, match="pad: mode must be one of"):
+        pad(x, ((0, 0),) * 4, "edge")
+    with pytest.raises(ValueError, match=r"pad: reflect padding of axis 1 by \(5, 0\) exceeds"):
+        pad(x, ((0, 0), (5, 0), (0, 0), (0, 0)), "reflect")
+    with pytest.raises(ValueError, match="ConvTranspose2D: padding='reflect' is for convolutions"):
+        layers.ConvTranspose2D(3, 3, padding="reflect")

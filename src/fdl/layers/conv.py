@@ -23,6 +23,7 @@ from fdl.layers.base import PROBE, Layer, Shape, has_probe, stateless
 from fdl.layers.initializers import Initializer, get_initializer
 from fdl.ops.conv import Padding, explicit_padding
 from fdl.ops.conv_transpose import transpose_crops
+from fdl.ops.pad import PAD_MODES
 
 __all__ = ["AdaptiveAvgPool2D", "AvgPool2D", "Conv1D", "Conv2D", "Conv3D", "ConvTranspose1D",
            "ConvTranspose2D", "GlobalAvgPool", "GlobalMaxPool", "MaxPool2D"]
@@ -51,6 +52,12 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
     k = v.positive_ints(fn, "kernel_size", kernel_size, nd)
     s = v.positive_ints(fn, "stride", stride, nd)
     d = v.positive_ints(fn, "dilation", dilation, nd)
+    border = padding if isinstance(padding, str) and padding in PAD_MODES else None
+    if border is not None and transpose:
+        raise ValueError(f"{fn}: padding={padding!r} is for convolutions; a transposed "
+                         "convolution's padding crops its output ('SAME', 'VALID' or pairs)")
+    if border is not None:  # "SAME" geometry, the border filled by fdl.ops.pad
+        padding = "SAME"
     v.padding(fn, padding, nd)
     w_init, b_init = get_initializer(w_init), get_initializer(b_init)
     if transpose:
@@ -60,12 +67,13 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
     ghost_op = {1: ghost.ghost_conv1d, 2: ghost.ghost_conv2d}.get(nd)  # with a probe
     plain = transpose or nd == 3  # no groups argument, no ghost
 
+    extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
+
     def init(key: jax.Array, input_shape: Shape) -> tuple[Shape, dict]:
         shape = v.input_shape(fn, input_shape, f"({', '.join(layout)})", rank=len(layout))
         if shape[-1] % g:
             raise ValueError(f"{fn}: groups={g} must divide the input's {shape[-1]} channels "
                              f"(input_shape {shape})")
-        extents = [di * (ki - 1) + 1 for di, ki in zip(d, k)]
         if transpose:
             crops = transpose_crops(padding, shape[:-1], extents, s)
             out = tuple(si * (n - 1) + e - lo - hi
@@ -87,14 +95,19 @@ def _conv(fn: str, nd: int, features: int, kernel_size: Any, stride: Any, paddin
                 f"{fn}: input has shape {tuple(jnp.shape(x))} but the layer was built for "
                 f"(batch, {', '.join(layout[:-1])}, {c_in}) in N{layout} layout — check the "
                 "input_shape passed to init")
+        conv_padding = padding
+        if border is not None:
+            pads = explicit_padding("SAME", jnp.shape(x)[1:-1], extents, s)
+            x = ops.pad(x, ((0, 0), *pads, (0, 0)), border)
+            conv_padding = "VALID"
         if plain:
             if has_probe(params):
                 raise ValueError(f"{fn}: per-example gradient norms (a probe) are not "
                                  "available for this layer; use vmap of grad instead")
-            return op(x, params["w"], params["b"], s, padding, d)
+            return op(x, params["w"], params["b"], s, conv_padding, d)
         if has_probe(params):  # a probe: per-example gradient norms asked for
-            return ghost_op(x, params["w"], params["b"], params[PROBE], s, padding, d, g)
-        return op(x, params["w"], params["b"], s, padding, d, g)
+            return ghost_op(x, params["w"], params["b"], params[PROBE], s, conv_padding, d, g)
+        return op(x, params["w"], params["b"], s, conv_padding, d, g)
 
     return stateless(fn.lower(), apply, init=init)
 
@@ -110,7 +123,10 @@ def Conv2D(features: int, kernel_size: int | Sequence[int], *,
     `{"w": (k_h, k_w, C_in, features), "b": (features,)}`. `padding` is
     `"SAME"` (default: `o = ⌈n/s⌉`), `"VALID"` or `((top, bottom), (left,
     right))`; `stride`, `dilation` and `kernel_size` an int or a pair. The
-    initialisers see the HWIO fans (`fan_in = k_h k_w C_in/groups`). `groups` $G$
+    initialisers see the HWIO fans (`fan_in = k_h k_w C_in/groups`). `padding="reflect"`
+    or `"circular"` keeps `"SAME"`'s geometry but fills the border by reflection or
+    wrap-around (`fdl.ops.pad`, then a `"VALID"` convolution; Conv1D and Conv3D too).
+    `groups` $G$
     splits the channels into $G$ blocks convolved separately (kernel
     `(k_h, k_w, C_in/G, features)`); `groups=C_in` is a depthwise convolution.
     """

@@ -23,6 +23,7 @@ from fdl.ops.luong import (
     luong_general_score,
     luong_score,
 )
+from fdl.ops.pad import pad
 from fdl.ops.norm import batch_norm, batch_norm_inference, layer_norm, rms_norm
 from fdl.ops.pool import avg_pool2d, global_avg_pool, max_pool2d
 from fdl.ops.positional import rope, rope_angles, sinusoidal, sinusoidal_table
@@ -54,6 +55,7 @@ __all__ = [
     "global_max_pool",
     "group_norm",
     "instance_norm",
+    "pad",
     "power_iteration",
     "spectral_normalize",
     "weight_norm",
