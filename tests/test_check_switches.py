@@ -255,3 +255,19 @@ def test_one_public_examples_runner():
     result = check.examples(registry()["tanh"], dtype="float32", checks=("vjp", "adjoint"))
     assert [(r.vjp.passed, r.jvp, r.adjoint.passed) for r in result] == \
         [(True, None, True)] * len(registry()["tanh"].examples)
+
+
+def test_steps_that_leave_the_domain_are_noted_not_failed():
+    """log at 1e-3 in float32: every step of the ladder (≥ 0.005) leaves p > 0, so that
+    element is not judged against finite differences; the rule still is vs autodiff."""
+    def log(p):
+        """`y = log p`: `∂L/∂p = g / p`."""
+        return jnp.log(p)
+
+    right = primitive(log, lambda p, g: (g / p,), save=lambda p, y: p, register=False)
+    report = check.vjp(right, _f32(1e-3, 0.5)).raise_if_failed()
+    assert _fd_row(report).note == ("the steps leave the function's domain (a non-finite "
+                                    "value) along 1 of 2 elements (flat [0])")
+    wrong = primitive(log, lambda p, g: (1.01 * g / p,), save=lambda p, y: p, register=False)
+    assert [r.against for r in check.vjp(wrong, _f32(1e-3, 0.5)).failures] == [
+        "autodiff", "finite differences"]  # the reachable element 0.5 fails too

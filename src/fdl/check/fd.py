@@ -348,7 +348,9 @@ class Derivatives:
     direction `k` (which the step used does not), and `crossed[k]` the number the
     smallest step changes where no step is free of them (`0` where one is: a
     direction with `crossed > 0` is not differentiable within reach and its `error`
-    is infinite); `None` without switching points.
+    is infinite); `None` without switching points. `outside[k]`: every extrapolation
+    along direction `k` is non-finite (the steps leave the function's domain, e.g. a
+    logarithm's); `None` where none is.
     """
 
     value: np.ndarray
@@ -357,6 +359,7 @@ class Derivatives:
     directions: np.ndarray | None
     avoided: np.ndarray | None = None
     crossed: np.ndarray | None = None
+    outside: np.ndarray | None = None  # per direction: every step gave a non-finite value
 
 
 def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
@@ -387,6 +390,8 @@ def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
         noise = _ROUNDING * eps * magnitude[:, None] / h[:, :-1]  # (c, levels - 1)
         e = np.abs(r[:, :-1] - r[:, 1:]) + noise[:, :-1][expand]
         e = np.where(np.isnan(e), np.inf, e)
+        # no finite extrapolation at all: every step leaves the function's domain
+        outside = ~np.isfinite(e).reshape(c, e.shape[1], -1).all(axis=2).any(axis=1)
         avoided = crossed = None
         if flipped is not None:  # E_l uses rungs l, l+1, l+2: each must flip nothing
             clean = flipped == 0
@@ -403,5 +408,5 @@ def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
         hb = np.broadcast_to(h[:, :-2][expand], e.shape)
         out[j] = Derivatives(pick(r[:, :-1]), pick(e), pick(hb),
                              None if dirs[j] is None else np.asarray(dirs[j], np.float64),
-                             avoided, crossed)
+                             avoided, crossed, outside if outside.any() else None)
     return out

@@ -84,11 +84,17 @@ def _points(n: int) -> str:
 
 
 def _switch_note(d: fd.Derivatives) -> str:
-    """What the steps avoided (per direction) and which directions no step could
-    take without crossing a switching point."""
-    if d.avoided is None:
-        return ""
+    """What the steps avoided (per direction), which directions no step could take
+    without crossing a switching point, and along which every step left the domain."""
     parts = []
+    if d.outside is not None:
+        out = np.flatnonzero(d.outside)
+        parts.append(f"the steps leave the function's domain (a non-finite value) along "
+                     f"{out.size} of {d.outside.size} "
+                     + ("directions" if d.directions is not None else "elements")
+                     + f" (flat {out[:4].tolist()}{'…' if out.size > 4 else ''})")
+    if d.avoided is None:
+        return "; ".join(parts)
     unreachable = np.flatnonzero(d.crossed > 0)
     if d.directions is not None:  # a few directions: one count each
         if d.avoided.any():
@@ -135,6 +141,8 @@ def fd_rows(leaves: Leaves, plan: fd.Plan, derivs: list[fd.Derivatives | None],
             rows.append(compare(name, FINITE_DIFFERENCES, g, np.zeros(out_shape + x.shape)))
             continue
         unreachable = None if d.crossed is None else d.crossed > 0  # per direction
+        if d.outside is not None:  # steps that leave the domain: not judged either
+            unreachable = d.outside if unreachable is None else unreachable | d.outside
         if d.directions is None:  # element by element: laid out like g
             if jacobian_of is None:
                 lay = lambda a: a.reshape(x.shape)  # noqa: E731
