@@ -98,3 +98,10 @@ def test_a_bad_compute_dtype_is_named(capsys):
     assert exit_.value.code == 2
     assert ("error: fdl train: argument --compute-dtype: invalid choice: 'float8' (choose "
             "from 'float32', 'bfloat16', 'float16')") in capsys.readouterr().err
+
+
+def test_check_gradients_runs_in_float32_whatever_the_compute_dtype(capsys):
+    """The check is of the model's rules: float16 rounding would fail it spuriously."""
+    code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "1", "--checkpoint", "",
+                        "--check-gradients", "--compute-dtype", "float16")
+    assert code == 0 and re.search(r"^passed: \d+ comparisons$", out, re.M), out

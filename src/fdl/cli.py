@@ -757,13 +757,18 @@ def _compile(run: _Run, trainer: Any, abstract: Any, ts: Any, data: tuple) -> An
 
 
 def _check_gradients(run: _Run, trainer: Any, ts: Any) -> None:
-    """--check-gradients: the model's manual rules vs autodiff on 32 examples."""
+    """--check-gradients: the model's manual rules vs autodiff on 32 examples, in the
+    weights' dtype (float32) whatever --compute-dtype is (float16 rounding is not a
+    wrong rule)."""
     from fdl import check
 
     n = min(32, run.dataset.x_train.shape[0])
     x0, y0 = run.dataset.x_train[:n], run.dataset.y_train[:n]
-    report = check.model(lambda p: trainer.loss_fn(p, ts.model_state, x0, y0, train=False)[0],
-                         ts.params)
+
+    def loss(p: Any) -> Any:
+        return trainer.loss(trainer.model.apply(p, ts.model_state, x0, train=False)[0], y0)
+
+    report = check.model(loss, ts.params)
     for line in _report_lines(report):
         run.out.line(line, result=True)
     if not report.passed:

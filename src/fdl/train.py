@@ -23,6 +23,12 @@ The contract
   first bad step and :class:`NonFiniteError` names that step and the first
   parameter whose gradient was not finite; the error carries the last good state
   (``err.state``). :func:`fit` also stops at the first non-finite evaluation.
+* Mixed precision: ``Trainer(..., compute_dtype=jnp.bfloat16 | jnp.float16)`` runs the
+  forward and backward in that dtype on float32 master weights; float16 scales the loss
+  dynamically (:func:`fdl.optim.dynamic_loss_scale`, its state inside ``ts.opt_state``),
+  skipping the steps whose gradients overflow.
+* Evaluation parameters: ``Trainer(..., eval_params=fn)`` evaluates at
+  ``fn(opt_state)`` (Schedule-Free's average, an EMA, Lookahead's slow weights).
 
 :func:`fit` runs the whole loop (optional gradient check, progress, history,
 checkpoints); :func:`per_example_grads` gives one gradient per example by ``vmap``.
