@@ -223,3 +223,50 @@ def test_cosine_embedding_messages():
         cosine_embedding(a, a, jnp.asarray([1, -1]), 2.0)
     with pytest.raises(ValueError, match="cosine_embedding: b must have shape"):
         cosine_embedding(a, jnp.ones((2, 4)), jnp.asarray([1, -1]))
+
+
+# --------------------------------------------------------------------------- #
+
+
+def _ctc_brute_force(logits, labels, length):
+    """−log Σ over every path π ∈ {0…K−1}^T that collapses (merge repeats, drop blanks)
+    to the labels of Π_t p_t(π_t)."""
+    import itertools
+    t, k = logits.shape
+    p = _softmax(logits)
+    target = list(labels[:length])
+    total = 0.0
+    for path in itertools.product(range(k), repeat=t):
+        merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+        if [c for c in merged if c != 0] == target:
+            total += np.prod(p[np.arange(t), list(path)])
+    return -np.log(total)
+
+
+@pytest.mark.x64
+def test_ctc_loss_is_the_sum_over_all_alignments():
+    from fdl.losses import ctc_loss
+    z = normal(11, 3, 5, 3)
+    labels = jnp.asarray([[1, 2, 1], [2, 2, 1], [1, 1, 2]])
+    lengths = jnp.asarray([3, 2, 0])
+    got = ctc_loss(z, labels, lengths, "none")
+    expected = [_ctc_brute_force(np.asarray(z[n]), np.asarray(labels[n]), int(lengths[n]))
+                for n in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    check.vjp(ctc_loss, z, labels, lengths, "mean").raise_if_failed()
+    check.jvp(ctc_loss, z, labels, lengths, "sum").raise_if_failed()
+    # the occupations sum to one per step: the gradient of each step sums to zero
+    g = jax.grad(lambda z: ctc_loss(z, labels, lengths, "sum"))(z)
+    np.testing.assert_allclose(g.sum(axis=-1), 0, atol=1e-12)
+
+
+@pytest.mark.float32
+def test_ctc_loss_messages():
+    from fdl.losses import ctc_loss
+    z, labels = jnp.zeros((2, 4, 3)), jnp.asarray([[1, 2], [2, 0]])
+    assert ctc_loss(z, labels, jnp.asarray([2, 1])).dtype == jnp.float32
+    with pytest.raises(ValueError, match=r"ctc_loss: labels must be in \[1, 3\) \(0 is the "
+                                         r"blank\), got 0 at index \(1, 1\)"):
+        ctc_loss(z, labels, jnp.asarray([2, 2]))
+    with pytest.raises(ValueError, match=r"ctc_loss: label_lengths must be in \[0, 2\]"):
+        ctc_loss(z, labels, jnp.asarray([3, 1]))

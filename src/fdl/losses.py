@@ -324,9 +324,10 @@ huber = primitive(
 # Losses beyond the core set, one concept per module in fdl._losses (re-exported here).
 from fdl._losses.cosine import cosine_embedding  # noqa: E402
 from fdl._losses.cross_entropy import cross_entropy  # noqa: E402
+from fdl._losses.ctc import ctc_loss  # noqa: E402
 from fdl._losses.focal import sigmoid_focal_loss  # noqa: E402
 from fdl._losses.hinge import multiclass_hinge  # noqa: E402
 from fdl._losses.kl import kl_divergence  # noqa: E402
 
-__all__ += ["cosine_embedding", "cross_entropy", "kl_divergence", "multiclass_hinge",
+__all__ += ["cosine_embedding", "cross_entropy", "ctc_loss", "kl_divergence", "multiclass_hinge",
             "sigmoid_focal_loss"]
