@@ -105,3 +105,23 @@ def test_check_gradients_runs_in_float32_whatever_the_compute_dtype(capsys):
     code, out, _ = _run(capsys, "train", "--hidden", "8", "--epochs", "1", "--checkpoint", "",
                         "--check-gradients", "--compute-dtype", "float16")
     assert code == 0 and re.search(r"^passed: \d+ comparisons$", out, re.M), out
+
+
+def test_schedule_free_is_evaluated_at_its_average(capsys, tmp_path):
+    """fdl train --optimizer schedule_free_adamw reports the test loss at x, not at y."""
+    from fdl import data, layers, optim
+    from fdl.train import Trainer
+
+    ck = tmp_path / "sf.npz"
+    code, out, _ = _run(capsys, "train", *SMALL, "--epochs", "2", "--optimizer",
+                        "schedule_free_adamw", "--lr", "0.003", "--checkpoint", str(ck))
+    assert code == 0
+    printed = float(re.search(r"test loss (\d+\.\d+)", out).group(1))
+    ds, _ = data.standardize_dataset(data.load("digits", flatten=True))
+    plain = Trainer(layers.mlp([16], 10, dropout=0.3), optim.schedule_free_adamw(0.003))
+    key = jax.random.key(0, impl=fdl.io.load_metadata(ck)["key_impl"])
+    ts = fdl.io.load(ck, like=plain.init(key, ds.input_shape))
+    at_x = plain.evaluate(ts._replace(params=optim.schedule_free_eval_params(ts.opt_state)),
+                          ds.x_test, ds.y_test)["loss"]
+    at_y = plain.evaluate(ts, ds.x_test, ds.y_test)["loss"]
+    assert printed == round(at_x, 4) and round(at_y, 4) != printed

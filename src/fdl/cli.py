@@ -623,7 +623,10 @@ def _build(run: _Run) -> tuple[Any, Any, Any]:
                        dropout=s["dropout"])
     optimizer = optim.get_optimizer(s["optimizer"], learning_rate=s["lr"])
     options = {"loss": losses.softmax_cross_entropy,  # float16: dynamic loss scaling
-               "compute_dtype": None if s["compute_dtype"] == "float32" else s["compute_dtype"]}
+               "compute_dtype": None if s["compute_dtype"] == "float32" else s["compute_dtype"],
+               # Schedule-Free trains at y; it is evaluated at its average x
+               "eval_params": optim.schedule_free_eval_params
+               if s["optimizer"] == "schedule_free_adamw" else None}
     if run.devices > 1 or run.args.shard_params or jax.process_count() > 1:
         from fdl.parallel import DataParallel, make_mesh
 

@@ -564,7 +564,8 @@ class Trainer:
         return ts, {"loss": float(m["loss"]), "accuracy": float(m["accuracy"])}
 
     def evaluate(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, float]:
-        """Loss and accuracy of the model in inference mode (``train=False``)."""
+        """Loss and accuracy of the model in inference mode (``train=False``), at
+        :meth:`evaluation_params` (the params unless the trainer has ``eval_params``)."""
         _check_not_consumed(ts, "Trainer.evaluate")
         self._wait_for_compilation()
         m = self._evaluate(ts, x, y)
