@@ -214,3 +214,23 @@ def test_bad_eval_params_are_named(digits):
     with pytest.raises(TypeError, match=r"^Trainer: eval_params\(opt_state\) must return a "
                                         r"pytree like the params"):
         trainer.evaluate(ts, digits.x_test, digits.y_test)
+
+
+def test_data_parallel_takes_the_same_options(digits):
+    """DataParallel (here with sharded params) runs float16 with the loss scale and
+    evaluates at eval_params, as Trainer does: the same state, bit for bit."""
+    from fdl.parallel import DataParallel, make_mesh
+
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    options = {"compute_dtype": jnp.float16, "eval_params": optim.schedule_free_eval_params}
+    out = []
+    for trainer in (Trainer(L.mlp([16], 10), optim.schedule_free_adamw(3e-3), **options),
+                    DataParallel(L.mlp([16], 10), optim.schedule_free_adamw(3e-3), make_mesh(1),
+                                 shard_params=True, **options)):
+        key = jax.random.key(0, impl="threefry2x32")  # one generator for both
+        ts, _ = trainer.epoch(trainer.init(key, digits.input_shape), x, y, batch_size=64)
+        out.append((ts, trainer.evaluate(ts, digits.x_test, digits.y_test)))
+    assert isinstance(out[1][0].opt_state, optim.DynamicLossScaleState)
+    _leaves_equal(jax.tree_util.tree_map(np.asarray, out[0][0].params),
+                  jax.tree_util.tree_map(np.asarray, out[1][0].params))
+    assert out[0][1] == out[1][1]

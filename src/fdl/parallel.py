@@ -119,7 +119,8 @@ class DataParallel(Trainer):
     """A `fdl.train.Trainer` whose batches are split across the devices of `mesh`.
 
     Args:
-      model, optimizer, loss, compute_dtype: as for `fdl.train.Trainer`.
+      model, optimizer, loss, compute_dtype, loss_scale, eval_params: as for
+        `fdl.train.Trainer`.
       mesh: a one-axis `jax.sharding.Mesh` (`make_mesh`).
       shard_params: store parameters and optimizer state split across the mesh
         (FSDP) instead of replicated.
