@@ -20,9 +20,17 @@ Where the values are concrete, a primitive may refuse a NaN outright with a
 call under `jit`, where values are not checked, must then propagate it.
 Integer arguments (labels, ids), boolean masks, PRNG keys and static arguments hold no
 NaN and are not tried.
+
+Cost: one compiled program per example finds every argument's element (one VJP of the
+forward) and runs the primitive once per argument with that element set to NaN, all
+under `jit` (the refusal above is checked outside it, by validating the poisoned
+arguments on the host). `test_the_probe_catches_a_relu_that_hides_nan` shows the probe
+failing on `jnp.where(x > 0, x, 0)`, which maps NaN to 0.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +39,7 @@ import pytest
 
 import fdl
 from fdl import ops
+from fdl.primitive import Example, Primitive, gaussian, primitive
 
 REGISTRY = fdl.registry()
 CASES = [(name, i) for name, p in REGISTRY.items() for i in range(len(p.examples))]
@@ -40,65 +49,120 @@ def _is_float(leaf) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
 
 
-def _reaching(p, full: tuple, position: int, k: int) -> tuple[int, ...]:
-    """The first index of leaf `k` of argument `position` on which the output depends
-    (a non-zero derivative of the plain forward along a random cotangent)."""
-    leaves, tree = jax.tree.flatten(full[position])
+class Tried(NamedTuple):
+    """One poisoned element: argument `argument`, its pytree leaf `leaf`, the element
+    `index`, whether a NaN reached the output under `jit`, and whether the primitive
+    refused the NaN (a `ValueError`) where the values are concrete."""
 
-    def of_leaf(leaf):
-        call = list(full)
-        call[position] = jax.tree.unflatten(tree, leaves[:k] + [leaf] + leaves[k + 1:])
-        return p.forward(*call)
+    argument: str
+    leaf: int
+    index: tuple[int, ...]
+    reached: bool
+    refused: bool
 
-    out, vjp = jax.vjp(of_leaf, leaves[k])
+
+def _probe(p: Primitive, full: tuple) -> list[Tried]:
+    """Poison every floating-point leaf of the bound arguments `full` in turn, at the
+    first element the output depends on; one compiled program for all of them."""
+    names = list(p.signature.parameters)
+    dynamic = [i for i, n in enumerate(names) if n not in p.static]
+    per_arg = [jax.tree.flatten(full[i]) for i in dynamic]
+    leaves = [leaf for flat, _ in per_arg for leaf in flat]
+    where = [(i, k) for i, (flat, _) in zip(dynamic, per_arg) for k in range(len(flat))]
+    tried = [j for j, leaf in enumerate(leaves) if _is_float(leaf) and leaf.size]
+
+    def call_with(ls: list) -> list:
+        call, start = list(full), 0
+        for i, (flat, tree) in zip(dynamic, per_arg):
+            call[i] = jax.tree.unflatten(tree, ls[start:start + len(flat)])
+            start += len(flat)
+        return call
+
+    def forward_of_tried(values: list, ls: list):
+        ls = list(ls)
+        for j, value in zip(tried, values):
+            ls[j] = value
+        return p.forward(*call_with(ls))
+
+    out = jax.eval_shape(lambda ls: p.forward(*call_with(ls)), leaves)
     rng = np.random.default_rng(0)
-    cotangent = jax.tree.map(lambda o: jnp.asarray(rng.standard_normal(o.shape), o.dtype)
-                             if _is_float(o) else jnp.zeros(o.shape, jax.dtypes.float0), out)
-    (grad,) = vjp(cotangent)
-    nonzero = np.argwhere(np.asarray(grad) != 0)
-    if not len(nonzero):  # a constant function of a read input (softmax over one class)
-        return (0,) * leaves[k].ndim
-    return tuple(int(i) for i in nonzero[0])
+    cotangent = jax.tree.map(lambda o: rng.standard_normal(o.shape).astype(o.dtype)
+                             if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0), out)
+
+    @jax.jit
+    def program(ls: list, cotangent):
+        _, vjp = jax.vjp(lambda values: forward_of_tried(values, ls), [ls[j] for j in tried])
+        (grads,) = vjp(cotangent)
+        firsts, reached = [], []
+        for j, grad in zip(tried, grads):
+            first = jnp.argmax(grad.ravel() != 0)  # the first non-zero; 0 if there is none
+            poisoned = list(ls)
+            poisoned[j] = ls[j].ravel().at[first].set(jnp.nan).reshape(ls[j].shape)
+            y = p(*call_with(poisoned))
+            firsts.append(first)
+            reached.append(jnp.stack([jnp.isnan(o).any() for o in jax.tree.leaves(y)
+                                      if _is_float(o)]).any())
+        return firsts, reached
+
+    firsts, reached = program(leaves, cotangent)
+    result = []
+    for j, first, nan in zip(tried, firsts, reached):
+        index = tuple(int(i) for i in np.unravel_index(int(first), leaves[j].shape))
+        host = np.array(leaves[j])
+        host[index] = np.nan
+        poisoned = list(leaves)
+        poisoned[j] = jax.device_put(host)
+        try:  # where the values are known, a primitive may refuse the NaN, saying so
+            p.bind(*call_with(poisoned))
+            refused = False
+        except ValueError as e:
+            assert "nan" in str(e), f"{p.name}: refused a NaN without saying so: {e}"
+            refused = True
+        position, k = where[j]
+        result.append(Tried(names[position], k, index, bool(nan), refused))
+    return result
 
 
-def _output_has_nan(p, call: list) -> bool:
-    try:
-        out = p(*call)
-    except ValueError as e:  # refused where the values are known: then under jit, unchecked
-        assert "nan" in str(e), f"{p.name}: refused a NaN without saying so: {e}"
-        static = [i for i, n in enumerate(p.signature.parameters) if n in p.static]
-        out = jax.jit(lambda *a: p(*a), static_argnums=static)(*call)
-    return any(bool(jnp.isnan(o).any()) for o in jax.tree.leaves(out) if _is_float(o))
-
-
-def _with_nan(leaf: jax.Array, index: tuple[int, ...]) -> jax.Array:
-    return jnp.asarray(leaf).at[index].set(jnp.nan)
+def _hidden(p: Primitive, example: int) -> tuple[list[Tried], list[Tried]]:
+    """All tried elements of example `example` of `p` in float32, and those whose NaN
+    did not reach the output."""
+    args, kwargs = p.examples[example].sample(key=example, dtype=jnp.float32)
+    tried = _probe(p, p.bind(*args, **kwargs))
+    return tried, [t for t in tried if not t.reached]
 
 
 @pytest.mark.float32
 @pytest.mark.parametrize("name, example", CASES, ids=[f"{n}-{i}" for n, i in CASES])
 def test_a_nan_in_any_float_argument_reaches_the_output(name, example):
-    p = REGISTRY[name]
-    args, kwargs = p.examples[example].sample(key=example, dtype=jnp.float32)
-    full = p.bind(*args, **kwargs)
-    params = list(p.signature.parameters)
-    tried = []
-    for position, (arg_name, value) in enumerate(zip(params, full)):
-        if arg_name in p.static:
-            continue
-        leaves, tree = jax.tree.flatten(value)
-        for k, leaf in enumerate(leaves):
-            if not _is_float(leaf) or leaf.size == 0:
-                continue
-            index = _reaching(p, full, position, k)
-            poisoned = list(leaves)
-            poisoned[k] = _with_nan(leaf, index)
-            call = list(full)
-            call[position] = jax.tree.unflatten(tree, poisoned)
-            tried.append((arg_name, k, index, _output_has_nan(p, call)))
+    tried, hidden = _hidden(REGISTRY[name], example)
     assert tried, f"{name}: no floating-point argument to try"
-    hidden = [t for t in tried if not t[3]]
     assert hidden == [], f"{name}: a NaN in these arguments did not reach the output: {hidden}"
+
+
+def _hiding_relu(x):
+    """$max(x, 0)$ written so that it maps NaN to 0 (`NaN > 0` is false)."""
+    return jnp.where(x > 0, x, 0.0)
+
+
+HIDING_RELU = primitive(_hiding_relu, lambda r, g: (jnp.where(r[0][0] > 0, g, 0.0),),
+                        name="hiding_relu", register=False,
+                        examples=[Example((gaussian(4, 3),))])
+
+
+@pytest.mark.float32
+def test_the_probe_catches_a_relu_that_hides_nan():
+    (x,), _ = HIDING_RELU.examples[0].sample(key=0, dtype=jnp.float32)
+    first = tuple(int(i) for i in np.argwhere(np.asarray(x) > 0)[0])  # the derivative is 1
+    assert _hidden(HIDING_RELU, 0) == ([Tried("x", 0, first, reached=False, refused=False)],) * 2
+    assert _probe(ops.relu, (x,)) == [Tried("x", 0, first, reached=True, refused=False)]
+
+
+@pytest.mark.float32
+def test_the_probe_says_when_a_nan_is_refused_outside_jit():
+    name = "sigmoid_focal_loss"  # targets must lie in [0, 1]: a NaN target is refused
+    tried, hidden = _hidden(REGISTRY[name], 0)
+    assert hidden == []
+    assert [(t.argument, t.refused) for t in tried] == [("logits", False), ("targets", True)]
 
 
 @pytest.mark.float32
