@@ -245,3 +245,16 @@ def test_a_spec_naming_no_parameter_or_unreadable_is_refused_at_definition():
         v.shapes("f", x="…×d×…")
     with pytest.raises(ValueError, match=r"shapes: cannot read 'd\+' in x='d\+×e'"):
         v.shapes("f", x="d+×e")
+
+
+def test_a_note_with_a_colon_and_a_comma_keeps_the_shape_check():
+    """The note starts at the first comma or colon, whichever comes first: a note such as
+    "the raw weight, output units last" after a colon once became part of the last
+    dimension's name, which then bound to anything and checked nothing."""
+    spec = v.shapes("f", w="d_in×d_out: the raw weight, output units last", b="d_out")
+    assert spec(w=jnp.zeros((3, 4)), b=jnp.zeros(4)) == {"d_in": 3, "d_out": 4}
+    with pytest.raises(ValueError, match=r"f: b must have shape \(4,\) \(d_out\) for w \(3, 4\), "
+                                         r"got \(5,\)"):
+        spec(w=jnp.zeros((3, 4)), b=jnp.zeros(5))
+    with pytest.raises(ValueError, match=r"shapes: cannot read 'd_out;note' in"):
+        v.shapes("f", w="d_in×d_out;note")

@@ -329,7 +329,8 @@ class _Arg:
 
 
 def _parse(name: str, pattern: str) -> _Arg:
-    dims, _, _note = pattern.partition(",") if "," in pattern else pattern.partition(":")
+    cut = re.search(r"[,:]", pattern)  # the note starts at the first comma or colon
+    dims, _note = (pattern[:cut.start()], pattern[cut.end():]) if cut else (pattern, "")
     words = dims.split()
     markers = [w for w in words if w in _MARKERS]
     body = "".join(w for w in words if w not in _MARKERS).replace("...", "…")
@@ -341,7 +342,7 @@ def _parse(name: str, pattern: str) -> _Arg:
         terms = []
         for part in text.split("+"):
             m = re.fullmatch(r"(\d*)(.*)", part)
-            if not part or (not m[1] and not m[2]):
+            if not part or (not m[1] and not m[2]) or (m[2] and not m[2].isidentifier()):
                 raise ValueError(f"shapes: cannot read {text!r} in {name}={pattern!r}")
             terms.append(_Term(int(m[1] or 1), m[2] or None) if m[2] else _Term(int(m[1]), None))
         tokens.append(tuple(terms))
