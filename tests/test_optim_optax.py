@@ -19,7 +19,8 @@ import pytest
 import fdl.optim as optim
 
 optax = pytest.importorskip("optax")
-pytestmark = pytest.mark.x64
+# second references, after the NumPy ones: in CI's slow step (test_muon alone compiles for a minute)
+pytestmark = [pytest.mark.x64, pytest.mark.slow]
 
 
 def params_of(seed=0):

@@ -351,6 +351,7 @@ OPTAX_CASES = [
 ]
 
 
+@pytest.mark.slow  # optax as a second reference; the NumPy trajectories above run by default
 @pytest.mark.parametrize("name, ours, theirs", OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
 def test_matches_optax(name, ours, theirs):
     optax = pytest.importorskip("optax")

@@ -140,7 +140,7 @@ def np_lbfgs(x, iterations, m, c1=1e-4, c2=0.9, max_tries=30, curvature_eps=1e-1
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("m", [1, 3, 10])
+@pytest.mark.parametrize("m", [1, 3, pytest.param(10, marks=pytest.mark.slow)])  # m = 10: reaches_rosenbrocks_minimum
 def test_lbfgs_trajectory_matches_its_equations(m):
     x0 = np.array([-1.2, 1.0, -0.5, 0.8, 1.3])
     want = np_lbfgs(x0, 25, m)
@@ -167,6 +167,7 @@ def test_lbfgs_reaches_rosenbrocks_minimum():
 
 
 @pytest.mark.x64
+@pytest.mark.slow  # compiles for half a minute; the trajectory tests pin every step
 def test_lbfgs_is_newton_on_a_quadratic_after_enough_pairs():
     # f = ½ xᵀAx − bᵀx in 4 dimensions: with exact line searches BFGS ends in n steps; with
     # Armijo steps, after the pairs span the space the minimiser is reached to round-off
