@@ -64,6 +64,11 @@ def _conv_geometry():  # strides, explicit asymmetric padding, dilation; a 1×1 
                     L.Dense(3))
 
 
+def _conv_groups():  # grouped (2 groups) and depthwise (4 groups) convolutions
+    return L.serial(L.Conv2D(4, 3, groups=2), L.Tanh(), L.Conv2D(4, 2, groups=4, stride=2),
+                    L.Flatten(), L.Dense(3))
+
+
 def _conv1d():
     return L.serial(L.Conv1D(4, 3), L.Tanh(),
                     L.Conv1D(3, 2, stride=2, padding="VALID", dilation=2), L.Flatten(),
@@ -109,6 +114,8 @@ CASES = {
             _ids(8, (5,), 3), _per_example),
     "conv-geometry": (_conv_geometry, (7, 8, 2), lambda d: normal(7, 4, 7, 8, 2, dtype=d),
                       _ids(8, (4,), 3), _per_example),
+    "conv-groups": (_conv_groups, (6, 6, 2), lambda d: normal(7, 4, 6, 6, 2, dtype=d),
+                    _ids(8, (4,), 3), _per_example),
     "conv1d": (_conv1d, (11, 2), lambda d: normal(7, 4, 11, 2, dtype=d),
                _ids(8, (4,), 3), _per_example),
     "embedding-lstm": (_lstm_lm, (6,), lambda d: _ids(7, (4, 6), 7),

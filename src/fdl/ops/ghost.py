@@ -244,7 +244,8 @@ Shapes: $X ∈ ℝ^{N×H×W×C_in}$, $W ∈ ℝ^{k_h×k_w×C_in×C_out}$, $b ∈
 `dilation` as for `conv2d`.
 
 Derivation. `conv2d`'s kernel gradient is
-$∂L/∂W[j, c, c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν, i, c']$; keeping example $ν = i$'s terms only, with the unfolded input
+$∂L/∂W[j, c, c'] = Σ_{ν,i} X_p[ν, s·i + d·j, c] G[ν, i, c']$; keeping example $ν = i$'s
+terms only, with the unfolded input
 $Uᵢ ∈ ℝ^{P×K}$ ($P = o_h o_w$ output positions, $K = k_h k_w C_in$; row $p$ holds
 the pixels the kernel meets at output $p$) and $Gᵢ ∈ ℝ^{P×C_out}$,
 
