@@ -18,34 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl import _validate as v
+from fdl._losses.reduction import check_reduction as _check_reduction
+from fdl._losses.reduction import per_example as _per_example
+from fdl._losses.reduction import check_probabilities
+from fdl._losses.reduction import reduce as _reduce
 from fdl.ops.softmax import log_softmax
 from fdl.primitive import Example, gaussian, labels, primitive, probabilities, uniform
 
 __all__ = ["huber", "mse", "sigmoid_binary_cross_entropy", "softmax_cross_entropy"]
-
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-def _reduce(values: jax.Array, reduction: str) -> jax.Array:
-    if reduction == "mean":
-        return jnp.mean(values)
-    if reduction == "sum":
-        return jnp.sum(values)
-    return values
-
-
-def _per_example(g: jax.Array, shape: tuple, reduction: str) -> jax.Array:
-    """Cotangent of each per-example value, broadcast to `shape`."""
-    if reduction == "none":
-        return g
-    n = int(np.prod(shape)) if reduction == "mean" else 1
-    return jnp.broadcast_to(g / n, shape)
-
-
-def _check_reduction(fn: str, reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-
 
 def _keep(x: jax.Array) -> jax.Array:
     """Append a unit axis so per-example values broadcast over the last axis."""
@@ -239,12 +219,7 @@ def _bce_backward(reduction, residuals, g):
 def _bce_validate(logits, targets, reduction):
     fn = "sigmoid_binary_cross_entropy"
     _check_reduction(fn, reduction)
-    if v.is_concrete(targets) and targets.size:
-        t = np.asarray(targets)
-        bad = (t < 0) | (t > 1) | ~np.isfinite(t)
-        if bad.any():
-            i = v.first_index(bad)
-            raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
+    check_probabilities(fn, targets)
 
 
 def _bce_tangent(reduction, residuals, t):

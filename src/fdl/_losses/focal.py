@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fdl import _validate as v
-from fdl._losses.reduction import check_reduction, per_example, reduce
+from fdl._losses.reduction import check_probabilities, check_reduction, per_example, reduce
 from fdl.primitive import Example, gaussian, primitive, uniform
 
 __all__ = ["sigmoid_focal_loss"]
@@ -101,12 +100,7 @@ def _validate(logits, targets, alpha, gamma, reduction):
                              f"class) or None, got {alpha!r}")
     v.finite_number(fn, "gamma", gamma, low=0)
     check_reduction(fn, reduction)
-    if v.is_concrete(targets) and targets.size:
-        t = np.asarray(targets)
-        bad = (t < 0) | (t > 1) | ~np.isfinite(t)
-        if bad.any():
-            i = v.first_index(bad)
-            raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
+    check_probabilities(fn, targets)
 
 
 sigmoid_focal_loss = primitive(

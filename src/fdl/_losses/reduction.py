@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdl import _validate as v
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -35,3 +37,13 @@ def per_example(g: jax.Array, shape: tuple, reduction: str) -> jax.Array:
 def check_reduction(fn: str, reduction: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_probabilities(fn: str, targets: jax.Array) -> None:
+    """Where the values are known, binary targets must lie in $[0, 1]$ (and be finite)."""
+    if v.is_concrete(targets) and targets.size:
+        t = np.asarray(targets)
+        bad = (t < 0) | (t > 1) | ~np.isfinite(t)
+        if bad.any():
+            i = v.first_index(bad)
+            raise ValueError(f"{fn}: targets must be in [0, 1], got {t[i]} at index {i}")
