@@ -38,12 +38,14 @@ def _sample(p, i, dtype, seed=0):
 # deliberate line: the registry is what `fdl check` and this table verify).
 REGISTERED = {
     "adaptive_avg_pool2d", "attention", "avg_pool2d", "batch_norm", "batch_norm_inference",
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "cosine_embedding",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "cosine_embedding", "ctc_loss",
     "cross_entropy", "dropout", "elu", "embedding", "gelu", "global_avg_pool",
     "global_max_pool", "group_norm", "gru_cell", "huber", "instance_norm", "kl_divergence",
     "layer_norm", "leaky_relu", "linear", "log_softmax", "lstm_cell",
     "luong_attentional_state", "luong_concat_score", "luong_context", "luong_dot_score",
-    "luong_general_score", "masked_softmax", "max_pool2d", "mse", "multiclass_hinge", "relu",
+    "luong_general_score", "masked_softmax", "max_pool2d", "mse", "multiclass_hinge", "pad",
+    "relu",
     "rms_norm", "rnn_cell", "rope", "sequence_last", "sequence_max", "sequence_mean",
     "sigmoid", "sigmoid_binary_cross_entropy", "sigmoid_focal_loss", "silu", "sinusoidal",
     "softmax", "softmax_cross_entropy", "softplus", "spectral_normalize", "tanh",
