@@ -52,7 +52,6 @@ Privacy", 2022 (the choice between the Gram and direct forms).
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +64,7 @@ from fdl.ops.attention import (_merge_heads, _mha_validate, _split_heads, _zeros
                                attention)
 from fdl.ops.conv import _as_2d, as_tuple, conv2d, explicit_padding
 from fdl.ops.embedding import embedding
-from fdl.ops.linear import ghost_linear, linear
+from fdl.ops.linear import bias_sq_norms, ghost_linear, linear, weight_sq_norms
 from fdl.ops.norm import layer_norm, rms_norm
 from fdl.ops.recurrent import gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell
 from fdl.primitive import Primitive, primitive
@@ -89,45 +88,6 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 # The two norm forms
 # --------------------------------------------------------------------------- #
-
-
-def _per_example_rows(a: jax.Array) -> jax.Array:
-    """$N×…×F → N×T×F$: the middle axes of one example folded into $T$."""
-    return a.reshape(a.shape[0], -1, a.shape[-1])
-
-
-def weight_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
-    r"""$‖Xᵢᵀ Gᵢ‖²_F$ for every example $i$: the squared per-example gradient norm of
-    a weight $W$ used as $Y = XW$ at $T$ positions of each example.
-
-    Shapes: $X ∈ ℝ^{N×…×a}$, $G ∈ ℝ^{N×…×b}$ with the same middle axes (folded
-    into $T$); returns $ℝ^N$.
-
-    * $T = 1$: $‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²$;
-    * Gram form, when $T(a + b) ≤ ab$: $⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F$
-      ($N×T×T$ memory, $O(N T²(a + b))$ time);
-    * direct form otherwise: $Xᵢᵀ Gᵢ ∈ ℝ^{a×b}$ formed and squared
-      ($N×a×b$ memory, $O(N T a b)$ time).
-
-    The choice is made from the static shapes, so it costs nothing at run time.
-    """
-    x3, g3 = _per_example_rows(x), _per_example_rows(g)
-    t, a, b = x3.shape[1], x3.shape[2], g3.shape[2]
-    if t == 1:
-        return jnp.sum(x3[:, 0] * x3[:, 0], axis=1) * jnp.sum(g3[:, 0] * g3[:, 0], axis=1)
-    if t * (a + b) <= a * b:
-        xx = jnp.einsum("nti,nsi->nts", x3, x3)  # Xᵢ Xᵢᵀ, (N, T, T)
-        gg = jnp.einsum("ntj,nsj->nts", g3, g3)  # Gᵢ Gᵢᵀ, (N, T, T)
-        return jnp.sum(xx * gg, axis=(1, 2))
-    per = jnp.einsum("nti,ntj->nij", x3, g3)     # Xᵢᵀ Gᵢ, (N, a, b)
-    return jnp.sum(per * per, axis=(1, 2))
-
-
-def bias_sq_norms(g: jax.Array) -> jax.Array:
-    r"""$‖Gᵢᵀ 1_T‖²$ for every example: the squared per-example gradient norm of a bias
-    added at $T$ positions ($G ∈ ℝ^{N×…×b}$ → $ℝ^N$)."""
-    s = jnp.sum(_per_example_rows(g), axis=1)  # ∂ℓᵢ/∂b, (N, b)
-    return jnp.sum(s * s, axis=1)
 
 
 # --------------------------------------------------------------------------- #

@@ -7,7 +7,6 @@ $N = n₁×…×n_k$ is allowed and folded into one.
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -82,36 +81,43 @@ linear = primitive(
 # --------------------------------------------------------------------------- #
 
 
-def _per_example_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
-    r"""$‖∂ℓᵢ/∂W‖²_F + ‖∂ℓᵢ/∂b‖²$ for each example $i$, from $X$ and $G$ alone.
+def _per_example_rows(a: jax.Array) -> jax.Array:
+    """$N×…×F → N×T×F$: the middle axes of one example folded into $T$."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
 
-    $X ∈ ℝ^{N×T×d_in}$, $G ∈ ℝ^{N×T×d_out}$ (the middle axes of $x$/$g$
-    folded into $T$; $T = 1$ without them). Returns $ℝ^N$.
 
-    * $T = 1$: $‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²$ — $O(N(d_in + d_out))$.
-    * $T > 1$, Gram form: $‖Xᵢᵀ Gᵢ‖²_F = ⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F$ —
-      $O(N T² (d_in + d_out))$ time, $N×T×T$ memory;
-    * $T > 1$, direct: form $Xᵢᵀ Gᵢ ∈ ℝ^{d_in×d_out}$ and square it —
-      $O(N T d_in d_out)$ time, $N×d_in×d_out$ memory.
+def weight_sq_norms(x: jax.Array, g: jax.Array) -> jax.Array:
+    r"""$‖Xᵢᵀ Gᵢ‖²_F$ for every example $i$: the squared per-example gradient norm of
+    a weight $W$ used as $Y = XW$ at $T$ positions of each example.
 
-    The cheaper of the last two is chosen from the (static) shapes: Gram when
-    $T (d_in + d_out) ≤ d_in d_out$. The bias term is $‖Gᵢᵀ 1_T‖²$.
+    Shapes: $X ∈ ℝ^{N×…×a}$, $G ∈ ℝ^{N×…×b}$ with the same middle axes (folded
+    into $T$); returns $ℝ^N$.
+
+    * $T = 1$: $‖xᵢ gᵢᵀ‖²_F = ‖xᵢ‖² ‖gᵢ‖²$;
+    * Gram form, when $T(a + b) ≤ ab$: $⟨Xᵢ Xᵢᵀ, Gᵢ Gᵢᵀ⟩_F$
+      ($N×T×T$ memory, $O(N T²(a + b))$ time);
+    * direct form otherwise: $Xᵢᵀ Gᵢ ∈ ℝ^{a×b}$ formed and squared
+      ($N×a×b$ memory, $O(N T a b)$ time).
+
+    The choice is made from the static shapes, so it costs nothing at run time.
     """
-    n, d_in, d_out = x.shape[0], x.shape[-1], g.shape[-1]
-    t = math.prod(x.shape[1:-1])
-    x3, g3 = x.reshape(n, t, d_in), g.reshape(n, t, d_out)
-    g_sum = jnp.sum(g3, axis=1)  # ∂ℓᵢ/∂b = Gᵢᵀ 1, (N, d_out)
-    bias = jnp.sum(g_sum * g_sum, axis=1)
+    x3, g3 = _per_example_rows(x), _per_example_rows(g)
+    t, a, b = x3.shape[1], x3.shape[2], g3.shape[2]
     if t == 1:
-        weight = jnp.sum(x3[:, 0] * x3[:, 0], axis=1) * jnp.sum(g_sum * g_sum, axis=1)
-    elif t * (d_in + d_out) <= d_in * d_out:
+        return jnp.sum(x3[:, 0] * x3[:, 0], axis=1) * jnp.sum(g3[:, 0] * g3[:, 0], axis=1)
+    if t * (a + b) <= a * b:
         xx = jnp.einsum("nti,nsi->nts", x3, x3)  # Xᵢ Xᵢᵀ, (N, T, T)
         gg = jnp.einsum("ntj,nsj->nts", g3, g3)  # Gᵢ Gᵢᵀ, (N, T, T)
-        weight = jnp.sum(xx * gg, axis=(1, 2))
-    else:
-        per = jnp.einsum("nti,ntj->nij", x3, g3)  # Xᵢᵀ Gᵢ, (N, d_in, d_out)
-        weight = jnp.sum(per * per, axis=(1, 2))
-    return weight + bias
+        return jnp.sum(xx * gg, axis=(1, 2))
+    per = jnp.einsum("nti,ntj->nij", x3, g3)     # Xᵢᵀ Gᵢ, (N, a, b)
+    return jnp.sum(per * per, axis=(1, 2))
+
+
+def bias_sq_norms(g: jax.Array) -> jax.Array:
+    r"""$‖Gᵢᵀ 1_T‖²$ for every example: the squared per-example gradient norm of a bias
+    added at $T$ positions ($G ∈ ℝ^{N×…×b}$ → $ℝ^N$)."""
+    s = jnp.sum(_per_example_rows(g), axis=1)  # ∂ℓᵢ/∂b, (N, b)
+    return jnp.sum(s * s, axis=1)
 
 
 def _ghost_linear_forward(x: jax.Array, w: jax.Array, b: jax.Array,
@@ -163,7 +169,7 @@ def _ghost_linear_save(x, w, b, probe, y):
 def _ghost_linear_backward(residuals, g):
     x, w, probe = residuals
     dx, dw, db = _linear_backward((x, w), g)
-    return dx, dw, db, _per_example_sq_norms(x, g).astype(probe.dtype)
+    return dx, dw, db, (weight_sq_norms(x, g) + bias_sq_norms(g)).astype(probe.dtype)
 
 
 def _ghost_linear_validate(x, w, b, probe):
