@@ -42,7 +42,7 @@ REGISTERED = {
     "cosine_embedding", "ctc_loss",
     "cross_entropy", "dropout", "elu", "embedding", "gelu", "global_avg_pool",
     "global_max_pool", "group_norm", "gru_cell", "huber", "instance_norm", "kl_divergence",
-    "layer_norm", "leaky_relu", "linear", "log_softmax", "lstm_cell",
+    "layer_norm", "leaky_relu", "linear", "log_softmax", "lstm", "lstm_cell",
     "luong_attentional_state", "luong_concat_score", "luong_context", "luong_dot_score",
     "luong_general_score", "masked_softmax", "max_pool2d", "mse", "multiclass_hinge", "pad",
     "relu",

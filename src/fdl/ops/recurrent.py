@@ -15,6 +15,12 @@ from the per-step rule. The gradients of the shared weights are summed over the
 steps by the scan's transpose. In `gradient_mode("autodiff")` the same scan
 differentiates each cell's plain forward instead; the tests compare the two.
 
+The LSTM over a sequence (`lstm`) is a primitive of its own: its definition is that
+scan of `lstm_cell`, and its hand-written rule is BPTT for the whole sequence, with
+the input projection $X W_x$ of every step as one product before the scan and the
+weight gradients as single products over all steps after the backward scan (see
+its docstring).
+
 Notation in the derivations: $G = ∂L/∂(output)$, $σ' = σ(1 − σ)$,
 $tanh' = 1 − tanh²$, $⊙$ element-wise; the batch is folded into $N$ for the
 weight gradients: $∂L/∂W_x = Xᵀ ∂L/∂A$ where $A = X W_x + …$ is a
@@ -24,6 +30,7 @@ pre-activation, $∂L/∂b = 1ᵀ ∂L/∂A$, $∂L/∂X = ∂L/∂A W_xᵀ$.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,7 +42,7 @@ from fdl import _validate as v
 from fdl.ops.activations import sigmoid
 from fdl.ops.linear import linear
 from fdl.ops.sequence import check_lengths, reverse_sequences, sequence_mask
-from fdl.primitive import Example, gaussian, primitive
+from fdl.primitive import Example, gaussian, is_zero, primitive
 
 __all__ = ["LSTMState", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell", "scan_cell"]
 
@@ -136,12 +143,16 @@ def _like(state: Any, h: jax.Array, c: jax.Array) -> Any:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), [h, c])
 
 
-def _lstm_gates(x, h, wx, wh, b):
-    """Activated gates $[i, f, g, o]$ stacked on the last axis (…×4H)."""
-    z = linear.forward(x, wx, b) + jnp.matmul(h, wh)
+def _activate(z: jax.Array) -> jax.Array:
+    """$[σ(Z_i), σ(Z_f), tanh(Z_g), σ(Z_o)]$ for the pre-activations $Z$ (…×4H)."""
     zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
     sig = sigmoid.forward
     return jnp.concatenate([sig(zi), sig(zf), jnp.tanh(zg), sig(zo)], axis=-1)
+
+
+def _lstm_gates(x, h, wx, wh, b):
+    """Activated gates $[i, f, g, o]$ stacked on the last axis (…×4H)."""
+    return _activate(linear.forward(x, wx, b) + jnp.matmul(h, wh))
 
 
 def lstm_cell(x: jax.Array, state: Any, wx: jax.Array, wh: jax.Array, b: jax.Array) -> Any:
@@ -473,18 +484,252 @@ def rnn(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, b: jax.Array
     return scan_cell(rnn_cell, xs, h0, wx, wh, b, reverse=reverse, lengths=lengths)
 
 
-def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array, *,
-         reverse: bool = False, lengths: jax.Array | None = None) -> tuple[jax.Array, Any]:
-    """LSTM over a sequence: `scan_cell` of `lstm_cell`.
+# --------------------------------------------------------------------------- #
+# The LSTM over a whole sequence: one primitive, BPTT written by hand
+# --------------------------------------------------------------------------- #
 
-    $xs ∈ ℝ^{…×T×D}$ (batch-first), `state0 = (h0, c0)` with $h0, c0 ∈ ℝ^{…×H}$;
-    returns `(hs, (h_T, c_T))` with $hs ∈ ℝ^{…×T×H}$ (the $h$ of every step)
-    and the final state in `state0`'s container. Gradient: BPTT through the
-    cell's rule ∂L/∂(x, (h, c), W, b). `lengths`: as in `rnn` (`scan_cell`).
+
+def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array,
+         lengths: jax.Array | None = None, reverse: bool = False) -> tuple[jax.Array, Any]:
+    r"""LSTM over a sequence, with backpropagation through time written by hand.
+
+    Shapes: $xs ∈ ℝ^{…×T×D}$ (batch-first), `state0 = (h_0, c_0)` with
+    $h_0, c_0 ∈ ℝ^{…×H}$ (a tuple or `LSTMState`), $W_x ∈ ℝ^{D×4H}$,
+    $W_h ∈ ℝ^{H×4H}$, $b ∈ ℝ^{4H}$ (gates stacked $i, f, g, o$ as in `lstm_cell`).
+    Returns `(hs, (h_T, c_T))`: $hs ∈ ℝ^{…×T×H}$ the $h$ of every step, the final
+    state in `state0`'s container. `reverse` (static): run from $t = T$ down to `1`
+    ($hs$ stays in input order). `lengths` (int $…$, each in `[1, T]`): steps
+    $t ≥ ℓ$ keep the state, output zero and receive no gradient; the final state is
+    each sequence's own; with `reverse` each sequence runs from its own last step
+    (as `scan_cell`, whose scan of `lstm_cell` is this primitive's definition and
+    autodiff reference).
+
+    Forward. The batch is folded into $N$ and time leads ($X ∈ ℝ^{T×N×D}$). The
+    input side of every step's pre-activation does not depend on the recurrence,
+    so it is one product for all steps before the scan:
+
+    $$ Z^x = X W_x + b ∈ ℝ^{T×N×4H}, \qquad Z_t = Z^x_t + h_{t−1} W_h, $$
+
+    then each step is `lstm_cell`'s: $[i, f, g, o] = [σ, σ, tanh, σ](Z_t)$,
+    $c_t = f ⊙ c_{t−1} + i ⊙ g$, $h_t = o ⊙ tanh(c_t)$.
+
+    Derivation. $L$ reaches $h_t$ through the output $hs_t$ (cotangent $G_t$) and
+    through step $t+1$; $c_t$ only through steps $t$ and $t+1$. In reverse time
+    with $δh_T, δc_T$ the final state's cotangents ($N×H$ each):
+
+    * $δh = δh_t + G_t$;  $δc = δc_t + δh ⊙ o ⊙ (1 − tanh²(c_t))$;
+    * $Δ_t = [δc ⊙ g ⊙ i(1−i),\; δc ⊙ c_{t−1} ⊙ f(1−f),\; δc ⊙ i ⊙ (1−g²),\;
+      δh ⊙ tanh(c_t) ⊙ o(1−o)] = ∂L/∂Z_t$ ($N×4H$, `lstm_cell`'s rule);
+    * $δh_{t−1} = Δ_t W_hᵀ$ ($N×4H · 4H×H$),  $δc_{t−1} = δc ⊙ f$.
+
+    The weights enter every step through $Z_t$ alone, so their gradients are sums
+    over the steps, taken once after the backward scan as single products over
+    all $T·N$ rows ($Δ ∈ ℝ^{T·N×4H}$ stacks the $Δ_t$, $H_− ∈ ℝ^{T·N×H}$ the
+    states $h_{t−1}$ entering each step):
+
+    $$ ∂L/∂W_x = Xᵀ Δ, \qquad ∂L/∂W_h = H_−ᵀ Δ, \qquad ∂L/∂b = 1ᵀ Δ, \qquad
+       ∂L/∂X = Δ W_xᵀ, $$
+
+    ($D×T·N · T·N×4H$, $H×T·N · T·N×4H$, $4H$, $T·N×4H · 4H×D$), and
+    $∂L/∂(h_0, c_0) = (δh_0, δc_0)$. With lengths, a step $t ≥ ℓ$ is the identity on
+    the state: $Δ_t = 0$ and $(δh_{t−1}, δc_{t−1}) = (δh_t, δc_t)$; its output is a
+    constant zero, so $G_t$ goes nowhere. A reversed sequence with lengths is the
+    forward scan of `reverse_sequences(xs, ℓ)`, its outputs reversed back: the
+    backward reverses $G$, runs, and reverses $∂L/∂X$ (a permutation, its own
+    inverse).
+
+    Residuals: $X$ (time-major), $W_x$, $W_h$, the activated gates of every step
+    ($T×N×4H$), $c_t$ and $h_t$ of every step ($T×N×H$ each; $c_{t−1}$, $h_{t−1}$
+    are these shifted by one step, with $c_0, h_0$), `state0` and `lengths`:
+    nothing is recomputed.
+
+    Tangent: $dZ^x = dX W_x + X dW_x + db + H_− dW_h$ (one product for all steps),
+    then per step $dZ_t = dZ^x_t + dh_{t−1} W_h$, $di = i(1−i) dZ_i$,
+    $df = f(1−f) dZ_f$, $dg = (1−g²) dZ_g$, $do = o(1−o) dZ_o$,
+    $dc_t = df ⊙ c_{t−1} + f ⊙ dc_{t−1} + di ⊙ g + i ⊙ dg$,
+    $dh_t = do ⊙ tanh(c_t) + o ⊙ (1 − tanh²(c_t)) ⊙ dc_t$ (padded steps keep
+    $(dh, dc)$ and output zero).
+
+    References: Hochreiter & Schmidhuber, "Long Short-Term Memory", 1997; Werbos,
+    "Backpropagation Through Time: What It Does and How to Do It", 1990.
     """
+    return scan_cell(lstm_cell.forward, xs, state0, wx, wh, b, reverse=reverse,
+                     lengths=lengths)
+
+
+def _time_major(a: jax.Array, n: int) -> jax.Array:
+    """$…×T×F → T×N×F$ ($N$ the product of the leading dimensions)."""
+    return jnp.moveaxis(a, -2, 0).reshape(a.shape[-2], n, a.shape[-1])
+
+
+def _batch_first(a: jax.Array, lead: tuple) -> jax.Array:
+    """$T×N×F → …×T×F$, the inverse of `_time_major`."""
+    return jnp.moveaxis(a.reshape((a.shape[0],) + lead + (a.shape[-1],)), 0, -2)
+
+
+def _step_mask(lengths: jax.Array | None, steps: int, n: int) -> jax.Array | None:
+    """$m_t = [t < ℓ]$, time-major $T×N×1$ (None without lengths)."""
+    if lengths is None:
+        return None
+    return jnp.moveaxis(sequence_mask(lengths, steps), -1, 0).reshape(steps, n, 1)
+
+
+def _previous(states: jax.Array, first: jax.Array, backwards: bool) -> jax.Array:
+    """The state entering each step: `states` ($T×N×H$, after each step) shifted one
+    step along the direction of the scan, `first` ($N×H$) entering the first."""
+    if backwards:
+        return jnp.concatenate([states[1:], first[None]], axis=0)
+    return jnp.concatenate([first[None], states[:-1]], axis=0)
+
+
+def _fold_state(state: Any, n: int) -> tuple[jax.Array, jax.Array]:
+    h, c = state
+    return h.reshape(n, h.shape[-1]), c.reshape(n, c.shape[-1])
+
+
+def _lstm_seq_fwd(xs, state0, wx, wh, b, lengths, reverse):
+    if reverse and lengths is not None:  # each sequence backwards from its own last step
+        (hs, final), res = _lstm_seq_fwd(reverse_sequences(xs, lengths), state0, wx, wh, b,
+                                     lengths, False)
+        return (reverse_sequences(hs, lengths), final), res
+    lead, steps = xs.shape[:-2], xs.shape[-2]
+    n = math.prod(lead)
+    x = _time_major(xs, n)                                    # T×N×D
+    zx = linear.forward(x, wx, b)                             # Z^x, T×N×4H, all steps
+    mask = _step_mask(lengths, steps, n)
+
+    def step(carry, inputs):
+        h, c = carry
+        zx_t, m_t = inputs
+        gates = _activate(zx_t + jnp.matmul(h, wh))
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        out = h_new
+        if m_t is not None:  # a padded step keeps the state and outputs zero
+            h_new, c_new = jnp.where(m_t, h_new, h), jnp.where(m_t, c_new, c)
+            out = jnp.where(m_t, h_new, jnp.zeros_like(h_new))
+        return (h_new, c_new), (out, c_new, gates)
+
+    (h_t, c_t), (hs, cs, gates) = lax.scan(step, _fold_state(state0, n), (zx, mask),
+                                           reverse=reverse)
+    final = _like(state0, h_t.reshape(lead + h_t.shape[-1:]), c_t.reshape(lead + c_t.shape[-1:]))
+    return (_batch_first(hs, lead), final), (x, wx, wh, gates, cs, hs, state0, lengths)
+
+
+def _lstm_seq_backward(reverse, residuals, g):
+    x, wx, wh, gates, cs, hs, state0, lengths = residuals
+    g_hs, g_final = g
+    backwards = reverse and lengths is None  # the forward scan ran from T down to 1
+    if reverse and lengths is not None:
+        g_hs = reverse_sequences(g_hs, lengths)
+    lead, (steps, n) = state0[0].shape[:-1], x.shape[:2]
+    h0, c0 = _fold_state(state0, n)
+    c_prev = _previous(cs, c0, backwards)
+    mask = _step_mask(lengths, steps, n)
+
+    def back_step(carry, inputs):
+        dh_next, dc_next = carry
+        gates_t, c_prev_t, c_t, g_t, m_t = inputs
+        i, f, gg, o = jnp.split(gates_t, 4, axis=-1)
+        tc = jnp.tanh(c_t)
+        dh = dh_next + g_t
+        dc = dc_next + dh * o * (1 - tc * tc)
+        dz = jnp.concatenate([dc * gg * i * (1 - i), dc * c_prev_t * f * (1 - f),
+                              dc * i * (1 - gg * gg), dh * tc * o * (1 - o)], axis=-1)
+        if m_t is not None:  # a padded step: no gate gradient, the state's passes by
+            dz = jnp.where(m_t, dz, jnp.zeros_like(dz))
+            return (jnp.where(m_t, jnp.matmul(dz, wh.T), dh_next),
+                    jnp.where(m_t, dc * f, dc_next)), dz
+        return (jnp.matmul(dz, wh.T), dc * f), dz
+
+    (dh0, dc0), dz = lax.scan(back_step, _fold_state(g_final, n),
+                              (gates, c_prev, cs, _time_major(g_hs, n), mask),
+                              reverse=not backwards)
+    rows = steps * n                                          # the weight gradients: one
+    dz2 = dz.reshape(rows, dz.shape[-1])                      # product over all T·N rows
+    h_prev = _previous(hs, h0, backwards).reshape(rows, hs.shape[-1])
+    dwx = jnp.matmul(x.reshape(rows, x.shape[-1]).T, dz2)
+    dwh = jnp.matmul(h_prev.T, dz2)
+    dxs = _batch_first(jnp.matmul(dz, wx.T), lead)
+    if reverse and lengths is not None:
+        dxs = reverse_sequences(dxs, lengths)
+    dstate0 = _like(state0, dh0.reshape(lead + dh0.shape[-1:]),
+                    dc0.reshape(lead + dc0.shape[-1:]))
+    return dxs, dstate0, dwx, dwh, jnp.sum(dz2, axis=0), None
+
+
+def _lstm_seq_tangent(reverse, residuals, t):
+    x, wx, wh, gates, cs, hs, state0, lengths = residuals
+    dxs, dstate0, dwx, dwh, db, _ = t
+    backwards = reverse and lengths is None
+    lead, (steps, n) = state0[0].shape[:-1], x.shape[:2]
+    h0, c0 = _fold_state(state0, n)
+    dzx = jnp.broadcast_to(db, gates.shape)                   # dZ^x for all steps at once
+    if not is_zero(dxs):
+        if reverse and lengths is not None:
+            dxs = reverse_sequences(dxs, lengths)
+        dzx = dzx + jnp.matmul(_time_major(dxs, n), wx)
+    if not is_zero(dwx):
+        dzx = dzx + jnp.matmul(x, dwx)
+    if not is_zero(dwh):
+        dzx = dzx + jnp.matmul(_previous(hs, h0, backwards), dwh)
+    mask = _step_mask(lengths, steps, n)
+
+    def step(carry, inputs):
+        dh, dc = carry
+        dzx_t, gates_t, c_prev_t, c_t, m_t = inputs
+        i, f, gg, o = jnp.split(gates_t, 4, axis=-1)
+        dzi, dzf, dzg, dzo = jnp.split(dzx_t + jnp.matmul(dh, wh), 4, axis=-1)
+        tc = jnp.tanh(c_t)
+        dc_new = (f * (1 - f) * dzf * c_prev_t + f * dc + i * (1 - i) * dzi * gg
+                  + i * (1 - gg * gg) * dzg)
+        dh_new = o * (1 - o) * dzo * tc + o * (1 - tc * tc) * dc_new
+        out = dh_new
+        if m_t is not None:
+            dh_new, dc_new = jnp.where(m_t, dh_new, dh), jnp.where(m_t, dc_new, dc)
+            out = jnp.where(m_t, dh_new, jnp.zeros_like(dh_new))
+        return (dh_new, dc_new), out
+
+    (dh_t, dc_t), dhs = lax.scan(step, _fold_state(dstate0, n),
+                                 (dzx, gates, _previous(cs, c0, backwards), cs, mask),
+                                 reverse=backwards)
+    dhs = _batch_first(dhs, lead)
+    if reverse and lengths is not None:
+        dhs = reverse_sequences(dhs, lengths)
+    return dhs, _like(state0, dh_t.reshape(lead + dh_t.shape[-1:]),
+                      dc_t.reshape(lead + dc_t.shape[-1:]))
+
+
+_LSTM_SEQUENCE_SPEC = v.shapes("lstm", xs="…×T×D, batch-first", h0="…×H",
+                               wx="D×4H, gates i, f, g, o", wh="H×4H", b="4H")
+
+
+def _lstm_seq_validate(xs, state0, wx, wh, b, lengths, reverse):
+    v.flag("lstm", "reverse", reverse)
     _check_lstm_state("lstm", state0)
     _check_sequence("lstm", xs, state0[0], wx, (wx, wh, b), lengths)
-    return scan_cell(lstm_cell, xs, state0, wx, wh, b, reverse=reverse, lengths=lengths)
+    _LSTM_SEQUENCE_SPEC(xs=xs, h0=state0[0], wx=wx, wh=wh, b=b)
+
+
+def _lengths(*values: int) -> Callable:
+    return lambda rng, dtype: jnp.asarray(values, jnp.int32)
+
+
+lstm = primitive(
+    lstm, _lstm_seq_backward, fwd=_lstm_seq_fwd, tangent=_lstm_seq_tangent,
+    validate=_lstm_seq_validate, static=("reverse",), examples=[
+        Example((gaussian(3, 4, 3), _pair(3, 5), gaussian(3, 20, scale=0.5),
+                 gaussian(5, 20, scale=0.5), gaussian(20))),
+        Example((gaussian(2, 2, 3, 3), _pair(2, 2, 2, container=lambda p: LSTMState(*p)),
+                 gaussian(3, 8), gaussian(2, 8), gaussian(8)), {"reverse": True}),
+        Example((gaussian(3, 4, 3), _pair(3, 5), gaussian(3, 20, scale=0.5),
+                 gaussian(5, 20, scale=0.5), gaussian(20), _lengths(4, 1, 2))),
+        Example((gaussian(3, 4, 3), _pair(3, 5), gaussian(3, 20, scale=0.5),
+                 gaussian(5, 20, scale=0.5), gaussian(20), _lengths(2, 4, 3)),
+                {"reverse": True}),
+    ],
+)
 
 
 def gru(xs: jax.Array, h0: jax.Array, wx: jax.Array, wh: jax.Array, bx: jax.Array,
