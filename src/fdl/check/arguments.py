@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,21 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitte
                  "xla_llvm_disable_expensive_passes": True}
 
 
+# XLA's optimisation level 0 leaves a convolution of three spatial dimensions as
+# unoptimised loops on CPU: conv3d's checks then run for seconds (vmapped, with many
+# feature groups) where the default level compiles and runs them in a fraction of that.
+# A program holding one (spatial dimension `2` in its layout) keeps the default level.
+_CONV_3D = re.compile(r"stablehlo\.convolution\([^)]*\) dim_numbers = \[[^\]]*\b2\b")
+
+
+def _options_for(text: str, opts: dict) -> dict:
+    """`opts` for a program whose StableHLO is `text`, without the lowest optimisation
+    level where the program holds a 3-D convolution."""
+    if "xla_backend_optimization_level" in opts and _CONV_3D.search(text):
+        return {k: v for k, v in opts.items() if k != "xla_backend_optimization_level"}
+    return opts
+
+
 # Compiled programs by the text of their lowering: a check run again on arguments of
 # the same shapes (another initialisation of the same model) skips XLA. Small: a check's
 # programs are small, and only the last few are likely to come back.
@@ -130,8 +146,9 @@ def compile_program(fn: Callable, *args: Any, options: dict | None = None) -> An
     constants `fn` closes over, so only the same computation matches) and the options:
     the same check on new values of the same shapes compiles nothing."""
     lowered = jax.jit(fn).lower(*args)
-    opts = _FAST_COMPILE if options is None else options
-    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), str(lowered.in_tree),
+    text = lowered.as_text()
+    opts = _options_for(text, _FAST_COMPILE if options is None else options)
+    key = (hashlib.sha256(text.encode()).hexdigest(), str(lowered.in_tree),
            str(lowered.out_tree), tuple(sorted(opts.items())), jax.default_backend())
     program = _PROGRAMS.get(key)
     if program is None:

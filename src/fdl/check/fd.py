@@ -226,8 +226,10 @@ class Plan:
         return any(k is not None for k in self.kinds)
 
     def inputs(self) -> tuple:
-        """The arrays the compiled program takes (passed as arguments, not constants)."""
-        return self.rows, [r for r in self.random if r is not None]
+        """The arrays the compiled program takes (passed as arguments, not constants):
+        the rows (only for `lax.map`, `batch`) and the random directions."""
+        return (self.rows if self.batch is not None else None,
+                [r for r in self.random if r is not None])
 
 
 def plan(values: Sequence[jax.Array], max_fd_elements: int, directions: int,
@@ -277,6 +279,10 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     directions, flips)`: the outputs per row, the step ladder `(count, levels)` and
     the directions used per differenced leaf (`None` for elements), and with
     `p.switches` the number of switch elements each row changes (else `None`).
+
+    The stencil points are stacked with broadcasts and one concatenation per leaf, in
+    the order of `p.rows`, and `fun` is mapped over them once (`vmap`); a plan too
+    large for one batch (`p.batch`) forms each row's point inside `lax.map` instead.
     """
     if not p.enabled:
         return None
@@ -300,41 +306,86 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
                 g = gradients[j].astype(dt)
                 norm = jnp.sqrt(jnp.sum(g * g))
                 own = g / jnp.where(norm > 0, norm, 1)
-                v = v.at[0].set(jnp.where(norm > 0, own, v[0]))
+                v = jnp.concatenate([jnp.where(norm > 0, own, v[0])[None], v[1:]])
             axes = tuple(range(1, v.ndim))
             s = jnp.maximum(1, jnp.sqrt(jnp.sum((x[None] * v) ** 2, axis=axes)))
-        steps.append(s[:, None] * jnp.asarray(ladder, dt)[None])
+        steps.append((s, ladder))
         dirs.append(v)
 
-    def at_row(row: jax.Array) -> Any:
-        leaf, d, pt = row[0], row[1], row[2]
-        level, sign = pt // 2, 1 - 2 * (pt % 2)
-        args = []
-        for j, x in enumerate(xs):
-            if p.kinds[j] is None:
-                args.append(x)
-                continue
-            dj = jnp.minimum(d, p.count[j] - 1)
-            t = sign.astype(x.dtype) * steps[j][dj, level]
-            if p.kinds[j] == "elements":  # a one-hot, not a scatter: cheaper to compile
-                hot = jnp.arange(x.size, dtype=dj.dtype) == dj
-                moved = (x.ravel() + jnp.where(hot, t, jnp.zeros((), x.dtype))).reshape(x.shape)
-            else:
-                moved = x + t * dirs[j][dj]
-            args.append(jnp.where(leaf == j, moved, x))
-        return fun(args)
-
-    one = _with_switches(at_row) if p.switches else at_row
+    one = _with_switches(fun) if p.switches else fun
+    signed = [None if st is None else _signed(*st) for st in steps]
+    steps = [None if st is None else st[0][:, None] * jnp.asarray(st[1], st[0].dtype)[None]
+             for st in steps]
     if p.batch is None:
-        out = jax.vmap(one)(rows)
+        out = jax.vmap(one, in_axes=([0 if k is not None else None for k in p.kinds],))(
+            _stencil(xs, p, signed, dirs))
     else:
-        out = jax.lax.map(one, rows, batch_size=p.batch)
+        out = jax.lax.map(lambda row: one(_at_row(xs, p, steps, dirs, row)), rows,
+                          batch_size=p.batch)
     flips = None
     if p.switches:
         out, switches = out
-        flips = _flips(switches) if switches else jnp.zeros(rows.shape[0] - 1, jnp.int32)
+        flips = _flips(switches) if switches else jnp.zeros(p.rows.shape[0] - 1, jnp.int32)
         out = jax.tree_util.tree_map(lambda a: a[1:], out)
     return out, steps, dirs, flips
+
+
+def _signed(s: jax.Array, ladder: np.ndarray) -> jax.Array:
+    """The signed steps `(count, 2·levels)` for scales `s` `(count,)`: `+s·h_l` at `2l`
+    and `−s·h_l` at `2l + 1` (the plan's `point` order; the same values as the sign
+    times the step, a product with ±1 being exact)."""
+    signed = np.stack([ladder, -ladder], axis=1).ravel()
+    return s[:, None] * jnp.asarray(signed, s.dtype)[None]
+
+
+def _stencil(xs: list, p: Plan, signed: list, dirs: list) -> list:
+    """Every leaf at every stencil point, stacked along a first axis in the order of
+    `p.rows` (`None` for a leaf that is not differenced: it stays as it is). A block of
+    rows moves one leaf; the others are broadcast."""
+    moved = []
+    for j, x in enumerate(xs):
+        if p.kinds[j] is None:
+            continue
+        t = signed[j]  # (count, 2·levels)
+        if p.kinds[j] == "elements":  # x + t e_d: a one-hot, not a scatter
+            n = x.size
+            hot = jnp.arange(n)[:, None, None] == jnp.arange(n)[None, None, :]
+            at = x.ravel()[None, None] + jnp.where(hot, t[:, :, None], jnp.zeros((), x.dtype))
+        else:  # x + t v_d
+            expand = (slice(None), slice(None)) + (None,) * x.ndim
+            at = x[None, None] + t[expand] * dirs[j][:, None]
+        moved.append((j, at.reshape((-1,) + x.shape)))
+    stacked = []
+    for i, x in enumerate(xs):
+        if p.kinds[i] is None:
+            stacked.append(None)
+            continue
+        blocks = [x[None]] if p.switches else []  # the centre row
+        blocks += [at if j == i else jnp.broadcast_to(x[None], (at.shape[0],) + x.shape)
+                   for j, at in moved]
+        stacked.append(jnp.concatenate(blocks) if len(blocks) > 1 else blocks[0])
+    return [x if s is None else s for x, s in zip(xs, stacked)]
+
+
+def _at_row(xs: list, p: Plan, steps: list, dirs: list, row: jax.Array) -> list:
+    """Every leaf at the stencil point of one row `(leaf, direction, point)` of
+    `p.rows` (traced: for `lax.map` over rows)."""
+    leaf, d, pt = row[0], row[1], row[2]
+    level, sign = pt // 2, 1 - 2 * (pt % 2)
+    args = []
+    for j, x in enumerate(xs):
+        if p.kinds[j] is None:
+            args.append(x)
+            continue
+        dj = jnp.minimum(d, p.count[j] - 1)
+        t = sign.astype(x.dtype) * steps[j][dj, level]
+        if p.kinds[j] == "elements":  # a one-hot, not a scatter: cheaper to compile
+            hot = jnp.arange(x.size, dtype=dj.dtype) == dj
+            moved = (x.ravel() + jnp.where(hot, t, jnp.zeros((), x.dtype))).reshape(x.shape)
+        else:
+            moved = x + t * dirs[j][dj]
+        args.append(jnp.where(leaf == j, moved, x))
+    return args
 
 
 @dataclass
