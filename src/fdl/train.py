@@ -198,10 +198,11 @@ def compiler_options() -> dict[str, Any] | None:
 
 
 def _all_finite(g: jax.Array) -> jax.Array:
-    """Whether every element of ``g`` is finite, as one fused reduction: ``0·g`` is 0
+    """Whether every element of ``g`` is finite, as one fused reduction: ``g − g`` is 0
     where ``g`` is finite and NaN where it is ±inf or NaN, and a sum is NaN iff a term
-    is (no overflow: the terms are zeros)."""
-    return jnp.isfinite(jnp.sum(g * jnp.zeros((), g.dtype)))
+    is (no overflow: the terms are zeros). Written without a constant operand, which
+    XLA:CPU would materialise as a buffer of zeros the size of ``g`` at every step."""
+    return jnp.isfinite(jnp.sum(g - g))
 
 
 def _leaf_names(tree: PyTree) -> list[str]:
