@@ -508,7 +508,7 @@ def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array,
     input side of every step's pre-activation does not depend on the recurrence,
     so it is one product for all steps before the scan:
 
-    $$ Z^x = X W_x + b ∈ ℝ^{T×N×4H}, \qquad Z_t = Z^x_t + h_{t−1} W_h, $$
+    $$ Z^x = X W_x ∈ ℝ^{T×N×4H}, \qquad Z_t = Z^x_t + h_{t−1} W_h + b, $$
 
     then each step is `lstm_cell`'s: $[i, f, g, o] = [σ, σ, tanh, σ](Z_t)$,
     $c_t = f ⊙ c_{t−1} + i ⊙ g$, $h_t = o ⊙ tanh(c_t)$.
