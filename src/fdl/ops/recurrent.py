@@ -597,11 +597,15 @@ def _lstm_seq_fwd(xs, state0, wx, wh, b, lengths, reverse):
     x = _time_major(xs, n)                                    # T×N×D
     zx = jnp.matmul(x, wx)                                    # X W_x, T×N×4H, all steps
     mask = _step_mask(lengths, steps, n)
+    # W_hᵀ laid out once (4H×H, row-major): XLA:CPU's product h W_h runs faster with the
+    # right operand stored transposed; the barrier keeps XLA from folding the two
+    # transposes back into W_h
+    wh_t = lax.optimization_barrier(wh.T)
 
     def step(carry, inputs):
         h, c = carry
         zx_t, m_t = inputs
-        gates = _activate(zx_t + linear.forward(h, wh, b))
+        gates = _activate(zx_t + linear.forward(h, wh_t.T, b))
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
