@@ -1,8 +1,10 @@
 """Recurrent layers over sequences: `RNN`, `LSTM`, `GRU`.
 
-Thin `Layer` wrappers over `fdl.ops.recurrent` (a
-`lax.scan` of a cell primitive; backpropagation through time composes the
-cell's hand-written rule). Batch-first: `x ∈ ℝ^{N×T×D}`, `input_shape = (T, D)`.
+Thin `Layer` wrappers over `fdl.ops.recurrent`: `RNN` and `GRU` run a
+`lax.scan` of a cell primitive (backpropagation through time composes the cell's
+hand-written rule); `LSTM` runs `fdl.ops.lstm`, a primitive for the whole sequence
+whose hand-written rule is backpropagation through time itself (the weight
+gradients as single products over all steps). Batch-first: `x ∈ ℝ^{N×T×D}`, `input_shape = (T, D)`.
 Output: every step's hidden state `N×T×H` (`return_sequences=True`, the
 default) or the last one, `N×H`. The initial state is zero unless `apply` is
 given `initial_state=` (an extension of the protocol; combinators never pass
@@ -190,7 +192,8 @@ def LSTM(hidden: int, *, return_sequences: bool = True, reverse: bool = False,
          return_state: bool = False, forget_bias: float = 1.0,
          w_init: str | Initializer = "glorot_uniform",
          h_init: str | Initializer = "orthogonal", dtype: Any = jnp.float32) -> Layer:
-    """LSTM over a sequence (`fdl.ops.lstm`; gates `i, f, g, o` stacked).
+    """LSTM over a sequence (`fdl.ops.lstm`, one primitive per layer and direction;
+    gates `i, f, g, o` stacked).
 
     Params `wx (D, 4H)`, `wh (H, 4H)`, `b (4H,)` with the forget-gate slice
     `b[H:2H]` initialised to `forget_bias`. `initial_state` is a pair `(h, c)`;
