@@ -19,7 +19,12 @@ row, "fdl, scan of cell rules": the same `fdl` step with `fdl.ops.lstm` replaced
 `scan_cell(lstm_cell, …)` while it is traced, i.e. the per-step rule composed by the
 scan: before and after the sequence rule in one run, interleaved.
 
-    python benchmarks/lstm_bptt.py [--rounds 7] [--shape N,T,D,H]
+`--clock cpu` times the op-level comparison by the process's CPU time instead of the
+wall clock: on a shared, loaded machine the work a variant does, not how long it waited
+for a core (run it single-threaded, `XLA_FLAGS="--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1"`, so that no thread spins waiting for another).
+
+    python benchmarks/lstm_bptt.py [--rounds 7] [--shape N,T,D,H] [--clock cpu]
     python benchmarks/lstm_bptt.py --step [--rounds 5] [--peers jax,flax,equinox]
 """
 
@@ -114,6 +119,8 @@ def main() -> None:
     p.add_argument("--step", action="store_true",
                    help="time the benchmark's whole LSTM-LM training step (see above)")
     p.add_argument("--peers", default="jax,flax,equinox", help="with --step: the JAX peers")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="op-level timing by the wall clock or the process's CPU time")
     a = p.parse_args()
     if a.step:
         step_rows(a.rounds, a.peers)
@@ -145,12 +152,14 @@ def main() -> None:
         diffs = ", ".join(f"{name} {float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(u))):.1e}"
                           for name, u, v in zip(("xs", "wx", "wh", "b"), outs[0], out))
         print(f"{k}: max |difference| / max |gradient| vs the first: {diffs}")
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(a.rounds):
         for k in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
+            t0 = clock()
             jax.block_until_ready(fns[k](xs, wx, wh, b))
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
+    print(f"{a.rounds} interleaved rounds, {a.clock} clock")
     first = np.asarray(times[next(iter(times))])
     for k, v in times.items():
         print(f"{k}: median {1e3 * np.median(v):.0f} ms, median per-round ratio to the "
