@@ -153,7 +153,8 @@ def forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
     `u` is the adjointness test's output cotangent (default: random, salt 3). A
     program that already has the hand backward's `Jᵀu` (the vjp check's, with the
     same `u`) passes it as `program(vals, v, u, ju)` and the backward is not
-    traced twice."""
+    traced twice; one that has the tangents too (`vjp_job`'s program given `v`) passes
+    `tangents=(y, J v by the rule, J v by autodiff)` and nothing is traced again."""
     leaves, manual, reference, title = _prepare(f, args, kwargs, "jvp")
     if not leaves.values:
         empty = Report(title + " — no differentiable float arguments", [])
@@ -163,9 +164,12 @@ def forward_job(f: Primitive | Callable, args: tuple, kwargs: dict, key: Any,
         u = _random_like(fd.rng(key, 3), jax.eval_shape(reference, *leaves.values))
     h1, h2 = _steps(leaves.values)
 
-    def program(vals, v, u, ju=None):
-        y, dy_manual = jax.jvp(manual, vals, v)
-        _, dy_reference = jax.jvp(reference, vals, v)
+    def program(vals, v, u, ju=None, tangents=None):
+        if tangents is None:
+            y, dy_manual = jax.jvp(manual, vals, v)
+            _, dy_reference = jax.jvp(reference, vals, v)
+        else:
+            y, dy_manual, dy_reference = tangents
         d1, d2 = (_directional_pair(reference, vals, v, h1, h2) if finite_differences
                   else (None, None))
         if ju is None:

@@ -92,9 +92,16 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
     def program(inputs: list) -> list:
         out = []
         for i, (vi, fi) in enumerate(inputs):
-            backward = jobs[i].program(*vi) if vi is not None else None
+            tangents = None
+            if vi is not None and fi is not None and not tangent_fd:
+                # one linearisation each of the rule and of the reference gives both
+                # the vjp check's Jᵀu and the jvp check's J v
+                backward, tangents = jobs[i].program(*vi, v=fi[1])
+            else:
+                backward = jobs[i].program(*vi) if vi is not None else None
             ju = backward[-1] if backward is not None else None  # the rule's Jᵀu
-            out.append((backward, forward[i][0](*fi, ju) if fi is not None else None))
+            out.append((backward, forward[i][0](*fi, ju, tangents) if fi is not None
+                        else None))
         return out
 
     inputs = [(jobs[i].inputs if live(jobs[i]) else None,

@@ -64,16 +64,33 @@ def vjp_job(f: Primitive | Callable, args: tuple, kwargs: dict, *, key: jax.Arra
     def pullback(fn, vals, u):
         return jax.vjp(of_leaves(fn), *vals)[1](u)
 
-    def reference_part(vals, u, fd_inputs):
-        y, pull = jax.vjp(of_leaves(reference_fn), *vals)
-        reference = pull(u)
+    def both(fn, vals, u, v):
+        """`(y, Jᵀu, J v)` from one linearisation of `fn` (its transpose is the pullback
+        `jax.vjp` would build from the same linear function)."""
+        y, lin = jax.linearize(of_leaves(fn), *vals)
+        return y, list(jax.linear_transpose(lin, *vals)(u)), lin(*v)
+
+    def reference_part(vals, u, fd_inputs, v=None):
+        if v is None:
+            y, pull = jax.vjp(of_leaves(reference_fn), *vals)
+            reference, dy = pull(u), None
+        else:
+            y, reference, dy = both(reference_fn, vals, u, v)
         evaluated = fd.evaluate(lambda v: dot_and_magnitude(u, of_leaves(differenced)(*v)),
                                 vals, plan, fd_inputs, gradients=reference)
-        return reference, evaluated, dot_and_magnitude(u, y)[1]
+        out = reference, evaluated, dot_and_magnitude(u, y)[1]
+        return out if v is None else (out, dy)
 
-    def program(vals, u, fd_inputs):
-        out = reference_part(vals, u, fd_inputs)
-        return (*out, pullback(manual_fn, vals, u) if with_manual else None)
+    def program(vals, u, fd_inputs, v=None):
+        """The check's outputs; with a tangent `v` (a rule with a tangent rule, both
+        asked for) also `(y, J v by the rule, J v by autodiff)` from the same two
+        linearisations, for `forward_job`'s program."""
+        if v is None:
+            out = reference_part(vals, u, fd_inputs)
+            return (*out, pullback(manual_fn, vals, u) if with_manual else None)
+        out, dy_reference = reference_part(vals, u, fd_inputs, v)
+        y, manual, dy_manual = both(manual_fn, vals, u, v)
+        return (*out, manual), (y, dy_manual, dy_reference)
 
     def finish(outputs, manual=None):
         reference, evaluated, magnitude, in_program = outputs
