@@ -235,3 +235,44 @@ def test_all_finite_in_each_float_dtype(dtype):
         for where in ((0, 0), (2, 4), (1, 3)):
             g = jnp.ones((3, 5), dtype).at[where].set(bad)
             assert not bool(f(g)), (dtype, bad, where)
+
+
+# ------------------------------------------------- an update that overflows itself
+
+
+def _overflowing_sgd(at_step):
+    """SGD at 0.01 whose learning rate is +inf at the steps ``at_step(step)`` selects:
+    finite gradients, an infinite update."""
+    return optim.sgd(lambda step: jnp.where(at_step(step), jnp.inf, 0.01))
+
+
+def test_an_update_that_overflows_at_the_end_of_an_epoch_is_caught(digits, tmp_path):
+    """Step 9, the epoch's last, has a finite loss and gradient but an infinite update:
+    no step is bad, yet the epoch does not return non-finite parameters, and fit saves
+    nothing of it."""
+    x, y = digits.x_train[:N], digits.y_train[:N]
+    trainer = Trainer(L.mlp([16], 10), _overflowing_sgd(lambda s: s == 9))
+    with pytest.raises(NonFiniteError,
+                       match=r"training stopped after step 9: every loss and gradient of "
+                             r"steps 0–9 was finite, but an update made "
+                             r"params\['dense_1'\]\['b'\] not finite") as err:
+        trainer.epoch(trainer.init(KEY, digits.input_shape), x, y, batch_size=BATCH)
+    assert int(err.value.state.step) == 10
+    assert fdl.train.non_finite_leaves(err.value.state.params) != []
+    saved = []
+    with pytest.raises(NonFiniteError, match="training stopped after step 9") as err:
+        fit(trainer, trainer.init(KEY, digits.input_shape), x, y, epochs=2,
+            batch_size=BATCH, on_epoch=lambda *a: saved.append(a), progress=False)
+    assert saved == [] and len(err.value.history) == 0
+
+
+def test_an_update_that_overflowed_before_the_bad_step_is_named(digits):
+    """Step 3's update is infinite; step 4's loss is then not finite. The error names
+    step 4 and says the parameters were already not finite before it."""
+    trainer = Trainer(L.mlp([16], 10), _overflowing_sgd(lambda s: s >= 3))
+    with pytest.raises(NonFiniteError,
+                       match=r"training stopped at step 4: the loss was not finite\..* The "
+                             r"parameters were already not finite before step 4 "
+                             r"\(params\['dense_1'\]\['b'\]\)"):
+        trainer.epoch(trainer.init(KEY, digits.input_shape), digits.x_train[:N],
+                      digits.y_train[:N], batch_size=BATCH)

@@ -22,7 +22,12 @@ The contract
 * A non-finite loss or gradient stops training: the epoch stops updating at the
   first bad step and :class:`NonFiniteError` names that step and the first
   parameter whose gradient was not finite; the error carries the last good state
-  (``err.state``). :func:`fit` also stops at the first non-finite evaluation.
+  (``err.state``). The epoch's parameters are checked once more at its end: an update
+  that made a parameter non-finite although its gradient was finite (a learning rate
+  too large) raises :class:`NonFiniteError` too, naming the parameter, so no
+  non-finite parameter leaves :meth:`Trainer.epoch` or reaches :func:`fit`'s
+  ``on_epoch`` (its checkpoints). :func:`fit` also stops at the first non-finite
+  evaluation.
 * Mixed precision: ``Trainer(..., compute_dtype=jnp.bfloat16 | jnp.float16)`` runs the
   forward and backward in that dtype on float32 master weights; float16 scales the loss
   dynamically (:func:`fdl.optim.dynamic_loss_scale`, its state inside ``ts.opt_state``),
@@ -203,6 +208,12 @@ def _all_finite(g: jax.Array) -> jax.Array:
     is (no overflow: the terms are zeros). Written without a constant operand, which
     XLA:CPU would materialise as a buffer of zeros the size of ``g`` at every step."""
     return jnp.isfinite(jnp.sum(g - g))
+
+
+def _leaves_finite(tree: PyTree) -> jax.Array:
+    """One flag per leaf of ``tree``, in leaf order: whether it is all finite."""
+    flags = [_all_finite(a) for a in jax.tree_util.tree_leaves(tree)]
+    return jnp.stack(flags) if flags else jnp.ones((0,), bool)
 
 
 def _leaf_names(tree: PyTree) -> list[str]:
@@ -502,8 +513,11 @@ class Trainer:
         init = (ts, jnp.array(-1, jnp.int32), jnp.ones((n_flags,), bool))
         (ts, bad_step, bad_flags), metrics = jax.lax.scan(body, init, (xb, yb))
         ts = ts._replace(epoch=ts.epoch + 1)
+        # once per epoch, off the per-step path: an update can overflow a parameter
+        # although every gradient was finite
         return ts, {"loss": jnp.mean(metrics["loss"]), "accuracy": jnp.mean(metrics["accuracy"]),
-                    "bad_step": bad_step, "bad_flags": bad_flags}
+                    "bad_step": bad_step, "bad_flags": bad_flags,
+                    "params_finite": _leaves_finite(ts.params)}
 
     def _evaluate_impl(self, ts: TrainState, x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
         loss, (_, out) = self.loss_fn(self.evaluation_params(ts), ts.model_state, x, y,
@@ -549,17 +563,23 @@ class Trainer:
         """One epoch: shuffle, then every step, as one compiled ``lax.scan``.
 
         ``ts`` is donated (reusing it raises :class:`ConsumedStateError`). Returns the new state and the epoch's mean training
-        loss and accuracy. Raises :class:`NonFiniteError` at the first non-finite
-        step (the state returned in the error's ``state`` attribute is the last
-        good one).
+        loss and accuracy. Raises :class:`NonFiniteError` at the first step whose loss
+        or gradient is not finite (the state returned in the error's ``state``
+        attribute is the last good one), and when the epoch ends with a parameter
+        that is not finite although every step's loss and gradient were (an update
+        overflowed); ``err.state`` then holds those parameters, and the message says
+        so.
         """
         self._check_batch_size(x, batch_size)
         _check_not_consumed(ts, "Trainer.epoch")
         self._wait_for_compilation()
         ts, m = self._epoch(ts, x, y, batch_size=batch_size)
         bad_step = int(m["bad_step"])
-        if bad_step >= 0:
-            err = NonFiniteError(self._describe_bad(bad_step, m["bad_flags"], ts.params))
+        params_ok = np.asarray(m["params_finite"])
+        if bad_step >= 0 or not params_ok.all():
+            steps = int(jnp.shape(x)[0]) // batch_size
+            err = NonFiniteError(self._describe_bad_epoch(bad_step, m["bad_flags"], params_ok,
+                                                          ts, steps))
             err.state = ts
             raise err
         return ts, {"loss": float(m["loss"]), "accuracy": float(m["accuracy"])}
@@ -579,6 +599,26 @@ class Trainer:
             raise ValueError(
                 f"batch_size must be an int between 1 and the number of training examples "
                 f"({n}), got {batch_size!r}")
+
+    def _describe_bad_epoch(self, bad_step: int, flags: Any, params_ok: np.ndarray,
+                            ts: TrainState, steps: int) -> str:
+        """The message for an epoch that stopped at ``bad_step`` (``-1``: none) or ended
+        with the parameters flagged in ``params_ok`` not finite."""
+        names = _leaf_names(ts.params)
+        bad_params = [n for n, ok in zip(names, params_ok) if not ok]
+        if bad_step >= 0:
+            message = self._describe_bad(bad_step, flags, ts.params)
+            if bad_params:
+                message += (f" The parameters were already not finite before step "
+                            f"{bad_step} (params{bad_params[0]}): an earlier update "
+                            "overflowed although its gradient was finite; err.state holds "
+                            "them.")
+            return message
+        last = int(ts.step) - 1
+        return (f"training stopped after step {last}: every loss and gradient of steps "
+                f"{last - steps + 1}–{last} was finite, but an update made "
+                f"params{bad_params[0]} not finite (err.state holds it). Lower the learning "
+                "rate (or check the values of its schedule).")
 
     def _describe_bad(self, step: int, flags: Any, params: PyTree) -> str:
         flags = np.asarray(flags)
