@@ -2,7 +2,8 @@
 
 The registry table (tests/test_primitives.py) checks each cell's per-step rule;
 here: the cells against their textbook equations, BPTT through ``lax.scan`` with
-the hand-written rules against BPTT in autodiff mode (float64, 1e-10), proof
+the hand-written rules against BPTT in autodiff mode (float64, 1e-10; for the LSTM the
+rule is ``ops.lstm``'s own, for the whole sequence: see test_lstm_sequence.py), proof
 that the scan really runs the hand-written rule, validation messages, and a toy
 sequence task an LSTM must learn.
 """
