@@ -540,8 +540,8 @@ def lstm(xs: jax.Array, state0: Any, wx: jax.Array, wh: jax.Array, b: jax.Array,
 
     Residuals: $X$ (time-major), $W_x$, $W_h$, the activated gates of every step
     ($T×N×4H$), $c_t$ and $h_t$ of every step ($T×N×H$ each; $c_{t−1}$, $h_{t−1}$
-    are these shifted by one step, with $c_0, h_0$), `state0` and `lengths`:
-    nothing is recomputed.
+    are these shifted by one step, with $c_0, h_0$), `state0` and `lengths`: no
+    product is recomputed (only $tanh(c_t)$, element-wise).
 
     Tangent: $dZ^x = dX W_x + X dW_x + db + H_− dW_h$ (one product for all steps),
     then per step $dZ_t = dZ^x_t + dh_{t−1} W_h$, $di = i(1−i) dZ_i$,
