@@ -876,9 +876,11 @@ def fit(trainer: Trainer, ts: TrainState, x_train: Any, y_train: Any, *, epochs:
 
     Raises:
       NonFiniteError: at the first non-finite training step (``err.state`` is the
-        last good state) or the first non-finite evaluation (``err.state`` is the
-        state after that epoch, whose training steps were all finite); either way
-        ``err.history`` holds the epochs completed.
+        last good state), at the end of an epoch whose update made a parameter
+        non-finite although every gradient was finite (``err.state`` holds it; that
+        epoch never reaches ``on_epoch``), or at the first non-finite evaluation
+        (``err.state`` is the state after that epoch, whose training steps were all
+        finite); in each case ``err.history`` holds the epochs completed.
     """
     _check_fit_arguments(trainer, ts, epochs, batch_size, x_train, y_train, x_test, y_test,
                          on_epoch, should_stop)
