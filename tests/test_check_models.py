@@ -88,7 +88,7 @@ def _table():
         "dropout": (L.serial(L.Dense(16), L.Relu(), L.Dropout(0.3), L.Dense(5)), (10,),
                     (x8, y8), "dropout", True),
         "lstm": (L.serial(L.LSTM(8, return_sequences=False), L.Dense(5)), (5, 3),
-                 (seq, seq_y), "lstm_cell", False),
+                 (seq, seq_y), "lstm", False),
         "gru": (L.serial(L.GRU(8, return_sequences=False), L.Dense(5)), (5, 3), (seq, seq_y),
                 "gru_cell", False),
         "multi_head_attention": (L.serial(L.MultiHeadAttention(2), L.Flatten(), L.Dense(5)),
