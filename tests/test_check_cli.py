@@ -188,3 +188,53 @@ def test_check_cli_reports_a_wrong_tangent_rule(capsys, monkeypatch):
     assert re.search(rf"\[1/{n}\] square +0  FAIL \(max rel err \S+ vs autodiff", out)
     assert "fdl.check.jvp: _square" in out and "fdl.check.adjoint: _square" in out
     assert out.rstrip().endswith(f"1 primitives, {n} examples, float32: {n} FAILED")
+
+
+_PLANTED = '''
+import sys
+from fdl import cli
+from fdl.primitive import primitive, registry
+
+def square(x):
+    return x * x
+
+primitive(square, lambda x, g: (x * g,), save=lambda x, y: x,  # forgets the 2
+          tangent=lambda x, t: 2 * x * t[0], examples=registry()["tanh"].examples)
+print("processes", cli._check_processes(4), file=sys.stderr)
+sys.exit(cli.main(["check", "--dtype", "float32", "relu", "sigmoid", "square", "tanh"]))
+'''
+
+
+@pytest.mark.float32
+def test_check_in_worker_processes_equals_threads_and_fails_a_planted_bug(
+        capsys, monkeypatch, tmp_path):
+    """A fresh process (JAX has started no backend) checks in forked worker processes,
+    one per core: the same rows in the same order as the threads of a process that
+    cannot fork, and a wrong backward still fails."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "planted.py"
+    script.write_text(_PLANTED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr
+    processes = int(re.search(r"processes (\d+)", done.stderr).group(1))
+    assert processes == min(len(os.sched_getaffinity(0)), 4, 8) or (
+        processes == 0 and len(os.sched_getaffinity(0)) < 2)
+    assert re.search(r"\[\s*\d+/12\] square +0  FAIL", done.stdout)
+    assert done.stdout.rstrip().endswith("4 primitives, 12 examples, float32: 3 FAILED")
+
+    real = registry()
+    wrong = primitive(_square, lambda x, g: (x * g,), save=lambda x, y: x,
+                      tangent=lambda x, t: 2 * x * t[0], register=False, name="square",
+                      examples=real["tanh"].examples)
+    monkeypatch.setattr("fdl.primitive.registry", lambda: {
+        "relu": real["relu"], "sigmoid": real["sigmoid"], "square": wrong,
+        "tanh": real["tanh"]})
+    jax.devices()  # a backend started: this process cannot fork, and uses threads
+    assert cli._check_processes(4) == 0
+    code, out, _ = _run(capsys, "--dtype", "float32", "relu", "sigmoid", "square", "tanh")
+    assert code == 1
+    assert out == done.stdout

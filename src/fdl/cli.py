@@ -47,19 +47,56 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- #
 
 
+def _check_primitive(name: str, dtype: str, seed: int) -> list:
+    """`fdl.check.examples` of the registered primitive `name`, x64 on for float64:
+    what each worker of `fdl check` runs."""
+    import jax
+
+    from fdl.check import examples
+    from fdl.primitive import registry
+
+    with jax.enable_x64(dtype == "float64"):
+        return examples(registry()[name], dtype=dtype, seed=seed)
+
+
+def _quiet_worker() -> None:
+    """A worker process of `fdl check` leaves Ctrl-C to its parent, which ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _check_processes(count: int) -> int:
+    """How many worker processes check `count` primitives: one per core (at most 8),
+    where they can be forked — on POSIX, before JAX has started a backend (its
+    threads do not survive a fork; the console script forks first) — else 0, and two
+    threads of this process do the work. Each process traces under its own
+    interpreter lock, so tracing, which holds the lock, runs on every core."""
+    if not hasattr(os, "fork") or not hasattr(os, "sched_getaffinity") or count < 4:
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    try:
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # another JAX: don't risk a fork
+        return 0
+    return 0 if started or cores < 2 else min(cores, 8, count)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     """Check every registered primitive's examples; one line per example as it
     finishes: the backward (vs autodiff and finite differences), the tangent rule (vs
     autodiff) and the adjointness of the two hand rules. float64 turns x64 on for
     the run; float32 runs in JAX's default configuration (x64 off), finite
     differences included. Each primitive's examples, all three checks, are one
-    compiled program; two primitives compile at a time. A primitive without a tangent rule
-    is checked in reverse mode only, and its row says so."""
+    compiled program; the primitives are shared among worker processes, one per core
+    (`_check_processes`), or two threads. A primitive without a tangent rule is
+    checked in reverse mode only, and its row says so."""
+    import functools
+    import gc
     from concurrent.futures import ThreadPoolExecutor
 
     import jax
 
-    from fdl.check import examples
     from fdl.primitive import registry
 
     prims = registry()
@@ -70,13 +107,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         prims = {k: v for k, v in prims.items() if k in args.only}
     total = sum(len(p.examples) for p in prims.values())
     width = max((len(n) for n in prims), default=0)
-    x64 = args.dtype == "float64"
     if jax.config.jax_compilation_cache_dir:  # the CLI's cache: keep every check program
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-
-    def run(p):
-        with jax.enable_x64(x64):
-            return examples(p, dtype=args.dtype, seed=args.seed)
 
     def forward_note(tangent, adjoint) -> str:
         if tangent is None:
@@ -87,9 +119,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     print(f"fdl check: {len(prims)} primitives, {total} examples, {args.dtype} "
           f"(finite differences in {args.dtype})", flush=True)
+    check = functools.partial(_check_primitive, dtype=args.dtype, seed=args.seed)
+    processes = _check_processes(len(prims))
+    if processes:
+        import multiprocessing
+
+        # what the imports built is never garbage: the workers' collectors need not walk
+        # it while tracing (nor touch the pages they share with this process)
+        gc.freeze()
+
+        pool: Any = multiprocessing.get_context("fork").Pool(processes, _quiet_worker)
+        results = pool.imap(check, prims)
+        stop = pool.terminate
+    else:
+        pool = ThreadPoolExecutor(max_workers=2)
+        results = pool.map(check, prims)
+        stop = functools.partial(pool.shutdown, cancel_futures=True)
     done, failed = 0, []
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for name, reports in zip(prims, pool.map(run, prims.values())):
+    try:
+        for name, reports in zip(prims, results):
             for i, (report, tangent, adjoint) in enumerate(reports):
                 done += 1
                 bad = [r for r in (report, tangent, adjoint) if r is not None and not r.passed]
@@ -100,6 +148,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                       f"{forward_note(tangent, adjoint)})", flush=True)
                 if bad:
                     failed.append(bad)
+    finally:
+        stop()
     for reports in failed:
         for report in reports:
             print("\n" + str(report))
