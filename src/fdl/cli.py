@@ -59,9 +59,19 @@ def _check_primitive(name: str, dtype: str, seed: int) -> list:
         return examples(registry()[name], dtype=dtype, seed=seed)
 
 
-def _quiet_worker() -> None:
-    """A worker process of `fdl check` leaves Ctrl-C to its parent, which ends it."""
+def _quiet_worker(parent: int) -> None:
+    """A worker process of `fdl check` leaves Ctrl-C to its parent, which ends it, and
+    on Linux ends when its parent does (killed, it would otherwise print a broken
+    pipe's traceback when it next sends a result)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends at its next send
+        pass
+    if os.getppid() != parent:  # the parent ended before the request
+        os._exit(1)
 
 
 def _check_processes(count: int) -> int:
@@ -128,7 +138,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         # it while tracing (nor touch the pages they share with this process)
         gc.freeze()
 
-        pool: Any = multiprocessing.get_context("fork").Pool(processes, _quiet_worker)
+        pool: Any = multiprocessing.get_context("fork").Pool(processes, _quiet_worker,
+                                                             (os.getpid(),))
         results = pool.imap(check, prims)
         stop = pool.terminate
     else:
