@@ -57,7 +57,7 @@ def instrument(clock_of: dict, current: list) -> None:
         lowered = _timed(clock, "lower", traced.lower)
         text = _timed(clock, "hlo text+hash", lowered.as_text)
         clock.wall["hlo bytes"] += len(text)
-        opts = arguments._options_for(text, opts)
+        opts = getattr(arguments, "_options_for", lambda t, o: o)(text, opts)  # older trees
         try:
             exe = _timed(clock, "compile", lowered.compile, opts)
         except Exception:
@@ -116,6 +116,8 @@ def main() -> int:
     ap.add_argument("--parts", action="store_true")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--no-gc", action="store_true", help="gc.disable() for the run")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after the imports, as `fdl check` does before its workers")
     args = ap.parse_args()
     if args.no_gc:
         import gc
@@ -126,6 +128,9 @@ def main() -> int:
     from fdl.check import registered
     from fdl.primitive import registry
     clock_import = (time.perf_counter() - t0w, time.process_time() - t0c)
+    if args.gc_freeze:
+        import gc
+        gc.freeze()
     prims = registry()
     if args.only:
         prims = {k: v for k, v in prims.items() if k in args.only}
