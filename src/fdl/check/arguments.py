@@ -115,17 +115,37 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitte
                  "xla_llvm_disable_expensive_passes": True}
 
 
-# XLA's optimisation level 0 leaves a convolution of three spatial dimensions as
-# unoptimised loops on CPU: conv3d's checks then run for seconds (vmapped, with many
-# feature groups) where the default level compiles and runs them in a fraction of that.
-# A program holding one (spatial dimension `2` in its layout) keeps the default level.
-_CONV_3D = re.compile(r"stablehlo\.convolution\([^)]*\) dim_numbers = \[[^\]]*\b2\b")
+# XLA's optimisation level 0 leaves a convolution that the CPU runtime's convolution
+# kernel does not take as unoptimised loops, which then run for minutes: one of three
+# spatial dimensions, one with feature or batch groups (what `vmap` makes of a
+# convolution whose input and kernel are both batched, as in finite differences: a
+# padded grouped conv2d's check ran for five minutes, against seconds at the default
+# level), or one with unequal padding before and after. A program holding such a
+# convolution keeps the default level.
+_CONV = re.compile(r"stablehlo\.convolution\([^)]*\) dim_numbers = \[([^\]]*)\][^{]*"
+                   r"window = \{[^}]*?pad = \[([^{}]*?)\]\],[^}]*\} "
+                   r"\{batch_group_count = (\d+) : i64, feature_group_count = (\d+)")
+_PAIR = re.compile(r"\[(-?\d+), (-?\d+)")
+
+
+def _slow_at_level_0(text: str) -> bool:
+    """Whether `text` (StableHLO) holds a convolution that level 0 leaves as loops (or
+    one written in a form this does not read)."""
+    convolutions = _CONV.findall(text)
+    if len(convolutions) != text.count("stablehlo.convolution("):
+        return True
+    for dims, pads, batch_groups, feature_groups in convolutions:
+        if re.search(r"\b2\b", dims) or int(batch_groups) > 1 or int(feature_groups) > 1:
+            return True
+        if any(lo != hi for lo, hi in _PAIR.findall(pads + "]")):
+            return True
+    return False
 
 
 def _options_for(text: str, opts: dict) -> dict:
     """`opts` for a program whose StableHLO is `text`, without the lowest optimisation
-    level where the program holds a 3-D convolution."""
-    if "xla_backend_optimization_level" in opts and _CONV_3D.search(text):
+    level where the program holds a convolution that level leaves as loops."""
+    if "xla_backend_optimization_level" in opts and _slow_at_level_0(text):
         return {k: v for k, v in opts.items() if k != "xla_backend_optimization_level"}
     return opts
 
