@@ -69,6 +69,33 @@ def _compilation_cache(config: pytest.Config) -> None:
         _CACHE_ENV[name.upper()] = str(value)
 
 
+SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+def _slow_ids() -> set[str]:
+    lines = SLOW_LIST.read_text(encoding="utf-8").splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m 'not slow'` deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests listed in `slow_tests.txt` `slow` (see that file for why and how
+    the list was made). Where a whole file was collected, every id listed for it must
+    exist: a renamed or removed test fails the run with its id, not silently."""
+    slow = _slow_ids()
+    collected = {item.nodeid for item in items}
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
+    if any("::" in str(a) for a in config.args):
+        return  # single tests asked for: the rest of their files was not collected
+    files = {nodeid.split("::")[0] for nodeid in collected}
+    stale = sorted(n for n in slow if n.split("::")[0] in files and n not in collected)
+    if stale:
+        raise pytest.UsageError(f"{SLOW_LIST.name} lists tests that do not exist "
+                                f"(renamed or removed?): {stale}")
+
+
 @pytest.fixture(autouse=True)
 def _precision(request: pytest.FixtureRequest):
     """Run the test with ``jax_enable_x64`` on if its closest precision marker is
