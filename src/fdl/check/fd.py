@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -317,17 +318,93 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     steps = [None if st is None else st[0][:, None] * jnp.asarray(st[1], st[0].dtype)[None]
              for st in steps]
     if p.batch is None:
-        out = jax.vmap(one, in_axes=([0 if k is not None else None for k in p.kinds],))(
-            _stencil(xs, p, signed, dirs))
+        out = _mapped(one, xs, p, _stencil(xs, p, signed, dirs))
     else:
-        out = jax.lax.map(lambda row: one(_at_row(xs, p, steps, dirs, row)), rows,
-                          batch_size=p.batch)
+        out = _mapped_rows(one, xs, p, steps, dirs, rows)
     flips = None
     if p.switches:
         out, switches = out
         flips = _flips(switches) if switches else jnp.zeros(p.rows.shape[0] - 1, jnp.int32)
         out = jax.tree_util.tree_map(lambda a: a[1:], out)
     return out, steps, dirs, flips
+
+
+def _has_convolution(jaxpr: Any) -> bool:
+    """Whether a jaxpr, or any jaxpr inside it (`pjit`, `custom_vjp`, `custom_jvp`,
+    loop and branch bodies), holds a `conv_general_dilated`."""
+    return (any(e.primitive.name == "conv_general_dilated" for e in jaxpr.eqns)
+            or any(_has_convolution(j) for j in jex.subjaxprs(jaxpr)))
+
+
+def _traced_once(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """`fn(*args)` traced once to a jaxpr: whether it holds a convolution, and its
+    value (the jaxpr inlined into the current trace, so `fn` is not traced again)."""
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    if _has_convolution(closed.jaxpr):
+        return True, None
+    out = jex.jaxpr_as_fun(closed)(*jax.tree_util.tree_leaves(args))
+    return False, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out)
+
+
+def _blocks(p: Plan) -> list[tuple[int, int, int]]:
+    """`(leaf, first row, rows)` of each differenced leaf's block of `p.rows`."""
+    blocks, start = [], 1 if p.switches else 0
+    for i, kind in enumerate(p.kinds):
+        if kind is not None:
+            n = p.count[i] * 2 * p.levels[i]
+            blocks.append((i, start, n))
+            start += n
+    return blocks
+
+
+def _centre(one: Callable, xs: list) -> Any:
+    """The centre row (nothing moved), as a block of one row."""
+    return jax.tree_util.tree_map(lambda a: a[None], one(xs))
+
+
+def _concatenate(blocks: list) -> Any:
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *blocks)
+
+
+def _mapped(one: Callable, xs: list, p: Plan, stacked: list) -> Any:
+    """`one` mapped over the stencil rows `stacked` (`_stencil`), in the order of `p.rows`.
+
+    The stacked map is traced once, to a jaxpr. Without a convolution in it, that jaxpr
+    is the evaluation (inlined, nothing traced again). With one, batching every leaf at
+    once would make a convolution whose input and kernel are both batched, which `vmap`
+    turns into a feature-group convolution of one group per row (which XLA's lowest
+    optimisation level runs as loops, for minutes); instead each differenced leaf's
+    block of rows is mapped with only that leaf batched (`in_axes` `None` for the
+    others), so a batched input folds into the convolution's batch and a batched kernel
+    into its output features. The rows and values are the same either way."""
+    axes = [0 if k is not None else None for k in p.kinds]
+    conv, out = _traced_once(jax.vmap(one, in_axes=(axes,)), stacked)
+    if not conv:
+        return out
+    blocks = [_centre(one, xs)] if p.switches else []
+    for i, start, n in _blocks(p):
+        moved = jax.lax.slice_in_dim(stacked[i], start, start + n)  # leaf i's block
+        blocks.append(jax.vmap(lambda x, i=i: one([x if j == i else y
+                                                   for j, y in enumerate(xs)]))(moved))
+    return _concatenate(blocks)
+
+
+def _mapped_rows(one: Callable, xs: list, p: Plan, steps: list, dirs: list,
+                 rows: jax.Array) -> Any:
+    """`one` at every row of `rows` (`p.rows`), in `lax.map` batches of `p.batch` rows,
+    each row's point formed inside the map (`_at_row`). As in `_mapped`: traced once,
+    and with a convolution, each leaf's block mapped on its own with only that leaf
+    moved (batched)."""
+    def rows_of(leaf: int | None) -> Callable:
+        return lambda r: jax.lax.map(lambda row: one(_at_row(xs, p, steps, dirs, row, leaf)),
+                                     r, batch_size=p.batch)
+    conv, out = _traced_once(rows_of(None), rows)
+    if not conv:
+        return out
+    blocks = [_centre(one, xs)] if p.switches else []
+    for i, start, n in _blocks(p):
+        blocks.append(rows_of(i)(jax.lax.slice_in_dim(rows, start, start + n)))
+    return _concatenate(blocks)
 
 
 def _signed(s: jax.Array, ladder: np.ndarray) -> jax.Array:
@@ -367,14 +444,16 @@ def _stencil(xs: list, p: Plan, signed: list, dirs: list) -> list:
     return [x if s is None else s for x, s in zip(xs, stacked)]
 
 
-def _at_row(xs: list, p: Plan, steps: list, dirs: list, row: jax.Array) -> list:
+def _at_row(xs: list, p: Plan, steps: list, dirs: list, row: jax.Array,
+            only: int | None = None) -> list:
     """Every leaf at the stencil point of one row `(leaf, direction, point)` of
-    `p.rows` (traced: for `lax.map` over rows)."""
+    `p.rows` (traced: for `lax.map` over rows); `only`: a row of that leaf's block, the
+    others left as they are (not batched)."""
     leaf, d, pt = row[0], row[1], row[2]
     level, sign = pt // 2, 1 - 2 * (pt % 2)
     args = []
     for j, x in enumerate(xs):
-        if p.kinds[j] is None:
+        if p.kinds[j] is None or (only is not None and j != only):
             args.append(x)
             continue
         dj = jnp.minimum(d, p.count[j] - 1)
@@ -384,7 +463,7 @@ def _at_row(xs: list, p: Plan, steps: list, dirs: list, row: jax.Array) -> list:
             moved = (x.ravel() + jnp.where(hot, t, jnp.zeros((), x.dtype))).reshape(x.shape)
         else:
             moved = x + t * dirs[j][dj]
-        args.append(jnp.where(leaf == j, moved, x))
+        args.append(moved if only is not None else jnp.where(leaf == j, moved, x))
     return args
 
 
