@@ -284,6 +284,9 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     The stencil points are stacked with broadcasts and one concatenation per leaf, in
     the order of `p.rows`, and `fun` is mapped over them once (`vmap`); a plan too
     large for one batch (`p.batch`) forms each row's point inside `lax.map` instead.
+    Where `fun` holds a convolution, each leaf's block of rows is mapped on its own
+    with only that leaf batched (`_mapped`, `_mapped_rows`): the same rows and values,
+    without the feature-group convolution a map batching input and kernel makes.
     """
     if not p.enabled:
         return None
