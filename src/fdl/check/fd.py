@@ -313,13 +313,13 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
                 v = jnp.concatenate([jnp.where(norm > 0, own, v[0])[None], v[1:]])
             axes = tuple(range(1, v.ndim))
             s = jnp.maximum(1, jnp.sqrt(jnp.sum((x[None] * v) ** 2, axis=axes)))
-        steps.append((s, ladder))
+        steps.append(s[:, None] * jnp.asarray(ladder, dt)[None])
         dirs.append(v)
 
     one = _with_switches(fun) if p.switches else fun
-    signed = [None if st is None else _signed(*st) for st in steps]
-    steps = [None if st is None else st[0][:, None] * jnp.asarray(st[1], st[0].dtype)[None]
-             for st in steps]
+    # +s·h_l at point 2l, −s·h_l at 2l + 1 (the plan's point order; negation is exact)
+    signed = [None if st is None else jnp.stack([st, -st], axis=-1).reshape(st.shape[0], -1)
+              for st in steps]
     if p.batch is None:
         out = _mapped(one, xs, p, _stencil(xs, p, signed, dirs))
     else:
@@ -408,14 +408,6 @@ def _mapped_rows(one: Callable, xs: list, p: Plan, steps: list, dirs: list,
     for i, start, n in _blocks(p):
         blocks.append(rows_of(i)(jax.lax.slice_in_dim(rows, start, start + n)))
     return _concatenate(blocks)
-
-
-def _signed(s: jax.Array, ladder: np.ndarray) -> jax.Array:
-    """The signed steps `(count, 2·levels)` for scales `s` `(count,)`: `+s·h_l` at `2l`
-    and `−s·h_l` at `2l + 1` (the plan's `point` order; the same values as the sign
-    times the step, a product with ±1 being exact)."""
-    signed = np.stack([ladder, -ladder], axis=1).ravel()
-    return s[:, None] * jnp.asarray(signed, s.dtype)[None]
 
 
 def _stencil(xs: list, p: Plan, signed: list, dirs: list) -> list:
