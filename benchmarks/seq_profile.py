@@ -22,7 +22,8 @@ element-wise maths, reductions: norms, softmaxes, activations, Adam), *scan loop
 `dynamic-slice` reads of each step's inputs and the `dynamic-update-slice` writes of
 its outputs) and *other* (copies, transposes, concatenations, broadcasts, gathers;
 PyTorch's framework time outside its kernels). For a matmul kernel the table gives
-its shape, its FLOPs (`2·M·N·K`, batch dimensions included) and GFLOP/s against the
+its shape (`[B×] M×K·K×N`, `ᵀ` marking an operand stored transposed), its FLOPs
+(`2·M·N·K`, batch dimensions included) and GFLOP/s against the
 float32 matmul peak measured in the same run (2048×2048, JAX jitted and
 `torch.mm`, the faster of the two); for every other kernel its bytes moved (operands
 read plus result written; a slice of a loop's stacked buffer counts the slice only, an
@@ -47,6 +48,7 @@ import itertools
 import math
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -173,13 +175,22 @@ def dot_flops(dot: Instr, instrs: dict[str, Instr]) -> float:
 
 
 def dot_shape(dot: Instr, instrs: dict[str, Instr]) -> str:
+    """`[B×] M×K·K×N` of a dot (batch, free and contracted sizes multiplied out)."""
     a, b = (dims_of(instrs[o].shape) for o in dot.operands[:2])
-    bd = re.search(r"lhs_batch_dims=\{([\d,]*)\}", dot.attrs)
-    batch_ = f"{'×'.join(str(a[int(i)]) for i in bd.group(1).split(','))}× " if bd else ""
-    lc = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", dot.attrs)
-    rc = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", dot.attrs)
-    return (f"{batch_}{'×'.join(map(str, a))}·{'×'.join(map(str, b))} "
-            f"(contract {lc.group(1) if lc else ''}|{rc.group(1) if rc else ''})")
+
+    def dims(key: str) -> list[int]:
+        m = re.search(key + r"=\{([\d,]*)\}", dot.attrs)
+        return [int(i) for i in m.group(1).split(",") if i] if m else []
+
+    lb, lc, rb, rc = (dims(k) for k in ("lhs_batch_dims", "lhs_contracting_dims",
+                                        "rhs_batch_dims", "rhs_contracting_dims"))
+    free_a = math.prod(d for i, d in enumerate(a) if i not in lb + lc)
+    free_b = math.prod(d for i, d in enumerate(b) if i not in rb + rc)
+    k = math.prod(a[i] for i in lc)
+    batch_ = f"{math.prod(a[i] for i in lb)}× " if lb else ""
+    t = ("ᵀ" if lc and lc[0] < max(i for i in range(len(a)) if i not in lb) else "",
+         "ᵀ" if rc and rc[0] > min((i for i in range(len(b)) if i not in rb), default=0) else "")
+    return f"{batch_}{free_a}×{k}{t[0]}·{k}×{free_b}{t[1]}"
 
 
 @dataclass
@@ -600,18 +611,24 @@ def torch_tables(ops: list[TorchOp], wall: float, unprofiled: float, peak: float
 
 
 def interleaved(runs: dict[str, tuple[Callable[[], None], Callable[[], Any]]], rounds: int,
-                per_round: int) -> dict[str, float]:
-    """Median seconds per step of each `(run, sync)`, rounds interleaved."""
-    samples: dict[str, list[float]] = {k: [] for k in runs}
+                per_round: int) -> dict[str, dict[str, float]]:
+    """Per `(run, sync)`, rounds interleaved: the median seconds per step, and per step
+    the process's minor page faults and system CPU seconds (`getrusage`: first touches
+    of freshly mapped memory are faults, their zeroing system time)."""
+    samples: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runs}
     for _ in range(rounds):
         for name, (run, sync) in runs.items():
             sync()
-            t0 = time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             for _ in range(per_round):
                 run()
             sync()
-            samples[name].append((time.perf_counter() - t0) / per_round)
-    return {k: statistics.median(v) for k, v in samples.items()}
+            r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            samples[name].append(((t1 - t0) / per_round, (r1.ru_minflt - r0.ru_minflt) / per_round,
+                                  (r1.ru_stime - r0.ru_stime) / per_round))
+    return {k: {"seconds": statistics.median(s[0] for s in v),
+                "faults": statistics.median(s[1] for s in v),
+                "system": statistics.median(s[2] for s in v)} for k, v in samples.items()}
 
 
 def main() -> None:
@@ -631,7 +648,9 @@ def main() -> None:
             print("torch not installed: fdl only")
     env = environment()
     out = [f"Machine: {env.get('cpu')}, {os.cpu_count()} cores; load average at start "
-           f"{loadavg()}; jax {jax.__version__}"
+           f"{loadavg()}; jax {jax.__version__}; malloc environment: "
+           + (" ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                       if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES") or "glibc defaults")
            + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ""),
            f"Command: `python {' '.join(sys.argv)}`", ""]
     report: list[str] = []
@@ -654,12 +673,15 @@ def main() -> None:
         for r, s in runs.values():  # warm up
             r(), r()
             s()
-        med = interleaved(runs, args.rounds, 2)
+        timed = interleaved(runs, args.rounds, 2)
+        med = {k: v["seconds"] for k, v in timed.items()}
         out += [f"## {name}: {CPU_CONFIGS[name].label}", "",
                 "Unprofiled, interleaved (median of rounds): "
                 + ", ".join(f"{k} {_ms(v)} ms" for k, v in med.items())
-                + (f"; fdl / torch {med['fdl'] / med['torch']:.2f}×" if "torch" in med else ""),
-                ""]
+                + (f"; fdl / torch {med['fdl'] / med['torch']:.2f}×" if "torch" in med else "")
+                + ". Per step, minor page faults (MiB of fresh pages touched) and system CPU "
+                "time: " + ", ".join(f"{k} {v['faults']:.0f} ({v['faults'] * 4 / 1024:.0f} MiB), "
+                                     f"{_ms(v['system'])} ms" for k, v in timed.items()), ""]
 
         def steps_of_fdl(run: Callable[[], None] = run, sync: Callable[[], Any] = sync) -> None:
             for _ in range(args.steps):
