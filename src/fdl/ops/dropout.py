@@ -39,9 +39,10 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     the key is an integer-like argument with no cotangent (`None`).
 
     Residuals: the boolean mask $m$ (one byte per element), kept by the forward
-    pass itself (`fwd`). Regenerating it from the key, in the backward or in a
-    `save`, would be a second random-number draw that XLA does not merge with the
-    first; the kept mask costs one byte per element and no work.
+    pass itself (`fwd`). The mask is drawn once, inside a `lax.cond` (see
+    `_drawn_once`): a random-number generator built from element-wise integer
+    operations is one XLA would otherwise fuse into each of its consumers, the
+    forward's select and the backward's, drawing the mask twice.
 
     References: Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov,
     "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", 2014.
@@ -54,12 +55,30 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _drawn_once(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
+    """`_keep_mask(key, rate, shape)`, bitwise, as the output of a `lax.cond` whose
+    two branches are that same draw.
+
+    The generator (`jax.random`'s counter-based hash) is element-wise integer
+    arithmetic, which XLA fuses into every consumer of the mask and so runs once
+    per consumer: in the forward's select and again in the backward's. A
+    conditional's output is not fusible, so the mask is computed once and stored
+    (one byte per element); both consumers read it. The predicate is a bit of the
+    key, unknown to the compiler, so neither branch can be folded away; which branch
+    runs does not matter. `optimization_barrier` does not do this on XLA:CPU (it is
+    removed before fusion).
+    """
+    draw = lambda k: _keep_mask(k, rate, shape)  # noqa: E731
+    bit = jax.random.key_data(key).ravel()[0] & 1 if jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key) else key.ravel()[0] & 1
+    return jax.lax.cond(bit == 0, draw, draw, key)
+
+
 def _dropout_fwd(x, key, rate):
-    # the mask is drawn once and kept: a second draw in a `save` would be a second
-    # random-number loop, which XLA does not merge with the first
+    # the mask is drawn once and kept (`_drawn_once`); the backward reads it
     if rate == 0:
         return x, None
-    keep = _keep_mask(key, rate, x.shape)
+    keep = _drawn_once(key, rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), keep
 
 
