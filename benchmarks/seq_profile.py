@@ -631,6 +631,44 @@ def interleaved(runs: dict[str, tuple[Callable[[], None], Callable[[], Any]]], r
                 "system": statistics.median(s[2] for s in v)} for k, v in samples.items()}
 
 
+def compare_options(args: argparse.Namespace) -> None:
+    """`--options`: the step of each row under each XLA option set, interleaved."""
+    import json
+    sets = json.loads(args.options)
+    print(f"load average at start {loadavg()}; {environment().get('cpu')}; command: "
+          f"`python {' '.join(sys.argv)}`")
+    for name in args.only.split(","):
+        m = build(name)
+        runs = {}
+        for opts in sets:
+            run, compiled, sync = fdl_step_of(m, opts)
+            kernels = [k for k in kernels_of(compiled.as_text()).values() if k.ops != ["while"]]
+            label = json.dumps(opts) + f" ({len(kernels)} kernels)"
+            run(), run()
+            sync()
+            runs[label] = (run, sync)
+        samples: dict[str, list] = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for label, (run, sync) in runs.items():
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                for _ in range(2):
+                    run()
+                sync()
+                r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                samples[label].append(((t1 - t0) / 2, (r1.ru_utime - r0.ru_utime) / 2,
+                                       (r1.ru_stime - r0.ru_stime) / 2))
+        base = statistics.median(s[0] for s in next(iter(samples.values())))
+        print(f"\n{name}: ms per step over {args.rounds} interleaved rounds of 2 steps\n\n"
+              "| XLA options | median | min | vs first | user CPU | system CPU |\n"
+              "|---|---|---|---|---|---|")
+        for label, v in samples.items():
+            med = statistics.median(s[0] for s in v)
+            print(f"| {label} | {_ms(med)} | {_ms(min(s[0] for s in v))} | {med / base:.3f}× | "
+                  f"{_ms(statistics.median(s[1] for s in v))} | "
+                  f"{_ms(statistics.median(s[2] for s in v))} |")
+    print(f"\nload average at end {loadavg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="LSTM,transformer", help="comma-separated rows")
@@ -639,7 +677,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="kernels and operators listed")
     parser.add_argument("--no-torch", action="store_true", help="fdl only")
     parser.add_argument("--markdown", help="also write the report to this file")
+    parser.add_argument("--options", metavar="JSON",
+                        help="instead of the profile, time fdl's step compiled with each of "
+                        "these XLA option sets (a JSON list of objects; {} is bench.py's "
+                        "step), interleaved, with CPU time and page faults per step")
     args = parser.parse_args()
+    if args.options:
+        compare_options(args)
+        return
     torch = None
     if not args.no_torch:
         try:
