@@ -7,7 +7,11 @@ compiled program that the rules rely on, bitwise results included:
 * dropout's mask is drawn once per step: the generator sits in a `conditional`
   (`fdl.ops.dropout`'s `_drawn_once`), which XLA cannot fuse into the forward's and
   the backward's kernels separately, and the drawn mask is exactly
-  `jax.random.bernoulli(key, 1 − rate)` whichever branch runs.
+  `jax.random.bernoulli(key, 1 − rate)` whichever branch runs;
+* the dense layer's weight gradient $Xᵀ G$ is a product of row-major operands
+  (`fdl.ops.linear`'s `_weight_product`), not a product contracted over both
+  operands' leading axis, which XLA:CPU runs through Eigen with a transposed operand;
+* both hold inside the scanned epoch of a `Trainer` (the `fdl train` model, smaller).
 """
 
 from __future__ import annotations
@@ -32,14 +36,19 @@ def _computations(hlo: str) -> dict[str, str]:
         r"^(?:ENTRY\s+)?%?([\w.\-]+) [^\n]*\{\n(.*?)^\}", hlo, re.M | re.S)}
 
 
+def _array_xors(body: str) -> int:
+    """How many `xor`s of arrays (not scalars: a key's fold-in) a computation holds."""
+    return len(re.findall(r"= u32\[\d[\d,]*\]\S* xor\(", body))
+
+
 def _draws(hlo: str) -> dict[str, int]:
     """Per computation, how many of its fusions run a counter-based generator over an
-    array (a called computation with ≥ 20 `xor`s: Philox's ten rounds)."""
+    array (a called computation with ≥ 20 `xor`s of arrays: Philox's ten rounds)."""
     comps = _computations(hlo)
     counts = {}
     for name, body in comps.items():
         called = re.findall(r"\sfusion\(.*?calls=%?([\w.\-]+)", body)
-        counts[name] = sum(comps.get(c, "").count(" xor(") >= 20 for c in called)
+        counts[name] = sum(_array_xors(comps.get(c, "")) >= 20 for c in called)
     return counts
 
 
@@ -85,3 +94,38 @@ def test_both_branches_are_taken_by_the_seeds_above():
     bits = {int(np.asarray(jax.random.key_data(fdl.random.key(s))).ravel()[0]) & 1
             for s in SEEDS}
     assert bits == {0, 1}
+
+
+def _leading_axis_dots(hlo: str) -> list[str]:
+    """The `dot`s of a module whose left operand is contracted over its leading axis
+    (`Xᵀ G` as XLA folds the transpose into the product)."""
+    return [line.strip()[:120] for line in hlo.splitlines()
+            if " dot(" in line and "lhs_contracting_dims={0}" in line]
+
+
+@pytest.mark.parametrize("d_in, d_out", [(64, 512), (512, 10)])
+def test_the_weight_gradient_is_a_row_major_product(d_in, d_out):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((64, d_in)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((d_in, d_out)), jnp.float32)
+    b = jnp.zeros((d_out,), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((64, d_out)), jnp.float32)  # G = c
+    # x and c are arguments, not constants XLA could lay out transposed ahead of time
+    grad = jax.jit(jax.grad(lambda w, x, c: jnp.sum(fdl.ops.linear(x, w, b) * c)))
+    assert _leading_axis_dots(grad.lower(w, x, c).compile().as_text()) == []
+    np.testing.assert_allclose(grad(w, x, c),
+                               np.asarray(x, np.float64).T @ np.asarray(c, np.float64),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_the_scanned_epoch_draws_each_mask_once_and_has_no_transposed_product():
+    ds, _ = fdl.data.standardize_dataset(fdl.data.load_digits(flatten=True))
+    model = fdl.layers.mlp([32], ds.num_classes, activation="relu", dropout=0.3)
+    trainer = fdl.train.Trainer(model, fdl.optim.adam(1e-3))
+    ts = trainer.abstract_state(ds.input_shape, key=fdl.random.key(0))
+    x, y = ds.x_train[:256], ds.y_train[:256]
+    hlo = trainer._epoch.lower(ts, x, y, batch_size=64).compile().as_text()
+    body = re.search(r"\swhile\(.*?body=%?([\w.\-]+)", hlo).group(1)
+    assert _draws(hlo)[body] == 0
+    assert hlo.count(" conditional(") == 1
+    assert _leading_axis_dots(hlo) == []
