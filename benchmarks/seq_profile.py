@@ -174,8 +174,10 @@ def dot_flops(dot: Instr, instrs: dict[str, Instr]) -> float:
     return 2.0 * math.prod(dims_of(dot.shape)) * k
 
 
-def dot_shape(dot: Instr, instrs: dict[str, Instr]) -> str:
-    """`[B×] M×K·K×N` of a dot (batch, free and contracted sizes multiplied out)."""
+def gemm_of(dot: Instr, instrs: dict[str, Instr]) -> tuple[int, int, int, int, bool, bool]:
+    """`(B, M, K, N, lhs transposed, rhs transposed)` of a dot: batch, free and
+    contracted sizes multiplied out; an operand is transposed when stored `K×M` (lhs)
+    or `N×K` (rhs). `B = 0`: no batch dimension."""
     a, b = (dims_of(instrs[o].shape) for o in dot.operands[:2])
 
     def dims(key: str) -> list[int]:
@@ -184,13 +186,22 @@ def dot_shape(dot: Instr, instrs: dict[str, Instr]) -> str:
 
     lb, lc, rb, rc = (dims(k) for k in ("lhs_batch_dims", "lhs_contracting_dims",
                                         "rhs_batch_dims", "rhs_contracting_dims"))
-    free_a = math.prod(d for i, d in enumerate(a) if i not in lb + lc)
-    free_b = math.prod(d for i, d in enumerate(b) if i not in rb + rc)
-    k = math.prod(a[i] for i in lc)
-    batch_ = f"{math.prod(a[i] for i in lb)}× " if lb else ""
-    t = ("ᵀ" if lc and lc[0] < max(i for i in range(len(a)) if i not in lb) else "",
-         "ᵀ" if rc and rc[0] > min((i for i in range(len(b)) if i not in rb), default=0) else "")
-    return f"{batch_}{free_a}×{k}{t[0]}·{k}×{free_b}{t[1]}"
+    free_a = [i for i in range(len(a)) if i not in lb + lc]
+    free_b = [i for i in range(len(b)) if i not in rb + rc]
+    return (math.prod(a[i] for i in lb) if lb else 0, math.prod(a[i] for i in free_a),
+            math.prod(a[i] for i in lc), math.prod(b[i] for i in free_b),
+            bool(lc and free_a and lc[0] < max(free_a)),
+            bool(rc and free_b and rc[0] > min(free_b)))
+
+
+def gemm_label(g: tuple[int, int, int, int, bool, bool]) -> str:
+    bsz, m, k, n, ta, tb = g
+    return f"{f'{bsz}× ' if bsz else ''}{m}×{k}{'ᵀ' if ta else ''}·{k}×{n}{'ᵀ' if tb else ''}"
+
+
+def dot_shape(dot: Instr, instrs: dict[str, Instr]) -> str:
+    """`[B×] M×K·K×N` of a dot, `ᵀ` marking an operand stored transposed."""
+    return gemm_label(gemm_of(dot, instrs))
 
 
 @dataclass
@@ -207,6 +218,7 @@ class Kernel:
     seconds: float = 0.0  # per step, the kernel's share of the wall clock
     busy: float = 0.0  # per step, its recorded duration (overlapping others)
     ops: list[str] = field(default_factory=list)
+    gemm: tuple | None = None  # a matmul's (B, M, K, N, lhs transposed, rhs transposed)
 
 
 def _fusion_bytes(ins: Instr, body: list[Instr], instrs: dict[str, Instr]) -> float:
@@ -267,6 +279,7 @@ def kernels_of(hlo: str) -> dict[str, Kernel]:
                 k.kind = "matmul"
                 k.flops = sum(dot_flops(d, instrs) for d in dots if d.opcode == "dot")
                 k.what = "; ".join(dot_shape(d, instrs) for d in dots if d.opcode == "dot")
+                k.gemm = next((gemm_of(d, instrs) for d in dots if d.opcode == "dot"), None)
                 k.bytes = sum(nbytes(instrs[o].shape) for o in ins.operands) + nbytes(ins.shape)
             elif ins.opcode == "while":
                 k.kind = "scan loop"
@@ -471,6 +484,62 @@ def reference_rates(torch: Any | None, n: int = 2048, mib: int = 128, reps: int 
             lambda: torch.add(tx, tx, out=ty), reps)
         rates["torch 2x+1 fresh output"] = nbytes_ / _median_time(lambda: tx * 2 + 1, reps) * 2
     return rates
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[Any], Any], target: float = 0.02) -> float:
+    """Median seconds per call of `fn` over 5 samples of enough calls for `target` s."""
+    sync(fn())
+    t0 = time.perf_counter()
+    sync(fn())
+    reps = max(1, int(target / max(time.perf_counter() - t0, 1e-6)))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            out = fn()
+        sync(out)
+        times.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times)
+
+
+def isolated_matmuls(kernels: dict[str, Kernel], torch: Any | None) -> list[str]:
+    """Each distinct matmul of the step timed alone, as a jitted `lax.dot_general` of the
+    same shapes and operand layouts, and as `torch.matmul` on tensors (transposed views
+    where the operand is stored transposed): how fast each library's kernel is at the
+    step's shapes, against its time inside the step."""
+    groups: dict[tuple, list[Kernel]] = collections.defaultdict(list)
+    for k in kernels.values():
+        if k.gemm and k.calls > 0:
+            groups[k.gemm].append(k)
+    lines = [("| matmul | calls/step | MFLOP | in the step µs/call | JAX alone µs | torch alone µs "
+             "| JAX alone GFLOP/s | torch alone GFLOP/s |"), "|---|---|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    for g, ks in sorted(groups.items(), key=lambda kv: -sum(k.busy for k in kv[1])):
+        bsz, m, kk, n, ta, tb = g
+        lead = (bsz,) if bsz else ()
+        a = rng.standard_normal(lead + ((kk, m) if ta else (m, kk)), dtype=np.float32)
+        b = rng.standard_normal(lead + ((n, kk) if tb else (kk, n)), dtype=np.float32)
+        nd = len(lead) + 2
+        dims = (((nd - 2 if ta else nd - 1,), (nd - 1 if tb else nd - 2,)),
+                ((0,), (0,)) if bsz else ((), ()))
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        f = jax.jit(lambda x, y, dims=dims: jax.lax.dot_general(x, y, dims))
+        t_jax = _timed(lambda f=f, ja=ja, jb=jb: f(ja, jb), jax.block_until_ready)
+        t_torch = None
+        if torch is not None:
+            ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
+            va = ta_.transpose(-1, -2) if ta else ta_
+            vb = tb_.transpose(-1, -2) if tb else tb_
+            t_torch = _timed(lambda va=va, vb=vb: torch.matmul(va, vb), lambda o: o)
+        flops = 2.0 * max(bsz, 1) * m * kk * n
+        calls = sum(k.calls for k in ks)
+        in_step = sum(k.busy for k in ks) / calls
+        lines.append(f"| {gemm_label(g)} | {calls:.0f} | {flops / 1e6:.1f} | {in_step * 1e6:.0f} "
+                     f"| {t_jax * 1e6:.0f} | "
+                     + (f"{t_torch * 1e6:.0f}" if t_torch else "–")
+                     + f" | {flops / t_jax / 1e9:.0f} | "
+                     + (f"{flops / t_torch / 1e9:.0f}" if t_torch else "–") + " |")
+    return lines
 
 
 # --------------------------------------------------------------------------- #
@@ -735,6 +804,8 @@ def main() -> None:
 
         kernels, wall = fdl_profile(compiled.as_text(), steps_of_fdl, args.steps)
         out += fdl_tables(kernels, wall, med["fdl"], peak, bw, args.top) + [""]
+        out += ["fdl's matmuls, each alone (distinct shapes, by their time in the step):", ""]
+        out += isolated_matmuls(kernels, torch) + [""]
         if torch is not None:
             ops, twall = torch_profile(torch, trow.run, args.steps)
             out += torch_tables(ops, twall, med["torch"], peak, bw, args.top) + [""]
