@@ -532,3 +532,30 @@ def test_key_makes_the_cotangent_reproducible():
     assert [r.reference for r in a.rows] == [r.reference for r in b.rows]
     assert [r.reference for r in a.rows] != [r.reference for r in c.rows]
     assert a.passed and c.passed
+
+
+def test_a_tangent_rule_is_traced_once_per_shapes_and_settings():
+    """JAX asks a tangent primitive for its output shapes at every bind; the rule is
+    traced for that once per operand shapes, parameters and JAX settings — a new shape
+    or x64 traces it again (a stale float32 answer under x64 would hide the rule's
+    float64 output, which JAX must refuse)."""
+    calls = []
+
+    def tangent(x, t):
+        calls.append(tuple(x.shape))
+        return 2 * x * t[0] + jnp.zeros(x.shape)  # default dtype: float64 under x64
+
+    square = primitive(lambda x: x * x, lambda x, g: (2 * x * g,), save=lambda x, y: x,
+                       tangent=tangent, register=False, name="square_traced_once")
+    f = lambda x: jax.jvp(square.manual, (x,), (x,))[1]  # noqa: E731
+    x = np.ones(3, np.float32)
+    with jax.enable_x64(False):
+        first = jax.make_jaxpr(f)(x)
+        second = jax.make_jaxpr(f)(x)
+        assert calls == [(3,)]
+        assert str(first) == str(second)
+        jax.make_jaxpr(f)(np.ones(4, np.float32))
+        assert calls == [(3,), (4,)]
+    with jax.enable_x64(True), pytest.raises(TypeError, match="float64"):
+        jax.make_jaxpr(f)(x)
+    assert calls == [(3,), (4,), (3,)]

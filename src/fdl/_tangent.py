@@ -21,6 +21,7 @@ Internal to `fdl.primitive`; rule authors use `fdl.primitive.is_zero`.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 from collections.abc import Callable, Sequence
@@ -89,6 +90,31 @@ def tangent_kind(t: Any, float0: Any) -> Any:
     return True if jnp.result_type(t) != float0 else None
 
 
+_KEEP_AVALS = 256  # output avals kept per tangent primitive (a few per call site)
+_SETTINGS = ("jax_enable_x64", "jax_numpy_dtype_promotion", "jax_numpy_rank_promotion",
+             "jax_default_dtype_bits")
+
+
+def _tracing_configuration() -> tuple:
+    """The JAX settings a rule's output shapes and dtypes may depend on (x64:
+    `jnp.zeros(n)`'s dtype; promotion rules: a result's dtype, or an error)."""
+    return tuple(getattr(jax.config, name, None) for name in _SETTINGS)
+
+
+def _avals_key(avals: Sequence[Any], params: dict) -> tuple | None:
+    """A hashable key for `TangentPrimitive._abstract`, or `None` where a parameter
+    (a static argument) cannot be hashed. Static arguments are keyed with their
+    types (`1` and `1.0`, or `True` and `1`, hash alike but may trace differently)."""
+    typed = dict(params, static=tuple((type(a), a) for a in params["static"]))
+    key = (tuple((tuple(a.shape), a.dtype) for a in avals),  # what the rule is traced on
+           tuple(sorted(typed.items())), _tracing_configuration())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def vmapped(fn: Callable, levels: tuple) -> Callable:
     """`fn(*operands) -> list` mapped over each recorded batch level, innermost first
     (each level's outputs carry its batch axis at 0)."""
@@ -123,6 +149,10 @@ class TangentPrimitive:
         ad.primitive_jvps[p] = self._jvp
         batching.primitive_batchers[p] = self._batch
         self.p = p
+        # output avals by (operand avals, parameters, JAX's tracing configuration): JAX
+        # asks for them at every bind (jvp, linearize, transpose, each re-bind), and each
+        # ask would otherwise trace the hand-written rule again
+        self._avals: collections.OrderedDict[tuple, list] = collections.OrderedDict()
 
     # the hand-written rules on flat operands ------------------------------------
     def _rule(self, *operands: Any, static: tuple, res_tree: Any, n_res: int, has_tangent: tuple,
@@ -158,11 +188,22 @@ class TangentPrimitive:
         return vmapped(functools.partial(self._rule, **params), levels)(*operands)
 
     def _abstract(self, *avals: Any, **params: Any) -> list:
+        """The output avals: the rule traced abstractly (`jax.eval_shape`), once per
+        operand shapes and dtypes, parameters and tracing configuration (`_KEEP_AVALS`
+        kept); shapes only, so what a rule computes is untouched by the cache."""
         from jax.core import ShapedArray
 
-        out = jax.eval_shape(functools.partial(self._impl, **params),
-                             *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
-        return [ShapedArray(o.shape, o.dtype) for o in out]
+        key = _avals_key(avals, params)
+        out = self._avals.get(key) if key is not None else None
+        if out is None:
+            traced = jax.eval_shape(functools.partial(self._impl, **params),
+                                    *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
+            out = [ShapedArray(o.shape, o.dtype) for o in traced]
+            if key is not None:
+                self._avals[key] = out
+                while len(self._avals) > _KEEP_AVALS:
+                    self._avals.popitem(last=False)
+        return list(out)
 
     # JAX's interpreters ----------------------------------------------------------
     def _transpose(self, cts: list, *operands: Any, levels: tuple, n_res: int,

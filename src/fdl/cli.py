@@ -62,7 +62,13 @@ def _check_primitive(name: str, dtype: str, seed: int) -> list:
 def _quiet_worker(parent: int) -> None:
     """A worker process of `fdl check` leaves Ctrl-C to its parent, which ends it, and
     on Linux ends when its parent does (killed, it would otherwise print a broken
-    pipe's traceback when it next sends a result)."""
+    pipe's traceback when it next sends a result). It runs without the cyclic garbage
+    collector: tracing allocates millions of short-lived objects, so the collector
+    would run thousands of times, yet it finds little (reference counting frees the
+    rest), and the worker ends with the run (BENCHMARKS.md, "fdl check")."""
+    import gc
+
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
