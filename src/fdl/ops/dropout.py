@@ -39,7 +39,7 @@ def dropout(x: jax.Array, key: jax.Array, rate: float) -> jax.Array:
     the key is an integer-like argument with no cotangent (`None`).
 
     Residuals: the boolean mask $m$ (one byte per element), kept by the forward
-    pass itself (`fwd`). The mask is drawn once, inside a `lax.cond` (see
+    pass itself (`fwd`). On the CPU the mask is drawn once, inside a `lax.cond` (see
     `_drawn_once`): a random-number generator built from element-wise integer
     operations is one XLA would otherwise fuse into each of its consumers, the
     forward's select and the backward's, drawing the mask twice.
@@ -75,10 +75,14 @@ def _drawn_once(key: jax.Array, rate: float, shape: tuple) -> jax.Array:
 
 
 def _dropout_fwd(x, key, rate):
-    # the mask is drawn once and kept (`_drawn_once`); the backward reads it
+    # the mask is drawn once and kept (`_drawn_once`); the backward reads it. Only on
+    # the CPU: elsewhere a conditional can cost a device-to-host copy of its predicate,
+    # and the plain draw is the same mask, bitwise
     if rate == 0:
         return x, None
-    keep = _drawn_once(key, rate, x.shape)
+    keep = jax.lax.platform_dependent(
+        key, cpu=lambda k: _drawn_once(k, rate, x.shape),
+        default=lambda k: _keep_mask(k, rate, x.shape))
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)), keep
 
 
