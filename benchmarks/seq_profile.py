@@ -147,6 +147,47 @@ def _split_call(rest: str) -> tuple[str, str, str]:
     return rest, "", ""
 
 
+def source_frames(hlo: str) -> Callable[[int], list[str]]:
+    """From the HLO's stack-frame tables, `frames(stack_frame_id)`: the Python frames
+    (`path:function:line`, innermost first) an instruction was traced from."""
+    def table(name: str) -> list[str]:
+        m = re.search(r"^" + name + r"\n(.*?)\n\n", hlo, re.DOTALL | re.MULTILINE)
+        return m.group(1).splitlines() if m else []
+
+    files = {int(ln.split()[0]): ln.split(None, 1)[1].strip('"') for ln in table("FileNames")}
+    funcs = {int(ln.split()[0]): ln.split(None, 1)[1].strip('"') for ln in table("FunctionNames")}
+    locs = {int(ln.split()[0]): dict(re.findall(r"(\w+)=(\d+)", ln)) for ln in table("FileLocations")}
+    frames = {}
+    for ln in table("StackFrames"):
+        d = dict(re.findall(r"(\w+)=(\d+)", ln))
+        # the printed parent is one more than the parent's id (0: none)
+        frames[int(ln.split()[0])] = (int(d["file_location_id"]), int(d["parent_frame_id"]) - 1)
+
+    def chain(frame: int) -> list[str]:
+        out: list[str] = []
+        while frame in frames and len(out) < 64:
+            loc, parent = frames[frame]
+            d = locs.get(loc, {})
+            out.append(f"{files.get(int(d.get('file_name_id', 0)), '?')}:"
+                       f"{funcs.get(int(d.get('function_name_id', 0)), '?')}:{d.get('line', '?')}")
+            frame = parent
+        return out
+
+    return chain
+
+
+_WRAPPERS = ("/fdl/primitive.py", "/fdl/_tangent.py", "/fdl/_validate.py")
+
+
+def fdl_source(frames: list[str]) -> str:
+    """The innermost frame inside fdl (the package, not its primitive machinery), as
+    `package/path.py:function:line`; '' outside fdl."""
+    for f in frames:
+        if "/fdl/" in f and not any(w in f for w in _WRAPPERS):
+            return f.split("/fdl/", 1)[1]
+    return ""
+
+
 def _called(ins: Instr) -> str | None:
     m = re.search(r"calls=%?([\w.\-]+)", ins.attrs)
     return m.group(1) if m else None
@@ -219,6 +260,8 @@ class Kernel:
     busy: float = 0.0  # per step, its recorded duration (overlapping others)
     ops: list[str] = field(default_factory=list)
     gemm: tuple | None = None  # a matmul's (B, M, K, N, lhs transposed, rhs transposed)
+    source: str = ""  # the fdl code it was traced from (`fdl_source`)
+    backward: bool = False  # from the transpose (backward pass) of the step
 
 
 def _fusion_bytes(ins: Instr, body: list[Instr], instrs: dict[str, Instr]) -> float:
@@ -257,6 +300,7 @@ def kernels_of(hlo: str) -> dict[str, Kernel]:
     """Every instruction of the compiled step that launches work, classified."""
     instrs, comps = parse_hlo(hlo)
     owner = loops(comps)
+    frames = source_frames(hlo)
     fused = {c for ins in instrs.values() if ins.opcode == "fusion" and (c := _called(ins))}
     out: dict[str, Kernel] = {}
     for comp, body in comps.items():
@@ -270,6 +314,9 @@ def kernels_of(hlo: str) -> dict[str, Kernel]:
             what = re.sub(r"^jit\([^)]*\)/", "", op.group(1)) if op else ""
             what = re.sub(r"(while/body/|closed_call/)", "", what)[-60:]
             k = Kernel(ins.name, loop, "other", what)
+            sf = re.search(r"stack_frame_id=(\d+)", ins.attrs)
+            k.source = fdl_source(frames(int(sf.group(1)))) if sf else ""
+            k.backward = bool(op and "transpose(" in op.group(1))
             inner = comps.get(_called(ins) or "", []) if ins.opcode == "fusion" else []
             k.ops = sorted({i.opcode for i in inner} - _NOT_KERNELS) or [ins.opcode]
             dots = [i for i in inner if i.opcode in ("dot", "convolution")]
@@ -630,6 +677,18 @@ def fdl_tables(kernels: dict[str, Kernel], wall: float, unprofiled: float, peak:
         ks = [k for k in ran if k.kind == kind]
         t = sum(k.seconds for k in ks)
         lines.append(f"| {kind} | {_ms(t)} | {t / total:.0%} | {sum(k.calls for k in ks):.0f} |")
+    lines += ["", ("By the fdl code each kernel was traced from (forward / backward pass; a "
+              "backward kernel is attributed to the call of the primitive whose rule it runs):"),
+              "", "| source | pass | ms per step | launches per step | of which matmul ms |",
+              "|---|---|---|---|---|"]
+    by: dict[tuple, list[Kernel]] = collections.defaultdict(list)
+    for k in ran:
+        if k.name != "(between kernels)":
+            by[(k.source or "(outside fdl)", "backward" if k.backward else "forward")].append(k)
+    for (src, pas), ks in sorted(by.items(), key=lambda kv: -sum(k.seconds for k in kv[1])):
+        lines.append(f"| {src} | {pas} | {_ms(sum(k.seconds for k in ks))} | "
+                     f"{sum(k.calls for k in ks):.0f} | "
+                     f"{_ms(sum(k.seconds for k in ks if k.kind == 'matmul'))} |")
     mm = [k for k in ran if k.kind == "matmul"]
     flops = sum(k.flops * k.calls for k in mm)
     t = sum(k.seconds for k in mm)
@@ -695,9 +754,13 @@ def interleaved(runs: dict[str, tuple[Callable[[], None], Callable[[], Any]]], r
             r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             samples[name].append(((t1 - t0) / per_round, (r1.ru_minflt - r0.ru_minflt) / per_round,
                                   (r1.ru_stime - r0.ru_stime) / per_round))
-    return {k: {"seconds": statistics.median(s[0] for s in v),
-                "faults": statistics.median(s[1] for s in v),
-                "system": statistics.median(s[2] for s in v)} for k, v in samples.items()}
+    out = {k: {"seconds": statistics.median(s[0] for s in v), "min": min(s[0] for s in v),
+               "faults": statistics.median(s[1] for s in v),
+               "system": statistics.median(s[2] for s in v)} for k, v in samples.items()}
+    if "torch" in samples and "fdl" in samples:  # the ratio round by round
+        out["fdl"]["ratio"] = statistics.median(
+            a[0] / b[0] for a, b in zip(samples["fdl"], samples["torch"]))
+    return out
 
 
 def compare_options(args: argparse.Namespace) -> None:
@@ -745,6 +808,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the unprofiled timing")
     parser.add_argument("--top", type=int, default=25, help="kernels and operators listed")
     parser.add_argument("--no-torch", action="store_true", help="fdl only")
+    parser.add_argument("--time-only", action="store_true",
+                        help="only the unprofiled interleaved timing (no profiles)")
     parser.add_argument("--markdown", help="also write the report to this file")
     parser.add_argument("--options", metavar="JSON",
                         help="instead of the profile, time fdl's step compiled with each of "
@@ -790,12 +855,21 @@ def main() -> None:
         timed = interleaved(runs, args.rounds, 2)
         med = {k: v["seconds"] for k, v in timed.items()}
         out += [f"## {name}: {CPU_CONFIGS[name].label}", "",
-                "Unprofiled, interleaved (median of rounds): "
-                + ", ".join(f"{k} {_ms(v)} ms" for k, v in med.items())
-                + (f"; fdl / torch {med['fdl'] / med['torch']:.2f}×" if "torch" in med else "")
+                f"Unprofiled, {args.rounds} interleaved rounds of 2 steps, median (min): "
+                + ", ".join(f"{k} {_ms(v['seconds'])} ({_ms(v['min'])}) ms"
+                            for k, v in timed.items())
+                + (f"; fdl / torch {timed['fdl']['ratio']:.2f}× (median of per-round ratios), "
+                   f"{timed['fdl']['min'] / timed['torch']['min']:.2f}× (of the minima)"
+                   if "torch" in timed else "")
                 + ". Per step, minor page faults (MiB of fresh pages touched) and system CPU "
                 "time: " + ", ".join(f"{k} {v['faults']:.0f} ({v['faults'] * 4 / 1024:.0f} MiB), "
                                      f"{_ms(v['system'])} ms" for k, v in timed.items()), ""]
+
+        if args.time_only:
+            print("\n".join(out), flush=True)
+            report += out
+            out = []
+            continue
 
         def steps_of_fdl(run: Callable[[], None] = run, sync: Callable[[], Any] = sync) -> None:
             for _ in range(args.steps):
