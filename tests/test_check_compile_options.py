@@ -196,3 +196,33 @@ def test_has_convolution_looks_inside_custom_rules_and_inner_jits():
     assert fd._has_convolution(jax.make_jaxpr(
         lambda x: conv2d(x, w, b, 1, "SAME", 1))(x).jaxpr)
     assert not fd._has_convolution(jax.make_jaxpr(lambda x: jnp.sum(jnp.tanh(x)))(x).jaxpr)
+
+
+def test_compile_program_reads_only_the_text_it_needs(monkeypatch):
+    """`compile_program` keys its executables on the program's bytecode, and reads the
+    StableHLO text (for `_options_for`) only where the bytecode holds the word
+    "convolution" (an op's name; also a source location's, so this test's name avoids
+    it): a slow convolution still drops level 0, the same computation compiles once,
+    and a program without one keeps the fast options without its text."""
+    import collections
+
+    from fdl.check import arguments
+
+    texts = []
+
+    def recorded(text, opts):
+        texts.append(text)
+        return _options_for(text, opts)
+
+    monkeypatch.setattr(arguments, "_options_for", recorded)
+    monkeypatch.setattr(arguments, "_PROGRAMS", collections.OrderedDict())
+    rows = _MANY_GROUPS + 1
+    slow, xs, ws = jax.vmap(_conv(((1, 0), (2, 1)))), jnp.stack([X] * rows), jnp.stack([W] * rows)
+    first = arguments.compile_program(slow, xs, ws)
+    assert len(texts) == 1 and f"feature_group_count = {rows}" in texts[0]
+    assert "xla_backend_optimization_level" not in dict(next(iter(arguments._PROGRAMS))[3])
+    assert arguments.compile_program(slow, xs, ws) is first
+    assert len(arguments._PROGRAMS) == 1
+    arguments.compile_program(lambda x: jnp.tanh(x) @ x.T, jnp.ones((3, 3)))
+    assert len(texts) == 2  # the second call of `slow`; none for the plain program
+    assert dict(next(reversed(arguments._PROGRAMS))[3]) == _FAST_COMPILE
