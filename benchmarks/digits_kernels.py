@@ -8,8 +8,11 @@ has its epoch compiled once, ahead of time:
 
 and the body of the outermost `while` loop (the `lax.scan` over the batches, one
 iteration per step) is read off the optimised HLO. Every instruction of that body that
-does work is counted by opcode — fusions, dots, copies, … — leaving out parameters,
-tuples, get-tuple-element, constants and bitcasts (they launch nothing).
+does work is counted by opcode — fusions, dots, copies, conditionals, … — leaving out
+parameters, tuples, get-tuple-element, constants and bitcasts (they launch nothing). A
+`conditional` (dropout's mask on the CPU, drawn once inside one) counts as one kernel: the
+kernels of the branch it runs are timed inside its own event. A `dot` here is a product XLA
+runs through Eigen; the products it hands to YNNPACK are `ynn_fusion`s.
 `harness.loop_body_kernels` does the counting; `bench.py --only digits` reports the
 same figure.
 
