@@ -561,6 +561,7 @@ def isolated_matmuls(kernels: dict[str, Kernel], torch: Any | None) -> list[str]
     lines = [("| matmul | calls/step | MFLOP | in the step µs/call | JAX alone µs | torch alone µs "
              "| JAX alone GFLOP/s | torch alone GFLOP/s |"), "|---|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
+    totals = [0.0, 0.0]
     for g, ks in sorted(groups.items(), key=lambda kv: -sum(k.busy for k in kv[1])):
         bsz, m, kk, n, ta, tb = g
         lead = (bsz,) if bsz else ()
@@ -581,11 +582,16 @@ def isolated_matmuls(kernels: dict[str, Kernel], torch: Any | None) -> list[str]
         flops = 2.0 * max(bsz, 1) * m * kk * n
         calls = sum(k.calls for k in ks)
         in_step = sum(k.busy for k in ks) / calls
+        totals[0] += calls * t_jax
+        totals[1] += calls * (t_torch or 0.0)
         lines.append(f"| {gemm_label(g)} | {calls:.0f} | {flops / 1e6:.1f} | {in_step * 1e6:.0f} "
                      f"| {t_jax * 1e6:.0f} | "
                      + (f"{t_torch * 1e6:.0f}" if t_torch else "–")
                      + f" | {flops / t_jax / 1e9:.0f} | "
                      + (f"{flops / t_torch / 1e9:.0f}" if t_torch else "–") + " |")
+    lines += ["", f"Σ calls × time alone: JAX {_ms(totals[0])} ms"
+              + (f", torch {_ms(totals[1])} ms (JAX / torch {totals[0] / totals[1]:.2f}×): the "
+                 "step's matmuls at each library's own kernel speed" if totals[1] else "")]
     return lines
 
 
