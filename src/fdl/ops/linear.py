@@ -56,8 +56,15 @@ def _weight_product(x2: jax.Array, g2: jax.Array) -> jax.Array:
     laid out when $d_in ≤ d_out$, else $(Gᵀ X)ᵀ$ with $Gᵀ$ and the product laid
     out. The same sum of products, in the order the product's library adds them.
     `optimization_barrier` keeps XLA from folding the transposes back into the
-    product.
+    product. Only on the CPU (`lax.platform_dependent`): elsewhere the product is
+    written plainly, $Xᵀ G$, and the GPU's or TPU's library takes the transposed
+    operand as it is, with no copy.
     """
+    return jax.lax.platform_dependent(x2, g2, cpu=_row_major_weight_product,
+                                      default=lambda x, g: jnp.matmul(x.T, g))
+
+
+def _row_major_weight_product(x2: jax.Array, g2: jax.Array) -> jax.Array:
     barrier = jax.lax.optimization_barrier
     if x2.shape[-1] <= g2.shape[-1]:
         return jnp.matmul(barrier(x2.T), g2)
