@@ -3,6 +3,7 @@ lowering to StableHLO, XLA compilation, the run, and building the reports.
 
     .venv/bin/python benchmarks/check_profile.py [--dtype float64] [--only relu conv2d]
         [--parts] [--top 15]
+    .venv/bin/python benchmarks/check_profile.py --balance   # fdl check's own workers
 
 Runs `fdl.check.examples` for each registered primitive one after another (one thread,
 no persistent compilation cache), with `fdl.check.arguments.compile_program` replaced
@@ -11,7 +12,10 @@ the call. CPU seconds (`time.process_time`) are given beside wall seconds: the m
 may be shared. `--parts` also compiles each primitive's pieces on their own (the vjp
 reference, its finite differences, the hand backward, the forward-mode program) to see
 which part of the program costs the most; those figures are separate compilations
-and add up to more than the fused program.
+and add up to more than the fused program. `--balance` instead runs `fdl check` itself
+(`fdl.cli.main`, no compilation cache: a cold run) in its worker processes and gives
+each worker's CPU and busy seconds and when it finished: the idle tail is the gap
+between the first worker's end and the last's.
 """
 
 from __future__ import annotations
@@ -116,16 +120,69 @@ def parts(p, dtype: str) -> dict:
     return out
 
 
+_BALANCE: dict = {}  # the log file, the start time and fdl's worker function
+
+
+def _timed_check(name: str, dtype: str, seed: int) -> list:
+    """`fdl.cli._check_primitive`, timed, in a worker (module level: it is pickled)."""
+    w, c = time.perf_counter(), time.process_time()
+    out = _BALANCE["check"](name, dtype, seed)
+    with open(_BALANCE["log"], "a") as f:
+        f.write(f"{os.getpid()} {name} {time.perf_counter() - w:.3f} "
+                f"{time.process_time() - c:.3f} {time.perf_counter() - _BALANCE['t0']:.3f}\n")
+    return out
+
+
+def balance(dtype: str) -> int:
+    """`fdl check` in its worker processes; per worker: primitives, CPU s, busy s, end."""
+    import tempfile
+
+    t0 = time.perf_counter()
+    from fdl import cli
+    imported = time.perf_counter() - t0
+    log = tempfile.NamedTemporaryFile("r", suffix=".log")
+    _BALANCE.update(check=cli._check_primitive, log=log.name, t0=t0)
+    timed = _timed_check
+    cli._check_primitive = timed
+    processes = cli._check_processes(4)
+    stdout, sys.stdout = sys.stdout, open(os.devnull, "w")
+    try:
+        code = cli.main(["check", "--dtype", dtype])
+    finally:
+        sys.stdout = stdout
+    wall = time.perf_counter() - t0
+    workers: dict = collections.defaultdict(list)
+    for line in log.read().splitlines():
+        pid, name, busy, cpu, end = line.split()
+        workers[pid].append((float(busy), float(cpu), float(end), name))
+    print(f"fdl check (exit {code}), {processes} worker processes: {wall:.2f} s wall, "
+          f"import {imported:.2f} s")
+    ends = []
+    for pid, rows in workers.items():
+        rows.sort(key=lambda r: r[2])
+        ends.append(rows[-1][2])
+        print(f"  worker {pid}: {len(rows)} primitives, CPU {sum(r[1] for r in rows):.2f} s, "
+              f"busy {sum(r[0] for r in rows):.2f} s, done at {rows[-1][2]:.2f} s "
+              f"(last: {rows[-1][3]})")
+    if ends:
+        print(f"  idle tail (first worker done to last): {max(ends) - min(ends):.2f} s")
+    return code
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--parts", action="store_true")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--balance", action="store_true",
+                    help="run fdl check in its worker processes: each worker's time")
     ap.add_argument("--no-gc", action="store_true", help="gc.disable() for the run")
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() after the imports, as `fdl check` does before its workers")
     args = ap.parse_args()
+    if args.balance:
+        return balance(args.dtype)
     if args.no_gc:
         import gc
         gc.disable()
