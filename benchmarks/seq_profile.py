@@ -37,6 +37,13 @@ them as shares of one step, within one run.
     python benchmarks/seq_profile.py                       # both models, fdl and torch
     python benchmarks/seq_profile.py --only LSTM --top 20
     python benchmarks/seq_profile.py --markdown /tmp/seq_profile.md
+    python benchmarks/seq_profile.py --time-only --rounds 12  # fdl vs torch, no profiles
+
+XLA:CPU takes every step's temporaries from `malloc` anew, and glibc maps large blocks
+fresh each time: the step page-faults its whole temporary buffer (counted per step in the
+report). Run with `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`
+to see the steps without those faults (BENCHMARKS.md, "LSTM and transformer vs PyTorch
+eager: profile").
 """
 
 from __future__ import annotations
