@@ -317,4 +317,8 @@ def environment() -> dict[str, Any]:
                      ("fdl", "jax", "jaxlib", "numpy", "optax", "flax", "equinox", "torch")},
         "loadavg_at_start": loadavg(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # glibc's allocator settings change what a step's scratch memory costs (README,
+        # "Compose and train models"): the report names them when set
+        "malloc": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                           if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")),
     }

@@ -326,7 +326,8 @@ def to_markdown(results: dict) -> str:
                f"{env.get('loadavg_at_end')}.")
     out.append("- Versions: python " + env["python"] + ", "
                + ", ".join(f"{k} {val}" for k, val in v.items() if val)
-               + (f"; XLA_FLAGS={env['xla_flags']}" if env["xla_flags"] else ""))
+               + (f"; XLA_FLAGS={env['xla_flags']}" if env["xla_flags"] else "")
+               + (f"; {env['malloc']}" if env.get("malloc") else ""))
     out.append(f"- Command: `{results['command']}` ({results['seconds']:.0f} s), "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
     secs = results["sections"]

@@ -8,6 +8,7 @@ skipped; the test checks the shape of the results, never a timing.
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import sys
 
@@ -82,3 +83,17 @@ def test_digits_section_reports_the_scan_bound(bench):
     target = next(t for t in results["targets"] if t["target"].startswith("digits: epoch-as-scan"))
     assert "dispatch" in target["detail"]
     assert "What bounds scan vs loop" in bench.report.to_markdown(results)
+
+
+def test_report_names_the_malloc_settings_only_when_set(bench, results, monkeypatch):
+    for k in [k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")]:
+        monkeypatch.delenv(k)
+    assert bench.environment()["malloc"] == ""
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    env = bench.environment()
+    assert env["malloc"] == "GLIBC_TUNABLES=glibc.malloc.arena_max=1 MALLOC_MMAP_MAX_=0"
+    unset = bench.report.to_markdown(dict(results, environment=dict(results["environment"], malloc="")))
+    assert "GLIBC_TUNABLES" not in unset and "MALLOC_" not in unset
+    md = bench.report.to_markdown(dict(results, environment=dict(results["environment"], **env)))
+    assert "; GLIBC_TUNABLES=glibc.malloc.arena_max=1 MALLOC_MMAP_MAX_=0" in md
