@@ -226,3 +226,38 @@ def test_compile_program_reads_only_the_text_it_needs(monkeypatch):
     arguments.compile_program(lambda x: jnp.tanh(x) @ x.T, jnp.ones((3, 3)))
     assert len(texts) == 2  # the second call of `slow`; none for the plain program
     assert dict(next(reversed(arguments._PROGRAMS))[3]) == _FAST_COMPILE
+
+
+@pytest.mark.x64
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("switches", [False, True])
+def test_element_stencils_formed_on_the_host_are_the_programs_bit_for_bit(dtype, switches):
+    """With one `vmap`, an "elements" leaf's stencil points and steps come from the host
+    (`fd._host_points`, no XLA operations to compile for them): the same values, rows
+    and derivatives, bit for bit, as forming them in the program, and the program
+    holds none of the one-hot's operations."""
+    values = [jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), dtype),
+              jnp.asarray(np.random.default_rng(1).standard_normal((40,)), dtype)]
+
+    def fun(leaves):
+        y = relu(leaves[0]) if switches else jnp.sin(leaves[0])
+        return jnp.sum(y * leaves[1][:12].reshape(3, 4)), jnp.sum(jnp.abs(y))
+
+    p = fd.plan(values, 12, 2, jax.random.key(3), True, False, switches)
+    assert p.kinds == ["elements", "directions"] and p.batch is None
+    assert p.points[0].shape == (12 * 2 * p.levels[0], 3, 4) and p.points[1] is None
+    host = jax.jit(lambda v, i: fd.evaluate(fun, v, p, i))
+    in_program = fd.Plan(**{**vars(p), "steps": [], "points": []})  # forms its own
+    program = jax.jit(lambda v, i: fd.evaluate(fun, v, in_program, i))
+    a, b = host(values, p.inputs()), program(values, in_program.inputs())
+    assert a[1][0] is None and b[1][0] is not None  # the steps: on the host, in the program
+    np.testing.assert_array_equal(np.asarray(b[1][0]), p.steps[0])
+    np.testing.assert_array_equal(np.asarray(a[1][1]), np.asarray(b[1][1]))
+    for x, y in zip(jax.tree_util.tree_leaves((a[0], a[2], a[3])),
+                    jax.tree_util.tree_leaves((b[0], b[2], b[3])), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for d, e in zip(fd.derivatives(p, a), fd.derivatives(in_program, b)):
+        for field in ("value", "error", "step"):
+            np.testing.assert_array_equal(getattr(d, field), getattr(e, field))
+    assert "iota" not in host.lower(values, p.inputs()).as_text()
+    assert "iota" in program.lower(values, in_program.inputs()).as_text()

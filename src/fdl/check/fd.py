@@ -58,7 +58,7 @@ inside the check would multiply its XLA compile time on CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -210,6 +210,9 @@ class Plan:
     `2l + 1` for `−h_l`, grouped by leaf and direction; with `switches`, a first row
     `(−1, 0, 0)` is the centre (nothing moved), whose switch values every other row's
     are compared with. `batch` is the `lax.map` batch size (`None`: one `vmap`).
+    With one `vmap`, an `"elements"` leaf's steps `steps[i]` `(count, levels)` and its
+    block of stencil points `points[i]` `(count·2·levels, *x.shape)` are formed here,
+    on the host, from the planned value (`_host_points`); `None` otherwise.
     """
 
     kinds: list[str | None]
@@ -221,6 +224,8 @@ class Plan:
     batch: int | None
     levels: list[int]
     switches: bool = False
+    steps: list[np.ndarray | None] = field(default_factory=list)
+    points: list[np.ndarray | None] = field(default_factory=list)
 
     @property
     def enabled(self) -> bool:
@@ -228,9 +233,11 @@ class Plan:
 
     def inputs(self) -> tuple:
         """The arrays the compiled program takes (passed as arguments, not constants):
-        the rows (only for `lax.map`, `batch`) and the random directions."""
+        the rows (only for `lax.map`, `batch`), the random directions and the
+        host-formed stencil points of `"elements"` leaves."""
         return (self.rows if self.batch is not None else None,
-                [r for r in self.random if r is not None])
+                [r for r in self.random if r is not None],
+                [b for b in self.points if b is not None])
 
 
 def plan(values: Sequence[jax.Array], max_fd_elements: int, directions: int,
@@ -267,22 +274,51 @@ def plan(values: Sequence[jax.Array], max_fd_elements: int, directions: int,
     per_row = sum(int(v.size) for v in values)
     if p.rows.shape[0] * per_row > _BATCH_ELEMENTS:
         p.batch = max(1, _BATCH_ELEMENTS // max(1, per_row))
+    p.steps = [None] * len(values)
+    p.points = [None] * len(values)
+    if p.batch is None:  # the rows of one vmap: element stencils formed here
+        for i, leaf in enumerate(values):
+            if p.kinds[i] == "elements":
+                p.steps[i], p.points[i] = _host_points(np.asarray(leaf), p.dtypes[i],
+                                                       p.levels[i])
     return p
+
+
+def _ladder(dtype: np.dtype, levels: int) -> np.ndarray:
+    """`h_l / s = 2·ε^{1/5}·2^{-l}`, `l = 0 … levels − 1`, in `dtype`."""
+    return (2 * float(np.finfo(dtype).eps) ** 0.2 * 0.5 ** np.arange(levels)).astype(dtype)
+
+
+def _host_points(x: np.ndarray, dtype: np.dtype, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """An `"elements"` leaf's steps `(n, levels)` and its stencil points
+    `(n·2·levels, *x.shape)` (`x ± h_l e_j`, in the order of the plan's rows), in
+    `dtype`, on the host: the same IEEE operations, in the same order, as forming them
+    in the program, which would cost some twenty operations of XLA compile per leaf."""
+    x = x.astype(dtype)
+    n = x.size
+    steps = np.maximum(np.asarray(1, dtype), np.abs(x).ravel())[:, None] * \
+        _ladder(dtype, levels)[None]
+    signed = np.stack([steps, -steps], axis=-1).reshape(n, -1)  # +h_l, −h_l; exact
+    hot = np.arange(n)[:, None, None] == np.arange(n)[None, None, :]
+    at = x.ravel()[None, None] + np.where(hot, signed[:, :, None], np.zeros((), dtype))
+    return steps, at.reshape((-1,) + x.shape)
 
 
 def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
              gradients: Sequence[jax.Array] | None = None) -> tuple | None:
     """Traceable: `fun(leaves) -> (out, magnitude)` at every stencil point of `p`.
 
-    `inputs` is `p.inputs()`, passed in as arguments of the compiled check;
-    `gradients` the reference gradient per leaf (its direction is the first of a
-    `"directions"` leaf), or `None`. Returns `((outs, magnitudes), steps,
-    directions, flips)`: the outputs per row, the step ladder `(count, levels)` and
-    the directions used per differenced leaf (`None` for elements), and with
-    `p.switches` the number of switch elements each row changes (else `None`).
+    `values` are the values `p` was planned for, `inputs` is `p.inputs()`, passed in
+    as arguments of the compiled check; `gradients` the reference gradient per leaf
+    (its direction is the first of a `"directions"` leaf), or `None`. Returns
+    `((outs, magnitudes), steps, directions, flips)`: the outputs per row, the step
+    ladder `(count, levels)` (`None` where the plan holds it, `p.steps`) and the
+    directions used per differenced leaf (`None` for elements), and with `p.switches`
+    the number of switch elements each row changes (else `None`).
 
     The stencil points are stacked with broadcasts and one concatenation per leaf, in
-    the order of `p.rows`, and `fun` is mapped over them once (`vmap`); a plan too
+    the order of `p.rows` (an `"elements"` leaf's block comes formed from the host,
+    `p.points`), and `fun` is mapped over them once (`vmap`); a plan too
     large for one batch (`p.batch`) forms each row's point inside `lax.map` instead.
     Where `fun` holds a convolution, each leaf's block of rows is mapped on its own
     with only that leaf batched (`_mapped`, `_mapped_rows`): the same rows and values,
@@ -290,15 +326,17 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     """
     if not p.enabled:
         return None
-    rows, randoms = inputs
-    randoms = iter(randoms)
+    rows, randoms, points = inputs
+    randoms, points = iter(randoms), iter(points)
     xs = [v.astype(dt) for v, dt in zip(values, p.dtypes)]
-    steps, dirs = [], []
+    steps, dirs, formed = [], [], []
     for j, x in enumerate(xs):
         kind, dt = p.kinds[j], p.dtypes[j]
-        ladder = 2 * float(np.finfo(dt).eps) ** 0.2 * 0.5 ** np.arange(p.levels[j])
+        ladder = _ladder(dt, p.levels[j])
         v = None
-        if kind is None:
+        block = next(points) if p.points and p.points[j] is not None else None
+        formed.append(block if p.batch is None else None)  # lax.map forms its own points
+        if kind is None or formed[-1] is not None:  # not differenced, or formed on the host
             steps.append(None)
             dirs.append(None)
             continue
@@ -313,7 +351,7 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
                 v = jnp.concatenate([jnp.where(norm > 0, own, v[0])[None], v[1:]])
             axes = tuple(range(1, v.ndim))
             s = jnp.maximum(1, jnp.sqrt(jnp.sum((x[None] * v) ** 2, axis=axes)))
-        steps.append(s[:, None] * jnp.asarray(ladder, dt)[None])
+        steps.append(s[:, None] * jnp.asarray(ladder)[None])
         dirs.append(v)
 
     one = _with_switches(fun) if p.switches else fun
@@ -321,7 +359,7 @@ def evaluate(fun: Callable, values: Sequence[jax.Array], p: Plan, inputs: tuple,
     signed = [None if st is None else jnp.stack([st, -st], axis=-1).reshape(st.shape[0], -1)
               for st in steps]
     if p.batch is None:
-        out = _mapped(one, xs, p, _stencil(xs, p, signed, dirs))
+        out = _mapped(one, xs, p, _stencil(xs, p, signed, dirs, formed))
     else:
         out = _mapped_rows(one, xs, p, steps, dirs, rows)
     flips = None
@@ -410,13 +448,17 @@ def _mapped_rows(one: Callable, xs: list, p: Plan, steps: list, dirs: list,
     return _concatenate(blocks)
 
 
-def _stencil(xs: list, p: Plan, signed: list, dirs: list) -> list:
+def _stencil(xs: list, p: Plan, signed: list, dirs: list, formed: list) -> list:
     """Every leaf at every stencil point, stacked along a first axis in the order of
     `p.rows` (`None` for a leaf that is not differenced: it stays as it is). A block of
-    rows moves one leaf; the others are broadcast."""
+    rows moves one leaf; the others are broadcast. `formed[j]`: leaf `j`'s block formed
+    on the host (`_host_points`), else `None`."""
     moved = []
     for j, x in enumerate(xs):
         if p.kinds[j] is None:
+            continue
+        if formed[j] is not None:
+            moved.append((j, formed[j].astype(x.dtype)))
             continue
         t = signed[j]  # (count, 2·levels)
         if p.kinds[j] == "elements":  # x + t e_d: a one-hot, not a scatter
@@ -508,7 +550,7 @@ def derivatives(p: Plan, evaluated: Any) -> list[Derivatives | None]:
         flipped = None if flips is None else flips[start:start + n].reshape(c, lv, 2).max(axis=2)
         start += n
         eps = float(np.finfo(p.dtypes[j]).eps)
-        h = np.asarray(steps[j], dtype=np.float64)  # (c, levels)
+        h = np.asarray(steps[j] if steps[j] is not None else p.steps[j], dtype=np.float64)
         expand = (slice(None), slice(None)) + (None,) * len(out_shape)
         d = (y[:, :, 0] - y[:, :, 1]) / (2 * h[expand])
         r = (4 * d[:, 1:] - d[:, :-1]) / 3  # (c, levels - 1, *out)
