@@ -50,9 +50,12 @@ Precision
 Differences are evaluated in float64 when `jax_enable_x64` is on (whatever the
 arguments' dtype); otherwise in the arguments' dtype, except bfloat16 and float16,
 which are evaluated in float32 (their own precision leaves no useful step). The
-stencil points are formed inside the compiled program from the directions and
-the steps; random directions are drawn on the host, since a random generator
-inside the check would multiply its XLA compile time on CPU.
+stencil points of a leaf differenced element by element are formed on the host
+(from the planned value, with the same operations the program would use) and passed
+in, which spares the compiled program their operations; along directions they are
+formed inside the program, where the gradient's direction is known. Random
+directions are drawn on the host, since a random generator inside the check would
+multiply its XLA compile time on CPU.
 """
 
 from __future__ import annotations
