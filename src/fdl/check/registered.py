@@ -116,7 +116,7 @@ def examples(p: Primitive, *, dtype: Any = jnp.float64, seed: int = 0,
         v = j.finish(backward) if live(j) else j
         t = a = None
         if live(f):
-            t, a = f[2](fw)
+            t, a = f[2](fw, ju=backward[-1] if live(j) else None)
         elif isinstance(f, Report):  # nothing differentiable
             t, a = f, Report(f.title.replace("fdl.check.jvp", "fdl.check.adjoint"), [])
         result.append(Checked(v, t if want["jvp"] else None, a if want["adjoint"] else None))
