@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdl import _validate as v
+from fdl._samplers import _cast
 from fdl.primitive import Example, gaussian, primitive
 
 __all__ = ["adaptive_avg_pool2d", "adaptive_bins", "global_max_pool"]
@@ -161,7 +162,7 @@ def _distinct(*shape: int):
 
     def sample(rng, dtype):
         ranks = np.random.default_rng(rng).permutation(size).reshape(shape)
-        return jnp.asarray(((ranks - size / 2) * (4.0 / size)).astype(jnp.dtype(dtype)))
+        return _cast((ranks - size / 2) * (4.0 / size), dtype)
 
     return sample
 

@@ -26,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from fdl import _validate as v
+from fdl._samplers import _cast
 from fdl.ops.conv import Padding, as_tuple, explicit_padding, output_size
 from fdl.primitive import Example, gaussian, primitive
 
@@ -176,7 +177,7 @@ def _distinct(*shape: int, spread: float = 4.0):
 
     def sample(rng, dtype):
         ranks = rng.permutation(size).reshape(shape)
-        return jnp.asarray(((ranks - size / 2) * (spread / size)).astype(jnp.dtype(dtype)))
+        return _cast((ranks - size / 2) * (spread / size), dtype)
 
     return sample
 

@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 
 from fdl import _validate as v
+from fdl._samplers import _cast
 from fdl.primitive import Example, gaussian, primitive
 
 __all__ = ["check_lengths", "padding_mask", "reverse_sequences", "sequence_last", "sequence_mask",
@@ -101,7 +102,7 @@ def _lengths_sampler(*batch: int, steps: int):
     def sample(rng, dtype):
         a = np.asarray(rng.integers(1, steps + 1, batch)).reshape(-1)
         a[0], a[-1] = 1, steps
-        return jnp.asarray(a.reshape(batch).astype(np.int32))
+        return _cast(a.reshape(batch), np.int32)
     return sample
 
 

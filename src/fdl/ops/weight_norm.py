@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fdl import _validate as v
+from fdl._samplers import _cast, _host_rng
 from fdl.ops.standardize import per_channel
 from fdl.primitive import Example, gaussian, positive, primitive
 
@@ -174,11 +176,11 @@ def _spectral_tangent(residuals, t):
 def _unit(n: int):
     """An example state: a unit vector with positive entries (with a positive `W`,
     $σ = uᵀ \\bar W v$ stays well away from 0)."""
-    draw = positive(n)
-
     def sample(rng, dtype):
-        x = draw(rng, dtype)
-        return x / jnp.linalg.norm(x)
+        # on the host, rounded once: an eager `jnp` division would compile a program
+        # per shape in `fdl check`
+        x = _host_rng(rng).uniform(0.5, 2.0, n)  # the draw of `positive(n)`
+        return _cast(x / np.linalg.norm(x), dtype)
 
     return sample
 
