@@ -122,6 +122,26 @@ def normal(seed: int | np.random.Generator, *shape: int, scale: float = 1.0,
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_benchmark(filename: str, module_name: str):
+    """Yield ``benchmarks/<filename>`` imported as ``module_name``, with its folder on
+    ``sys.path`` (its sibling modules import by name) and the module registered in
+    ``sys.modules`` (dataclasses look their module up there); both undone after. For a
+    module-scoped fixture: ``yield from load_benchmark("bench.py", "fdl_bench")``."""
+    import importlib.util
+
+    folder = str(ROOT / "benchmarks")
+    sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "benchmarks" / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(module_name, None)
+        sys.path.remove(folder)
+
+
 def user_env() -> dict[str, str]:
     """The environment of a user who set nothing for JAX: this process's environment
     without ``JAX_*`` settings (x64, dtype promotion), except the platform choice,

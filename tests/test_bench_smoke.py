@@ -7,26 +7,15 @@ skipped; the test checks the shape of the results, never a timing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
-import sys
 
 import pytest
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fdl_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("bench.py", "fdl_bench")
 
 
 @pytest.fixture(scope="module")

@@ -5,31 +5,17 @@ element-wise kernel moves and the fdl code a kernel came from. Nothing is timed 
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import load_benchmark
 
 import fdl
-
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def sp():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("fdl_seq_profile", BENCHMARKS / "seq_profile.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
-        sys.path.remove(str(BENCHMARKS))
+    yield from load_benchmark("seq_profile.py", "fdl_seq_profile")
 
 
 def _hlo(fn, *shapes):
